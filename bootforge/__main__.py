@@ -1,0 +1,3 @@
+from bootforge.cli.main import main
+
+main()
