@@ -1,0 +1,186 @@
+"""/v1/nodes: create, list, show, update (JSON-PATCH) and delete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+from starlette.responses import Response
+
+from bootforge.api import views
+from bootforge.api.deps import Ctx, ctx, json_body
+from bootforge.api.responses import JSON
+from bootforge.conductor.task import load_node
+from bootforge.db.models import Allocation, Node, NodeTrait
+from bootforge.db.queries import page_rows, parse_bool, parse_page
+from bootforge.errors import InvalidInput
+
+router = APIRouter(prefix="/v1/nodes")
+
+NODE_SORTABLE = {
+    "id",
+    "uuid",
+    "name",
+    "created_at",
+    "updated_at",
+    "provision_state",
+    "power_state",
+    "driver",
+    "resource_class",
+    "provision_updated_at",
+    "maintenance",
+    "conductor_group",
+    "owner",
+    "lessee",
+    "instance_uuid",
+}
+STRING_FILTERS = (
+    "provision_state",
+    "driver",
+    "resource_class",
+    "conductor_group",
+    "fault",
+    "owner",
+    "lessee",
+    "instance_uuid",
+)
+
+
+def node_filters(params: dict[str, str]) -> list[Any]:
+    filters: list[Any] = []
+    for name in STRING_FILTERS:
+        if name in params:
+            filters.append(getattr(Node, name) == params[name])
+    for name in ("maintenance", "retired"):
+        value = parse_bool(params, name)
+        if value is not None:
+            filters.append(getattr(Node, name).is_(value))
+    associated = parse_bool(params, "associated")
+    if associated is not None:
+        filters.append(Node.instance_uuid.is_not(None) if associated else Node.instance_uuid.is_(None))
+    if "description_contains" in params:
+        filters.append(Node.description.contains(params["description_contains"]))
+    if params.get("chassis_uuid"):
+        filters.append(Node.id.is_(None))  # bootforge has no chassis: nothing matches
+    return filters
+
+
+async def node_dicts(
+    c: Ctx, rows: list[Any], fields: list[str], *, links: bool = True
+) -> list[dict[str, Any]]:
+    """Fill the computed fields (traits, allocation_uuid, conductor) for a batch of node rows."""
+    ids = [r["id"] for r in rows]
+    extra: dict[str, dict[int, Any]] = {}
+    if ids and ("traits" in fields or "allocation_uuid" in fields):
+        async with c.services.conductor.db.read() as s:
+            if "traits" in fields:
+                traits: dict[int, list[str]] = {i: [] for i in ids}
+                for node_id, trait in await s.execute(
+                    select(NodeTrait.node_id, NodeTrait.trait).where(NodeTrait.node_id.in_(ids))
+                ):
+                    traits[node_id].append(trait)
+                extra["traits"] = {k: sorted(v) for k, v in traits.items()}
+            if "allocation_uuid" in fields:
+                alloc_ids = [r["allocation_id"] for r in rows if r["allocation_id"] is not None]
+                found = (
+                    dict(
+                        (
+                            await s.execute(
+                                select(Allocation.id, Allocation.uuid).where(Allocation.id.in_(alloc_ids))
+                            )
+                        )
+                        .tuples()
+                        .all()
+                    )
+                    if alloc_ids
+                    else {}
+                )
+                extra["allocation_uuid"] = {r["id"]: found.get(r["allocation_id"]) for r in rows}
+    host = c.services.conductor.host
+    out = []
+    for r in rows:
+        row = dict(r)
+        for name, by_id in extra.items():
+            row[name] = by_id.get(r["id"])
+        row["conductor"] = host
+        row["chassis_uuid"] = None
+        out.append(views.node(row, c.version, c.base, fields, links=links))
+    return out
+
+
+def node_columns(fields: Iterable[str]) -> list[Any]:
+    names = {"id", "uuid", "allocation_id"} | {f for f in fields if f not in views.NODE_COMPUTED}
+    return [getattr(Node, n) for n in sorted(names)]
+
+
+async def list_nodes(request: Request, detail: bool, extra_filters: list[Any] | None = None) -> JSON:
+    c = ctx(request)
+    p = c.params
+    detail = detail or bool(parse_bool(p, "detail"))
+    if detail and "fields" in p:
+        raise InvalidInput("Can not specify ?detail=True and fields in the same request.", "fields")
+    fields = views.check_fields(p.get("fields"), views.NODE_FIELDS, c.version) or (
+        views.visible(views.NODE_FIELDS, c.version) if detail else list(views.NODE_LIST_FIELDS)
+    )
+    page = parse_page(p, NODE_SORTABLE)
+    page.filters = node_filters(p) + (extra_filters or [])
+    async with c.services.conductor.db.read() as s:
+        rows = await page_rows(s, Node, node_columns(fields), page)
+    items = await node_dicts(c, rows, fields)
+    return JSON(views.collection("nodes", items, page.limit, c.base, request.url.path, p))
+
+
+@router.get("")
+async def get_nodes(request: Request) -> JSON:
+    return await list_nodes(request, detail=False)
+
+
+@router.get("/detail")
+async def get_nodes_detail(request: Request) -> JSON:
+    return await list_nodes(request, detail=True)
+
+
+async def show(c: Ctx, ident: str, fields: list[str] | None = None) -> dict[str, Any]:
+    node = await load_node(c.services.conductor, ident)
+    fields = fields or views.visible(views.NODE_FIELDS, c.version)
+    row = {col: getattr(node, col) for col in (f.name for f in node_columns(fields))}
+    return (await node_dicts(c, [row], fields))[0]
+
+
+@router.get("/{ident}")
+async def get_node(request: Request, ident: str) -> JSON:
+    c = ctx(request)
+    fields = views.check_fields(c.params.get("fields"), views.NODE_FIELDS, c.version)
+    return JSON(await show(c, ident, fields))
+
+
+@router.post("")
+async def create_node(request: Request) -> JSON:
+    c = ctx(request)
+    body = await json_body(request)
+    body.pop("provision_state", None) if body.get("provision_state") == "enroll" else None
+    if "provision_state" in body:
+        raise InvalidInput(
+            "provision_state cannot be set on creation other than to 'enroll'", "provision_state"
+        )
+    # Before 1.11 new nodes started in available, and old clients still expect that.
+    node = await c.services.nodes.create(body, enroll=c.version.minor >= 11)
+    return JSON(
+        await show(c, node.uuid), status_code=201, headers={"Location": f"{c.base}/v1/nodes/{node.uuid}"}
+    )
+
+
+@router.patch("/{ident}")
+async def patch_node(request: Request, ident: str) -> JSON:
+    c = ctx(request)
+    patch = await json_body(request, list)
+    node = await c.services.nodes.update(ident, patch)
+    return JSON(await show(c, node.uuid))
+
+
+@router.delete("/{ident}", status_code=204)
+async def delete_node(request: Request, ident: str) -> Response:
+    await ctx(request).services.nodes.delete(ident)
+    return Response(status_code=204)

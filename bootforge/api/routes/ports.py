@@ -1,0 +1,219 @@
+"""/v1/ports and /v1/portgroups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+from starlette.responses import Response
+
+from bootforge.api import views
+from bootforge.api.deps import Ctx, ctx, json_body, require
+from bootforge.api.responses import JSON
+from bootforge.conductor.ports import normalize_mac
+from bootforge.conductor.task import load_node
+from bootforge.db.models import Node, Port, Portgroup
+from bootforge.db.queries import page_rows, parse_bool, parse_page
+from bootforge.errors import InvalidInput
+
+router = APIRouter()
+
+SORTABLE = {"id", "uuid", "address", "created_at", "updated_at", "pxe_enabled", "physical_network"}
+GROUP_SORTABLE = {"id", "uuid", "address", "name", "created_at", "updated_at", "mode"}
+
+
+async def _uuid_maps(c: Ctx, rows: list[Any], group: bool) -> tuple[dict[int, str], dict[int, str]]:
+    node_ids = {r["node_id"] for r in rows}
+    group_ids = {r["portgroup_id"] for r in rows if not group and r.get("portgroup_id")}
+    async with c.services.conductor.db.read() as s:
+        nodes = dict(
+            (await s.execute(select(Node.id, Node.uuid).where(Node.id.in_(node_ids)))).tuples().all()
+        )
+        groups = (
+            dict(
+                (await s.execute(select(Portgroup.id, Portgroup.uuid).where(Portgroup.id.in_(group_ids))))
+                .tuples()
+                .all()
+            )
+            if group_ids
+            else {}
+        )
+    return nodes, groups
+
+
+async def port_dicts(c: Ctx, rows: list[Any], fields: list[str]) -> list[dict[str, Any]]:
+    nodes, groups = await _uuid_maps(c, rows, group=False)
+    out = []
+    for r in rows:
+        row = dict(r)
+        row["node_uuid"] = nodes.get(r["node_id"])
+        row["portgroup_uuid"] = groups.get(r.get("portgroup_id") or -1)
+        out.append(views.port(row, c.version, c.base, fields))
+    return out
+
+
+def _columns(model: Any, fields: list[str], computed: set[str]) -> list[Any]:
+    names = {"id", "uuid", "node_id"} | {f for f in fields if f not in computed}
+    if model is Port:
+        names.add("portgroup_id")
+    return [getattr(model, n) for n in sorted(names)]
+
+
+async def list_ports(request: Request, detail: bool, filters: list[Any] | None = None) -> JSON:
+    c = ctx(request)
+    p = c.params
+    detail = detail or bool(parse_bool(p, "detail"))
+    if detail and "fields" in p:
+        raise InvalidInput("Can not specify ?detail=True and fields in the same request.", "fields")
+    fields = views.check_fields(p.get("fields"), views.PORT_FIELDS, c.version) or (
+        views.visible(views.PORT_FIELDS, c.version) if detail else list(views.PORT_LIST_FIELDS)
+    )
+    page = parse_page(p, SORTABLE)
+    page.filters = list(filters or [])
+    if "address" in p:
+        page.filters.append(Port.address == normalize_mac(p["address"]))
+    if "node" in p or "node_uuid" in p:
+        node = await load_node(c.services.conductor, p.get("node") or p["node_uuid"])
+        page.filters.append(Port.node_id == node.id)
+    if "portgroup" in p:
+        group = await c.services.portgroups.get(p["portgroup"])
+        page.filters.append(Port.portgroup_id == group.id)
+    async with c.services.conductor.db.read() as s:
+        rows = await page_rows(s, Port, _columns(Port, fields, {"node_uuid", "portgroup_uuid"}), page)
+    items = await port_dicts(c, rows, fields)
+    return JSON(views.collection("ports", items, page.limit, c.base, request.url.path, p))
+
+
+async def show_port(c: Ctx, port: Port, fields: list[str] | None = None) -> dict[str, Any]:
+    fields = fields or views.visible(views.PORT_FIELDS, c.version)
+    return (await port_dicts(c, [vars(port)], fields))[0]
+
+
+@router.get("/v1/ports")
+async def get_ports(request: Request) -> JSON:
+    return await list_ports(request, False)
+
+
+@router.get("/v1/ports/detail")
+async def get_ports_detail(request: Request) -> JSON:
+    return await list_ports(request, True)
+
+
+@router.get("/v1/ports/{port_uuid}")
+async def get_port(request: Request, port_uuid: str) -> JSON:
+    c = ctx(request)
+    fields = views.check_fields(c.params.get("fields"), views.PORT_FIELDS, c.version)
+    return JSON(await show_port(c, await c.services.ports.get(port_uuid), fields))
+
+
+@router.post("/v1/ports")
+async def create_port(request: Request) -> JSON:
+    c = ctx(request)
+    port = await c.services.ports.create(await json_body(request))
+    return JSON(
+        await show_port(c, port), status_code=201, headers={"Location": f"{c.base}/v1/ports/{port.uuid}"}
+    )
+
+
+@router.patch("/v1/ports/{port_uuid}")
+async def patch_port(request: Request, port_uuid: str) -> JSON:
+    c = ctx(request)
+    port = await c.services.ports.update(port_uuid, await json_body(request, list))
+    return JSON(await show_port(c, port))
+
+
+@router.delete("/v1/ports/{port_uuid}", status_code=204)
+async def delete_port(request: Request, port_uuid: str) -> Response:
+    await ctx(request).services.ports.delete(port_uuid)
+    return Response(status_code=204)
+
+
+# --- port groups ------------------------------------------------------------------------------------
+
+
+async def portgroup_dicts(c: Ctx, rows: list[Any], fields: list[str]) -> list[dict[str, Any]]:
+    nodes, _ = await _uuid_maps(c, rows, group=True)
+    return [
+        views.portgroup({**dict(r), "node_uuid": nodes.get(r["node_id"])}, c.version, c.base, fields)
+        for r in rows
+    ]
+
+
+async def list_portgroups(request: Request, detail: bool, filters: list[Any] | None = None) -> JSON:
+    c = ctx(request)
+    require(c, 23)
+    p = c.params
+    detail = detail or bool(parse_bool(p, "detail"))
+    fields = views.check_fields(p.get("fields"), views.PORTGROUP_FIELDS, c.version) or (
+        views.visible(views.PORTGROUP_FIELDS, c.version) if detail else list(views.PORTGROUP_LIST_FIELDS)
+    )
+    page = parse_page(p, GROUP_SORTABLE)
+    page.filters = list(filters or [])
+    if "address" in p:
+        page.filters.append(Portgroup.address == normalize_mac(p["address"]))
+    if "node" in p:
+        node = await load_node(c.services.conductor, p["node"])
+        page.filters.append(Portgroup.node_id == node.id)
+    async with c.services.conductor.db.read() as s:
+        rows = await page_rows(s, Portgroup, _columns(Portgroup, fields, {"node_uuid"}), page)
+    items = await portgroup_dicts(c, rows, fields)
+    return JSON(views.collection("portgroups", items, page.limit, c.base, request.url.path, p))
+
+
+async def show_portgroup(c: Ctx, group: Portgroup) -> dict[str, Any]:
+    fields = views.visible(views.PORTGROUP_FIELDS, c.version)
+    return (await portgroup_dicts(c, [vars(group)], fields))[0]
+
+
+@router.get("/v1/portgroups")
+async def get_portgroups(request: Request) -> JSON:
+    return await list_portgroups(request, False)
+
+
+@router.get("/v1/portgroups/detail")
+async def get_portgroups_detail(request: Request) -> JSON:
+    return await list_portgroups(request, True)
+
+
+@router.get("/v1/portgroups/{ident}")
+async def get_portgroup(request: Request, ident: str) -> JSON:
+    c = ctx(request)
+    require(c, 23)
+    return JSON(await show_portgroup(c, await c.services.portgroups.get(ident)))
+
+
+@router.get("/v1/portgroups/{ident}/ports")
+async def get_portgroup_ports(request: Request, ident: str) -> JSON:
+    c = ctx(request)
+    require(c, 24)
+    group = await c.services.portgroups.get(ident)
+    return await list_ports(request, False, [Port.portgroup_id == group.id])
+
+
+@router.post("/v1/portgroups")
+async def create_portgroup(request: Request) -> JSON:
+    c = ctx(request)
+    require(c, 23)
+    group = await c.services.portgroups.create(await json_body(request))
+    return JSON(
+        await show_portgroup(c, group),
+        status_code=201,
+        headers={"Location": f"{c.base}/v1/portgroups/{group.uuid}"},
+    )
+
+
+@router.patch("/v1/portgroups/{ident}")
+async def patch_portgroup(request: Request, ident: str) -> JSON:
+    c = ctx(request)
+    require(c, 23)
+    group = await c.services.portgroups.update(ident, await json_body(request, list))
+    return JSON(await show_portgroup(c, group))
+
+
+@router.delete("/v1/portgroups/{ident}", status_code=204)
+async def delete_portgroup(request: Request, ident: str) -> Response:
+    c = ctx(request)
+    require(c, 23)
+    await c.services.portgroups.delete(ident)
+    return Response(status_code=204)

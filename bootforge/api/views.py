@@ -1,0 +1,226 @@
+"""Ironic's wire shape for nodes, ports, port groups, allocations, drivers and events, per microversion.
+
+Each resource has a table of its fields with the microversion that introduced them: a client asking
+for an older version sees exactly the fields it knows. Secrets are masked here, the one place every
+response passes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bootforge.api.versions import Version
+from bootforge.errors import InvalidInput
+
+MASK = "******"
+SECRET_MARKERS = ("password", "secret", "token", "_key", "passphrase")
+INSTANCE_SECRETS = {"configdrive", "rescue_password", "image_url"}
+
+# field -> minor version that introduced it (all are 1.x)
+NODE_FIELDS: dict[str, int] = {
+    "uuid": 1,
+    "name": 5,
+    "driver": 1,
+    "driver_info": 1,
+    "driver_internal_info": 3,
+    "instance_info": 1,
+    "instance_uuid": 1,
+    "properties": 1,
+    "extra": 1,
+    "chassis_uuid": 1,
+    "power_state": 1,
+    "target_power_state": 1,
+    "provision_state": 1,
+    "target_provision_state": 1,
+    "provision_updated_at": 1,
+    "last_error": 1,
+    "maintenance": 1,
+    "maintenance_reason": 1,
+    "console_enabled": 1,
+    "reservation": 1,
+    "created_at": 1,
+    "updated_at": 1,
+    "inspection_started_at": 6,
+    "inspection_finished_at": 6,
+    "clean_step": 7,
+    "raid_config": 12,
+    "target_raid_config": 12,
+    "network_interface": 20,
+    "resource_class": 21,
+    "boot_interface": 31,
+    "console_interface": 31,
+    "deploy_interface": 31,
+    "inspect_interface": 31,
+    "management_interface": 31,
+    "power_interface": 31,
+    "raid_interface": 31,
+    "vendor_interface": 31,
+    "storage_interface": 33,
+    "traits": 37,
+    "rescue_interface": 38,
+    "bios_interface": 40,
+    "fault": 42,
+    "deploy_step": 44,
+    "conductor_group": 46,
+    "automated_clean": 47,
+    "protected": 48,
+    "protected_reason": 48,
+    "conductor": 49,
+    "owner": 50,
+    "description": 51,
+    "allocation_uuid": 52,
+    "retired": 61,
+    "retired_reason": 61,
+    "lessee": 65,
+    "network_data": 66,
+    "boot_mode": 75,
+    "secure_boot": 75,
+}
+NODE_LIST_FIELDS = ("uuid", "name", "instance_uuid", "power_state", "provision_state", "maintenance")
+# Node fields that are not columns of the nodes table.
+NODE_COMPUTED = {"traits", "conductor", "allocation_uuid", "chassis_uuid"}
+
+PORT_FIELDS: dict[str, int] = {
+    "uuid": 1,
+    "address": 1,
+    "node_uuid": 1,
+    "extra": 1,
+    "created_at": 1,
+    "updated_at": 1,
+    "internal_info": 18,
+    "local_link_connection": 19,
+    "pxe_enabled": 19,
+    "portgroup_uuid": 24,
+    "physical_network": 34,
+    "is_smartnic": 53,
+}
+PORT_LIST_FIELDS = ("uuid", "address")
+
+PORTGROUP_FIELDS: dict[str, int] = {
+    "uuid": 23,
+    "name": 23,
+    "address": 23,
+    "node_uuid": 23,
+    "extra": 23,
+    "internal_info": 23,
+    "standalone_ports_supported": 23,
+    "created_at": 23,
+    "updated_at": 23,
+    "mode": 26,
+    "properties": 26,
+}
+PORTGROUP_LIST_FIELDS = ("uuid", "address", "name")
+
+ALLOCATION_FIELDS: dict[str, int] = {
+    "uuid": 52,
+    "name": 52,
+    "node_uuid": 52,
+    "state": 52,
+    "last_error": 52,
+    "resource_class": 52,
+    "traits": 52,
+    "candidate_nodes": 52,
+    "extra": 52,
+    "created_at": 52,
+    "updated_at": 52,
+    "owner": 60,
+}
+
+EVENT_LIST_FIELDS = ("uuid", "created_at", "severity", "event")
+EVENT_FIELDS = (*EVENT_LIST_FIELDS, "event_type", "conductor", "user")
+
+
+def visible(table: Mapping[str, int], version: Version) -> list[str]:
+    return [f for f, minor in table.items() if minor <= version.minor]
+
+
+def check_fields(requested: str | None, table: Mapping[str, int], version: Version) -> list[str] | None:
+    """The `fields=` query parameter as a list, or InvalidInput naming the fields not known."""
+    if requested is None:
+        return None
+    names = [f.strip() for f in requested.split(",") if f.strip()]
+    allowed = set(visible(table, version))
+    bad = [f for f in names if f not in allowed]
+    if bad:
+        raise InvalidInput(f'Field(s) "{", ".join(bad)}" are not valid', "fields")
+    if "uuid" not in names and "uuid" in allowed:
+        names.append("uuid")
+    return names
+
+
+def mask_secrets(info: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not info:
+        return {}
+    return {k: (MASK if any(m in k.lower() for m in SECRET_MARKERS) and v else v) for k, v in info.items()}
+
+
+def _links(base: str, kind: str, ident: str) -> list[dict[str, str]]:
+    return [
+        {"href": f"{base}/v1/{kind}/{ident}", "rel": "self"},
+        {"href": f"{base}/{kind}/{ident}", "rel": "bookmark"},
+    ]
+
+
+def node(
+    row: Mapping[str, Any], version: Version, base: str, fields: Iterable[str], *, links: bool = True
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields:
+        value = row.get(f)
+        if f == "driver_info":
+            value = mask_secrets(value)
+        elif f == "instance_info":
+            value = {k: (MASK if k in INSTANCE_SECRETS and v else v) for k, v in (value or {}).items()}
+        elif f == "driver_internal_info":
+            value = {k: v for k, v in (value or {}).items() if "token" not in k}
+        out[f] = value
+    if links:
+        uuid = row["uuid"]
+        out["links"] = _links(base, "nodes", uuid)
+        if version.minor >= 1:
+            out["ports"] = _links(base, "nodes", f"{uuid}/ports")
+        if version.minor >= 14:
+            out["states"] = _links(base, "nodes", f"{uuid}/states")
+        if version.minor >= 24:
+            out["portgroups"] = _links(base, "nodes", f"{uuid}/portgroups")
+    return out
+
+
+def port(row: Mapping[str, Any], version: Version, base: str, fields: Iterable[str]) -> dict[str, Any]:
+    out = {f: row.get(f) for f in fields}
+    out["links"] = _links(base, "ports", row["uuid"])
+    return out
+
+
+def portgroup(row: Mapping[str, Any], version: Version, base: str, fields: Iterable[str]) -> dict[str, Any]:
+    out = {f: row.get(f) for f in fields}
+    out["links"] = _links(base, "portgroups", row["uuid"])
+    if version.minor >= 24:
+        out["ports"] = _links(base, "portgroups", f"{row['uuid']}/ports")
+    return out
+
+
+def allocation(row: Mapping[str, Any], version: Version, base: str, fields: Iterable[str]) -> dict[str, Any]:
+    out = {f: row.get(f) for f in fields}
+    out["links"] = _links(base, "allocations", row["uuid"])
+    return out
+
+
+def event(row: Mapping[str, Any], base: str, node_uuid: str, detail: bool) -> dict[str, Any]:
+    out = {f: row.get(f) for f in (EVENT_FIELDS if detail else EVENT_LIST_FIELDS)}
+    out["links"] = _links(base, "nodes", f"{node_uuid}/history/{row['uuid']}")
+    return out
+
+
+def collection(
+    name: str, items: list[dict[str, Any]], limit: int | None, base: str, path: str, query: dict[str, str]
+) -> dict[str, Any]:
+    """{name: items} plus Ironic's `next` link when the page is full."""
+    out: dict[str, Any] = {name: items}
+    if limit and len(items) == limit:
+        params = {k: v for k, v in query.items() if k not in ("marker", "limit")}
+        params["limit"] = str(limit)
+        params["marker"] = items[-1]["uuid"]
+        out["next"] = f"{base}{path}?" + "&".join(f"{k}={v}" for k, v in params.items())
+    return out

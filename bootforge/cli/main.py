@@ -1,0 +1,303 @@
+"""The `bootforge` command: `serve` runs the service; every other command talks to its API over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bootforge.conductor import states
+
+app = typer.Typer(
+    help="bootforge: bare metal provisioning, from powered off to running the OS asked for.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="Enrol and drive machines (nodes).", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+console = Console()
+err = Console(stderr=True)
+
+API_VERSION = "1.78"
+UrlOpt = Annotated[str, typer.Option("--url", envvar="BOOTFORGE_URL", help="bootforge API URL")]
+DEFAULT_URL = "http://127.0.0.1:6385"
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="where the database and files live")] = None,
+    listen: Annotated[str | None, typer.Option(help="API address, HOST:PORT")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL; SQLite in state dir if unset")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="this conductor's name (unique per process)")] = None,
+) -> None:
+    """Run the API and the conductor in one process (SQLite in the state directory by default)."""
+    from bootforge.cli.serve import serve as run
+    from bootforge.config import Settings
+
+    if config is not None:
+        os.environ["BOOTFORGE_CONFIG"] = str(config)
+    flags = {
+        k: v
+        for k, v in {
+            "state_dir": state_dir,
+            "listen": listen,
+            "database_url": database_url,
+            "host": host,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = Settings.model_validate(flags)
+    except ValueError as e:
+        err.print(f"[red]invalid settings:[/red] {e}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(run(settings))
+
+
+@app.command("states")
+def states_cmd(dot: Annotated[bool, typer.Option(help="print Graphviz source")] = False) -> None:
+    """Show the provision state machine (from the same table the conductor runs)."""
+    if dot:
+        print(states.to_dot())
+        return
+    table = Table("from", "event", "to")
+    for (src, event), dst in sorted(states.TRANSITIONS.items()):
+        table.add_row(src, event, dst)
+    console.print(table)
+
+
+# --- the API client ---------------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, url: str) -> None:
+        auth = None
+        if os.environ.get("BOOTFORGE_USER"):
+            auth = httpx.BasicAuth(os.environ["BOOTFORGE_USER"], os.environ.get("BOOTFORGE_PASSWORD", ""))
+        self.http = httpx.Client(
+            base_url=url, auth=auth, timeout=30, headers={"X-OpenStack-Ironic-API-Version": API_VERSION}
+        )
+
+    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
+        try:
+            r = self.http.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            err.print(f"[red]cannot reach bootforge at {self.http.base_url}:[/red] {e}")
+            raise typer.Exit(1) from None
+        if r.status_code not in ok:
+            err.print(f"[red]{method} {path} failed ({r.status_code}):[/red] {error_text(r)}")
+            raise typer.Exit(1)
+        return r.json() if r.content else None
+
+
+def error_text(r: httpx.Response) -> str:
+    try:
+        return str(json.loads(r.json()["error_message"])["faultstring"])
+    except (ValueError, KeyError, TypeError):
+        return r.text
+
+
+@node_app.command("list")
+def node_list(
+    url: UrlOpt = DEFAULT_URL,
+    state: Annotated[str | None, typer.Option(help="only nodes in this provision state")] = None,
+) -> None:
+    """List nodes."""
+    api = Api(url)
+    query = "?fields=uuid,name,provision_state,power_state,maintenance,resource_class,driver,last_error"
+    if state:
+        query += f"&provision_state={state}"
+    nodes: list[dict[str, Any]] = []
+    path: str | None = f"/v1/nodes{query}"
+    while path:
+        page = api.call("GET", path)
+        nodes += page["nodes"]
+        path = page.get("next", "").replace(str(api.http.base_url), "") or None
+    table = Table("UUID", "Name", "Provision state", "Power", "Maint.", "Class", "Driver", "Last error")
+    for n in nodes:
+        table.add_row(
+            n["uuid"],
+            n.get("name") or "",
+            n["provision_state"],
+            n.get("power_state") or "",
+            "yes" if n["maintenance"] else "",
+            n.get("resource_class") or "",
+            n["driver"],
+            (n.get("last_error") or "")[:60],
+        )
+    console.print(table)
+
+
+@node_app.command("show")
+def node_show(ident: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Show one node (secrets are masked by the API)."""
+    node = Api(url).call("GET", f"/v1/nodes/{ident}")
+    table = Table("Field", "Value", show_header=False)
+    for key in sorted(k for k in node if k not in ("links", "ports", "states", "portgroups")):
+        value = node[key]
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    console.print(table)
+
+
+@node_app.command("create")
+def node_create(
+    driver: Annotated[str, typer.Option(help="hardware type, e.g. fake-hardware")],
+    name: Annotated[str | None, typer.Option()] = None,
+    mac: Annotated[list[str] | None, typer.Option(help="MAC of a NIC (repeatable): creates a port")] = None,
+    driver_info: Annotated[str | None, typer.Option(help="JSON object")] = None,
+    resource_class: Annotated[str | None, typer.Option()] = None,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Enrol a machine, with a port per MAC."""
+    api = Api(url)
+    body: dict[str, Any] = {"driver": driver}
+    if name:
+        body["name"] = name
+    if resource_class:
+        body["resource_class"] = resource_class
+    if driver_info:
+        body["driver_info"] = json.loads(driver_info)
+    node = api.call("POST", "/v1/nodes", body, ok=(201,))
+    for address in mac or []:
+        api.call("POST", "/v1/ports", {"node_uuid": node["uuid"], "address": address}, ok=(201,))
+    console.print(f"created node [bold]{node['uuid']}[/bold] ({node['provision_state']})")
+
+
+def _provision(
+    ident: str, verb: str, url: str, wait: float | None, body: dict[str, Any] | None = None
+) -> None:
+    api = Api(url)
+    api.call("PUT", f"/v1/nodes/{ident}/states/provision", {"target": verb, **(body or {})}, ok=(202,))
+    if wait is None:
+        console.print(f"{verb} requested for {ident}")
+        return
+    _wait(api, ident, wait)
+
+
+def _wait(api: Api, ident: str, timeout: float) -> None:
+    deadline = time.monotonic() + (timeout or 3600)
+    last = ""
+    with console.status(f"waiting for {ident}") as status:
+        while time.monotonic() < deadline:
+            n = api.call(
+                "GET",
+                f"/v1/nodes/{ident}?fields=provision_state,target_provision_state,"
+                "last_error,deploy_step,clean_step,reservation",
+            )
+            step = n.get("deploy_step") or n.get("clean_step") or {}
+            text = n["provision_state"] + (
+                f" -> {n['target_provision_state']}" if n.get("target_provision_state") else ""
+            )
+            if step:
+                text += f"  [dim]{step.get('interface')}.{step.get('step')}[/dim]"
+            if text != last:
+                console.print(f"  {text}")
+                last = text
+            status.update(f"{ident}: {text}")
+            if n["target_provision_state"] is None and n["reservation"] is None:
+                if n["provision_state"] in states.FAILED_STATES:
+                    err.print(f"[red]{ident} failed:[/red] {n.get('last_error')}")
+                    raise typer.Exit(1)
+                console.print(f"[green]{ident} is {n['provision_state']}[/green]")
+                return
+            time.sleep(0.5)
+    err.print(f"[red]timed out waiting for {ident}[/red]")
+    raise typer.Exit(1)
+
+
+WaitOpt = Annotated[float | None, typer.Option("--wait", help="wait up to N seconds (0: an hour)")]
+
+
+@node_app.command("manage")
+def node_manage(ident: str, url: UrlOpt = DEFAULT_URL, wait: WaitOpt = None) -> None:
+    """enroll/available -> manageable (verifies BMC access)."""
+    _provision(ident, "manage", url, wait)
+
+
+@node_app.command("provide")
+def node_provide(ident: str, url: UrlOpt = DEFAULT_URL, wait: WaitOpt = None) -> None:
+    """manageable -> available (cleans first)."""
+    _provision(ident, "provide", url, wait)
+
+
+@node_app.command("deploy")
+def node_deploy(
+    ident: str,
+    url: UrlOpt = DEFAULT_URL,
+    wait: WaitOpt = None,
+    config_drive: Annotated[str | None, typer.Option(help="JSON or base64 config drive")] = None,
+) -> None:
+    """available -> active."""
+    body = {}
+    if config_drive:
+        body["configdrive"] = json.loads(config_drive) if config_drive.startswith("{") else config_drive
+    _provision(ident, "active", url, wait, body)
+
+
+@node_app.command("undeploy")
+def node_undeploy(ident: str, url: UrlOpt = DEFAULT_URL, wait: WaitOpt = None) -> None:
+    """active -> available (tears down, then cleans)."""
+    _provision(ident, "deleted", url, wait)
+
+
+@node_app.command("power")
+def node_power(
+    ident: str,
+    target: Annotated[str, typer.Argument(help="on, off, reboot, soft-off, soft-reboot")],
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Change the power state."""
+    names = {
+        "on": "power on",
+        "off": "power off",
+        "reboot": "rebooting",
+        "soft-off": "soft power off",
+        "soft-reboot": "soft rebooting",
+    }
+    if target not in names:
+        err.print(f"[red]unknown power target {target!r}; use one of {', '.join(names)}[/red]")
+        raise typer.Exit(2)
+    Api(url).call("PUT", f"/v1/nodes/{ident}/states/power", {"target": names[target]}, ok=(202,))
+    console.print(f"{names[target]} requested for {ident}")
+
+
+@node_app.command("delete")
+def node_delete(ident: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Remove a node (enroll, manageable, available or in maintenance)."""
+    Api(url).call("DELETE", f"/v1/nodes/{ident}", ok=(204,))
+    console.print(f"deleted {ident}")
+
+
+@node_app.command("events")
+def node_events(
+    ident: str, url: UrlOpt = DEFAULT_URL, limit: Annotated[int, typer.Option(help="newest N events")] = 50
+) -> None:
+    """The node's timeline: state changes, power actions, steps and errors."""
+    api = Api(url)
+    rows = api.call("GET", f"/v1/nodes/{ident}/history?detail=true")["history"][-limit:]
+    table = Table("Time", "Severity", "Type", "Event")
+    for e in rows:
+        style = "red" if e["severity"] == "error" else ("yellow" if e["severity"] == "warning" else "")
+        table.add_row(
+            str(e["created_at"])[:23], e["severity"], e.get("event_type") or "", e["event"], style=style
+        )
+    console.print(table)
+
+
+def main() -> None:
+    app()

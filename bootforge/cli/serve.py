@@ -1,0 +1,70 @@
+"""The composition root: settings -> database -> conductor -> API, all in one asyncio loop."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from bootforge.api.app import create_app
+from bootforge.api.auth import Htpasswd
+from bootforge.api.deps import Services
+from bootforge.conductor.conductor import Conductor
+from bootforge.config import Settings
+from bootforge.db.engine import Database
+
+log = logging.getLogger("bootforge")
+
+
+async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
+    """Open the database (migrating it to the newest schema) and start the conductor."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    await db.migrate()
+    conductor = Conductor(settings, db)
+    await conductor.start()
+    return db, conductor, Services.build(settings, conductor)
+
+
+async def serve(settings: Settings) -> None:
+    db, conductor, services = await build(settings)
+    htpasswd = (
+        Htpasswd(settings.htpasswd_file)
+        if settings.auth_strategy == "http_basic" and settings.htpasswd_file
+        else None
+    )
+    app = create_app(services, htpasswd)
+    host, port = settings.listen_host_port
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        date_header=False,
+    )
+    # uvicorn turns SIGINT/SIGTERM into a graceful exit; the conductor then stops in `finally`.
+    server = uvicorn.Server(config)
+    log.info(
+        "bootforge %s: API on %s, database %s, conductor %s",
+        "serving",
+        settings.public_url,
+        _safe_url(settings.database_url),
+        settings.host,
+    )
+    try:
+        await server.serve()
+    finally:
+        await conductor.stop()
+        await db.close()
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"

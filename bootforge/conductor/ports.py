@@ -1,0 +1,323 @@
+"""Ports (a node's NICs, by MAC) and port groups (bonds). A port's MAC is what netboot recognises."""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from typing import Any
+
+import jsonpatch
+from sqlalchemy import insert, select
+
+from bootforge.conductor.conductor import Conductor
+from bootforge.conductor.task import event_row, load_node
+from bootforge.db.models import Node, NodeEvent, Port, Portgroup, utcnow
+from bootforge.errors import Conflict, InvalidInput, NotFound
+
+MAC_RE = re.compile(r"^([0-9a-f]{2})([:-]?)([0-9a-f]{2})(\2[0-9a-f]{2}){4}$")
+
+PORT_FIELDS = {
+    "uuid",
+    "address",
+    "node_uuid",
+    "portgroup_uuid",
+    "pxe_enabled",
+    "local_link_connection",
+    "physical_network",
+    "is_smartnic",
+    "extra",
+}
+PORT_PATCHABLE = PORT_FIELDS - {"uuid"}
+PORTGROUP_FIELDS = {
+    "uuid",
+    "name",
+    "address",
+    "node_uuid",
+    "mode",
+    "properties",
+    "standalone_ports_supported",
+    "extra",
+}
+LLC_KEYS = {"switch_id", "port_id", "switch_info", "network_type"}
+
+
+def normalize_mac(value: Any, field: str = "address") -> str:
+    """Lower-case colon form; InvalidInput naming the field for anything that is not a MAC."""
+    text = str(value).strip().lower()
+    if not MAC_RE.match(text):
+        raise InvalidInput(f"Expected a MAC address but received {value}.", field)
+    hexdigits = text.replace(":", "").replace("-", "")
+    return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuidlib.UUID(value)
+    except ValueError:
+        return False
+    return len(value) in (32, 36)
+
+
+class PortService:
+    def __init__(self, conductor: Conductor) -> None:
+        self.conductor = conductor
+        self.db = conductor.db
+
+    async def get(self, port_uuid: str) -> Port:
+        async with self.db.read() as s:
+            port: Port | None = await s.scalar(select(Port).where(Port.uuid == port_uuid))
+        if port is None:
+            raise NotFound(f"Port {port_uuid} could not be found.")
+        return port
+
+    async def by_address(self, address: str) -> Port | None:
+        async with self.db.read() as s:
+            found: Port | None = await s.scalar(select(Port).where(Port.address == normalize_mac(address)))
+        return found
+
+    async def create(self, body: dict[str, Any]) -> Port:
+        unknown = sorted(set(body) - PORT_FIELDS)
+        if unknown:
+            raise InvalidInput(f"Unknown attribute for argument port: {', '.join(unknown)}", unknown[0])
+        for field in ("address", "node_uuid"):
+            if not body.get(field):
+                raise InvalidInput(f"Mandatory field missing: '{field}'", field)
+        values = await self._checked(body)
+        port = Port(uuid=values.pop("uuid", None) or str(uuidlib.uuid4()), created_at=utcnow(), **values)
+        async with self.db.write() as s:
+            if await s.scalar(select(Port.id).where(Port.address == port.address)):
+                raise Conflict(f"A port with MAC address {port.address} already exists.")
+            if await s.scalar(select(Port.id).where(Port.uuid == port.uuid)):
+                raise Conflict(f"A port with UUID {port.uuid} already exists.")
+            s.add(port)
+            await s.flush()
+            await s.execute(
+                insert(NodeEvent),
+                [event_row(port.node_id, "port", f"port {port.address} added", "info", self.conductor.host)],
+            )
+            await s.commit()
+        return port
+
+    async def _checked(self, body: dict[str, Any], current: Port | None = None) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if "address" in body:
+            values["address"] = normalize_mac(body["address"])
+        if "node_uuid" in body:
+            node = await self._node(body["node_uuid"])
+            values["node_id"] = node.id
+        if "portgroup_uuid" in body:
+            values["portgroup_id"] = None
+            if body["portgroup_uuid"] is not None:
+                group = await PortgroupService(self.conductor).get(str(body["portgroup_uuid"]))
+                node_id = values.get("node_id", current.node_id if current else None)
+                if group.node_id != node_id:
+                    raise InvalidInput("the port group belongs to another node", "portgroup_uuid")
+                values["portgroup_id"] = group.id
+        for field in ("pxe_enabled", "is_smartnic"):
+            if field in body:
+                if not isinstance(body[field], bool):
+                    raise InvalidInput(f"{field} must be true or false", field)
+                values[field] = body[field]
+        for field in ("extra", "local_link_connection"):
+            if field in body:
+                if not isinstance(body[field], dict | None):
+                    raise InvalidInput(f"{field} must be an object", field)
+                values[field] = body[field] or {}
+        bad = set(values.get("local_link_connection", {})) - LLC_KEYS
+        if bad:
+            raise InvalidInput(
+                f"local_link_connection has unknown keys {sorted(bad)}; allowed: {sorted(LLC_KEYS)}",
+                "local_link_connection",
+            )
+        if "physical_network" in body:
+            if body["physical_network"] is not None and not isinstance(body["physical_network"], str):
+                raise InvalidInput("physical_network must be a string", "physical_network")
+            values["physical_network"] = body["physical_network"]
+        if "uuid" in body and body["uuid"] is not None:
+            if not is_uuid(str(body["uuid"])):
+                raise InvalidInput(f"Expected a UUID but received {body['uuid']}.", "uuid")
+            values["uuid"] = str(body["uuid"])
+        return values
+
+    async def _node(self, ident: Any) -> Any:
+        try:
+            return await load_node(self.conductor, str(ident))
+        except NotFound:
+            raise InvalidInput(f"Node {ident} could not be found.", "node_uuid") from None
+
+    async def update(self, port_uuid: str, patch: list[dict[str, Any]]) -> Port:
+        port = await self.get(port_uuid)
+        doc = await self.patch_doc(port)
+        changed = _apply(doc, patch, PORT_PATCHABLE)
+        values = await self._checked(changed, port)
+        if "address" in values and values["address"] != port.address:
+            existing = await self.by_address(values["address"])
+            if existing is not None:
+                raise Conflict(f"A port with MAC address {values['address']} already exists.")
+        async with self.db.write() as s:
+            row = await s.get(Port, port.id)
+            assert row is not None
+            for k, v in values.items():
+                setattr(row, k, v)
+            await s.commit()
+        return row
+
+    async def patch_doc(self, port: Port) -> dict[str, Any]:
+        async with self.db.read() as s:
+            node_uuid = await s.scalar(select(Node.uuid).where(Node.id == port.node_id))
+            group_uuid = None
+            if port.portgroup_id is not None:
+                group_uuid = await s.scalar(select(Portgroup.uuid).where(Portgroup.id == port.portgroup_id))
+        return {
+            "address": port.address,
+            "node_uuid": node_uuid,
+            "portgroup_uuid": group_uuid,
+            "pxe_enabled": port.pxe_enabled,
+            "local_link_connection": port.local_link_connection,
+            "physical_network": port.physical_network,
+            "is_smartnic": port.is_smartnic,
+            "extra": port.extra,
+        }
+
+    async def delete(self, port_uuid: str) -> None:
+        port = await self.get(port_uuid)
+        async with self.db.write() as s:
+            row = await s.get(Port, port.id)
+            if row is not None:
+                await s.delete(row)
+                await s.execute(
+                    insert(NodeEvent),
+                    [
+                        event_row(
+                            port.node_id, "port", f"port {port.address} removed", "info", self.conductor.host
+                        )
+                    ],
+                )
+            await s.commit()
+
+
+class PortgroupService:
+    def __init__(self, conductor: Conductor) -> None:
+        self.conductor = conductor
+        self.db = conductor.db
+
+    async def get(self, ident: str) -> Portgroup:
+        column = Portgroup.uuid if is_uuid(ident) else Portgroup.name
+        async with self.db.read() as s:
+            group: Portgroup | None = await s.scalar(select(Portgroup).where(column == ident))
+        if group is None:
+            raise NotFound(f"Portgroup {ident} could not be found.")
+        return group
+
+    async def create(self, body: dict[str, Any]) -> Portgroup:
+        unknown = sorted(set(body) - PORTGROUP_FIELDS)
+        if unknown:
+            raise InvalidInput(f"Unknown attribute for argument portgroup: {', '.join(unknown)}", unknown[0])
+        if not body.get("node_uuid"):
+            raise InvalidInput("Mandatory field missing: 'node_uuid'", "node_uuid")
+        values = await self._checked(body)
+        group = Portgroup(
+            uuid=values.pop("uuid", None) or str(uuidlib.uuid4()), created_at=utcnow(), **values
+        )
+        async with self.db.write() as s:
+            await self._unique(s, group.name, group.address)
+            s.add(group)
+            await s.commit()
+        return group
+
+    async def _unique(self, s: Any, name: str | None, address: str | None) -> None:
+        if name and await s.scalar(select(Portgroup.id).where(Portgroup.name == name)):
+            raise Conflict(f"A portgroup with name {name} already exists.")
+        if address and await s.scalar(select(Portgroup.id).where(Portgroup.address == address)):
+            raise Conflict(f"A portgroup with MAC address {address} already exists.")
+
+    async def _checked(self, body: dict[str, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if "node_uuid" in body:
+            try:
+                values["node_id"] = (await load_node(self.conductor, str(body["node_uuid"]))).id
+            except NotFound:
+                raise InvalidInput(f"Node {body['node_uuid']} could not be found.", "node_uuid") from None
+        if body.get("address") is not None:
+            values["address"] = normalize_mac(body["address"])
+        elif "address" in body:
+            values["address"] = None
+        for field in ("name", "mode"):
+            if field in body:
+                if body[field] is not None and not isinstance(body[field], str):
+                    raise InvalidInput(f"{field} must be a string", field)
+                values[field] = body[field]
+        for field in ("properties", "extra"):
+            if field in body:
+                if not isinstance(body[field], dict | None):
+                    raise InvalidInput(f"{field} must be an object", field)
+                values[field] = body[field] or {}
+        if "standalone_ports_supported" in body:
+            if not isinstance(body["standalone_ports_supported"], bool):
+                raise InvalidInput(
+                    "standalone_ports_supported must be true or false", "standalone_ports_supported"
+                )
+            values["standalone_ports_supported"] = body["standalone_ports_supported"]
+        if body.get("uuid") is not None:
+            if not is_uuid(str(body["uuid"])):
+                raise InvalidInput(f"Expected a UUID but received {body['uuid']}.", "uuid")
+            values["uuid"] = str(body["uuid"])
+        return values
+
+    async def update(self, ident: str, patch: list[dict[str, Any]]) -> Portgroup:
+        group = await self.get(ident)
+        async with self.db.read() as s:
+            node_uuid = await s.scalar(select(Node.uuid).where(Node.id == group.node_id))
+        doc = {
+            "name": group.name,
+            "address": group.address,
+            "node_uuid": node_uuid,
+            "mode": group.mode,
+            "properties": group.properties,
+            "extra": group.extra,
+            "standalone_ports_supported": group.standalone_ports_supported,
+        }
+        changed = _apply(doc, patch, PORTGROUP_FIELDS - {"uuid"})
+        values = await self._checked(changed)
+        async with self.db.write() as s:
+            await self._unique(
+                s,
+                values.get("name") if values.get("name") != group.name else None,
+                values.get("address") if values.get("address") != group.address else None,
+            )
+            row = await s.get(Portgroup, group.id)
+            assert row is not None
+            for k, v in values.items():
+                setattr(row, k, v)
+            await s.commit()
+        return row
+
+    async def delete(self, ident: str) -> None:
+        group = await self.get(ident)
+        async with self.db.write() as s:
+            if await s.scalar(select(Port.id).where(Port.portgroup_id == group.id).limit(1)):
+                raise Conflict(f"Portgroup {group.uuid} still has ports; remove them from it first.")
+            row = await s.get(Portgroup, group.id)
+            if row is not None:
+                await s.delete(row)
+            await s.commit()
+
+
+def _apply(doc: dict[str, Any], patch: list[dict[str, Any]], allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(patch, list) or not patch:
+        raise InvalidInput("the body must be a non-empty JSON-PATCH list", "patch")
+    for i, op in enumerate(patch):
+        if not isinstance(op, dict) or "path" not in op or "op" not in op:
+            raise InvalidInput(f"patch[{i}] must have 'op' and 'path'", "patch")
+        top = str(op["path"]).lstrip("/").split("/")[0]
+        if top not in allowed:
+            raise InvalidInput(
+                f"Cannot update field {op['path']!r}: it does not exist or is read-only", op["path"]
+            )
+    try:
+        patched: dict[str, Any] = jsonpatch.apply_patch(doc, patch)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
+        raise InvalidInput(f"Invalid JSON-PATCH: {e}", "patch") from None
+    for key in doc:
+        patched.setdefault(key, None)
+    return {k: v for k, v in patched.items() if v != doc.get(k)}

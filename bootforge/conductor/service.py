@@ -1,0 +1,487 @@
+"""NodeService: the verbs the API offers on nodes. Checks come first; nothing changes unless all pass.
+
+Each action that changes a machine takes the node's lock and writes its first state change in one
+conditional UPDATE, answers (the API returns 202), and leaves the rest to the conductor's background work.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from typing import Any
+
+import jsonpatch
+from sqlalchemy import delete, insert, select
+
+from bootforge.conductor import states, work
+from bootforge.conductor.conductor import Conductor
+from bootforge.conductor.task import NodeTask, acquire, event_row, load_node, reserve, shared_task
+from bootforge.db.models import Node, NodeEvent, NodeTrait, Port, Portgroup, utcnow
+from bootforge.drivers import base
+from bootforge.drivers.hardware import INTERFACE_TYPES
+from bootforge.errors import Conflict, Forbidden, InvalidInput, NotFound
+
+NAME_RE = re.compile(r"^[A-Za-z0-9\-._~]+$")
+TRAIT_RE = re.compile(r"^[A-Z0-9_]+$")
+MAX_TRAITS = 50
+
+# Verbs refused while a node is in maintenance: they would drive a machine nobody should touch.
+REFUSED_IN_MAINTENANCE = {"deploy", "rebuild", "provide", "clean", "inspect", "rescue", "unrescue", "adopt"}
+
+JSON_FIELDS = ("driver_info", "properties", "extra", "instance_info", "network_data")
+PATCHABLE = {
+    "name",
+    "driver",
+    "driver_info",
+    "properties",
+    "extra",
+    "instance_info",
+    "instance_uuid",
+    "resource_class",
+    "description",
+    "owner",
+    "lessee",
+    "conductor_group",
+    "maintenance",
+    "maintenance_reason",
+    "protected",
+    "protected_reason",
+    "retired",
+    "retired_reason",
+    "automated_clean",
+    "network_data",
+    "chassis_uuid",
+    *(f"{k}_interface" for k in INTERFACE_TYPES),
+}
+CREATABLE = PATCHABLE - {
+    "maintenance",
+    "maintenance_reason",
+    "protected",
+    "protected_reason",
+    "retired",
+    "retired_reason",
+    "instance_uuid",
+} | {"uuid"}
+STRING_FIELDS = {
+    "name",
+    "driver",
+    "resource_class",
+    "description",
+    "owner",
+    "lessee",
+    "conductor_group",
+    "maintenance_reason",
+    "protected_reason",
+    "retired_reason",
+    "instance_uuid",
+    *(f"{k}_interface" for k in INTERFACE_TYPES),
+}
+BOOL_FIELDS = {"maintenance", "protected", "retired"}
+
+
+class NodeService:
+    def __init__(self, conductor: Conductor) -> None:
+        self.conductor = conductor
+        self.db = conductor.db
+
+    # --- create / update / delete -----------------------------------------------------------------
+
+    async def create(self, body: dict[str, Any], *, enroll: bool = True) -> Node:
+        unknown = sorted(set(body) - CREATABLE)
+        if unknown:
+            raise InvalidInput(f"Unknown attribute for argument node: {', '.join(unknown)}", unknown[0])
+        if not body.get("driver"):
+            raise InvalidInput("Mandatory field missing: 'driver'", "driver")
+        values = self._checked_values(body)
+        node_uuid = values.pop("uuid", None) or str(uuidlib.uuid4())
+        if values.get("resource_class") is None:
+            values["resource_class"] = self.conductor.settings.default_resource_class
+        values.setdefault("conductor_group", "")
+        node = Node(
+            uuid=node_uuid,
+            provision_state=states.ENROLL if enroll else states.AVAILABLE,
+            power_state=None,
+            created_at=utcnow(),
+            **{k: ({} if v is None else v) if k in JSON_FIELDS else v for k, v in values.items()},
+        )
+        for f in JSON_FIELDS:
+            if getattr(node, f) is None:
+                setattr(node, f, {})
+        async with self.db.write() as s:
+            await self._check_unique(s, node_uuid, values.get("name"))
+            s.add(node)
+            await s.flush()
+            await s.execute(
+                insert(NodeEvent),
+                [
+                    event_row(
+                        node.id,
+                        "provisioning",
+                        f"created in {node.provision_state}",
+                        "info",
+                        self.conductor.host,
+                    )
+                ],
+            )
+            await s.commit()
+        return node
+
+    async def _check_unique(self, s: Any, node_uuid: str, name: str | None) -> None:
+        if await s.scalar(select(Node.id).where(Node.uuid == node_uuid)):
+            raise Conflict(f"A node with UUID {node_uuid} already exists.")
+        if name and await s.scalar(select(Node.id).where(Node.name == name)):
+            raise Conflict(f"A node with name {name} already exists.")
+
+    def _checked_values(self, body: dict[str, Any], node: Node | None = None) -> dict[str, Any]:
+        values = dict(body)
+        for field in STRING_FIELDS & set(values):
+            if values[field] is not None and not isinstance(values[field], str):
+                raise InvalidInput(f"{field} must be a string", field)
+        for field in BOOL_FIELDS & set(values):
+            if not isinstance(values[field], bool):
+                raise InvalidInput(f"{field} must be true or false", field)
+        for field in set(JSON_FIELDS) & set(values):
+            if values[field] is not None and not isinstance(values[field], dict):
+                raise InvalidInput(f"{field} must be an object", field)
+        if values.get("automated_clean") is not None and not isinstance(values["automated_clean"], bool):
+            raise InvalidInput("automated_clean must be true, false or null", "automated_clean")
+        if values.get("chassis_uuid") is not None:
+            raise InvalidInput("bootforge has no chassis; chassis_uuid must be null", "chassis_uuid")
+        values.pop("chassis_uuid", None)
+        name = values.get("name")
+        if name is not None and (not NAME_RE.match(name) or _is_uuid(name)):
+            raise InvalidInput(
+                f"Cannot use {name!r} as a node name: use RFC 3986 unreserved characters "
+                "(letters, digits, '-', '.', '_', '~') and not a UUID",
+                "name",
+            )
+        if "uuid" in values and values["uuid"] is not None and not _is_uuid(str(values["uuid"])):
+            raise InvalidInput(f"Expected a UUID but received {values['uuid']}.", "uuid")
+        rc = values.get("resource_class")
+        if rc is not None and len(rc) > 80:
+            raise InvalidInput("resource_class is longer than 80 characters", "resource_class")
+        driver = values.get("driver") or (node.driver if node else None)
+        if driver is not None:
+            try:
+                hw = self.conductor.drivers.get_type(driver)
+            except NotFound as e:
+                raise InvalidInput(e.message, "driver") from None
+            for kind in INTERFACE_TYPES:
+                field = f"{kind}_interface"
+                requested = values.get(field, getattr(node, field) if node else None)
+                if "driver" in values and field not in values:
+                    requested = None  # a new hardware type starts from its own defaults
+                values[field] = self.conductor.drivers.resolve(hw, kind, requested)
+        return values
+
+    async def update(self, ident: str, patch: list[dict[str, Any]]) -> Node:
+        async with acquire(self.conductor, ident, "update") as task:
+            node = task.node
+            doc = {f: getattr(node, f, None) for f in PATCHABLE if f != "chassis_uuid"}
+            doc["chassis_uuid"] = None
+            changed = self._apply_patch(doc, patch)
+            self._check_patch_rules(node, changed)
+            values = self._checked_values(changed, node) if changed else {}
+            if "name" in changed and changed["name"] and changed["name"] != node.name:
+                async with self.db.read() as s:
+                    if await s.scalar(select(Node.id).where(Node.name == changed["name"])):
+                        raise Conflict(f"A node with name {changed['name']} already exists.")
+            for key, value in values.items():
+                if key in JSON_FIELDS and value is None:
+                    value = {}
+                setattr(node, key, value)
+            if changed:
+                await task.record("update", f"updated {', '.join(sorted(changed))}")
+        return node
+
+    @staticmethod
+    def _apply_patch(doc: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
+        if not isinstance(patch, list) or not patch:
+            raise InvalidInput("the body must be a non-empty JSON-PATCH list", "patch")
+        for i, op in enumerate(patch):
+            if not isinstance(op, dict) or "path" not in op or "op" not in op:
+                raise InvalidInput(f"patch[{i}] must have 'op' and 'path'", "patch")
+            if op["op"] not in ("add", "replace", "remove", "test"):
+                raise InvalidInput(f"patch[{i}]: unsupported op {op['op']!r}", "patch")
+            top = str(op["path"]).lstrip("/").split("/")[0]
+            if top not in doc:
+                raise InvalidInput(
+                    f"Cannot update field {op['path']!r}: it does not exist or is read-only", op["path"]
+                )
+            if op["op"] == "remove" and str(op["path"]).count("/") == 1:
+                # Removing a top-level field resets it (to empty for JSON fields, null otherwise).
+                doc[top] = {} if top in JSON_FIELDS else None
+        try:
+            patched = jsonpatch.apply_patch(
+                doc, [p for p in patch if not (p["op"] == "remove" and str(p["path"]).count("/") == 1)]
+            )
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
+            raise InvalidInput(f"Invalid JSON-PATCH: {e}", "patch") from None
+        originals = {f: doc.get(f) for f in doc}
+        return {k: v for k, v in patched.items() if v != originals.get(k) or k in _removed(patch)}
+
+    @staticmethod
+    def _check_patch_rules(node: Node, changed: dict[str, Any]) -> None:
+        if changed.get("protected") and node.provision_state != states.ACTIVE:
+            raise InvalidInput("Protection can only be set on nodes in the active state", "protected")
+        if (
+            "protected_reason" in changed
+            and changed["protected_reason"]
+            and not (changed.get("protected", node.protected))
+        ):
+            raise InvalidInput("protected_reason needs protected=true", "protected_reason")
+        if "instance_uuid" in changed and node.instance_uuid and changed["instance_uuid"]:
+            raise Conflict(f"Node {node.uuid} already has instance_uuid {node.instance_uuid}.")
+        if "driver" in changed and node.provision_state not in states.STABLE_STATES | states.FAILED_STATES:
+            raise Conflict(f"Cannot change the driver of node {node.uuid} in state {node.provision_state}.")
+
+    async def delete(self, ident: str) -> None:
+        node = await load_node(self.conductor, ident)
+        if node.protected:
+            raise Forbidden(f"Node {node.uuid} is protected and cannot be undeployed, rebuilt or deleted")
+        if node.provision_state not in states.DELETE_ALLOWED_STATES and not node.maintenance:
+            raise Conflict(
+                f"Can not delete node {node.uuid} while it is in provision state "
+                f'"{node.provision_state}". Valid provision states to start deletion are: '
+                f"{', '.join(sorted(states.DELETE_ALLOWED_STATES))}, or set the node to maintenance first."
+            )
+        await reserve(self.conductor, node)
+        async with self.db.write() as s:
+            await s.execute(delete(Port).where(Port.node_id == node.id))
+            await s.execute(delete(Portgroup).where(Portgroup.node_id == node.id))
+            await s.execute(delete(NodeTrait).where(NodeTrait.node_id == node.id))
+            await s.execute(delete(NodeEvent).where(NodeEvent.node_id == node.id))
+            if node.allocation_id is not None:
+                from bootforge.db.models import Allocation
+
+                await s.execute(delete(Allocation).where(Allocation.id == node.allocation_id))
+            await s.execute(delete(Node).where(Node.id == node.id))
+            await s.commit()
+
+    # --- provisioning -----------------------------------------------------------------------------
+
+    async def provision(self, ident: str, verb: str, body: dict[str, Any]) -> None:
+        node = await load_node(self.conductor, ident)
+        event = states.VERB_EVENTS[verb]
+        old = node.provision_state
+        if (old, event) not in states.TRANSITIONS:
+            allowed = ", ".join(states.allowed_verbs(old)) or "none"
+            raise Conflict(
+                f'The requested action "{verb}" can not be performed on node "{node.uuid}" while it is '
+                f'in state "{old}". Actions allowed in this state: {allowed}.'
+            )
+        if node.maintenance and event in REFUSED_IN_MAINTENANCE:
+            raise InvalidInput(
+                f"Node {node.uuid} is in maintenance mode ({node.maintenance_reason or 'no reason given'}); "
+                f'the "{verb}" action is refused until maintenance is unset.',
+                "target",
+            )
+        if node.protected and event in ("rebuild", "delete"):
+            raise Forbidden(f"Node {node.uuid} is protected and cannot be undeployed, rebuilt or deleted")
+        new = states.TRANSITIONS[(old, event)]
+        task = NodeTask(self.conductor, node, [], verb)
+        values = self._provision_values(task, event, body)
+        values.update(
+            provision_state=new,
+            target_provision_state=states.target_of(new),
+            provision_updated_at=utcnow(),
+            last_error=None,
+        )
+        fn = work.RESUMABLE.get(new)
+        if event == "abort":
+            values["last_error"] = f"{verb} requested by the operator in state {old}"
+        await reserve(
+            self.conductor, node, values, expect_state=old, event=("provisioning", f"{old} -> {new} ({verb})")
+        )
+        if fn is None:
+            await task.release()
+            return
+        task.ports = await _ports(self.conductor, node.id)
+        self.conductor.spawn(task, fn)
+
+    def _provision_values(self, task: NodeTask, event: str, body: dict[str, Any]) -> dict[str, Any]:
+        node = task.node
+        info = dict(node.driver_internal_info)
+        values: dict[str, Any] = {}
+        if event in ("deploy", "rebuild"):
+            for kind in ("power", "management", "boot", "deploy"):
+                _validate_iface(task, kind)
+            requested = body.get("deploy_steps") or []
+            if not isinstance(requested, list):
+                raise InvalidInput("deploy_steps must be a list", "deploy_steps")
+            steps = work.check_requested_steps(task, "deploy", requested)
+            for key in ("deploy_steps", "deploy_step_index"):
+                info.pop(key, None)
+            info["requested_deploy_steps"] = steps
+            instance_info = dict(node.instance_info)
+            if body.get("configdrive") is not None:
+                cd = body["configdrive"]
+                if not isinstance(cd, str | dict):
+                    raise InvalidInput("configdrive must be a string or an object", "configdrive")
+                instance_info["configdrive"] = cd
+            values["instance_info"] = instance_info
+            values["deploy_step"] = {}
+        elif event == "clean" and node.provision_state == states.MANAGEABLE:
+            requested = body.get("clean_steps")
+            if not requested:
+                raise InvalidInput(
+                    '"clean_steps" is required when setting target provision state to "clean"', "clean_steps"
+                )
+            if not isinstance(requested, list):
+                raise InvalidInput("clean_steps must be a list", "clean_steps")
+            info["clean_steps"] = work.check_requested_steps(task, "clean", requested)
+            info["clean_step_index"] = 0
+            info["clean_manual"] = True
+        elif event in ("provide", "delete"):
+            for key in ("clean_steps", "clean_step_index", "clean_manual"):
+                info.pop(key, None)
+        elif event == "inspect":
+            _validate_iface(task, "inspect")
+        elif event == "rescue":
+            _validate_iface(task, "rescue")
+            if not body.get("rescue_password"):
+                raise InvalidInput('"rescue_password" is required for the rescue action', "rescue_password")
+            values["instance_info"] = {**node.instance_info, "rescue_password": body["rescue_password"]}
+        values["driver_internal_info"] = info
+        return values
+
+    async def power(self, ident: str, target: str, timeout: float | None) -> None:
+        node = await load_node(self.conductor, ident)
+        task = NodeTask(self.conductor, node, [], "power")
+        supported = task.driver.power.get_supported_power_states(task)
+        if target not in work.POWER_RESULT or target not in supported:
+            raise InvalidInput(
+                f"Invalid power target {target!r} for node {node.uuid}; supported: {', '.join(supported)}",
+                "target",
+            )
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise InvalidInput("timeout must be a positive number of seconds", "timeout")
+        _validate_iface(task, "power")
+        await reserve(
+            self.conductor,
+            node,
+            {"target_power_state": work.POWER_RESULT[target]},
+            event=("power", f"{target} requested"),
+        )
+        task.exclusive = True
+        self.conductor.spawn(task, work.change_power, target, timeout)
+
+    async def set_boot_device(self, ident: str, device: str, persistent: bool) -> None:
+        if device not in base.BOOT_DEVICES:
+            raise InvalidInput(
+                f"Invalid boot device {device!r}; one of {', '.join(base.BOOT_DEVICES)}", "boot_device"
+            )
+        async with acquire(self.conductor, ident, "set boot device") as task:
+            supported = task.driver.management.get_supported_boot_devices(task)
+            if device not in supported:
+                raise InvalidInput(
+                    f"Boot device {device!r} is not supported by node {task.node.uuid}; supported: "
+                    f"{', '.join(supported)}",
+                    "boot_device",
+                )
+            await task.driver.management.set_boot_device(task, device, persistent)
+            await task.record("management", f"boot device set to {device} (persistent={persistent})")
+
+    async def get_boot_device(self, ident: str) -> dict[str, Any]:
+        task = await shared_task(self.conductor, ident, "get boot device")
+        return await task.driver.management.get_boot_device(task)
+
+    async def supported_boot_devices(self, ident: str) -> list[str]:
+        task = await shared_task(self.conductor, ident, "supported boot devices")
+        return task.driver.management.get_supported_boot_devices(task)
+
+    async def validate(self, ident: str) -> dict[str, dict[str, Any]]:
+        task = await shared_task(self.conductor, ident, "validate")
+        result: dict[str, dict[str, Any]] = {}
+        for kind, iface in task.driver.interfaces.items():
+            try:
+                iface.validate(task)
+            except InvalidInput as e:
+                result[kind] = {"result": False, "reason": e.message}
+            else:
+                result[kind] = {"result": True, "reason": None}
+        return result
+
+    async def set_maintenance(self, ident: str, on: bool, reason: str | None) -> None:
+        node = await load_node(self.conductor, ident)
+        task = NodeTask(self.conductor, node, [], "maintenance")
+        async with self.db.write() as s:
+            row = await s.get(Node, node.id)
+            assert row is not None
+            row.maintenance = on
+            row.maintenance_reason = reason if on else None
+            if not on:
+                row.fault = None
+            await s.commit()
+        await task.record(
+            "maintenance",
+            f"maintenance {'set' if on else 'unset'}" + (f": {reason}" if on and reason else ""),
+        )
+
+    # --- traits -----------------------------------------------------------------------------------
+
+    async def traits(self, ident: str) -> list[str]:
+        node = await load_node(self.conductor, ident)
+        async with self.db.read() as s:
+            rows = await s.scalars(select(NodeTrait.trait).where(NodeTrait.node_id == node.id))
+            return sorted(rows.all())
+
+    async def set_traits(self, ident: str, traits: list[str], *, add: bool = False) -> None:
+        if not isinstance(traits, list):
+            raise InvalidInput("traits must be a list of strings", "traits")
+        for t in traits:
+            if not isinstance(t, str) or not TRAIT_RE.match(t) or len(t) > 255:
+                raise InvalidInput(
+                    f"Invalid trait {t!r}: use upper-case letters, digits and '_' (e.g. CUSTOM_GPU)", "traits"
+                )
+        node = await load_node(self.conductor, ident)
+        current = set(await self.traits(ident))
+        wanted = current | set(traits) if add else set(traits)
+        if len(wanted) > MAX_TRAITS:
+            raise InvalidInput(f"A node can have at most {MAX_TRAITS} traits", "traits")
+        async with self.db.write() as s:
+            await s.execute(delete(NodeTrait).where(NodeTrait.node_id == node.id))
+            if wanted:
+                await s.execute(
+                    insert(NodeTrait),
+                    [{"node_id": node.id, "trait": t, "created_at": utcnow()} for t in sorted(wanted)],
+                )
+            await s.commit()
+
+    async def remove_trait(self, ident: str, trait: str | None) -> None:
+        node = await load_node(self.conductor, ident)
+        async with self.db.write() as s:
+            stmt = delete(NodeTrait).where(NodeTrait.node_id == node.id)
+            if trait is not None:
+                stmt = stmt.where(NodeTrait.trait == trait)
+            result = await s.execute(stmt)
+            if trait is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+                raise NotFound(f"Node {node.uuid} does not have trait {trait}")
+            await s.commit()
+
+
+def _validate_iface(task: NodeTask, kind: str) -> None:
+    try:
+        task.driver.interfaces[kind].validate(task)
+    except InvalidInput as e:
+        raise InvalidInput(
+            f"Failed to validate {kind} interface of node {task.node.uuid}: {e.message}",
+            e.field or f"{kind}_interface",
+        ) from None
+
+
+async def _ports(conductor: Conductor, node_id: int) -> list[Port]:
+    async with conductor.db.read() as s:
+        return list((await s.scalars(select(Port).where(Port.node_id == node_id))).all())
+
+
+def _removed(patch: list[dict[str, Any]]) -> set[str]:
+    return {str(p["path"]).lstrip("/").split("/")[0] for p in patch if p.get("op") == "remove"}
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuidlib.UUID(value)
+    except ValueError:
+        return False
+    return len(value) in (32, 36)

@@ -1,0 +1,212 @@
+"""Node locks and the task a driver works through.
+
+A node's exclusive lock is its `reservation` column: taking it is one conditional UPDATE
+(`... WHERE reservation IS NULL`), so it works the same across processes and hosts on one database.
+A request that finds the node locked gets NodeLocked (409) at once; it never queues behind the lock.
+
+The lock is held from the API call that starts an action until the action's background work ends, so
+"the node is busy" is visible to every client and every conductor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm.attributes import set_committed_value
+
+from bootforge.conductor import states
+from bootforge.db.models import Node, NodeEvent, Port, utcnow
+from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
+from bootforge.errors import NodeLocked, NotFound
+
+if TYPE_CHECKING:
+    from bootforge.conductor.conductor import Conductor
+
+
+def locked_message(node: Node, holder: str | None) -> str:
+    return (
+        f"Node {node.uuid} is locked by host {holder}, please retry after the current operation is completed."
+    )
+
+
+def event_row(node_id: int, event_type: str, message: str, severity: str, conductor: str) -> dict[str, Any]:
+    return {
+        "uuid": str(uuidlib.uuid4()),
+        "node_id": node_id,
+        "created_at": utcnow(),
+        "severity": severity,
+        "event_type": event_type,
+        "event": message,
+        "conductor": conductor,
+    }
+
+
+class NodeTask:
+    """One piece of work on one node, holding (or not) the node's exclusive lock.
+
+    Drivers see `node`, `ports`, `record()` and `save()`; the conductor also uses `transition()` and
+    `release()`. Changes to JSON columns must assign a new dict: in-place mutation is not tracked.
+    """
+
+    def __init__(self, conductor: Conductor, node: Node, ports: list[Port], purpose: str) -> None:
+        self.conductor = conductor
+        self.node = node
+        self.ports = ports
+        self.purpose = purpose
+        self.exclusive = node.reservation == conductor.host
+        self.driver: DriverSet = conductor.drivers.for_node(
+            node.driver, {k: getattr(node, f"{k}_interface") for k in INTERFACE_TYPES}
+        )
+
+    async def record(self, event_type: str, message: str, severity: str = "info") -> None:
+        async with self.conductor.db.write() as s:
+            await s.execute(
+                insert(NodeEvent),
+                [event_row(self.node.id, event_type, message, severity, self.conductor.host)],
+            )
+            await s.commit()
+
+    async def save(self) -> None:
+        async with self.conductor.db.write() as s:
+            s.add(self.node)
+            await s.commit()
+
+    def set_internal(self, **values: Any) -> None:
+        info = dict(self.node.driver_internal_info)
+        for key, value in values.items():
+            if value is None:
+                info.pop(key, None)
+            else:
+                info[key] = value
+        self.node.driver_internal_info = info
+
+    async def transition(
+        self, event: str, *, error: str | None = None, release: bool = False, message: str | None = None
+    ) -> str:
+        """Move the node along the state machine, save it and put the change on its timeline."""
+        old = self.node.provision_state
+        new = states.advance(old, event)
+        self.node.provision_state = new
+        self.node.target_provision_state = states.target_of(new)
+        self.node.provision_updated_at = utcnow()
+        if error is not None:
+            self.node.last_error = error
+        if release:
+            self.node.reservation = None
+            self.exclusive = False
+        text = message or f"{old} -> {new} ({event})"
+        severity = "error" if error else "info"
+        if error:
+            text = f"{text}: {error}"
+        async with self.conductor.db.write() as s:
+            s.add(self.node)
+            await s.execute(
+                insert(NodeEvent),
+                [event_row(self.node.id, "provisioning", text, severity, self.conductor.host)],
+            )
+            await s.commit()
+        return new
+
+    async def release(self) -> None:
+        """Give the lock back, saving whatever the work changed on the node."""
+        if self.node.reservation == self.conductor.host:
+            self.node.reservation = None
+        self.exclusive = False
+        await self.save()
+
+
+async def load_node(conductor: Conductor, ident: str) -> Node:
+    async with conductor.db.read() as s:
+        node: Node | None = await s.scalar(_by_ident(ident))
+    if node is None:
+        raise NotFound(f"Node {ident} could not be found.")
+    return node
+
+
+def _by_ident(ident: str) -> Any:
+    column = Node.uuid if _looks_like_uuid(ident) else Node.name
+    return select(Node).where(column == ident)
+
+
+def _looks_like_uuid(value: str) -> bool:
+    try:
+        uuidlib.UUID(value)
+    except ValueError:
+        return False
+    return len(value) in (32, 36)
+
+
+async def load_ports(conductor: Conductor, node_id: int) -> list[Port]:
+    async with conductor.db.read() as s:
+        return list((await s.scalars(select(Port).where(Port.node_id == node_id))).all())
+
+
+async def reserve(
+    conductor: Conductor,
+    node: Node,
+    values: dict[str, Any] | None = None,
+    expect_state: str | None = None,
+    event: tuple[str, str] | None = None,
+) -> None:
+    """Take the node's lock, atomically applying `values` (and checking its state), or raise.
+
+    One UPDATE both locks and writes the first change, so an API action costs one round trip before
+    its 202, and two clients racing for one node cannot both win.
+    """
+    now = utcnow()
+    changes = {"reservation": conductor.host, "updated_at": now, **(values or {})}
+    stmt = update(Node).where(Node.id == node.id, Node.reservation.is_(None))
+    if expect_state is not None:
+        stmt = stmt.where(Node.provision_state == expect_state)
+    async with conductor.db.write() as s:
+        result = await s.execute(stmt.values(**changes).execution_options(synchronize_session=False))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            await s.rollback()
+            current = await load_node(conductor, node.uuid)
+            if current.reservation is not None:
+                raise NodeLocked(locked_message(current, current.reservation))
+            raise NodeLocked(
+                f"Node {node.uuid} changed state to {current.provision_state!r} while the request "
+                "was handled; please retry."
+            )
+        if event is not None:
+            await s.execute(
+                insert(NodeEvent),
+                [event_row(node.id, event[0], event[1], "info", conductor.host)],
+            )
+        await s.commit()
+    # The row now holds these values: record them as loaded, not as pending changes, or a later
+    # save() that sets one back (reservation -> None) would look like "no change" and write nothing.
+    for key, value in changes.items():
+        set_committed_value(node, key, value)
+
+
+@asynccontextmanager
+async def acquire(conductor: Conductor, ident: str, purpose: str) -> AsyncIterator[NodeTask]:
+    """Exclusive lock for a short synchronous action (boot device, patch); released on exit."""
+    node = await load_node(conductor, ident)
+    await reserve(conductor, node)
+    task = NodeTask(conductor, node, await load_ports(conductor, node.id), purpose)
+    try:
+        yield task
+    finally:
+        await task.release()
+
+
+async def shared_task(conductor: Conductor, ident: str, purpose: str) -> NodeTask:
+    """A task without the lock, for reads such as validate or boot device get."""
+    node = await load_node(conductor, ident)
+    return NodeTask(conductor, node, await load_ports(conductor, node.id), purpose)
+
+
+def age(when: dt.datetime | None, now: dt.datetime) -> float:
+    if when is None:
+        return float("inf")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return (now - when).total_seconds()

@@ -1,0 +1,237 @@
+"""The background work behind each provisioning action, run while the node's lock is held.
+
+Every function here is safe to run again from the start for a node left in its state by a conductor
+that died: steps are re-entered at the index persisted before they started (a step may therefore run
+twice and must be idempotent), and the other phases only converge the machine towards the target.
+
+Steps: the ordered list of a deploy or clean is written to `driver_internal_info` before the first
+step runs; before each step its index and description are saved (`deploy_step` / `clean_step`), so the
+node record always says where the work is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bootforge.conductor import states
+from bootforge.conductor.task import NodeTask
+from bootforge.drivers import base
+from bootforge.drivers.hardware import INTERFACE_TYPES
+from bootforge.errors import InvalidInput
+
+# Ironic's tie-break when two steps share a priority: power first, then management, deploy, ...
+STEP_INTERFACE_ORDER = ("power", "management", "deploy", "bios", "raid", "inspect", "boot", "rescue")
+
+POWER_RESULT = {
+    base.POWER_ON: base.POWER_ON,
+    base.POWER_OFF: base.POWER_OFF,
+    base.REBOOT: base.POWER_ON,
+    base.SOFT_POWER_OFF: base.POWER_OFF,
+    base.SOFT_REBOOT: base.POWER_ON,
+}
+
+
+def collect_steps(task: NodeTask, kind: str, *, automated_only: bool = True) -> list[dict[str, Any]]:
+    """The steps of `kind` the node's interfaces offer, in execution order (priority, then interface)."""
+    found: list[dict[str, Any]] = []
+    for iface_type in INTERFACE_TYPES:
+        iface = task.driver.interfaces[iface_type]
+        for info in iface.steps(kind):
+            if automated_only and info.priority <= 0:
+                continue
+            found.append(
+                {
+                    "interface": iface_type,
+                    "step": info.name,
+                    "priority": info.priority,
+                    "args": {},
+                    "abortable": info.abortable,
+                }
+            )
+    order = {name: i for i, name in enumerate(STEP_INTERFACE_ORDER)}
+    found.sort(key=lambda s: (-s["priority"], order.get(s["interface"], 99)))
+    return found
+
+
+def check_requested_steps(task: NodeTask, kind: str, requested: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validate operator-given steps against what the interfaces offer; InvalidInput names the bad one."""
+    field = f"{kind}_steps"
+    checked = []
+    for i, step in enumerate(requested):
+        if not isinstance(step, dict) or "interface" not in step or "step" not in step:
+            raise InvalidInput(f"{field}[{i}] must be an object with 'interface' and 'step'", field)
+        iface_type = step["interface"]
+        if iface_type not in task.driver.interfaces:
+            raise InvalidInput(f"{field}[{i}]: unknown interface {iface_type!r}", field)
+        offered = {s.name for s in task.driver.interfaces[iface_type].steps(kind)}
+        if step["step"] not in offered:
+            raise InvalidInput(
+                f"{field}[{i}]: {kind} step {step['step']!r} is not supported by the node's "
+                f"{iface_type} interface; it offers: {', '.join(sorted(offered)) or 'none'}",
+                field,
+            )
+        args = step.get("args", {})
+        if not isinstance(args, dict):
+            raise InvalidInput(f"{field}[{i}].args must be an object", field)
+        checked.append(
+            {
+                "interface": iface_type,
+                "step": step["step"],
+                "args": args,
+                "priority": int(step.get("priority", 0)),
+            }
+        )
+    return checked
+
+
+async def run_steps(task: NodeTask, kind: str) -> str | None:
+    """Run the persisted step list of `kind` from its saved index; WAIT if a step went asynchronous."""
+    info = task.node.driver_internal_info
+    steps: list[dict[str, Any]] = info.get(f"{kind}_steps", [])
+    index: int = info.get(f"{kind}_step_index", 0)
+    for i in range(index, len(steps)):
+        step = steps[i]
+        setattr(task.node, f"{kind}_step", step)
+        task.set_internal(**{f"{kind}_step_index": i})
+        await task.save()
+        await task.record("step", f"{kind} step {step['interface']}.{step['step']} started")
+        iface = task.driver.interfaces[step["interface"]]
+        result = await iface.execute_step(task, step["step"], step.get("args", {}))
+        if result == base.WAIT:
+            task.set_internal(**{f"{kind}_step_index": i + 1})
+            await task.save()
+            await task.record("step", f"{kind} step {step['interface']}.{step['step']} waits for the agent")
+            return base.WAIT
+        await task.record("step", f"{kind} step {step['interface']}.{step['step']} done")
+    setattr(task.node, f"{kind}_step", {})
+    task.set_internal(**{f"{kind}_steps": None, f"{kind}_step_index": None})
+    return None
+
+
+async def verify(task: NodeTask) -> None:
+    """enroll -> manageable: prove that bootforge can read the machine's power state."""
+    for iface in task.driver.interfaces.values():
+        iface.validate(task)
+    task.node.power_state = await task.driver.power.get_power_state(task)
+    await task.transition("done", release=True)
+
+
+async def clean(task: NodeTask) -> None:
+    """Cleaning: automated (on provide / after undeploy) or manual (steps given by the operator)."""
+    manual = bool(task.node.driver_internal_info.get("clean_manual"))
+    if "clean_steps" not in task.node.driver_internal_info:
+        steps = collect_steps(task, "clean") if automated_clean_enabled(task) else []
+        task.set_internal(clean_steps=steps, clean_step_index=0)
+    if await run_steps(task, "clean") == base.WAIT:
+        await task.transition("wait", release=True)
+        return
+    task.set_internal(clean_manual=None)
+    await task.transition("manage" if manual else "done", release=True)
+
+
+def automated_clean_enabled(task: NodeTask) -> bool:
+    if task.node.automated_clean is not None:
+        return task.node.automated_clean
+    return task.conductor.settings.automated_clean
+
+
+async def deploy(task: NodeTask) -> None:
+    """available -> active: run the deploy steps, then hand the machine over."""
+    if "deploy_steps" not in task.node.driver_internal_info:
+        steps = collect_steps(task, "deploy")
+        extra = task.node.driver_internal_info.get("requested_deploy_steps") or []
+        steps = _merge_steps(steps, extra)
+        task.set_internal(deploy_steps=steps, deploy_step_index=0, requested_deploy_steps=None)
+        await task.driver.boot.prepare_ramdisk(task)
+    if await run_steps(task, "deploy") == base.WAIT:
+        await task.transition("wait", release=True)
+        return
+    await task.driver.boot.prepare_instance(task)
+    task.node.power_state = base.POWER_ON
+    await task.transition("done", release=True)
+
+
+def _merge_steps(steps: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Operator deploy steps override the priority/args of a same-named step or add a new one."""
+    by_name = {(s["interface"], s["step"]): s for s in steps}
+    for step in extra:
+        key = (step["interface"], step["step"])
+        by_name[key] = {**by_name.get(key, {}), **step}
+    merged = [s for s in by_name.values() if s.get("priority", 0) > 0]
+    order = {name: i for i, name in enumerate(STEP_INTERFACE_ORDER)}
+    merged.sort(key=lambda s: (-s["priority"], order.get(s["interface"], 99)))
+    return merged
+
+
+async def tear_down(task: NodeTask) -> None:
+    """active (or failed) -> deleting -> cleaning -> available."""
+    await task.driver.deploy.tear_down(task)
+    await task.driver.power.set_power_state(task, base.POWER_OFF)
+    task.node.power_state = base.POWER_OFF
+    await task.driver.boot.clean_up_instance(task)
+    instance_info = {k: v for k, v in task.node.instance_info.items() if k == "capabilities"}
+    task.node.instance_info = instance_info
+    task.node.instance_uuid = None
+    task.set_internal(deploy_steps=None, deploy_step_index=None, clean_manual=None)
+    task.node.deploy_step = {}
+    await task.conductor.allocations.release_for_node(task)
+    await task.transition("clean")
+    await clean(task)
+
+
+async def inspect(task: NodeTask) -> None:
+    from bootforge.db.models import utcnow
+
+    task.node.inspection_started_at = utcnow()
+    task.node.inspection_finished_at = None
+    if await task.driver.inspect.inspect_hardware(task) == base.WAIT:
+        await task.transition("wait", release=True)
+        return
+    task.node.inspection_finished_at = utcnow()
+    await task.transition("done", release=True)
+
+
+async def adopt(task: NodeTask) -> None:
+    for kind in ("power", "management", "boot", "deploy"):
+        task.driver.interfaces[kind].validate(task)
+    task.node.power_state = await task.driver.power.get_power_state(task)
+    await task.transition("done", release=True)
+
+
+async def rescue(task: NodeTask) -> None:
+    if await task.driver.rescue.rescue(task) == base.WAIT:
+        await task.transition("wait", release=True)
+        return
+    await task.transition("done", release=True)
+
+
+async def unrescue(task: NodeTask) -> None:
+    await task.driver.rescue.unrescue(task)
+    await task.transition("done", release=True)
+
+
+async def change_power(task: NodeTask, target: str, timeout: float | None) -> None:
+    power = task.driver.power
+    if target == base.REBOOT:
+        await power.reboot(task, timeout)
+    else:
+        await power.set_power_state(task, target, timeout)
+    old = task.node.power_state
+    task.node.power_state = POWER_RESULT[target]
+    task.node.target_power_state = None
+    task.node.last_error = None
+    await task.record("power", f"{target}: {old} -> {task.node.power_state}")
+    await task.release()
+
+
+# What to run for a node found in each working state (after an API action or a conductor restart).
+RESUMABLE = {
+    states.VERIFYING: verify,
+    states.CLEANING: clean,
+    states.DEPLOYING: deploy,
+    states.DELETING: tear_down,
+    states.INSPECTING: inspect,
+    states.ADOPTING: adopt,
+    states.RESCUING: rescue,
+    states.UNRESCUING: unrescue,
+}

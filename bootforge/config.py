@@ -1,0 +1,133 @@
+"""Settings: one pydantic-settings class, built once by the composition root and passed down.
+
+Sources, strongest first: flags given to `bootforge serve` (passed as init values), BOOTFORGE_*
+environment variables, a TOML config file (`--config FILE` or BOOTFORGE_CONFIG), then the defaults below,
+which run a complete single-process service on loopback with SQLite in the state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "bootforge"
+
+
+class FakeDelays(BaseSettings):
+    """Seconds the fake-hardware interfaces sleep per operation (for tests and benchmarks only)."""
+
+    power: float = 0.0
+    management: float = 0.0
+    boot: float = 0.0
+    deploy: float = 0.0
+    inspect: float = 0.0
+    clean: float = 0.0
+    rescue: float = 0.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BOOTFORGE_", env_nested_delimiter="__", extra="forbid")
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    listen: str = "127.0.0.1:6385"
+    # The URL clients (and later the deploy agent) use to reach the API; derived from `listen` if empty.
+    public_url: str = ""
+    database_url: str = ""
+    # The conductor's name in the conductors table and in node reservations; unique per process.
+    host: str = Field(default_factory=socket.gethostname)
+    conductor_group: str = ""
+
+    auth_strategy: Literal["noauth", "http_basic"] = "noauth"
+    htpasswd_file: Path | None = None
+
+    enabled_hardware_types: list[str] = ["fake-hardware"]
+    default_resource_class: str | None = None
+    automated_clean: bool = True
+
+    # Periodic work, in seconds. 0 switches a periodic task off.
+    power_sync_interval: float = 60.0
+    timeout_check_interval: float = 15.0
+    conductor_heartbeat_interval: float = 10.0
+    conductor_offline_after: float = 60.0
+    # How long a node may sit in a wait state before it fails with the reason recorded.
+    deploy_callback_timeout: float = 1800.0
+    clean_callback_timeout: float = 1800.0
+    inspect_wait_timeout: float = 1800.0
+    rescue_callback_timeout: float = 1800.0
+    power_state_change_timeout: float = 60.0
+    node_events_keep: int = 500
+
+    fake_delays: FakeDelays = FakeDelays()
+
+    log_level: str = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.state_dir / 'bootforge.sqlite'}"
+        elif self.database_url.startswith(("postgres://", "postgresql://")):
+            self.database_url = "postgresql+asyncpg://" + self.database_url.split("://", 1)[1]
+        if not self.public_url:
+            host, port = self.listen_host_port
+            shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            self.public_url = f"http://{shown}:{port}"
+        self.public_url = self.public_url.rstrip("/")
+        if self.auth_strategy == "noauth" and not self.listens_on_loopback:
+            raise ValueError(
+                "auth_strategy 'noauth' is only allowed when listening on loopback; "
+                f"listen={self.listen!r} needs auth_strategy='http_basic' and an htpasswd_file"
+            )
+        if self.auth_strategy == "http_basic" and self.htpasswd_file is None:
+            raise ValueError("auth_strategy 'http_basic' needs htpasswd_file")
+        return self
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        host = self.listen_host_port[0]
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by BOOTFORGE_CONFIG (set by `--config`), if any."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("BOOTFORGE_CONFIG")
+        if not path:
+            return {}
+        with open(path, "rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+        section: dict[str, Any] = data.get("bootforge", data)
+        return section

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, the engine, Alembic migrations and queries. No rules live here."""

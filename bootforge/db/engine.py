@@ -1,0 +1,116 @@
+"""The database engine: SQLite (WAL) by default, PostgreSQL through a URL; migrations run at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
+    """An engine for `url`. On SQLite, `writer` engines begin IMMEDIATE transactions (see below)."""
+    if is_sqlite(url):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        # aiosqlite hands every statement to a thread; SQLAlchemy's own BEGIN handling would start
+        # deferred transactions that upgrade to write locks mid-way and fail with "database is locked"
+        # under concurrency, so transactions begin IMMEDIATE when they are going to write.
+        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate if writer else _sqlite_begin)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module so that "begin" below decides.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode is durable against process crashes (SIGKILL); only an OS crash may lose the
+    # last transactions, which is the trade every WAL deployment makes.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+class Database:
+    """Sessions for reading and for writing.
+
+    On SQLite, writes go through an engine whose transactions take the write lock at BEGIN, so two
+    writers queue on busy_timeout instead of failing half-way; reads use deferred transactions and, in
+    WAL mode, never wait for writers. On PostgreSQL both are the same engine.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.write_engine = make_engine(url, writer=True)
+        self.read_engine = make_engine(url, writer=False) if is_sqlite(url) else self.write_engine
+        self._write = async_sessionmaker(self.write_engine, expire_on_commit=False)
+        self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
+
+    def write(self) -> AsyncSession:
+        return self._write()
+
+    def read(self) -> AsyncSession:
+        return self._read()
+
+    async def migrate(self) -> None:
+        await migrate(self.write_engine)
+
+    async def close(self) -> None:
+        await self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            await self.read_engine.dispose()
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to `revision` (head by default); safe to call at every start."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade, str(engine.url), revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_downgrade, str(engine.url), revision)
+
+
+def _upgrade(conn: Connection, url: str, revision: str) -> None:
+    cfg = alembic_config(url)
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)
+
+
+def _downgrade(conn: Connection, url: str, revision: str) -> None:
+    cfg = alembic_config(url)
+    cfg.attributes["connection"] = conn
+    command.downgrade(cfg, revision)

@@ -1,0 +1,225 @@
+"""SQLAlchemy tables. The schema is changed only through Alembic migrations (db/migrations).
+
+These rows are bootforge's own; the Ironic wire shape is built from them in `api/` so that either can
+change without the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so migrations behave the same on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Json = JSON().with_variant(JSON(none_as_null=True), "postgresql")
+
+INTERFACES = (
+    "bios",
+    "boot",
+    "console",
+    "deploy",
+    "firmware",
+    "inspect",
+    "management",
+    "network",
+    "power",
+    "raid",
+    "rescue",
+    "storage",
+    "vendor",
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: Json, list[Any]: Json}
+
+
+class Timestamps:
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), onupdate=utcnow)
+
+
+class Node(Timestamps, Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255), unique=True)
+    driver: Mapped[str] = mapped_column(String(255))
+    driver_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    driver_internal_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    instance_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    instance_uuid: Mapped[str | None] = mapped_column(String(36), index=True)
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    resource_class: Mapped[str | None] = mapped_column(String(80), index=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    lessee: Mapped[str | None] = mapped_column(String(255))
+    conductor_group: Mapped[str] = mapped_column(String(255), default="")
+
+    provision_state: Mapped[str] = mapped_column(String(15), index=True)
+    target_provision_state: Mapped[str | None] = mapped_column(String(15))
+    provision_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    power_state: Mapped[str | None] = mapped_column(String(15))
+    target_power_state: Mapped[str | None] = mapped_column(String(15))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    maintenance: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    maintenance_reason: Mapped[str | None] = mapped_column(Text)
+    fault: Mapped[str | None] = mapped_column(String(255))
+    # The conductor holding the node's exclusive lock; NULL when unlocked.
+    reservation: Mapped[str | None] = mapped_column(String(255), index=True)
+    conductor_affinity: Mapped[str | None] = mapped_column(String(255))
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    protected_reason: Mapped[str | None] = mapped_column(Text)
+    retired: Mapped[bool] = mapped_column(Boolean, default=False)
+    retired_reason: Mapped[str | None] = mapped_column(Text)
+    automated_clean: Mapped[bool | None] = mapped_column(Boolean)
+    console_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    boot_mode: Mapped[str | None] = mapped_column(String(16))
+    secure_boot: Mapped[bool | None] = mapped_column(Boolean)
+    network_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    raid_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    target_raid_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    clean_step: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    deploy_step: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    inspection_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    inspection_finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    allocation_id: Mapped[int | None] = mapped_column(Integer)
+
+    bios_interface: Mapped[str | None] = mapped_column(String(255))
+    boot_interface: Mapped[str | None] = mapped_column(String(255))
+    console_interface: Mapped[str | None] = mapped_column(String(255))
+    deploy_interface: Mapped[str | None] = mapped_column(String(255))
+    firmware_interface: Mapped[str | None] = mapped_column(String(255))
+    inspect_interface: Mapped[str | None] = mapped_column(String(255))
+    management_interface: Mapped[str | None] = mapped_column(String(255))
+    network_interface: Mapped[str | None] = mapped_column(String(255))
+    power_interface: Mapped[str | None] = mapped_column(String(255))
+    raid_interface: Mapped[str | None] = mapped_column(String(255))
+    rescue_interface: Mapped[str | None] = mapped_column(String(255))
+    storage_interface: Mapped[str | None] = mapped_column(String(255))
+    vendor_interface: Mapped[str | None] = mapped_column(String(255))
+
+
+class NodeTrait(Base):
+    __tablename__ = "node_traits"
+
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    trait: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Portgroup(Timestamps, Base):
+    __tablename__ = "portgroups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255), unique=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    address: Mapped[str | None] = mapped_column(String(18), unique=True)
+    mode: Mapped[str | None] = mapped_column(String(255))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    standalone_ports_supported: Mapped[bool] = mapped_column(Boolean, default=True)
+    internal_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Port(Timestamps, Base):
+    __tablename__ = "ports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    address: Mapped[str] = mapped_column(String(18), unique=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    portgroup_id: Mapped[int | None] = mapped_column(ForeignKey("portgroups.id"), index=True)
+    pxe_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    local_link_connection: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    physical_network: Mapped[str | None] = mapped_column(String(64))
+    is_smartnic: Mapped[bool] = mapped_column(Boolean, default=False)
+    internal_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Allocation(Timestamps, Base):
+    __tablename__ = "allocations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255), unique=True)
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(15), default="allocating")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    resource_class: Mapped[str | None] = mapped_column(String(80))
+    traits: Mapped[list[Any]] = mapped_column(default=list)
+    candidate_nodes: Mapped[list[Any]] = mapped_column(default=list)
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    conductor_affinity: Mapped[str | None] = mapped_column(String(255))
+
+
+class Conductor(Timestamps, Base):
+    __tablename__ = "conductors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255), unique=True)
+    online: Mapped[bool] = mapped_column(Boolean, default=True)
+    conductor_group: Mapped[str] = mapped_column(String(255), default="")
+    hardware_types: Mapped[list[Any]] = mapped_column(default=list)
+    # Refreshed by the conductor's heartbeat; a conductor silent for too long is taken over.
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NodeEvent(Base):
+    """One line of a node's timeline: state changes, power actions, steps, netboot fetches, errors."""
+
+    __tablename__ = "node_events"
+    __table_args__ = (Index("ix_node_events_node_id_id", "node_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    severity: Mapped[str] = mapped_column(String(8), default="info")
+    event_type: Mapped[str] = mapped_column(String(32))
+    event: Mapped[str] = mapped_column(Text)
+    conductor: Mapped[str | None] = mapped_column(String(255))
+    user: Mapped[str | None] = mapped_column(String(255))
+
+
+class Lease(Base):
+    """A DHCP lease handed out by bootforge's DHCP server in full mode."""
+
+    __tablename__ = "dhcp_leases"
+
+    mac: Mapped[str] = mapped_column(String(18), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(45), unique=True)
+    subnet: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(12), default="bound")
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,1 @@
+"""Driver interfaces (power, management, boot, deploy, inspect, ...) composed into hardware types."""

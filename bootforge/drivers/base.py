@@ -1,0 +1,279 @@
+"""Driver interfaces: the small contracts a hardware type is composed of (Ironic's shape, async).
+
+Every interface has `validate(task)`, which must be cheap: it runs inside API requests (node validate,
+manage) and must not touch the BMC. Methods that change a machine are coroutines; drivers built on
+blocking libraries (pyghmi) wrap them in `asyncio.to_thread`.
+
+Steps: a method decorated with `@clean_step(priority=..)` or `@deploy_step(priority=..)` is collected when
+the class is defined (`__init_subclass__`). A step returns None when it is done, or `WAIT` when the work
+continues outside the conductor (the ramdisk agent) and a callback will resume it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from bootforge.db.models import Node, Port
+
+WAIT: Final = "wait"
+
+POWER_ON: Final = "power on"
+POWER_OFF: Final = "power off"
+REBOOT: Final = "rebooting"
+SOFT_POWER_OFF: Final = "soft power off"
+SOFT_REBOOT: Final = "soft rebooting"
+POWER_ERROR: Final = "error"
+
+BOOT_DEVICES: Final = ("pxe", "disk", "cdrom", "bios", "safe", "wanboot")
+
+
+class Task(Protocol):
+    """What a driver sees of the node it works on; the conductor's task implements it."""
+
+    @property
+    def node(self) -> Node: ...
+
+    @property
+    def ports(self) -> list[Port]: ...
+
+    async def record(self, event_type: str, message: str, severity: str = "info") -> None: ...
+
+    async def save(self) -> None: ...
+
+
+StepResult = str | None
+StepFn = Callable[..., Awaitable[StepResult]]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    kind: str  # "clean" or "deploy"
+    name: str
+    priority: int
+    abortable: bool = False
+    argsinfo: dict[str, Any] = field(default_factory=dict)
+
+
+F = TypeVar("F", bound=StepFn)
+
+
+def _step(kind: str, priority: int, abortable: bool, argsinfo: dict[str, Any] | None) -> Callable[[F], F]:
+    def mark(fn: F) -> F:
+        fn.__bootforge_step__ = StepInfo(  # type: ignore[attr-defined]
+            kind, fn.__name__, priority, abortable, argsinfo or {}
+        )
+        return fn
+
+    return mark
+
+
+def clean_step(
+    priority: int, abortable: bool = False, argsinfo: dict[str, Any] | None = None
+) -> Callable[[F], F]:
+    return _step("clean", priority, abortable, argsinfo)
+
+
+def deploy_step(priority: int, argsinfo: dict[str, Any] | None = None) -> Callable[[F], F]:
+    return _step("deploy", priority, False, argsinfo)
+
+
+class BaseInterface(abc.ABC):
+    interface_type: ClassVar[str]
+    # The name operators put in <type>_interface, e.g. "fake" or "ipmitool".
+    name: ClassVar[str]
+    _steps: ClassVar[dict[str, StepInfo]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        steps = dict(getattr(cls, "_steps", {}))
+        for attr, value in vars(cls).items():
+            info = getattr(value, "__bootforge_step__", None)
+            if isinstance(info, StepInfo):
+                steps[attr] = info
+        cls._steps = steps
+
+    def get_properties(self) -> dict[str, str]:
+        """driver_info keys this interface reads, each with a description (shown by `driver properties`)."""
+        return {}
+
+    @abc.abstractmethod
+    def validate(self, task: Task) -> None:
+        """Raise InvalidInput if the node's configuration cannot work; never touch the hardware."""
+
+    def steps(self, kind: str) -> list[StepInfo]:
+        return [s for s in self._steps.values() if s.kind == kind]
+
+    async def execute_step(self, task: Task, name: str, args: dict[str, Any]) -> StepResult:
+        fn: StepFn = getattr(self, name)
+        return await fn(task, **args)
+
+
+class PowerInterface(BaseInterface):
+    interface_type = "power"
+
+    @abc.abstractmethod
+    async def get_power_state(self, task: Task) -> str: ...
+
+    @abc.abstractmethod
+    async def set_power_state(self, task: Task, state: str, timeout: float | None = None) -> None: ...
+
+    async def reboot(self, task: Task, timeout: float | None = None) -> None:
+        await self.set_power_state(task, POWER_OFF, timeout)
+        await self.set_power_state(task, POWER_ON, timeout)
+
+    def get_supported_power_states(self, task: Task) -> list[str]:
+        return [POWER_ON, POWER_OFF, REBOOT]
+
+
+class ManagementInterface(BaseInterface):
+    interface_type = "management"
+
+    @abc.abstractmethod
+    def get_supported_boot_devices(self, task: Task) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def set_boot_device(self, task: Task, device: str, persistent: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    async def get_boot_device(self, task: Task) -> dict[str, Any]:
+        """Return {"boot_device": str | None, "persistent": bool | None}."""
+
+
+class BootInterface(BaseInterface):
+    interface_type = "boot"
+
+    async def prepare_ramdisk(self, task: Task) -> None:
+        """Make the node's next network boot load the bootforge ramdisk."""
+
+    async def clean_up_ramdisk(self, task: Task) -> None:
+        """Undo prepare_ramdisk."""
+
+    async def prepare_instance(self, task: Task) -> None:
+        """Make the node boot the deployed instance."""
+
+    async def clean_up_instance(self, task: Task) -> None:
+        """Undo prepare_instance."""
+
+
+class DeployInterface(BaseInterface):
+    interface_type = "deploy"
+
+    @abc.abstractmethod
+    async def tear_down(self, task: Task) -> None:
+        """Power the instance off and release what the deployment held."""
+
+    async def take_over(self, task: Task) -> None:
+        """Adopt an active node from a conductor that went away (rebuild boot files, etc.)."""
+
+
+class InspectInterface(BaseInterface):
+    interface_type = "inspect"
+
+    @abc.abstractmethod
+    async def inspect_hardware(self, task: Task) -> StepResult:
+        """Fill the node's properties; return WAIT if results arrive later (agent callback)."""
+
+
+class RescueInterface(BaseInterface):
+    interface_type = "rescue"
+
+    @abc.abstractmethod
+    async def rescue(self, task: Task) -> StepResult: ...
+
+    @abc.abstractmethod
+    async def unrescue(self, task: Task) -> None: ...
+
+
+class _Simple(BaseInterface):
+    """Interfaces bootforge lists for Ironic compatibility whose only contract is validate()."""
+
+    def validate(self, task: Task) -> None:
+        return None
+
+
+class ConsoleInterface(_Simple):
+    interface_type = "console"
+
+
+class NetworkInterface(_Simple):
+    interface_type = "network"
+
+
+class StorageInterface(_Simple):
+    interface_type = "storage"
+
+
+class RaidInterface(_Simple):
+    interface_type = "raid"
+
+
+class BiosInterface(_Simple):
+    interface_type = "bios"
+
+
+class VendorInterface(_Simple):
+    interface_type = "vendor"
+
+
+class FirmwareInterface(_Simple):
+    interface_type = "firmware"
+
+
+class NoConsole(ConsoleInterface):
+    name = "no-console"
+
+
+class NoopNetwork(NetworkInterface):
+    name = "noop"
+
+
+class NoopStorage(StorageInterface):
+    name = "noop"
+
+
+class NoRaid(RaidInterface):
+    name = "no-raid"
+
+
+class NoBios(BiosInterface):
+    name = "no-bios"
+
+
+class NoVendor(VendorInterface):
+    name = "no-vendor"
+
+
+class NoFirmware(FirmwareInterface):
+    name = "no-firmware"
+
+
+class NoInspect(InspectInterface):
+    name = "no-inspect"
+
+    def validate(self, task: Task) -> None:
+        return None
+
+    async def inspect_hardware(self, task: Task) -> StepResult:
+        from bootforge.errors import InvalidInput
+
+        raise InvalidInput("inspection is not supported by this node's inspect interface 'no-inspect'")
+
+
+class NoRescue(RescueInterface):
+    name = "no-rescue"
+
+    def validate(self, task: Task) -> None:
+        from bootforge.errors import InvalidInput
+
+        raise InvalidInput("rescue is not supported by this node's rescue interface 'no-rescue'")
+
+    async def rescue(self, task: Task) -> StepResult:
+        self.validate(task)
+        return None
+
+    async def unrescue(self, task: Task) -> None:
+        self.validate(task)

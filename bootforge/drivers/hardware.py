@@ -1,0 +1,171 @@
+"""Hardware types: for each interface type, an ordered list of implementations; the first is the default.
+
+A node names its hardware type in `driver`, and may pick another supported implementation per interface
+(`power_interface`, ...). `Drivers.for_node()` composes the interfaces a node works with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bootforge.config import Settings
+from bootforge.drivers import base, fake
+from bootforge.errors import InvalidInput, NotFound
+
+INTERFACE_TYPES = (
+    "bios",
+    "boot",
+    "console",
+    "deploy",
+    "firmware",
+    "inspect",
+    "management",
+    "network",
+    "power",
+    "raid",
+    "rescue",
+    "storage",
+    "vendor",
+)
+
+Factory = Callable[[Settings], base.BaseInterface]
+
+
+@dataclass(frozen=True)
+class HardwareType:
+    name: str
+    description: str
+    # interface type -> ordered (name, factory); the first entry is the default.
+    interfaces: dict[str, list[tuple[str, Factory]]]
+
+    def supported(self, interface_type: str) -> list[str]:
+        return [n for n, _ in self.interfaces[interface_type]]
+
+    def default(self, interface_type: str) -> str:
+        return self.interfaces[interface_type][0][0]
+
+
+def _fake_hardware() -> HardwareType:
+    def f(cls: type[Any]) -> tuple[str, Factory]:
+        return ("fake", lambda s: cls(s.fake_delays))
+
+    def plain(cls: type[base.BaseInterface]) -> tuple[str, Factory]:
+        return (cls.name, lambda s: cls())
+
+    return HardwareType(
+        name="fake-hardware",
+        description="For tests and benchmarks only: remembers power and boot device, touches no machine.",
+        interfaces={
+            "bios": [f(fake.FakeBios), plain(base.NoBios)],
+            "boot": [f(fake.FakeBoot)],
+            "console": [f(fake.FakeConsole), plain(base.NoConsole)],
+            "deploy": [f(fake.FakeDeploy)],
+            "firmware": [f(fake.FakeFirmware), plain(base.NoFirmware)],
+            "inspect": [f(fake.FakeInspect), plain(base.NoInspect)],
+            "management": [f(fake.FakeManagement)],
+            "network": [plain(base.NoopNetwork)],
+            "power": [f(fake.FakePower)],
+            "raid": [f(fake.FakeRaid), plain(base.NoRaid)],
+            "rescue": [f(fake.FakeRescue), plain(base.NoRescue)],
+            "storage": [f(fake.FakeStorage), plain(base.NoopStorage)],
+            "vendor": [f(fake.FakeVendor), plain(base.NoVendor)],
+        },
+    )
+
+
+# The explicit registry: every hardware type bootforge knows, by name.
+HARDWARE_TYPES: dict[str, Callable[[], HardwareType]] = {
+    "fake-hardware": _fake_hardware,
+}
+
+
+@dataclass
+class DriverSet:
+    """The interfaces one node works with, by interface type."""
+
+    hardware_type: HardwareType
+    interfaces: dict[str, base.BaseInterface]
+
+    @property
+    def power(self) -> base.PowerInterface:
+        iface: base.PowerInterface = self._get("power", base.PowerInterface)  # type: ignore[type-abstract]
+        return iface
+
+    @property
+    def management(self) -> base.ManagementInterface:
+        iface: base.ManagementInterface = self._get("management", base.ManagementInterface)  # type: ignore[type-abstract]
+        return iface
+
+    @property
+    def boot(self) -> base.BootInterface:
+        iface: base.BootInterface = self._get("boot", base.BootInterface)  # type: ignore[type-abstract]
+        return iface
+
+    @property
+    def deploy(self) -> base.DeployInterface:
+        iface: base.DeployInterface = self._get("deploy", base.DeployInterface)  # type: ignore[type-abstract]
+        return iface
+
+    @property
+    def inspect(self) -> base.InspectInterface:
+        iface: base.InspectInterface = self._get("inspect", base.InspectInterface)  # type: ignore[type-abstract]
+        return iface
+
+    @property
+    def rescue(self) -> base.RescueInterface:
+        iface: base.RescueInterface = self._get("rescue", base.RescueInterface)  # type: ignore[type-abstract]
+        return iface
+
+    def _get(self, kind: str, cls: type[base.BaseInterface]) -> Any:
+        iface = self.interfaces[kind]
+        if not isinstance(iface, cls):
+            raise TypeError(f"{kind} interface {iface!r} is not a {cls.__name__}")
+        return iface
+
+
+class Drivers:
+    """The enabled hardware types of this conductor, with one shared instance per implementation."""
+
+    def __init__(self, settings: Settings) -> None:
+        unknown = [n for n in settings.enabled_hardware_types if n not in HARDWARE_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown hardware type(s) {unknown} in enabled_hardware_types; "
+                f"known: {sorted(HARDWARE_TYPES)}"
+            )
+        self.settings = settings
+        self.types = {n: HARDWARE_TYPES[n]() for n in settings.enabled_hardware_types}
+        self._instances: dict[tuple[str, str, str], base.BaseInterface] = {}
+
+    def get_type(self, name: str) -> HardwareType:
+        try:
+            return self.types[name]
+        except KeyError:
+            raise NotFound(f"Could not find the following driver(s) or hardware type(s): {name}.") from None
+
+    def resolve(self, hw: HardwareType, interface_type: str, requested: str | None) -> str:
+        """The implementation name a node gets for `interface_type`; InvalidInput if unsupported."""
+        if requested is None:
+            return hw.default(interface_type)
+        supported = hw.supported(interface_type)
+        if requested not in supported:
+            raise InvalidInput(
+                f"Could not find a suitable {interface_type} interface '{requested}' for hardware "
+                f"type {hw.name}; supported: {', '.join(supported)}",
+                f"{interface_type}_interface",
+            )
+        return requested
+
+    def for_node(self, driver: str, chosen: dict[str, str | None]) -> DriverSet:
+        hw = self.get_type(driver)
+        interfaces: dict[str, base.BaseInterface] = {}
+        for kind in INTERFACE_TYPES:
+            name = self.resolve(hw, kind, chosen.get(kind))
+            key = (hw.name, kind, name)
+            if key not in self._instances:
+                factory = dict(hw.interfaces[kind])[name]
+                self._instances[key] = factory(self.settings)
+            interfaces[kind] = self._instances[key]
+        return DriverSet(hw, interfaces)
