@@ -10,6 +10,7 @@ from support.netns import (
     netns_relayed_lan,
     netns_topology,
 )
+from support.service import bf, bf_server
 from support.postgres import (
     postgres_fresh_url,
     postgres_server,
@@ -18,6 +19,8 @@ from support.postgres import (
 )
 
 __all__ = [
+    "bf",
+    "bf_server",
     "netns_available",
     "netns_lan",
     "netns_relayed_lan",

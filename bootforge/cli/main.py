@@ -66,6 +66,8 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Migrations run at every start; their per-step chatter is noise in an operator's log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     asyncio.run(run(settings))
 
 

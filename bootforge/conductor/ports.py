@@ -8,6 +8,7 @@ from typing import Any
 
 import jsonpatch
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor.conductor import Conductor
 from bootforge.conductor.task import event_row, load_node
@@ -84,13 +85,15 @@ class PortService:
                 raise InvalidInput(f"Mandatory field missing: '{field}'", field)
         values = await self._checked(body)
         port = Port(uuid=values.pop("uuid", None) or str(uuidlib.uuid4()), created_at=utcnow(), **values)
+        # The unique constraints on address and uuid are the check: no look-up before the insert.
         async with self.db.write() as s:
-            if await s.scalar(select(Port.id).where(Port.address == port.address)):
-                raise Conflict(f"A port with MAC address {port.address} already exists.")
-            if await s.scalar(select(Port.id).where(Port.uuid == port.uuid)):
-                raise Conflict(f"A port with UUID {port.uuid} already exists.")
             s.add(port)
-            await s.flush()
+            try:
+                await s.flush()
+            except IntegrityError as e:
+                if "address" in str(e.orig).lower():
+                    raise Conflict(f"A port with MAC address {port.address} already exists.") from None
+                raise Conflict(f"A port with UUID {port.uuid} already exists.") from None
             await s.execute(
                 insert(NodeEvent),
                 [event_row(port.node_id, "port", f"port {port.address} added", "info", self.conductor.host)],

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import jsonpatch
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor import states, work
 from bootforge.conductor.conductor import Conductor
@@ -107,8 +110,8 @@ class NodeService:
         for f in JSON_FIELDS:
             if getattr(node, f) is None:
                 setattr(node, f, {})
-        async with self.db.write() as s:
-            await self._check_unique(s, node_uuid, values.get("name"))
+        # The unique constraints on uuid and name are the check: no look-up before the insert.
+        async with self.db.write() as s, _unique_violation("node", node_uuid, values.get("name")):
             s.add(node)
             await s.flush()
             await s.execute(
@@ -125,12 +128,6 @@ class NodeService:
             )
             await s.commit()
         return node
-
-    async def _check_unique(self, s: Any, node_uuid: str, name: str | None) -> None:
-        if await s.scalar(select(Node.id).where(Node.uuid == node_uuid)):
-            raise Conflict(f"A node with UUID {node_uuid} already exists.")
-        if name and await s.scalar(select(Node.id).where(Node.name == name)):
-            raise Conflict(f"A node with name {name} already exists.")
 
     def _checked_values(self, body: dict[str, Any], node: Node | None = None) -> dict[str, Any]:
         values = dict(body)
@@ -458,6 +455,18 @@ class NodeService:
             if trait is not None and result.rowcount == 0:  # type: ignore[attr-defined]
                 raise NotFound(f"Node {node.uuid} does not have trait {trait}")
             await s.commit()
+
+
+@asynccontextmanager
+async def _unique_violation(kind: str, uuid: str, name: str | None) -> AsyncIterator[None]:
+    """Turn a unique-constraint violation on insert into the 409 Ironic answers with."""
+    try:
+        yield
+    except IntegrityError as e:
+        text = str(e.orig).lower()
+        if "name" in text and name:
+            raise Conflict(f"A {kind} with name {name} already exists.") from None
+        raise Conflict(f"A {kind} with UUID {uuid} already exists.") from None
 
 
 def _validate_iface(task: NodeTask, kind: str) -> None:

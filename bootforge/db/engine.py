@@ -9,8 +9,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+from bootforge.db import sqlite_inline
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -25,19 +27,19 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # One writer connection per process: writers queue in asyncio for it, never in SQLite's busy
+        # handler (which sleeps in steps of up to 100 ms). Readers get a pool of their own.
+        pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 120} if writer else {}
+        engine = create_async_engine(url, async_creator=sqlite_inline.creator(path), **pool)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        # aiosqlite hands every statement to a thread; SQLAlchemy's own BEGIN handling would start
-        # deferred transactions that upgrade to write locks mid-way and fail with "database is locked"
-        # under concurrency, so transactions begin IMMEDIATE when they are going to write.
+        # SQLAlchemy's default deferred BEGIN would let a transaction read, then fail with "database is
+        # locked" when it first writes while another holds the lock; writers take the lock at BEGIN.
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate if writer else _sqlite_begin)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # Take transaction control away from the sqlite3 module so that "begin" below decides.
-    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode is durable against process crashes (SIGKILL); only an OS crash may lose the
@@ -76,6 +78,10 @@ class Database:
 
     def read(self) -> AsyncSession:
         return self._read()
+
+    def read_conn(self) -> AsyncConnection:
+        """A plain connection for Core reads on hot paths (no ORM session bookkeeping)."""
+        return self.read_engine.connect()
 
     async def migrate(self) -> None:
         await migrate(self.write_engine)

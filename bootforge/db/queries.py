@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from bootforge.errors import InvalidInput
@@ -67,7 +67,7 @@ def parse_bool(params: dict[str, str], name: str) -> bool | None:
 
 
 async def page_rows(
-    s: AsyncSession, model: type[DeclarativeBase], columns: Sequence[Any], page: Page
+    s: AsyncSession | AsyncConnection, model: type[DeclarativeBase], columns: Sequence[Any], page: Page
 ) -> list[Any]:
     """Rows of `columns` from `model`'s table, filtered, sorted and cut at the marker."""
     table: Any = model

@@ -12,10 +12,10 @@ from starlette.responses import Response
 from bootforge.api import views
 from bootforge.api.deps import Ctx, ctx, json_body
 from bootforge.api.responses import JSON
-from bootforge.conductor.task import load_node
+from bootforge.conductor.ports import is_uuid
 from bootforge.db.models import Allocation, Node, NodeTrait
 from bootforge.db.queries import page_rows, parse_bool, parse_page
-from bootforge.errors import InvalidInput
+from bootforge.errors import InvalidInput, NotFound
 
 router = APIRouter(prefix="/v1/nodes")
 
@@ -68,13 +68,16 @@ def node_filters(params: dict[str, str]) -> list[Any]:
 
 
 async def node_dicts(
-    c: Ctx, rows: list[Any], fields: list[str], *, links: bool = True
+    c: Ctx, rows: list[Any], fields: list[str], *, links: bool = True, known: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Fill the computed fields (traits, allocation_uuid, conductor) for a batch of node rows."""
+    """Fill the computed fields (traits, allocation_uuid, conductor) for a batch of node rows.
+
+    `known` gives values of computed fields the caller already has, for every row (skips the query).
+    """
     ids = [r["id"] for r in rows]
-    extra: dict[str, dict[int, Any]] = {}
-    if ids and ("traits" in fields or "allocation_uuid" in fields):
-        async with c.services.conductor.db.read() as s:
+    extra: dict[str, dict[int, Any]] = {k: dict.fromkeys(ids, v) for k, v in (known or {}).items()}
+    if ids and not known and ("traits" in fields or "allocation_uuid" in fields):
+        async with c.services.conductor.db.read_conn() as s:
             if "traits" in fields:
                 traits: dict[int, list[str]] = {i: [] for i in ids}
                 for node_id, trait in await s.execute(
@@ -90,9 +93,7 @@ async def node_dicts(
                             await s.execute(
                                 select(Allocation.id, Allocation.uuid).where(Allocation.id.in_(alloc_ids))
                             )
-                        )
-                        .tuples()
-                        .all()
+                        ).all()
                     )
                     if alloc_ids
                     else {}
@@ -126,7 +127,7 @@ async def list_nodes(request: Request, detail: bool, extra_filters: list[Any] | 
     )
     page = parse_page(p, NODE_SORTABLE)
     page.filters = node_filters(p) + (extra_filters or [])
-    async with c.services.conductor.db.read() as s:
+    async with c.services.conductor.db.read_conn() as s:
         rows = await page_rows(s, Node, node_columns(fields), page)
     items = await node_dicts(c, rows, fields)
     return JSON(views.collection("nodes", items, page.limit, c.base, request.url.path, p))
@@ -143,7 +144,17 @@ async def get_nodes_detail(request: Request) -> JSON:
 
 
 async def show(c: Ctx, ident: str, fields: list[str] | None = None) -> dict[str, Any]:
-    node = await load_node(c.services.conductor, ident)
+    """One node, reading only the columns asked for: clients poll this while they wait for a state."""
+    fields = fields or views.visible(views.NODE_FIELDS, c.version)
+    column = Node.uuid if is_uuid(ident) else Node.name
+    async with c.services.conductor.db.read_conn() as s:
+        row = (await s.execute(select(*node_columns(fields)).where(column == ident))).mappings().first()
+    if row is None:
+        raise NotFound(f"Node {ident} could not be found.")
+    return (await node_dicts(c, [row], fields))[0]
+
+
+async def show_node(c: Ctx, node: Node, fields: list[str] | None = None) -> dict[str, Any]:
     fields = fields or views.visible(views.NODE_FIELDS, c.version)
     row = {col: getattr(node, col) for col in (f.name for f in node_columns(fields))}
     return (await node_dicts(c, [row], fields))[0]
@@ -167,9 +178,11 @@ async def create_node(request: Request) -> JSON:
         )
     # Before 1.11 new nodes started in available, and old clients still expect that.
     node = await c.services.nodes.create(body, enroll=c.version.minor >= 11)
-    return JSON(
-        await show(c, node.uuid), status_code=201, headers={"Location": f"{c.base}/v1/nodes/{node.uuid}"}
-    )
+    # A new node has no traits and no allocation yet: the reply needs no further query.
+    fields = views.visible(views.NODE_FIELDS, c.version)
+    row = {col: getattr(node, col) for col in (f.name for f in node_columns(fields))}
+    doc = (await node_dicts(c, [row], fields, known={"traits": [], "allocation_uuid": None}))[0]
+    return JSON(doc, status_code=201, headers={"Location": f"{c.base}/v1/nodes/{node.uuid}"})
 
 
 @router.patch("/{ident}")

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from bootforge.api import views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
-from bootforge.conductor.ports import normalize_mac
+from bootforge.conductor.ports import is_uuid, normalize_mac
 from bootforge.conductor.task import load_node
 from bootforge.db.models import Node, Port, Portgroup
 from bootforge.db.queries import page_rows, parse_bool, parse_page
@@ -27,14 +27,12 @@ async def _uuid_maps(c: Ctx, rows: list[Any], group: bool) -> tuple[dict[int, st
     node_ids = {r["node_id"] for r in rows}
     group_ids = {r["portgroup_id"] for r in rows if not group and r.get("portgroup_id")}
     async with c.services.conductor.db.read() as s:
-        nodes = dict(
-            (await s.execute(select(Node.id, Node.uuid).where(Node.id.in_(node_ids)))).tuples().all()
-        )
+        nodes = dict((await s.execute(select(Node.id, Node.uuid).where(Node.id.in_(node_ids)))).all())
         groups = (
             dict(
-                (await s.execute(select(Portgroup.id, Portgroup.uuid).where(Portgroup.id.in_(group_ids))))
-                .tuples()
-                .all()
+                (
+                    await s.execute(select(Portgroup.id, Portgroup.uuid).where(Portgroup.id.in_(group_ids)))
+                ).all()
             )
             if group_ids
             else {}
@@ -42,8 +40,14 @@ async def _uuid_maps(c: Ctx, rows: list[Any], group: bool) -> tuple[dict[int, st
     return nodes, groups
 
 
-async def port_dicts(c: Ctx, rows: list[Any], fields: list[str]) -> list[dict[str, Any]]:
-    nodes, groups = await _uuid_maps(c, rows, group=False)
+async def port_dicts(
+    c: Ctx, rows: list[Any], fields: list[str], node_uuid: str | None = None
+) -> list[dict[str, Any]]:
+    """Ports in wire shape; `node_uuid`, when the caller knows it for a lone ungrouped port, saves a query."""
+    if node_uuid is not None and len(rows) == 1 and not rows[0].get("portgroup_id"):
+        nodes, groups = {rows[0]["node_id"]: node_uuid}, dict[int, str]()
+    else:
+        nodes, groups = await _uuid_maps(c, rows, group=False)
     out = []
     for r in rows:
         row = dict(r)
@@ -110,10 +114,11 @@ async def get_port(request: Request, port_uuid: str) -> JSON:
 @router.post("/v1/ports")
 async def create_port(request: Request) -> JSON:
     c = ctx(request)
-    port = await c.services.ports.create(await json_body(request))
-    return JSON(
-        await show_port(c, port), status_code=201, headers={"Location": f"{c.base}/v1/ports/{port.uuid}"}
-    )
+    body = await json_body(request)
+    port = await c.services.ports.create(body)
+    known = str(body["node_uuid"]) if is_uuid(str(body["node_uuid"])) else None
+    doc = (await port_dicts(c, [vars(port)], views.visible(views.PORT_FIELDS, c.version), known))[0]
+    return JSON(doc, status_code=201, headers={"Location": f"{c.base}/v1/ports/{port.uuid}"})
 
 
 @router.patch("/v1/ports/{port_uuid}")
