@@ -44,11 +44,16 @@ class InProcess:
 
 
 async def in_process(tmp_path: Path, **overrides: Any) -> AsyncIterator[InProcess]:
-    settings = Settings.model_validate({
-        "state_dir": tmp_path / "state", "host": "test-conductor",
-        "power_sync_interval": 0, "timeout_check_interval": 0, "conductor_heartbeat_interval": 0,
-        **overrides,
-    })
+    settings = Settings.model_validate(
+        {
+            "state_dir": tmp_path / "state",
+            "host": "test-conductor",
+            "power_sync_interval": 0,
+            "timeout_check_interval": 0,
+            "conductor_heartbeat_interval": 0,
+            **overrides,
+        }
+    )
     db, conductor, services = await build(settings)
     app = create_app(services)
     transport = httpx.ASGITransport(app=app)
@@ -75,12 +80,21 @@ class Served:
 
     def start(self, timeout: float = 30) -> None:
         self.log = self.state_dir.parent / f"serve-{self.port}.log"
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [BOOTFORGE, "serve", "--state-dir", str(self.state_dir), "--listen", f"127.0.0.1:{self.port}",
-             *self.args],
-            stdout=out, stderr=subprocess.STDOUT, env=self.env,
-        )
+        with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [
+                    BOOTFORGE,
+                    "serve",
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    *self.args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -107,7 +121,9 @@ class Served:
                 self.kill()
 
 
-def served(tmp_path: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> Iterator[Served]:
+def served(
+    tmp_path: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+) -> Iterator[Served]:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOOTFORGE_")}
     s = Served(tmp_path / "state", free_port(), {**base_env, **(env or {})}, list(args or []))
     s.start()
