@@ -1,0 +1,74 @@
+"""Hardware types compose interfaces; steps are collected from decorated methods."""
+
+import pytest
+
+from bootforge.config import Settings
+from bootforge.drivers import base
+from bootforge.drivers.hardware import INTERFACE_TYPES, Drivers
+from bootforge.errors import InvalidInput, NotFound
+
+
+def test_fake_hardware_defaults_to_fake_everywhere_it_can() -> None:
+    drivers = Drivers(Settings())
+    ds = drivers.for_node("fake-hardware", {})
+    assert set(ds.interfaces) == set(INTERFACE_TYPES)
+    assert ds.power.name == "fake" and ds.deploy.name == "fake"
+    assert ds.interfaces["network"].name == "noop"
+
+
+def test_a_node_may_pick_another_supported_implementation() -> None:
+    ds = Drivers(Settings()).for_node("fake-hardware", {"rescue": "no-rescue"})
+    assert isinstance(ds.rescue, base.NoRescue)
+
+
+def test_unsupported_implementation_names_the_field() -> None:
+    with pytest.raises(InvalidInput) as info:
+        Drivers(Settings()).for_node("fake-hardware", {"power": "ipmitool"})
+    assert info.value.field == "power_interface"
+    assert "ipmitool" in info.value.message and "fake" in info.value.message
+
+
+def test_unknown_hardware_type() -> None:
+    with pytest.raises(NotFound):
+        Drivers(Settings()).for_node("no-such-type", {})
+    with pytest.raises(ValueError, match="no-such-type"):
+        Drivers(Settings(enabled_hardware_types=["no-such-type"]))
+
+
+def test_instances_are_shared_per_implementation() -> None:
+    drivers = Drivers(Settings())
+    a = drivers.for_node("fake-hardware", {})
+    b = drivers.for_node("fake-hardware", {})
+    assert a.power is b.power
+
+
+def test_steps_are_collected_from_decorators() -> None:
+    ds = Drivers(Settings()).for_node("fake-hardware", {})
+    deploy_steps = {s.name: s for s in ds.deploy.steps("deploy")}
+    clean_steps = {s.name: s for s in ds.deploy.steps("clean")}
+    assert deploy_steps["deploy"].priority == 100
+    assert clean_steps["erase_devices_metadata"].priority == 99
+    assert ds.power.steps("deploy") == []
+
+
+def test_subclass_inherits_and_extends_steps() -> None:
+    class Custom(base.DeployInterface):
+        name = "custom"
+
+        def validate(self, task: base.Task) -> None:
+            return None
+
+        async def tear_down(self, task: base.Task) -> None:
+            return None
+
+        @base.deploy_step(priority=50)
+        async def write_image(self, task: base.Task) -> base.StepResult:
+            return base.WAIT
+
+    class More(Custom):
+        @base.deploy_step(priority=10)
+        async def finish(self, task: base.Task) -> base.StepResult:
+            return None
+
+    assert {s.name for s in More().steps("deploy")} == {"write_image", "finish"}
+    assert {s.name for s in Custom().steps("deploy")} == {"write_image"}
