@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -212,14 +213,15 @@ class NodeEvent(Base):
 
 
 class Lease(Base):
-    """A DHCP lease handed out by bootforge's DHCP server in full mode."""
+    """A DHCP lease of bootforge's DHCP server in full mode, keyed by address as the DHCP core keeps
+    them: the newest record for an address replaces the older one."""
 
     __tablename__ = "dhcp_leases"
 
-    mac: Mapped[str] = mapped_column(String(18), primary_key=True)
-    ip: Mapped[str] = mapped_column(String(45), unique=True)
-    subnet: Mapped[str] = mapped_column(String(64))
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-    hostname: Mapped[str | None] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(12), default="bound")
+    ip: Mapped[str] = mapped_column(String(45), primary_key=True)
+    mac: Mapped[str] = mapped_column(String(18), index=True)
+    state: Mapped[str] = mapped_column(String(12))
+    # Seconds since the epoch, on the clock the DHCP server runs on (what the core compares with).
+    expires: Mapped[float] = mapped_column(Float)
+    node_uuid: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -34,18 +34,16 @@ def upgrade() -> None:
     )
     op.create_table(
         "dhcp_leases",
-        sa.Column("mac", sa.String(length=18), nullable=False),
         sa.Column("ip", sa.String(length=45), nullable=False),
-        sa.Column("subnet", sa.String(length=64), nullable=False),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("hostname", sa.String(length=255), nullable=True),
+        sa.Column("mac", sa.String(length=18), nullable=False),
         sa.Column("state", sa.String(length=12), nullable=False),
+        sa.Column("expires", sa.Float(), nullable=False),
+        sa.Column("node_uuid", sa.String(length=36), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("mac", name=op.f("pk_dhcp_leases")),
-        sa.UniqueConstraint("ip", name=op.f("uq_dhcp_leases_ip")),
+        sa.PrimaryKeyConstraint("ip", name=op.f("pk_dhcp_leases")),
     )
     with op.batch_alter_table("dhcp_leases", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_dhcp_leases_expires_at"), ["expires_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_dhcp_leases_mac"), ["mac"], unique=False)
 
     op.create_table(
         "nodes",
@@ -331,7 +329,7 @@ def downgrade() -> None:
 
     op.drop_table("nodes")
     with op.batch_alter_table("dhcp_leases", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_dhcp_leases_expires_at"))
+        batch_op.drop_index(batch_op.f("ix_dhcp_leases_mac"))
 
     op.drop_table("dhcp_leases")
     op.drop_table("conductors")

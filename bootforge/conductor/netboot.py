@@ -1,0 +1,214 @@
+"""The conductor's answers to the netboot servers, which never import the conductor themselves.
+
+- `NetbootView` knows every PXE-enabled port's MAC with its node's UUID and provision state, from an
+  in-memory copy of the database refreshed every few seconds and right after a node changes state.
+  The DHCP server asks it per packet (`reservation_for`, `boot_for`), so it must never query there.
+- `DbLeaseStore` keeps DHCP leases in the database; the DHCP server commits them in groups.
+- `EventSink` puts netboot events (DHCP exchanges, TFTP and HTTP fetches) on the nodes' timelines,
+  written in batches so a boot storm does not turn into one transaction per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid as uuidlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from bootforge.conductor import states
+from bootforge.db.engine import Database
+from bootforge.db.models import Lease, Node, NodeEvent, Port, utcnow
+from bootforge.netboot import dhcp
+from bootforge.netboot.dhcp import BootDecision, ClientInfo, LeaseRecord, LeaseState, Reservation
+
+log = logging.getLogger("bootforge.netboot")
+
+# States in which a machine is expected to network-boot bootforge's ramdisk.
+RAMDISK_STATES = frozenset(
+    {
+        states.DEPLOYING,
+        states.DEPLOYWAIT,
+        states.CLEANING,
+        states.CLEANWAIT,
+        states.INSPECTING,
+        states.INSPECTWAIT,
+        states.RESCUING,
+        states.RESCUEWAIT,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownPort:
+    mac: str
+    node_uuid: str
+    node_name: str | None
+    provision_state: str
+    maintenance: bool
+
+
+@dataclass(frozen=True)
+class BootEndpoints:
+    """Where the boot chain's next stages are served from."""
+
+    tftp_server: IPv4Address
+    http_base: str  # artifacts, e.g. http://10.0.0.1:8080/boot/files
+    ipxe_script_url: str  # with "{mac}", e.g. http://10.0.0.1:8080/boot/ipxe?mac={mac}
+
+
+class NetbootView:
+    def __init__(
+        self, db: Database, endpoints: BootEndpoints | None = None, refresh_every: float = 3.0
+    ) -> None:
+        self.db = db
+        self.endpoints = endpoints
+        self.refresh_every = refresh_every
+        self.by_mac: dict[str, KnownPort] = {}
+        self._wake = asyncio.Event()
+
+    async def refresh(self) -> None:
+        stmt = (
+            select(Port.address, Node.uuid, Node.name, Node.provision_state, Node.maintenance)
+            .join(Node, Node.id == Port.node_id)
+            .where(Port.pxe_enabled.is_(True))
+        )
+        async with self.db.read_conn() as conn:
+            rows = (await conn.execute(stmt)).all()
+        self.by_mac = {r[0]: KnownPort(*r) for r in rows}
+
+    def changed(self) -> None:
+        """Ask for a refresh soon (a node changed state, a port was added)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("netboot view refresh failed; keeping the previous view")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.refresh_every)
+            self._wake.clear()
+
+    # --- dhcp.Reservations / dhcp.BootSource ----------------------------------------------------
+
+    def reservation_for(self, mac: str) -> Reservation | None:
+        known = self.by_mac.get(mac)
+        if known is None:
+            return None
+        return Reservation(node_id=known.node_uuid, hostname=known.node_name)
+
+    def boot_for(self, client: ClientInfo, node_id: str | None) -> BootDecision | None:
+        if self.endpoints is None:
+            return None
+        known = self.by_mac.get(client.mac)
+        if known is None and node_id is None:
+            return None  # unknown machines are served only once auto-enrolment exists
+        # Every known machine gets iPXE; its script then says what this node boots now (ramdisk,
+        # local disk) or why it refuses and retries. iPXE never gets a loader again (choose_boot).
+        e = self.endpoints
+        return dhcp.choose_boot(
+            client, tftp_server=e.tftp_server, http_base=e.http_base, ipxe_script_url=e.ipxe_script_url
+        )
+
+
+class DbLeaseStore:
+    """dhcp.LeaseStore on bootforge's database: one upsert per grouped commit."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def load(self) -> Sequence[LeaseRecord]:
+        async with self.db.read_conn() as conn:
+            rows = (
+                await conn.execute(select(Lease.ip, Lease.mac, Lease.state, Lease.expires, Lease.node_uuid))
+            ).all()
+        return [
+            LeaseRecord(IPv4Address(ip), mac, LeaseState(state), expires, node)
+            for ip, mac, state, expires, node in rows
+        ]
+
+    async def commit(self, records: Sequence[LeaseRecord]) -> None:
+        if not records:
+            return
+        latest = {r.ip: r for r in records}  # one row per address, the newest wins
+        values = [
+            {
+                "ip": str(r.ip),
+                "mac": r.mac,
+                "state": r.state.value,
+                "expires": r.expires,
+                "node_uuid": r.node_id,
+                "updated_at": utcnow(),
+            }
+            for r in latest.values()
+        ]
+        dialect = self.db.write_engine.dialect.name
+        ins: Any = pg_insert(Lease) if dialect == "postgresql" else sqlite_insert(Lease)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[Lease.ip],
+            set_={c: ins.excluded[c] for c in ("mac", "state", "expires", "node_uuid", "updated_at")},
+        )
+        async with self.db.write() as s:
+            await s.execute(stmt, values)
+            await s.commit()
+
+
+class EventSink:
+    """Buffers netboot events per node UUID and writes them in one transaction every `every` seconds."""
+
+    def __init__(self, db: Database, host: str, every: float = 0.5, limit: int = 10000) -> None:
+        self.db = db
+        self.host = host
+        self.every = every
+        self.limit = limit
+        self.pending: list[tuple[str, str, str, str, float]] = []
+        self.dropped = 0
+
+    def emit(self, node_uuid: str, event_type: str, message: str, severity: str = "info") -> None:
+        if len(self.pending) >= self.limit:
+            self.dropped += 1  # a storm beyond what the timeline can take: counted, not queued forever
+            return
+        self.pending.append((node_uuid, event_type, message, severity, time.time()))
+
+    async def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        uuids = {b[0] for b in batch}
+        async with self.db.read_conn() as conn:
+            ids = dict((await conn.execute(select(Node.uuid, Node.id).where(Node.uuid.in_(uuids)))).all())
+        rows = [
+            {
+                "uuid": str(uuidlib.uuid4()),
+                "node_id": ids[u],
+                "created_at": utcnow(),
+                "severity": sev,
+                "event_type": kind,
+                "event": msg,
+                "conductor": self.host,
+            }
+            for u, kind, msg, sev, _ in batch
+            if u in ids
+        ]
+        if rows:
+            async with self.db.write() as s:
+                await s.execute(insert(NodeEvent), rows)
+                await s.commit()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing netboot events failed")

@@ -1,0 +1,86 @@
+"""The conductor's answers to the netboot servers: known MACs, boot decisions, leases, timeline events."""
+
+from ipaddress import IPv4Address
+
+from support.service import InProcess
+
+from bootforge.conductor.netboot import BootEndpoints, DbLeaseStore, EventSink, NetbootView
+from bootforge.netboot.boot.arch import lookup_arch
+from bootforge.netboot.dhcp import ClientInfo, LeaseRecord, LeaseState
+
+ENDPOINTS = BootEndpoints(
+    tftp_server=IPv4Address("10.9.0.1"),
+    http_base="http://10.9.0.1:8080/boot/files",
+    ipxe_script_url="http://10.9.0.1:8080/boot/ipxe?mac={mac}",
+)
+
+
+def client(mac: str, arch: int | None, *, ipxe: bool = False, http: bool = False) -> ClientInfo:
+    return ClientInfo(
+        mac=mac,
+        arch_code=arch,
+        arch=lookup_arch(arch) if arch is not None else None,
+        vendor_class=b"PXEClient",
+        user_classes=(b"iPXE",) if ipxe else (),
+        pxe=True,
+        http_boot=http,
+        ipxe=ipxe,
+        uuid=None,
+        guid_raw=None,
+        relay=None,
+        interface="eth0",
+    )
+
+
+async def enrol(bf: InProcess, mac: str) -> str:
+    node = (await bf.client.post("/v1/nodes", json={"driver": "fake-hardware", "name": "n1"})).json()
+    r = await bf.client.post("/v1/ports", json={"node_uuid": node["uuid"], "address": mac})
+    assert r.status_code == 201, r.text
+    return str(node["uuid"])
+
+
+async def test_known_macs_come_from_ports(bf: InProcess) -> None:
+    uuid = await enrol(bf, "52:54:00:aa:bb:01")
+    view = NetbootView(bf.conductor.db, ENDPOINTS)
+    await view.refresh()
+    found = view.reservation_for("52:54:00:aa:bb:01")
+    assert found is not None and found.node_id == uuid and found.hostname == "n1"
+    assert view.reservation_for("52:54:00:aa:bb:02") is None
+
+
+async def test_boot_chain_per_firmware(bf: InProcess) -> None:
+    await enrol(bf, "52:54:00:aa:bb:01")
+    view = NetbootView(bf.conductor.db, ENDPOINTS)
+    await view.refresh()
+    mac = "52:54:00:aa:bb:01"
+    bios = view.boot_for(client(mac, 0), None)
+    assert (
+        bios is not None and bios.filename == "undionly.kpxe" and bios.next_server == IPv4Address("10.9.0.1")
+    )
+    uefi = view.boot_for(client(mac, 7), None)
+    assert uefi is not None and uefi.filename == "ipxe.efi"
+    http = view.boot_for(client(mac, 16, http=True), None)
+    assert http is not None and http.filename == "http://10.9.0.1:8080/boot/files/ipxe.efi"
+    # iPXE itself always gets the script, never a loader again: no boot loops.
+    chained = view.boot_for(client(mac, 7, ipxe=True), None)
+    assert chained is not None and chained.filename == f"http://10.9.0.1:8080/boot/ipxe?mac={mac}"
+    assert view.boot_for(client("52:54:00:00:00:99", 7), None) is None
+
+
+async def test_leases_round_trip_and_upsert(bf: InProcess) -> None:
+    store = DbLeaseStore(bf.conductor.db)
+    ip = IPv4Address("10.9.0.50")
+    await store.commit([LeaseRecord(ip, "52:54:00:aa:bb:01", LeaseState.BOUND, 1000.0, None)])
+    await store.commit([LeaseRecord(ip, "52:54:00:aa:bb:02", LeaseState.BOUND, 2000.0, "x")])
+    loaded = await store.load()
+    assert loaded == [LeaseRecord(ip, "52:54:00:aa:bb:02", LeaseState.BOUND, 2000.0, "x")]
+
+
+async def test_events_reach_the_node_timeline(bf: InProcess) -> None:
+    uuid = await enrol(bf, "52:54:00:aa:bb:01")
+    sink = EventSink(bf.conductor.db, "test")
+    sink.emit(uuid, "dhcp", "DISCOVER from 52:54:00:aa:bb:01 -> OFFER 10.9.0.50")
+    sink.emit("00000000-0000-0000-0000-000000000000", "dhcp", "unknown node: dropped")
+    await sink.flush()
+    history = (await bf.client.get(f"/v1/nodes/{uuid}/history?detail=true")).json()["history"]
+    assert any(e["event_type"] == "dhcp" and "OFFER 10.9.0.50" in e["event"] for e in history)
