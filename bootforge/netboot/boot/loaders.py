@@ -1,0 +1,148 @@
+"""Boot loader binaries from Debian packages: the logical names clients ask for -> files on disk.
+
+bootforge ships no loader binaries. The README's set-up installs Debian's `ipxe`, `shim-signed`
+(+ `shim-helpers-amd64-signed`) and `grub-efi-amd64-signed`; this module finds their files and,
+for anything missing, names the package that provides it. The logical names are the ones the DHCP
+arch table (arch.py) hands out, plus the files shim asks for by fixed name in the Secure Boot
+chain: shim loads `grubx64.efi` (and `mmx64.efi` for MOK management) from the directory it came
+from, so the signed GRUB is published under that name, never renamed or re-signed.
+
+Operator directories (extra_dirs) are searched first, by logical name, so a locally built iPXE
+(an architecture Debian does not package, or an embedded script) overrides the packaged one.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .arch import ARCHES
+
+__all__ = ["LOADERS", "LoaderMissing", "LoaderSet", "LoaderSpec", "find_loaders", "loader_names_for_arches"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderSpec:
+    name: str  # what clients request (TFTP path or URL basename)
+    package: str | None  # the Debian package that ships it; None: Debian 12 ships no build of it
+    paths: tuple[str, ...]  # where that package puts it, most specific first
+
+
+def _specs() -> dict[str, LoaderSpec]:
+    ipxe, grub = "/usr/lib/ipxe", "/usr/lib/grub/x86_64-efi-signed"
+    rows = [
+        LoaderSpec("undionly.kpxe", "ipxe", (f"{ipxe}/undionly.kpxe",)),
+        LoaderSpec("undionly.kkpxe", "ipxe", (f"{ipxe}/undionly.kkpxe",)),
+        LoaderSpec("ipxe.pxe", "ipxe", (f"{ipxe}/ipxe.pxe",)),
+        LoaderSpec("ipxe.lkrn", "ipxe", (f"{ipxe}/ipxe.lkrn", "/boot/ipxe.lkrn")),
+        LoaderSpec("ipxe.efi", "ipxe", (f"{ipxe}/ipxe.efi", "/boot/ipxe.efi")),
+        LoaderSpec("snponly.efi", "ipxe", (f"{ipxe}/snponly.efi",)),
+        LoaderSpec("ipxe.iso", "ipxe", (f"{ipxe}/ipxe.iso",)),
+        LoaderSpec("shimx64.efi", "shim-signed", ("/usr/lib/shim/shimx64.efi.signed",)),
+        LoaderSpec("mmx64.efi", "shim-helpers-amd64-signed", ("/usr/lib/shim/mmx64.efi.signed",)),
+        # The network image: built-in net modules and a /grub prefix (lab capture LOCAL-2).
+        LoaderSpec("grubx64.efi", "grub-efi-amd64-signed", (f"{grub}/grubnetx64.efi.signed",)),
+        # Debian 12's ipxe package is x86 only; other architectures need an operator build.
+        LoaderSpec("ipxe-i386.efi", None, ()),
+        LoaderSpec("ipxe-arm32.efi", None, ()),
+        LoaderSpec("ipxe-arm64.efi", None, ()),
+        LoaderSpec("ipxe-riscv64.efi", None, ()),
+        LoaderSpec("ipxe-loong64.efi", None, ()),
+    ]
+    return {row.name: row for row in rows}
+
+
+LOADERS: dict[str, LoaderSpec] = _specs()
+
+
+class LoaderMissing(FileNotFoundError):
+    """A loader a client needs is not on disk; the message says how to get it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Missing:
+    name: str
+    package: str | None
+    searched: tuple[str, ...]
+
+    def message(self) -> str:
+        where = ", ".join(self.searched) or "nowhere (no known location)"
+        if self.package is None:
+            how = "no Debian package ships it; put your own build into a loader directory"
+        else:
+            how = f"install it with: apt-get install -y {self.package}"
+        return f"boot loader {self.name} not found ({how}); looked in {where}"
+
+
+class LoaderSet:
+    """The result of one search: found files by logical name, and what is missing and why."""
+
+    def __init__(self, found: Mapping[str, str], missing: Iterable[_Missing]) -> None:
+        self._found = dict(found)
+        self._missing = {m.name: m for m in missing}
+
+    @property
+    def found(self) -> dict[str, str]:
+        """Logical name -> absolute path, ready to publish under that name."""
+        return dict(self._found)
+
+    @property
+    def missing(self) -> list[str]:
+        return sorted(self._missing)
+
+    def path(self, name: str) -> str:
+        if name in self._found:
+            return self._found[name]
+        missing = self._missing.get(name) or _Missing(name, None, ())
+        raise LoaderMissing(missing.message())
+
+    def problems(self) -> list[str]:
+        """One line per missing loader, naming the package that provides it."""
+        return [self._missing[name].message() for name in self.missing]
+
+    def packages_to_install(self) -> list[str]:
+        return sorted({m.package for m in self._missing.values() if m.package is not None})
+
+
+def _usable(path: str) -> bool:
+    try:
+        info = os.stat(path)  # follows symlinks: distributions link loaders into /boot
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0 and os.access(path, os.R_OK)
+
+
+def _under(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/")) if root not in ("", "/") else path
+
+
+def find_loaders(
+    names: Iterable[str] | None = None,
+    *,
+    root: str = "/",
+    extra_dirs: Iterable[str] = (),
+) -> LoaderSet:
+    """Look for each loader (all known ones by default) in extra_dirs, then the package paths.
+
+    root relocates the package paths (an unpacked .deb tree in tests); extra_dirs are taken as given.
+    """
+    extra = tuple(extra_dirs)
+    found: dict[str, str] = {}
+    missing: list[_Missing] = []
+    for name in sorted(set(LOADERS) if names is None else set(names)):
+        spec = LOADERS.get(name, LoaderSpec(name, None, ()))
+        candidates = [os.path.join(d, name) for d in extra]
+        candidates += [_under(root, p) for p in spec.paths]
+        hit = next((c for c in candidates if _usable(c)), None)
+        if hit is None:
+            missing.append(_Missing(name, spec.package, tuple(candidates)))
+        else:
+            found[name] = os.path.abspath(hit)
+    return LoaderSet(found, missing)
+
+
+def loader_names_for_arches() -> set[str]:
+    """Every loader the DHCP arch table can hand out."""
+    return {row.loader for row in ARCHES.values() if row.loader is not None}
