@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "bootforge"
@@ -29,6 +29,53 @@ class FakeDelays(BaseSettings):
     inspect: float = 0.0
     clean: float = 0.0
     rescue: float = 0.0
+
+
+class SubnetSettings(BaseModel):
+    """A subnet bootforge's DHCP server leases addresses in (full mode)."""
+
+    network: str  # "10.77.0.0/24"
+    pool: str  # "10.77.0.100-10.77.0.199"
+    routers: list[str] = []
+    dns_servers: list[str] = []
+    lease_time: int = 3600
+
+
+class NetbootSettings(BaseModel):
+    """The DHCP, TFTP and HTTP boot services. All are off on the embedded defaults: nothing can
+    network-boot from loopback, and DHCP must never answer on a segment nobody named."""
+
+    # The IPv4 address machines reach bootforge at on the provisioning network (next-server, URLs).
+    address: str = ""
+    dhcp: Literal["off", "full", "proxy"] = "off"
+    # Interfaces DHCP serves, by name; there is deliberately no "all interfaces" default.
+    dhcp_interfaces: list[str] = []
+    subnets: list[SubnetSettings] = []
+    unknown_clients: Literal["ignore", "discover"] = "ignore"
+    tftp: bool = False
+    tftp_port: int = 69
+    http: bool = False
+    http_port: int = 8080
+    # Where boot artifacts live (kernels, initrds, images); loaders come from Debian's packages.
+    root: Path | None = None
+    # The bootforge ramdisk, as file names under `root` or URLs; a node's driver_info
+    # deploy_kernel / deploy_ramdisk overrides them.
+    deploy_kernel: str = "bootforge/vmlinuz"
+    deploy_ramdisk: str = "bootforge/initrd"
+    kernel_args: list[str] = ["console=ttyS0,115200n8", "console=tty0"]
+
+    @model_validator(mode="after")
+    def _check(self) -> NetbootSettings:
+        if (self.dhcp != "off" or self.tftp or self.http) and not self.address:
+            raise ValueError(
+                "netboot.address (the provisioning network address) is required "
+                "when DHCP, TFTP or HTTP boot is on"
+            )
+        if self.dhcp != "off" and not self.dhcp_interfaces:
+            raise ValueError("netboot.dhcp_interfaces must name the interfaces to serve")
+        if self.dhcp == "full" and not self.subnets:
+            raise ValueError("netboot.dhcp = 'full' needs at least one subnet")
+        return self
 
 
 class Settings(BaseSettings):
@@ -64,6 +111,7 @@ class Settings(BaseSettings):
     node_events_keep: int = 500
 
     fake_delays: FakeDelays = FakeDelays()
+    netboot: NetbootSettings = NetbootSettings()
 
     log_level: str = "info"
 

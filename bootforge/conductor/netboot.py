@@ -28,9 +28,20 @@ from bootforge.conductor import states
 from bootforge.db.engine import Database
 from bootforge.db.models import Lease, Node, NodeEvent, Port, utcnow
 from bootforge.netboot import dhcp
+from bootforge.netboot.boot import scripts
+from bootforge.netboot.boot.arch import Firmware
 from bootforge.netboot.dhcp import BootDecision, ClientInfo, LeaseRecord, LeaseState, Reservation
 
 log = logging.getLogger("bootforge.netboot")
+
+RAMDISK_PURPOSE = {
+    states.CLEANING: "clean",
+    states.CLEANWAIT: "clean",
+    states.INSPECTING: "inspect",
+    states.INSPECTWAIT: "inspect",
+    states.RESCUING: "rescue",
+    states.RESCUEWAIT: "rescue",
+}
 
 # States in which a machine is expected to network-boot bootforge's ramdisk.
 RAMDISK_STATES = frozenset(
@@ -54,6 +65,9 @@ class KnownPort:
     node_name: str | None
     provision_state: str
     maintenance: bool
+    boot_mode: str | None
+    deploy_kernel: str | None
+    deploy_ramdisk: str | None
 
 
 @dataclass(frozen=True)
@@ -65,25 +79,60 @@ class BootEndpoints:
     ipxe_script_url: str  # with "{mac}", e.g. http://10.0.0.1:8080/boot/ipxe?mac={mac}
 
 
+@dataclass(frozen=True)
+class RamdiskSource:
+    """The bootforge ramdisk and how it finds its way back to the API."""
+
+    api_url: str
+    kernel: str  # a file name under the HTTP root, or a URL
+    ramdisk: str
+    kernel_args: tuple[str, ...] = ()
+
+
 class NetbootView:
     def __init__(
-        self, db: Database, endpoints: BootEndpoints | None = None, refresh_every: float = 3.0
+        self,
+        db: Database,
+        endpoints: BootEndpoints | None = None,
+        ramdisk: RamdiskSource | None = None,
+        refresh_every: float = 2.0,
     ) -> None:
         self.db = db
         self.endpoints = endpoints
+        self.ramdisk = ramdisk
         self.refresh_every = refresh_every
         self.by_mac: dict[str, KnownPort] = {}
         self._wake = asyncio.Event()
 
     async def refresh(self) -> None:
         stmt = (
-            select(Port.address, Node.uuid, Node.name, Node.provision_state, Node.maintenance)
+            select(
+                Port.address,
+                Node.uuid,
+                Node.name,
+                Node.provision_state,
+                Node.maintenance,
+                Node.boot_mode,
+                Node.driver_info,
+            )
             .join(Node, Node.id == Port.node_id)
             .where(Port.pxe_enabled.is_(True))
         )
         async with self.db.read_conn() as conn:
             rows = (await conn.execute(stmt)).all()
-        self.by_mac = {r[0]: KnownPort(*r) for r in rows}
+        self.by_mac = {
+            mac: KnownPort(
+                mac,
+                uuid,
+                name,
+                state,
+                maint,
+                mode,
+                (info or {}).get("deploy_kernel"),
+                (info or {}).get("deploy_ramdisk"),
+            )
+            for mac, uuid, name, state, maint, mode, info in rows
+        }
 
     def changed(self) -> None:
         """Ask for a refresh soon (a node changed state, a port was added)."""
@@ -119,6 +168,80 @@ class NetbootView:
         return dhcp.choose_boot(
             client, tftp_server=e.tftp_server, http_base=e.http_base, ipxe_script_url=e.ipxe_script_url
         )
+
+    # --- servers.http_boot.BootScripts ----------------------------------------------------------
+
+    def plan_for(self, query: dict[str, str], script_url: str) -> scripts.BootPlan:
+        """What the machine asking with `query` (mac, platform, attempt) boots now, by node state."""
+        mac = (query.get("mac") or "").lower()
+        attempt = int(query["attempt"]) if query.get("attempt", "").isdigit() else 1
+        attempt = min(max(attempt, 1), 1_000_000)
+        known = self.by_mac.get(mac)
+
+        def refuse(why: str) -> scripts.RefuseBoot:
+            return scripts.RefuseBoot(why, scripts.with_attempt(script_url, attempt), attempt=attempt)
+
+        if known is None:
+            return refuse(
+                f"bootforge does not know {mac or 'this machine'}: enrol it with a port for its MAC"
+            )
+        name = known.node_name or known.node_uuid
+        if known.provision_state in RAMDISK_STATES:
+            if self.ramdisk is None or self.endpoints is None:
+                return refuse(f"node {name} needs the bootforge ramdisk but none is configured")
+            return self._ramdisk_plan(known, self.ramdisk, self.endpoints)
+        if known.provision_state == states.ACTIVE:
+            return scripts.LocalDiskBoot(_firmware(query, known))
+        return refuse(f"node {name} is {known.provision_state}: nothing to boot until it is deployed")
+
+    @staticmethod
+    def _ramdisk_plan(known: KnownPort, r: RamdiskSource, e: BootEndpoints) -> scripts.RamdiskBoot:
+        def url(ref: str) -> str:
+            return ref if "://" in ref else f"{e.http_base.rstrip('/')}/{ref.lstrip('/')}"
+
+        args: list[tuple[str, str | None]] = [
+            ("bootforge.api", r.api_url),
+            ("bootforge.node", known.node_uuid),
+            ("BOOTIF", known.mac),
+        ]
+        for word in r.kernel_args:
+            key, sep, value = word.partition("=")
+            args.append((key, value if sep else None))
+        return scripts.RamdiskBoot(
+            kernel_url=url(known.deploy_kernel or r.kernel),
+            initrd_url=url(known.deploy_ramdisk or r.ramdisk),
+            kernel_args=tuple(args),
+            purpose=RAMDISK_PURPOSE.get(known.provision_state, "deploy"),
+        )
+
+    def ipxe_script(self, query: dict[str, str], client_ip: str) -> str:
+        url = self.endpoints.ipxe_script_url.format(mac=query.get("mac", "")) if self.endpoints else ""
+        return scripts.render_ipxe(self._safe_plan(query, url))
+
+    def grub_config(self, query: dict[str, str], client_ip: str) -> str:
+        base = self.endpoints.ipxe_script_url.split("/boot/", 1)[0] if self.endpoints else ""
+        url = f"{base}/boot/grub.cfg?mac={query.get('mac', '')}"
+        return scripts.render_grub(self._safe_plan(query, url))
+
+    def _safe_plan(self, query: dict[str, str], script_url: str) -> scripts.BootPlan:
+        try:
+            return self.plan_for(query, script_url)
+        except scripts.ScriptError as e:
+            # A node whose settings cannot go into a script must not break the boot server.
+            log.error("cannot render a boot script for %s: %s", query.get("mac"), e)
+            return scripts.RefuseBoot(
+                f"boot settings of this node are invalid: {e}", scripts.with_attempt(script_url, 1)
+            )
+
+
+def _firmware(query: dict[str, str], known: KnownPort) -> Firmware:
+    """iPXE's ${platform} says what it runs on (pcbios, efi); the node's boot_mode is the fallback."""
+    platform = query.get("platform", "")
+    if platform == "pcbios":
+        return Firmware.BIOS
+    if platform == "efi":
+        return Firmware.UEFI
+    return Firmware.BIOS if known.boot_mode == "bios" else Firmware.UEFI
 
 
 class DbLeaseStore:

@@ -4,7 +4,7 @@ from ipaddress import IPv4Address
 
 from support.service import InProcess
 
-from bootforge.conductor.netboot import BootEndpoints, DbLeaseStore, EventSink, NetbootView
+from bootforge.conductor.netboot import BootEndpoints, DbLeaseStore, EventSink, NetbootView, RamdiskSource
 from bootforge.netboot.boot.arch import lookup_arch
 from bootforge.netboot.dhcp import ClientInfo, LeaseRecord, LeaseState
 
@@ -84,3 +84,71 @@ async def test_events_reach_the_node_timeline(bf: InProcess) -> None:
     await sink.flush()
     history = (await bf.client.get(f"/v1/nodes/{uuid}/history?detail=true")).json()["history"]
     assert any(e["event_type"] == "dhcp" and "OFFER 10.9.0.50" in e["event"] for e in history)
+
+
+async def set_state(bf: InProcess, uuid: str, state: str) -> None:
+    from sqlalchemy import update
+
+    from bootforge.db.models import Node
+
+    async with bf.conductor.db.write() as s:
+        await s.execute(update(Node).where(Node.uuid == uuid).values(provision_state=state))
+        await s.commit()
+
+
+def scripted_view(bf: InProcess) -> NetbootView:
+    return NetbootView(
+        bf.conductor.db,
+        ENDPOINTS,
+        RamdiskSource("http://10.9.0.1:6385", "bootforge/vmlinuz", "bootforge/initrd", ("console=ttyS0",)),
+    )
+
+
+async def test_script_per_provision_state(bf: InProcess) -> None:
+    mac = "52:54:00:aa:bb:01"
+    uuid = await enrol(bf, mac)
+    view = scripted_view(bf)
+
+    await view.refresh()
+    enrolled = view.ipxe_script({"mac": mac}, "10.9.0.50")
+    assert "node n1 is enroll: nothing to boot until it is deployed" in enrolled
+    assert "attempt=2" in enrolled  # asks again, counting
+
+    await set_state(bf, uuid, "deploying")
+    await view.refresh()
+    deploy = view.ipxe_script({"mac": mac}, "10.9.0.50")
+    assert "kernel --name vmlinuz http://10.9.0.1:8080/boot/files/bootforge/vmlinuz" in deploy
+    assert "bootforge.api=http://10.9.0.1:6385" in deploy and f"bootforge.node={uuid}" in deploy
+    assert f"BOOTIF={mac}" in deploy and "console=ttyS0" in deploy
+
+    await set_state(bf, uuid, "active")
+    await view.refresh()
+    assert "sanboot --no-describe --drive 0x80" in view.ipxe_script({"mac": mac, "platform": "pcbios"}, "")
+    uefi = view.ipxe_script({"mac": mac, "platform": "efi"}, "")
+    commands = [line for line in uefi.splitlines() if not line.startswith("#")]
+    assert "exit 1" in commands and not any("sanboot" in line for line in commands)
+
+
+async def test_unknown_machine_is_told_why(bf: InProcess) -> None:
+    view = scripted_view(bf)
+    await view.refresh()
+    script = view.ipxe_script({"mac": "52:54:00:00:00:77"}, "10.9.0.77")
+    assert "does not know 52:54:00:00:00:77" in script
+
+
+async def test_per_node_ramdisk_and_bad_values_never_break_the_script(bf: InProcess) -> None:
+    mac = "52:54:00:aa:bb:01"
+    uuid = await enrol(bf, mac)
+    await bf.client.patch(
+        f"/v1/nodes/{uuid}",
+        json=[
+            {"op": "add", "path": "/driver_info/deploy_kernel", "value": "http://10.9.0.2/k\n#!ipxe shell"},
+        ],
+    )
+    await set_state(bf, uuid, "cleaning")
+    view = scripted_view(bf)
+    await view.refresh()
+    script = view.ipxe_script({"mac": mac}, "")
+    # The newline reaches the script only percent-encoded: no injected line.
+    assert "%0A" in script and "\n#!ipxe shell" not in script
+    assert script.startswith("#!ipxe") and script.count("#!ipxe") == 1
