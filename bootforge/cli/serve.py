@@ -9,6 +9,7 @@ import uvicorn
 from bootforge.api.app import create_app
 from bootforge.api.auth import Htpasswd
 from bootforge.api.deps import Services
+from bootforge.cli.netboot import start_netboot
 from bootforge.conductor.conductor import Conductor
 from bootforge.config import Settings
 from bootforge.db.engine import Database
@@ -28,6 +29,7 @@ async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
 
 async def serve(settings: Settings) -> None:
     db, conductor, services = await build(settings)
+    netboot = await start_netboot(settings, db)
     htpasswd = (
         Htpasswd(settings.htpasswd_file)
         if settings.auth_strategy == "http_basic" and settings.htpasswd_file
@@ -57,6 +59,8 @@ async def serve(settings: Settings) -> None:
     try:
         await server.serve()
     finally:
+        if netboot is not None:
+            await netboot.close()
         await conductor.stop()
         await db.close()
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -171,7 +171,7 @@ class NetbootView:
 
     # --- servers.http_boot.BootScripts ----------------------------------------------------------
 
-    def plan_for(self, query: dict[str, str], script_url: str) -> scripts.BootPlan:
+    def plan_for(self, query: Mapping[str, str], script_url: str) -> scripts.BootPlan:
         """What the machine asking with `query` (mac, platform, attempt) boots now, by node state."""
         mac = (query.get("mac") or "").lower()
         attempt = int(query["attempt"]) if query.get("attempt", "").isdigit() else 1
@@ -214,16 +214,16 @@ class NetbootView:
             purpose=RAMDISK_PURPOSE.get(known.provision_state, "deploy"),
         )
 
-    def ipxe_script(self, query: dict[str, str], client_ip: str) -> str:
+    def ipxe_script(self, query: Mapping[str, str], client_ip: str) -> str:
         url = self.endpoints.ipxe_script_url.format(mac=query.get("mac", "")) if self.endpoints else ""
         return scripts.render_ipxe(self._safe_plan(query, url))
 
-    def grub_config(self, query: dict[str, str], client_ip: str) -> str:
+    def grub_config(self, query: Mapping[str, str], client_ip: str) -> str:
         base = self.endpoints.ipxe_script_url.split("/boot/", 1)[0] if self.endpoints else ""
         url = f"{base}/boot/grub.cfg?mac={query.get('mac', '')}"
         return scripts.render_grub(self._safe_plan(query, url))
 
-    def _safe_plan(self, query: dict[str, str], script_url: str) -> scripts.BootPlan:
+    def _safe_plan(self, query: Mapping[str, str], script_url: str) -> scripts.BootPlan:
         try:
             return self.plan_for(query, script_url)
         except scripts.ScriptError as e:
@@ -234,7 +234,7 @@ class NetbootView:
             )
 
 
-def _firmware(query: dict[str, str], known: KnownPort) -> Firmware:
+def _firmware(query: Mapping[str, str], known: KnownPort) -> Firmware:
     """iPXE's ${platform} says what it runs on (pcbios, efi); the node's boot_mode is the fallback."""
     platform = query.get("platform", "")
     if platform == "pcbios":

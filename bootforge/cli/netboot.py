@@ -1,0 +1,188 @@
+"""Composition of the netboot services (DHCP, TFTP, HTTP boot) around the conductor's netboot view.
+
+Events are tied to nodes here: DHCP events name the node; an HTTP fetch names it by the `mac` in its
+query; TFTP and other HTTP fetches are tied by the client address that DHCP last gave that node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from bootforge.conductor.netboot import BootEndpoints, DbLeaseStore, EventSink, NetbootView, RamdiskSource
+from bootforge.config import Settings
+from bootforge.db.engine import Database
+from bootforge.netboot import dhcp, tftp
+from bootforge.netboot.boot import loaders, scripts
+from bootforge.servers.dhcp import DhcpServer
+from bootforge.servers.http_boot import HttpBootServer, HttpFetchEvent
+from bootforge.servers.tftp import TftpEvent, TftpServer
+
+log = logging.getLogger("bootforge.netboot")
+
+
+class LoadersFirst:
+    """A TFTP FileSource: boot loaders from Debian's packages by their logical names, then the root."""
+
+    def __init__(self, found: dict[str, str], root: tftp.FileSystemSource) -> None:
+        self.found = found
+        self.root = root
+
+    def open(self, path: str, client: tftp.ClientAddress) -> tftp.Readable:
+        real = self.found.get(tftp.normalize_path(path))
+        if real is not None:
+            where = Path(real)
+            return tftp.FileSystemSource(where.parent).open(where.name, client)
+        return self.root.open(path, client)
+
+
+@dataclass
+class Netboot:
+    view: NetbootView
+    sink: EventSink
+    servers: list[Any] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # client address -> node UUID, learnt from DHCP, to tie TFTP and HTTP fetches to nodes
+    ip_to_node: dict[str, str] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        for server in reversed(self.servers):
+            # The TFTP and HTTP servers call it aclose(), the DHCP server close().
+            closer = getattr(server, "aclose", None) or server.close
+            with contextlib.suppress(Exception):
+                await closer()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.sink.flush()
+
+    def on_dhcp(self, e: dhcp.NodeEvent) -> None:
+        if e.ip:
+            self.ip_to_node[e.ip] = e.node_id
+        text = f"{e.kind} {e.mac}" + (f" {e.ip}" if e.ip else "") + f" on {e.interface}"
+        self.sink.emit(
+            e.node_id,
+            "dhcp",
+            text + (f": {e.detail}" if e.detail else ""),
+            "warning" if e.kind in ("dhcp.nak", "dhcp.decline", "dhcp.dropped") else "info",
+        )
+
+    def on_tftp(self, e: TftpEvent) -> None:
+        node = self.ip_to_node.get(e.client[0])
+        if node is None:
+            return
+        text = (
+            f"tftp {e.filename} {e.outcome}: {e.bytes_sent} bytes in {e.duration:.2f} s "
+            f"(blksize {e.blksize}, windowsize {e.windowsize}, {e.retransmits} retransmits)"
+        )
+        failed = e.outcome not in ("completed", "size_probe")
+        self.sink.emit(
+            node, "tftp", text + (f": {e.message}" if e.message else ""), "warning" if failed else "info"
+        )
+
+    def on_http(self, e: HttpFetchEvent) -> None:
+        known = self.view.by_mac.get((e.mac or "").lower())
+        node = known.node_uuid if known else self.ip_to_node.get(e.client[0])
+        if node is None:
+            return
+        text = f"http {e.method} {e.path} {e.status}: {e.bytes_sent} bytes in {e.duration:.2f} s"
+        self.sink.emit(
+            node,
+            "http",
+            text + (f" (range {e.range})" if e.range else ""),
+            "warning" if e.status >= 400 else "info",
+        )
+
+
+async def start_netboot(settings: Settings, db: Database) -> Netboot | None:
+    """Start the netboot services the settings switch on; None when all are off."""
+    nb = settings.netboot
+    if nb.dhcp == "off" and not nb.tftp and not nb.http:
+        return None
+    root = nb.root or settings.state_dir / "boot"
+    root.mkdir(parents=True, exist_ok=True)
+    http_base = f"http://{nb.address}:{nb.http_port}"
+    endpoints = BootEndpoints(
+        tftp_server=IPv4Address(nb.address),
+        http_base=f"{http_base}/boot/files",
+        ipxe_script_url=f"{http_base}/boot/ipxe?mac={{mac}}",
+    )
+    ramdisk = RamdiskSource(settings.public_url, nb.deploy_kernel, nb.deploy_ramdisk, tuple(nb.kernel_args))
+    view = NetbootView(db, endpoints, ramdisk)
+    await view.refresh()
+    sink = EventSink(db, settings.host)
+    netboot = Netboot(view, sink)
+    netboot.tasks += [asyncio.create_task(view.run()), asyncio.create_task(sink.run())]
+    found = loaders.find_loaders(loaders.loader_names_for_arches())
+    for problem in found.problems():
+        log.warning("%s", problem)
+    try:
+        if nb.http:
+            server = HttpBootServer(
+                root,
+                address=nb.address,
+                port=nb.http_port,
+                scripts=view,
+                files={f"boot/files/{name}": path for name, path in found.found.items()},
+                on_event=netboot.on_http,
+            )
+            await server.start()
+            netboot.servers.append(server)
+        if nb.tftp:
+            bootstrap = scripts.render_grub_bootstrap(f"{http_base}/boot/grub.cfg").encode()
+
+            def grub(path: str, client: tftp.ClientAddress) -> bytes | None:
+                # Shim -> GRUB asks TFTP for grub/grub.cfg, which hands over to the per-node
+                # config served over HTTP.
+                return bootstrap if path == "grub/grub.cfg" else None
+
+            source = LoadersFirst(found.found, tftp.FileSystemSource(root, virtual=grub))
+            tftp_server = TftpServer(source, nb.address, port=nb.tftp_port, on_event=netboot.on_tftp)
+            await tftp_server.start()
+            netboot.servers.append(tftp_server)
+        if nb.dhcp != "off":
+            dhcp_server = DhcpServer(
+                _dhcp_config(settings), view, view, DbLeaseStore(db), on_event=netboot.on_dhcp
+            )
+            await dhcp_server.start()
+            netboot.servers.append(dhcp_server)
+    except BaseException:
+        await netboot.close()
+        raise
+    log.info(
+        "netboot on %s: DHCP %s on %s, TFTP %s, HTTP boot %s",
+        nb.address,
+        nb.dhcp,
+        ",".join(nb.dhcp_interfaces) or "-",
+        "on" if nb.tftp else "off",
+        f"{http_base}" if nb.http else "off",
+    )
+    return netboot
+
+
+def _dhcp_config(settings: Settings) -> dhcp.DhcpConfig:
+    nb = settings.netboot
+    subnets = []
+    for s in nb.subnets:
+        first, _, last = s.pool.partition("-")
+        subnets.append(
+            dhcp.Subnet(
+                network=IPv4Network(s.network),
+                pools=(dhcp.Pool(IPv4Address(first.strip()), IPv4Address(last.strip())),),
+                routers=tuple(IPv4Address(r) for r in s.routers),
+                dns_servers=tuple(IPv4Address(d) for d in s.dns_servers),
+                lease_time=s.lease_time,
+            )
+        )
+    return dhcp.DhcpConfig(
+        mode=dhcp.Mode(nb.dhcp),
+        interfaces=tuple(nb.dhcp_interfaces),
+        subnets=tuple(subnets),
+        unknown_clients=dhcp.UnknownClients(nb.unknown_clients),
+    )
