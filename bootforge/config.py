@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     auth_strategy: Literal["noauth", "http_basic"] = "noauth"
     htpasswd_file: Path | None = None
 
-    enabled_hardware_types: list[str] = ["fake-hardware"]
+    enabled_hardware_types: list[str] = ["qemu", "fake-hardware"]
     default_resource_class: str | None = None
     automated_clean: bool = True
 

@@ -73,16 +73,29 @@ async def page_rows(
     table: Any = model
     sort_col = getattr(table, page.sort_key)
     stmt: Select[Any] = select(*columns).where(*page.filters)
+    # NULLs sort first ascending and last descending on every database (SQLite and PostgreSQL
+    # disagree by default), so a marker on a NULL value continues where the last page stopped.
+    asc = page.sort_dir == "asc"
     if page.marker:
         marker = (await s.execute(select(sort_col, table.id).where(table.uuid == page.marker))).first()
         if marker is None:
             raise InvalidInput(f"The marker {page.marker} is not a known item", "marker")
-        value, marker_id = marker
-        after = sort_col > value if page.sort_dir == "asc" else sort_col < value
-        tie = table.id > marker_id if page.sort_dir == "asc" else table.id < marker_id
-        stmt = stmt.where(or_(after, and_(sort_col == value, tie)))
-    order = [sort_col.asc(), table.id.asc()] if page.sort_dir == "asc" else [sort_col.desc(), table.id.desc()]
-    stmt = stmt.order_by(*order)
+        stmt = stmt.where(_after(sort_col, table.id, marker[0], marker[1], asc))
+    if asc:
+        stmt = stmt.order_by(sort_col.asc().nulls_first(), table.id.asc())
+    else:
+        stmt = stmt.order_by(sort_col.desc().nulls_last(), table.id.desc())
     if page.limit:
         stmt = stmt.limit(page.limit)
     return list((await s.execute(stmt)).mappings().all())
+
+
+def _after(col: Any, id_col: Any, value: Any, marker_id: int, asc: bool) -> Any:
+    """Rows after the marker (value, id) in the order built above."""
+    if asc:
+        if value is None:
+            return or_(col.is_not(None), and_(col.is_(None), id_col > marker_id))
+        return or_(col > value, and_(col == value, id_col > marker_id))
+    if value is None:
+        return and_(col.is_(None), id_col < marker_id)
+    return or_(col < value, and_(col == value, id_col < marker_id), col.is_(None))

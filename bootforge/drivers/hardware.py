@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootforge.config import Settings
-from bootforge.drivers import base, fake
+from bootforge.drivers import base, fake, qemu
 from bootforge.errors import InvalidInput, NotFound
 
 INTERFACE_TYPES = (
@@ -75,9 +75,36 @@ def _fake_hardware() -> HardwareType:
     )
 
 
+def _qemu_hardware() -> HardwareType:
+    def plain(cls: type[base.BaseInterface]) -> tuple[str, Factory]:
+        return (cls.name, lambda s: cls())
+
+    return HardwareType(
+        name="qemu",
+        description="QEMU VMs driven over QMP: power, boot device (pxe/disk/cdrom) and firmware mode.",
+        interfaces={
+            "bios": [plain(base.NoBios)],
+            # PLACEHOLDERS until the real pxe boot and agent deploy interfaces exist (see drivers/qemu.py).
+            "boot": [plain(qemu.PendingPxeBoot)],
+            "console": [plain(base.NoConsole)],
+            "deploy": [plain(qemu.PendingAgentDeploy)],
+            "firmware": [plain(base.NoFirmware)],
+            "inspect": [plain(base.NoInspect)],
+            "management": [("qemu", lambda s: qemu.QemuManagement())],
+            "network": [plain(base.NoopNetwork)],
+            "power": [("qemu", lambda s: qemu.QemuPower(soft_timeout=s.power_state_change_timeout))],
+            "raid": [plain(base.NoRaid)],
+            "rescue": [plain(base.NoRescue)],
+            "storage": [plain(base.NoopStorage)],
+            "vendor": [plain(base.NoVendor)],
+        },
+    )
+
+
 # The explicit registry: every hardware type bootforge knows, by name.
 HARDWARE_TYPES: dict[str, Callable[[], HardwareType]] = {
     "fake-hardware": _fake_hardware,
+    "qemu": _qemu_hardware,
 }
 
 
