@@ -109,9 +109,13 @@ async def run_steps(task: NodeTask, kind: str) -> str | None:
 
 
 async def verify(task: NodeTask) -> None:
-    """enroll -> manageable: prove that bootforge can read the machine's power state."""
-    for iface in task.driver.interfaces.values():
-        iface.validate(task)
+    """enroll -> manageable: prove that bootforge can read the machine's power state.
+
+    Only power and management are checked, as in Ironic: a node is manageable as soon as its BMC
+    answers; what deploy or rescue need is checked when they are asked for (and shown by validate).
+    """
+    for kind in ("power", "management"):
+        task.driver.interfaces[kind].validate(task)
     task.node.power_state = await task.driver.power.get_power_state(task)
     await task.transition("done", release=True)
 
