@@ -1,0 +1,481 @@
+# One read transfer (RRQ) as a state machine: datagrams and timer expiries in, datagrams out,
+# and a final Completed or Failed event.
+#
+# Rules for this file:
+#   1. Everything that changes `state` lives in TRANSITIONS. A (state, input) pair missing from the
+#      table is dropped and counted, never an exception: peers send junk, late ACKs and duplicates,
+#      and none of that may end a transfer or a server. The table also lists which states each
+#      handler may move to, so diagrams and tests can be generated from it.
+#   2. No I/O of our own and no clock. The FileSource is injected and `now` is passed in. The
+#      shell owns sockets and timers; it sends what receive()/on_timer() return and calls
+#      on_timer() once `deadline` has passed (calling early is harmless: it returns nothing).
+#   3. The lists returned by begin()/receive()/on_timer() are reused by the next call: send them
+#      before feeding the transfer again. Full-window DATA packets are views into one buffer that
+#      is allocated once per transfer, and a window is filled with a single scatter read.
+#      The packets of a window are adjacent in that buffer, so data_run() can hand the whole
+#      window to a sender that segments in the kernel (UDP GSO): one system call per window.
+#   4. We only retransmit on a timeout, never because an ACK repeats (RFC 1350's Sorcerer's
+#      Apprentice). An ACK inside the outstanding window that is not its last block means the
+#      client saw a gap (RFC 7440 section 4): the next window starts right after that block.
+#
+# Theory of operation. Blocks are numbered absolutely from 1 internally; the wire carries the low
+# 16 bits, which wraps to 0 after 65535 as tftpd-hpa, edk2 and iPXE expect. An ACK's absolute
+# number is found by its distance from the last acknowledged block; an ACK outside
+# [acked + 1, last sent] is stale (or a duplicate) and is ignored. A file of n bytes has
+# n // blksize + 1 blocks; the last one is short, possibly empty, and its ACK ends the transfer.
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._packets import (
+    DEFAULT_BLKSIZE,
+    Error,
+    ErrorCode,
+    MalformedPacket,
+    OAck,
+    Opcode,
+    Request,
+    encode_packet,
+    negotiate,
+    parse_packet,
+)
+from ._source import (
+    BytesReadable,
+    ClientAddress,
+    FileSource,
+    Readable,
+    netascii_encode,
+    normalize_path,
+)
+
+__all__ = [
+    "TRANSITIONS",
+    "Completed",
+    "Failed",
+    "Input",
+    "Outcome",
+    "State",
+    "TftpTransfer",
+    "TransferConfig",
+]
+
+_DATA_HEADER = struct.Struct("!HH")
+_ACK_OPCODE = Opcode.ACK.value
+_ERROR_OPCODE = Opcode.ERROR.value
+
+
+# str/int-valued enums hash in C; these are looked up in TRANSITIONS on every datagram.
+class State(enum.StrEnum):
+    NEW = "new"  # begin() not called yet
+    NEGOTIATING = "negotiating"  # OACK sent, waiting for ACK 0
+    SENDING = "sending"  # a window of DATA is outstanding
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Input(enum.IntEnum):
+    ACK = 1
+    ERROR = 2
+    OTHER = 3  # well-formed or not, nothing a read transfer expects
+    TIMEOUT = 4
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    SIZE_PROBE = "size_probe"  # tsize in the OACK answered with ERROR 8: edk2 asking the size
+    NOT_FOUND = "not_found"
+    DENIED = "denied"  # path refused, permissions, or a write request to this read-only server
+    ILLEGAL = "illegal"  # a transfer mode we do not serve
+    CLIENT_ERROR = "client_error"  # the client sent ERROR (aborted, or refused our options)
+    TIMED_OUT = "timed_out"
+    READ_ERROR = "read_error"  # the file could not be read, shrank, or a virtual file failed
+
+
+@dataclass(frozen=True, slots=True)
+class TransferConfig:
+    # 1500-byte MTU minus IPv4 (20), UDP (8) and TFTP (4) headers: what OVMF asks for.
+    max_blksize: int = 1468
+    # RFC 7440 allows 65535; large windows overrun slow NICs, and this sizes our send buffer.
+    max_windowsize: int = 64
+    timeout: float = 1.0  # seconds before a retransmission unless the client's option says else
+    max_retries: int = 5  # consecutive timeouts without progress before giving up
+    max_netascii_size: int = 16 * 1024 * 1024  # netascii is converted in memory
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    filename: str
+    bytes_sent: int
+    duration: float
+    blksize: int
+    windowsize: int
+    retransmits: int
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.COMPLETED
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    filename: str
+    outcome: Outcome
+    error_code: int | None  # the ERROR code we sent or received; None when nothing was exchanged
+    message: str
+    bytes_sent: int
+    duration: float
+    retransmits: int
+
+    @property
+    def is_size_probe(self) -> bool:
+        return self.outcome is Outcome.SIZE_PROBE
+
+
+Result = Completed | Failed
+Outgoing = list[bytes | memoryview]
+_Handler = Callable[["TftpTransfer", memoryview, float], State]
+
+
+def _classify(view: memoryview) -> Input:
+    if len(view) >= 4 and view[0] == 0:
+        if view[1] == _ACK_OPCODE and len(view) == 4:
+            return Input.ACK
+        if view[1] == _ERROR_OPCODE:
+            return Input.ERROR
+    return Input.OTHER
+
+
+class TftpTransfer:
+    """Serve one read request. Create it, call begin(), then feed it datagrams and timer ticks."""
+
+    def __init__(
+        self,
+        request: Request,
+        source: FileSource,
+        client: ClientAddress,
+        config: TransferConfig | None = None,
+    ) -> None:
+        self.request = request
+        self.client = client
+        self.config = config or TransferConfig()
+        self.state = State.NEW
+        self.deadline: float | None = None  # when on_timer() next has work; None when finished
+        self.result: Result | None = None
+        self.dropped = 0  # datagrams the table had no entry for
+        self.stale_acks = 0  # duplicate or out-of-window ACKs, ignored
+        self.retransmits = 0
+        self._source = source
+        self._out: Outgoing = []
+        self._readable: Readable | None = None
+        self._started = 0.0
+        self._blksize = DEFAULT_BLKSIZE
+        self._windowsize = 1
+        self._timeout = self.config.timeout
+        self._retries = 0
+        self._oack = b""
+        self._acked = 0  # last block the client acknowledged (absolute)
+        self._sent_to = 0  # last block of the outstanding window (absolute)
+        self._last_block = 1
+        self._buffer = bytearray()
+        self._packets: list[memoryview] = []
+        self._payloads: list[memoryview] = []
+        self._run_bytes = 0  # length of the DATA run the last call returned; 0: none
+
+    # -- the shell's interface ------------------------------------------------------------------
+
+    @property
+    def blksize(self) -> int:
+        return self._blksize
+
+    @property
+    def windowsize(self) -> int:
+        return self._windowsize
+
+    def data_run(self) -> tuple[memoryview, int] | None:
+        """The DATA packets the last call returned, as one contiguous buffer of datagrams of
+        blksize + 4 bytes each (the last may be shorter), with that segment size. This is what
+        a sender using UDP segmentation offload (UDP_SEGMENT) passes in one system call."""
+        if not self._run_bytes:
+            return None
+        return memoryview(self._buffer)[: self._run_bytes], self._blksize + 4
+
+    def begin(self, now: float) -> Outgoing:
+        """Open the file and produce the first reply: OACK, the first DATA, or an ERROR."""
+        self._out.clear()
+        self._run_bytes = 0
+        self._started = now
+        if self.state is State.NEW:
+            self.state = self._open(now)
+        return self._out
+
+    def receive(self, datagram: bytes | bytearray | memoryview, now: float) -> Outgoing:
+        """Feed one datagram that came from the client's TID."""
+        self._out.clear()
+        self._run_bytes = 0
+        view = datagram if isinstance(datagram, memoryview) else memoryview(datagram)
+        self._step(_classify(view), view, now)
+        return self._out
+
+    def on_timer(self, now: float) -> Outgoing:
+        """Call when `deadline` has passed; retransmits or gives up."""
+        self._out.clear()
+        self._run_bytes = 0
+        if self.deadline is not None and now >= self.deadline:
+            self._step(Input.TIMEOUT, memoryview(b""), now)
+        return self._out
+
+    # -- the table ------------------------------------------------------------------------------
+
+    def _step(self, kind: Input, view: memoryview, now: float) -> None:
+        entry = TRANSITIONS.get((self.state, kind))
+        if entry is None:
+            self.dropped += 1
+            return
+        handler, allowed = entry
+        new_state = handler(self, view, now)
+        assert new_state in allowed, (self.state, kind, new_state)
+        self.state = new_state
+
+    def _on_negotiation_ack(self, view: memoryview, now: float) -> State:
+        if view[2] or view[3]:
+            self.stale_acks += 1  # only ACK 0 accepts an OACK
+            return State.NEGOTIATING
+        return self._send_window(now)
+
+    def _on_data_ack(self, view: memoryview, now: float) -> State:
+        block = (view[2] << 8) | view[3]
+        delta = (block - self._acked) & 0xFFFF
+        if delta == 0 or delta > self._sent_to - self._acked:
+            self.stale_acks += 1
+            return State.SENDING
+        self._acked += delta
+        self._retries = 0
+        if self._acked == self._last_block:
+            return self._finish_completed(now)
+        return self._send_window(now)
+
+    def _on_peer_error(self, view: memoryview, now: float) -> State:
+        try:
+            packet = parse_packet(view)
+        except MalformedPacket:
+            self.dropped += 1
+            return self.state
+        assert isinstance(packet, Error)
+        probe = (
+            self.state is State.NEGOTIATING
+            and b"tsize\0" in self._oack
+            and packet.code == ErrorCode.OPTION_REFUSED
+        )
+        outcome = Outcome.SIZE_PROBE if probe else Outcome.CLIENT_ERROR
+        return self._finish_failed(now, outcome, packet.code, packet.message, send=False)
+
+    def _on_other(self, view: memoryview, now: float) -> State:
+        self.dropped += 1
+        return self.state
+
+    def _on_timeout(self, view: memoryview, now: float) -> State:
+        self._retries += 1
+        if self._retries > self.config.max_retries:
+            message = f"no answer after {self.config.max_retries} retransmissions"
+            return self._finish_failed(now, Outcome.TIMED_OUT, None, message, send=False)
+        if self.state is State.NEGOTIATING:
+            self.retransmits += 1
+            self._out.append(self._oack)
+            self.deadline = now + self._timeout
+            return State.NEGOTIATING
+        self.retransmits += self._sent_to - self._acked
+        return self._send_window(now)
+
+    # -- opening and negotiating ----------------------------------------------------------------
+
+    def _open(self, now: float) -> State:
+        req = self.request
+        if req.opcode is not Opcode.RRQ:
+            return self._finish_failed(now, Outcome.DENIED, ErrorCode.ACCESS_VIOLATION, "read-only server")
+        if req.mode not in ("octet", "netascii"):
+            return self._finish_failed(
+                now, Outcome.ILLEGAL, ErrorCode.ILLEGAL_OPERATION, f"mode {req.mode} unsupported"
+            )
+        failure = self._open_readable()
+        if failure is not None:
+            outcome, code, message = failure
+            return self._finish_failed(now, outcome, code, message)
+        assert self._readable is not None
+        size = self._readable.size
+        agreed = negotiate(
+            req.options,
+            size,
+            max_blksize=self.config.max_blksize,
+            max_windowsize=self.config.max_windowsize,
+        )
+        self._blksize, self._windowsize = agreed.blksize, agreed.windowsize
+        if agreed.timeout is not None:
+            self._timeout = agreed.timeout
+        self._last_block = size // self._blksize + 1
+        self._allocate()
+        if not agreed.oack:
+            return self._send_window(now)  # RFC 2347: no options, no OACK
+        self._oack = encode_packet(OAck(agreed.oack))
+        self._out.append(self._oack)
+        self.deadline = now + self._timeout
+        return State.NEGOTIATING
+
+    def _open_readable(self) -> tuple[Outcome, int, str] | None:
+        try:
+            path = normalize_path(self.request.filename)  # PathRefused is a PermissionError
+            readable = self._source.open(path, self.client)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return Outcome.NOT_FOUND, ErrorCode.FILE_NOT_FOUND, "file not found"
+        except PermissionError:
+            return Outcome.DENIED, ErrorCode.ACCESS_VIOLATION, "access violation"
+        except Exception as exc:  # a failing virtual-file hook must not take the server down
+            return Outcome.READ_ERROR, ErrorCode.NOT_DEFINED, f"cannot open: {type(exc).__name__}"
+        if self.request.mode == "netascii":
+            converted = self._to_netascii(readable)
+            if converted is None:
+                return Outcome.ILLEGAL, ErrorCode.ILLEGAL_OPERATION, "file too large for netascii"
+            readable = converted
+        self._readable = readable
+        return None
+
+    def _to_netascii(self, readable: Readable) -> Readable | None:
+        try:
+            if readable.size > self.config.max_netascii_size:
+                return None
+            return BytesReadable(netascii_encode(readable.read_at(0, readable.size)))
+        finally:
+            readable.close()
+
+    def _allocate(self) -> None:
+        # One buffer holds a full window of DATA packets; the views are made once and reused.
+        stride = self._blksize + 4
+        slots = min(self._windowsize, self._last_block)
+        self._buffer = bytearray(stride * slots)
+        whole = memoryview(self._buffer)
+        self._packets = [whole[i * stride : (i + 1) * stride] for i in range(slots)]
+        self._payloads = [p[4:] for p in self._packets]
+        for i in range(slots):
+            _DATA_HEADER.pack_into(self._buffer, i * stride, Opcode.DATA, 0)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _send_window(self, now: float) -> State:
+        first = self._acked + 1
+        count = min(self._windowsize, self._last_block - self._acked)
+        last = first + count - 1
+        if last < self._last_block and count == len(self._packets):
+            packets, payloads = self._packets, self._payloads  # the common case: no allocation
+        elif last < self._last_block:
+            packets, payloads = self._packets[:count], self._payloads[:count]
+        else:
+            packets, payloads = self._final_window(count)
+        wanted = count * self._blksize if payloads is self._payloads else _total(payloads)
+        if self._read_window(payloads, first) != wanted:
+            return self._finish_failed(
+                now, Outcome.READ_ERROR, ErrorCode.NOT_DEFINED, "file changed while reading"
+            )
+        pack_into, buffer, stride = _DATA_HEADER.pack_into, self._buffer, self._blksize + 4
+        for slot in range(count):
+            pack_into(buffer, slot * stride, 3, (first + slot) & 0xFFFF)
+        self._out.extend(packets)
+        self._run_bytes = (count - 1) * stride + len(packets[-1])
+        self._sent_to = last
+        self.deadline = now + self._timeout
+        return State.SENDING
+
+    def _final_window(self, count: int) -> tuple[list[memoryview], list[memoryview]]:
+        tail = self._size() - (self._last_block - 1) * self._blksize
+        packets = [*self._packets[: count - 1], self._packets[count - 1][: 4 + tail]]
+        payloads = self._payloads[: count - 1]
+        if tail:
+            payloads.append(self._payloads[count - 1][:tail])
+        return packets, payloads
+
+    def _read_window(self, payloads: list[memoryview], first: int) -> int:
+        assert self._readable is not None
+        if not payloads:
+            return 0
+        try:
+            return self._readable.readinto_at(payloads, (first - 1) * self._blksize)
+        except OSError:
+            return -1
+
+    def _size(self) -> int:
+        assert self._readable is not None
+        return self._readable.size
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def _finish_completed(self, now: float) -> State:
+        self.result = Completed(
+            self.request.filename,
+            self._size(),
+            now - self._started,
+            self._blksize,
+            self._windowsize,
+            self.retransmits,
+        )
+        self._close()
+        return State.COMPLETED
+
+    def _finish_failed(
+        self, now: float, outcome: Outcome, code: int | None, message: str, *, send: bool = True
+    ) -> State:
+        if send and code is not None:
+            self._out.append(encode_packet(Error(code, message)))
+        sent = min(self._acked * self._blksize, self._size()) if self._readable else 0
+        self.result = Failed(
+            self.request.filename,
+            outcome,
+            code,
+            message,
+            sent,
+            now - self._started,
+            self.retransmits,
+        )
+        self._close()
+        return State.FAILED
+
+    def _close(self) -> None:
+        self.deadline = None
+        if self._readable is not None:
+            self._readable.close()
+            self._readable = None
+
+
+def _total(buffers: list[memoryview]) -> int:
+    return sum(len(b) for b in buffers)
+
+
+_ENDED = frozenset({State.COMPLETED, State.FAILED})
+
+# (state, input) -> (handler, states the handler may return). Anything missing is dropped.
+TRANSITIONS: dict[tuple[State, Input], tuple[_Handler, frozenset[State]]] = {
+    (State.NEGOTIATING, Input.ACK): (
+        TftpTransfer._on_negotiation_ack,
+        frozenset({State.NEGOTIATING, State.SENDING, State.FAILED}),
+    ),
+    (State.NEGOTIATING, Input.ERROR): (
+        TftpTransfer._on_peer_error,
+        frozenset({State.NEGOTIATING, State.FAILED}),
+    ),
+    (State.NEGOTIATING, Input.OTHER): (TftpTransfer._on_other, frozenset({State.NEGOTIATING})),
+    (State.NEGOTIATING, Input.TIMEOUT): (
+        TftpTransfer._on_timeout,
+        frozenset({State.NEGOTIATING, State.FAILED}),
+    ),
+    (State.SENDING, Input.ACK): (TftpTransfer._on_data_ack, frozenset({State.SENDING}) | _ENDED),
+    (State.SENDING, Input.ERROR): (
+        TftpTransfer._on_peer_error,
+        frozenset({State.SENDING, State.FAILED}),
+    ),
+    (State.SENDING, Input.OTHER): (TftpTransfer._on_other, frozenset({State.SENDING})),
+    (State.SENDING, Input.TIMEOUT): (
+        TftpTransfer._on_timeout,
+        frozenset({State.SENDING, State.FAILED}),
+    ),
+}

@@ -1,0 +1,429 @@
+"""asyncio shell around the sans-IO TFTP core: sockets, timers, counters, logs and events.
+
+One listening socket takes requests (port 69). Each accepted request gets its own socket on an
+ephemeral port (its TID, RFC 1350 section 4) bound to the address the request arrived on, so the
+reply leaves through the interface the client used. Sockets are raw non-blocking sockets driven by
+loop.add_reader: one receive buffer shared by the whole server (callbacks never interleave),
+datagrams drained in a loop per wake-up, and no Transport objects on the per-packet path.
+
+Timers are lazy: each transfer has at most one loop.call_at pending. When it fires early because
+the transfer made progress and moved its deadline, it is re-armed for the new deadline instead of
+being cancelled and re-created on every ACK.
+
+Nothing a peer sends can raise out of here: the core parses and drops, and socket errors are
+counted. Every transfer ends with one TftpEvent for the node timeline (the product maps the
+client address to a node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from bootforge.netboot.tftp import (
+    Error as ErrorPacket,
+)
+from bootforge.netboot.tftp import (
+    ErrorCode,
+    FileSource,
+    MalformedPacket,
+    Outcome,
+    Request,
+    TftpTransfer,
+    TransferConfig,
+    encode_packet,
+    parse_packet,
+)
+
+__all__ = ["TftpCounters", "TftpEvent", "TftpServer"]
+
+log = logging.getLogger("bootforge.tftp")
+
+SocketFactory = Callable[[int, int], socket.socket]
+Address = tuple[str, int]
+EventSink = Callable[["TftpEvent"], None]
+
+# Python 3.11 has no socket.IP_PKTINFO; these are the Linux values.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_CMSG_SPACE = socket.CMSG_SPACE(20)
+_MAX_DATAGRAM = 65536
+# UDP segmentation offload (Linux 4.18+): one sendmsg carries a window, the kernel cuts it into
+# datagrams. The kernel caps a send at 64 segments and a 64 KiB UDP payload.
+_SOL_UDP = getattr(socket, "SOL_UDP", 17)
+_UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+_GSO_MAX_SEGMENTS = 64
+_GSO_MAX_BYTES = 65507
+_DRAIN = 64  # datagrams handled per wake-up before yielding to other sockets
+_UNKNOWN_TID = encode_packet(ErrorPacket(ErrorCode.UNKNOWN_TID, "unknown transfer ID"))
+_QUIET_OUTCOMES = (Outcome.COMPLETED, Outcome.SIZE_PROBE, Outcome.NOT_FOUND)
+
+
+@dataclass(frozen=True, slots=True)
+class TftpEvent:
+    """One finished transfer, for the node's event timeline."""
+
+    client: Address
+    server: Address
+    filename: str
+    outcome: str  # an Outcome value: completed, size_probe, not_found, denied, timed_out, ...
+    bytes_sent: int
+    duration: float
+    blksize: int
+    windowsize: int
+    retransmits: int
+    error_code: int | None = None
+    message: str = ""
+
+
+@dataclass(slots=True)
+class TftpCounters:
+    requests: int = 0
+    malformed: int = 0  # datagrams on the request port that are not TFTP
+    unexpected: int = 0  # TFTP packets other than RRQ/WRQ on the request port
+    duplicate_requests: int = 0  # a retransmitted RRQ for a transfer already running
+    overloaded: int = 0  # requests dropped because max_transfers were running
+    foreign_tid: int = 0  # datagrams on a transfer port from someone else (answered ERROR 5)
+    dropped: int = 0  # datagrams a transfer had no use for
+    stale_acks: int = 0
+    retransmits: int = 0  # DATA/OACK packets sent again after a timeout
+    send_errors: int = 0
+    socket_errors: int = 0
+    completed: int = 0
+    size_probes: int = 0
+    failed: int = 0
+    event_errors: int = 0  # the event callback raised
+
+
+class _Session:
+    __slots__ = ("client", "key", "local", "sock", "timer", "transfer")
+
+    def __init__(
+        self, key: tuple[tuple[object, ...], bytes], sock: socket.socket, transfer: TftpTransfer
+    ) -> None:
+        self.key = key
+        self.client = key[0]  # as recvmsg gave it: IPv6 keeps flow info and scope id
+        self.sock = sock
+        self.local: Address = sock.getsockname()[:2]
+        self.transfer = transfer
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class TftpServer:
+    """Read-only TFTP server for one address; see the module docstring.
+
+    `address` may be a wildcard ("0.0.0.0", "::"): IP_PKTINFO then tells which local address
+    each request came to. `mtu` caps blksize so DATA is never fragmented (1468 for IPv4 on
+    Ethernet). `socket_factory(family, type)` makes every socket, e.g. inside a network
+    namespace. `on_event` gets one TftpEvent per finished transfer and must not block; `source`
+    (and its virtual-file hook) is called on the event loop, so it must answer from memory or
+    the local filesystem. `gso` sends each window with one UDP_SEGMENT call when the kernel
+    allows it, and falls back to one call per packet by itself.
+    """
+
+    def __init__(
+        self,
+        source: FileSource,
+        address: str,
+        *,
+        port: int = 69,
+        config: TransferConfig | None = None,
+        mtu: int | None = 1500,
+        on_event: EventSink | None = None,
+        socket_factory: SocketFactory | None = None,
+        max_transfers: int = 1024,
+        gso: bool = True,
+    ) -> None:
+        self._family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self._address = address
+        self._port = port
+        self._wildcard = ipaddress.ip_address(address).is_unspecified
+        config = config or TransferConfig()
+        if mtu is not None:
+            # IP header (20 or 40), UDP (8) and TFTP (4): the largest block that is not fragmented.
+            overhead = (40 if self._family == socket.AF_INET6 else 20) + 8 + 4
+            config = replace(config, max_blksize=min(config.max_blksize, mtu - overhead))
+        self.config = config
+        self.counters = TftpCounters()
+        self._source = source
+        self._on_event = on_event
+        self._socket_factory: SocketFactory = socket_factory or socket.socket
+        self._max_transfers = max_transfers
+        self._gso = gso
+        self._sessions: dict[tuple[tuple[object, ...], bytes], _Session] = {}
+        self._buffer = bytearray(_MAX_DATAGRAM)
+        self._view = memoryview(self._buffer)
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def local_address(self) -> Address:
+        if self._listener is None:
+            raise RuntimeError("server not started")
+        name: Address = self._listener.getsockname()[:2]
+        return name
+
+    @property
+    def active_transfers(self) -> int:
+        return len(self._sessions)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        sock = self._socket_factory(self._family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if self._wildcard:
+                self._enable_pktinfo(sock)
+            sock.bind((self._address, self._port))
+        except BaseException:
+            sock.close()
+            raise
+        self._listener = sock
+        self._loop.add_reader(sock.fileno(), self._on_request_readable)
+        log.info("TFTP listening on %s port %d", self._address, self.local_address[1])
+
+    async def aclose(self) -> None:
+        for session in list(self._sessions.values()):
+            self._end(session, cancelled=True)
+        if self._listener is not None and self._loop is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+
+    async def __aenter__(self) -> TftpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _enable_pktinfo(self, sock: socket.socket) -> None:
+        if self._family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+
+    def _on_request_readable(self) -> None:
+        assert self._listener is not None
+        for _ in range(_DRAIN):
+            try:
+                data, ancdata, _flags, client = self._listener.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.counters.socket_errors += 1
+                return
+            self._on_request(data, client, self._local_for(ancdata))
+
+    def _local_for(self, ancdata: list[tuple[int, int, bytes]]) -> str:
+        if not self._wildcard:
+            return self._address
+        for level, kind, payload in ancdata:
+            if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(payload) >= 12:
+                # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
+                return socket.inet_ntop(socket.AF_INET, payload[8:12])
+            if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO and len(payload) >= 20:
+                address = socket.inet_ntop(socket.AF_INET6, payload[:16])
+                if address.startswith("fe80"):
+                    (ifindex,) = struct.unpack_from("=I", payload, 16)
+                    address = f"{address}%{socket.if_indextoname(ifindex)}"
+                return address
+        return self._address
+
+    def _on_request(self, data: bytes, client: tuple[object, ...], local: str) -> None:
+        try:
+            request = parse_packet(data)
+        except MalformedPacket:
+            self.counters.malformed += 1
+            return
+        if not isinstance(request, Request):
+            self.counters.unexpected += 1
+            return
+        key = (client, data)
+        if key in self._sessions:
+            # The client retransmitted its RRQ; the running transfer's own timer answers it.
+            self.counters.duplicate_requests += 1
+            return
+        if len(self._sessions) >= self._max_transfers:
+            self.counters.overloaded += 1
+            return
+        self.counters.requests += 1
+        self._start_session(key, request, client, local)
+
+    def _start_session(
+        self,
+        key: tuple[tuple[object, ...], bytes],
+        request: Request,
+        client: tuple[object, ...],
+        local: str,
+    ) -> None:
+        assert self._loop is not None
+        try:
+            sock = self._socket_factory(self._family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind((local, 0))
+        except OSError:
+            self.counters.socket_errors += 1
+            log.exception("TFTP: cannot open a transfer socket on %s", local)
+            return
+        peer: Address = (str(client[0]), int(client[1]))  # type: ignore[call-overload]
+        transfer = TftpTransfer(request, self._source, peer, self.config)
+        session = _Session(key, sock, transfer)
+        self._sessions[key] = session
+        self._send(session, transfer.begin(self._loop.time()))
+        if transfer.result is not None:
+            self._end(session)
+            return
+        self._loop.add_reader(sock.fileno(), self._on_transfer_readable, session)
+        self._arm(session)
+
+    # -- transfers ------------------------------------------------------------------------------
+
+    def _on_transfer_readable(self, session: _Session) -> None:
+        # One datagram per wake-up: a transfer socket mostly holds a single ACK, and draining
+        # would pay for a BlockingIOError on every packet. The loop calls us again if more wait.
+        assert self._loop is not None
+        try:
+            n, source = session.sock.recvfrom_into(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.counters.socket_errors += 1
+            return
+        if source != session.client:
+            self._answer_stranger(session.sock, source)
+            return
+        transfer = session.transfer
+        self._send(session, transfer.receive(self._view[:n], self._loop.time()))
+        if transfer.result is not None:
+            self._end(session)
+        elif session.timer is None:
+            self._arm(session)
+
+    def _answer_stranger(self, sock: socket.socket, source: tuple[object, ...]) -> None:
+        self.counters.foreign_tid += 1
+        try:
+            sock.sendto(_UNKNOWN_TID, source)
+        except OSError:
+            self.counters.send_errors += 1
+
+    def _send(self, session: _Session, packets: list[bytes | memoryview]) -> None:
+        if self._gso and len(packets) > 1:
+            run = session.transfer.data_run()
+            if run is not None and self._send_segmented(session, *run):
+                return
+        sendto, client = session.sock.sendto, session.client
+        for packet in packets:
+            try:
+                sendto(packet, client)
+            except OSError:
+                # A full socket buffer loses this packet; the client's gap ACK or our timer
+                # recovers it, exactly as if the network had dropped it.
+                self.counters.send_errors += 1
+
+    def _send_segmented(self, session: _Session, run: memoryview, segment: int) -> bool:
+        """Send a window with UDP GSO; False (and GSO off for good) if the kernel refuses."""
+        per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment) * segment
+        control = [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", segment))]
+        for start in range(0, len(run), per_send):
+            try:
+                session.sock.sendmsg([run[start : start + per_send]], control, 0, session.client)
+            except BlockingIOError:
+                self.counters.send_errors += 1  # lost like on a wire: gap ACK or timer recovers
+            except OSError as exc:
+                if start:
+                    self.counters.send_errors += 1
+                    continue
+                log.info("TFTP: UDP segmentation offload unavailable (%s); sending per packet", exc)
+                self._gso = False
+                return False
+        return True
+
+    def _arm(self, session: _Session) -> None:
+        deadline = session.transfer.deadline
+        if session.timer is None and deadline is not None and self._loop is not None:
+            session.timer = self._loop.call_at(deadline, self._on_timer, session)
+
+    def _on_timer(self, session: _Session) -> None:
+        assert self._loop is not None
+        session.timer = None
+        transfer = session.transfer
+        self._send(session, transfer.on_timer(self._loop.time()))
+        if transfer.result is not None:
+            self._end(session)
+        else:
+            self._arm(session)
+
+    def _end(self, session: _Session, *, cancelled: bool = False) -> None:
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        if self._loop is not None:
+            self._loop.remove_reader(session.sock.fileno())
+        session.sock.close()
+        transfer = session.transfer
+        self.counters.dropped += transfer.dropped
+        self.counters.stale_acks += transfer.stale_acks
+        self.counters.retransmits += transfer.retransmits
+        if not cancelled:
+            self._report(session)
+
+    def _report(self, session: _Session) -> None:
+        transfer, result = session.transfer, session.transfer.result
+        if result is None:
+            return
+        event = TftpEvent(
+            client=transfer.client,
+            server=session.local,
+            filename=transfer.request.filename,
+            outcome=result.outcome.value,
+            bytes_sent=result.bytes_sent,
+            duration=result.duration,
+            blksize=transfer.blksize,
+            windowsize=transfer.windowsize,
+            retransmits=result.retransmits,
+            error_code=getattr(result, "error_code", None),
+            message=getattr(result, "message", ""),
+        )
+        self._count_and_log(event, result.outcome)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                self.counters.event_errors += 1
+                log.exception("TFTP event callback failed")
+
+    def _count_and_log(self, event: TftpEvent, outcome: Outcome) -> None:
+        if outcome is Outcome.COMPLETED:
+            self.counters.completed += 1
+        elif outcome is Outcome.SIZE_PROBE:
+            self.counters.size_probes += 1
+        else:
+            self.counters.failed += 1
+        level = logging.INFO if outcome in _QUIET_OUTCOMES else logging.WARNING
+        if outcome is Outcome.SIZE_PROBE:
+            what = "size probe (tsize asked, then ERROR 8: normal for UEFI firmware)"
+        else:
+            what = f"{outcome.value} {event.message}".rstrip()
+        log.log(
+            level,
+            "TFTP %s:%d %s: %s, %d bytes in %.3fs (blksize %d, windowsize %d, %d retransmits)",
+            *event.client,
+            event.filename,
+            what,
+            event.bytes_sent,
+            event.duration,
+            event.blksize,
+            event.windowsize,
+            event.retransmits,
+        )
