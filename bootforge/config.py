@@ -141,6 +141,8 @@ class Settings(BaseSettings):
             )
         if self.auth_strategy == "http_basic" and self.htpasswd_file is None:
             raise ValueError("auth_strategy 'http_basic' needs htpasswd_file")
+        if self.auth_strategy == "http_basic" and self.htpasswd_file and not self.htpasswd_file.is_file():
+            raise ValueError(f"htpasswd_file {self.htpasswd_file} does not exist or is not a file")
         return self
 
     @property

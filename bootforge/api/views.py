@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from bootforge.api.versions import Version
 from bootforge.errors import InvalidInput
@@ -150,9 +151,16 @@ def check_fields(requested: str | None, table: Mapping[str, int], version: Versi
 
 
 def mask_secrets(info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Secret-named keys masked at any depth: driver_info may nest a BMC's settings in an object."""
     if not info:
         return {}
-    return {k: (MASK if any(m in k.lower() for m in SECRET_MARKERS) and v else v) for k, v in info.items()}
+    out: dict[str, Any] = {}
+    for k, v in info.items():
+        if v and any(m in k.lower() for m in SECRET_MARKERS):
+            out[k] = MASK
+        else:
+            out[k] = mask_secrets(v) if isinstance(v, Mapping) else v
+    return out
 
 
 def _links(base: str, kind: str, ident: str) -> list[dict[str, str]]:
@@ -222,5 +230,5 @@ def collection(
         params = {k: v for k, v in query.items() if k not in ("marker", "limit")}
         params["limit"] = str(limit)
         params["marker"] = items[-1]["uuid"]
-        out["next"] = f"{base}{path}?" + "&".join(f"{k}={v}" for k, v in params.items())
+        out["next"] = f"{base}{path}?{urlencode(params)}"
     return out

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +14,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Column, Table
 
 from bootforge.conductor import states
 
@@ -24,8 +26,16 @@ app = typer.Typer(
 )
 node_app = typer.Typer(help="Enrol and drive machines (nodes).", no_args_is_help=True)
 app.add_typer(node_app, name="node")
-console = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    # Piped output feeds grep and scripts: no cutting or wrapping at rich's default 80 columns.
+    piped = not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=1000 if piped else None)
+
+
+console = _console()
+err = _console(stderr=True)
 
 API_VERSION = "1.78"
 UrlOpt = Annotated[str, typer.Option("--url", envvar="BOOTFORGE_URL", help="bootforge API URL")]
@@ -102,7 +112,8 @@ class Api:
             err.print(f"[red]cannot reach bootforge at {self.http.base_url}:[/red] {e}")
             raise typer.Exit(1) from None
         if r.status_code not in ok:
-            err.print(f"[red]{method} {path} failed ({r.status_code}):[/red] {error_text(r)}")
+            # Escaped: API messages quote input and version ranges in brackets, which rich reads as markup.
+            err.print(f"[red]{method} {path} failed ({r.status_code}):[/red] {escape(error_text(r))}")
             raise typer.Exit(1)
         return r.json() if r.content else None
 
@@ -130,7 +141,9 @@ def node_list(
         page = api.call("GET", path)
         nodes += page["nodes"]
         path = page.get("next", "").replace(str(api.http.base_url), "") or None
-    table = Table("UUID", "Name", "Provision state", "Power", "Maint.", "Class", "Driver", "Last error")
+    # The UUID is what the next command needs: never cut it, even in a narrow or piped output.
+    uuid_column = Column("UUID", no_wrap=True, min_width=36)
+    table = Table(uuid_column, "Name", "Provision state", "Power", "Maint.", "Class", "Driver", "Last error")
     for n in nodes:
         table.add_row(
             n["uuid"],
@@ -175,9 +188,25 @@ def node_create(
     if driver_info:
         body["driver_info"] = json.loads(driver_info)
     node = api.call("POST", "/v1/nodes", body, ok=(201,))
-    for address in mac or []:
-        api.call("POST", "/v1/ports", {"node_uuid": node["uuid"], "address": address}, ok=(201,))
+    try:
+        for address in mac or []:
+            api.call("POST", "/v1/ports", {"node_uuid": node["uuid"], "address": address}, ok=(201,))
+    except typer.Exit:
+        # All or nothing: a node without the NIC asked for would not boot, and its name would block a retry.
+        api.call("DELETE", f"/v1/nodes/{node['uuid']}", ok=(204,))
+        err.print(f"node {node['uuid']} was not kept: its ports could not all be created")
+        raise
     console.print(f"created node [bold]{node['uuid']}[/bold] ({node['provision_state']})")
+
+
+# Where each verb's work ends when it succeeds; ending anywhere else (verification failing sends a
+# node back to enroll, not to a failed state) is a failure the user must see.
+VERB_RESULT = {
+    "manage": states.MANAGEABLE,
+    "provide": states.AVAILABLE,
+    "active": states.ACTIVE,
+    "deleted": states.AVAILABLE,
+}
 
 
 def _provision(
@@ -188,10 +217,10 @@ def _provision(
     if wait is None:
         console.print(f"{verb} requested for {ident}")
         return
-    _wait(api, ident, wait)
+    _wait(api, ident, wait, VERB_RESULT[verb])
 
 
-def _wait(api: Api, ident: str, timeout: float) -> None:
+def _wait(api: Api, ident: str, timeout: float, expected: str) -> None:
     deadline = time.monotonic() + (timeout or 3600)
     last = ""
     with console.status(f"waiting for {ident}") as status:
@@ -212,8 +241,11 @@ def _wait(api: Api, ident: str, timeout: float) -> None:
                 last = text
             status.update(f"{ident}: {text}")
             if n["target_provision_state"] is None and n["reservation"] is None:
-                if n["provision_state"] in states.FAILED_STATES:
-                    err.print(f"[red]{ident} failed:[/red] {n.get('last_error')}")
+                if n["provision_state"] != expected:
+                    err.print(
+                        f"[red]{ident} failed: it is {n['provision_state']}, not {expected}:[/red] "
+                        f"{escape(str(n.get('last_error')))}"
+                    )
                     raise typer.Exit(1)
                 console.print(f"[green]{ident} is {n['provision_state']}[/green]")
                 return

@@ -41,12 +41,22 @@ class AllocationService:
         return row
 
     async def create(self, body: dict[str, Any]) -> Allocation:
+        if body.get("node") is not None:
+            # Ironic's backfill (1.58) records an allocation for an already deployed node; until
+            # bootforge implements it, refuse it rather than allocate some other node.
+            raise InvalidInput(
+                "Backfilling an allocation for a given node is not supported; give resource_class "
+                "(and optionally traits and candidate_nodes) instead",
+                "node",
+            )
         rc = body.get("resource_class")
-        if not rc and not body.get("node"):
+        if not rc:
             raise InvalidInput("resource_class is required", "resource_class")
         traits = body.get("traits") or []
         if not isinstance(traits, list) or not all(isinstance(t, str) for t in traits):
             raise InvalidInput("traits must be a list of strings", "traits")
+        if body.get("uuid") is not None and not _is_uuid(str(body["uuid"])):
+            raise InvalidInput(f"Expected a UUID but received {body['uuid']}.", "uuid")
         candidates = await self._resolve_candidates(body.get("candidate_nodes") or [])
         row = Allocation(
             uuid=body.get("uuid") or str(uuidlib.uuid4()),
@@ -65,7 +75,10 @@ class AllocationService:
             s.add(row)
             await s.commit()
         await self._allocate(row)
-        return row
+        # Re-read: columns never set on this instance (node_id, last_error, updated_at) are not loaded.
+        async with self.db.read() as s:
+            fresh: Allocation = await s.get_one(Allocation, row.id)
+        return fresh
 
     async def _resolve_candidates(self, idents: list[Any]) -> list[str]:
         if not isinstance(idents, list):

@@ -25,9 +25,7 @@ PATCHABLE = {"name", "extra"}
 async def allocation_dicts(c: Ctx, rows: list[Any]) -> list[dict[str, Any]]:
     node_ids = {r["node_id"] for r in rows if r["node_id"] is not None}
     async with c.services.conductor.db.read() as s:
-        nodes = dict(
-            (await s.execute(select(Node.id, Node.uuid).where(Node.id.in_(node_ids)))).tuples().all()
-        )
+        nodes = dict((await s.execute(select(Node.id, Node.uuid).where(Node.id.in_(node_ids)))).all())
     fields = views.check_fields(c.params.get("fields"), views.ALLOCATION_FIELDS, c.version) or views.visible(
         views.ALLOCATION_FIELDS, c.version
     )
