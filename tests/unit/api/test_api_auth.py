@@ -88,6 +88,16 @@ def test_http_basic_needs_an_htpasswd_file(tmp_path: Path) -> None:
             {"state_dir": tmp_path, "listen": "0.0.0.0:6385", "auth_strategy": "http_basic"}
         )
     assert "htpasswd_file" in str(e.value)
+    with pytest.raises(ValidationError, match="does not exist"):
+        Settings.model_validate(
+            {
+                "state_dir": tmp_path,
+                "listen": "0.0.0.0:6385",
+                "auth_strategy": "http_basic",
+                "htpasswd_file": tmp_path / "missing",
+            }
+        )
+    (tmp_path / "htpasswd").write_text("")
     ok = Settings.model_validate(
         {
             "state_dir": tmp_path,
