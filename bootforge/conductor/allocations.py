@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states
+from bootforge.conductor.task import is_uuid
 from bootforge.db.models import Allocation, Node, NodeTrait, utcnow
 from bootforge.errors import Conflict, InvalidInput, NotFound
 
@@ -33,7 +34,7 @@ class AllocationService:
         return self.conductor.db
 
     async def get(self, ident: str) -> Allocation:
-        column = Allocation.uuid if _is_uuid(ident) else Allocation.name
+        column = Allocation.uuid if is_uuid(ident) else Allocation.name
         async with self.db.read() as s:
             row: Allocation | None = await s.scalar(select(Allocation).where(column == ident))
         if row is None:
@@ -55,7 +56,7 @@ class AllocationService:
         traits = body.get("traits") or []
         if not isinstance(traits, list) or not all(isinstance(t, str) for t in traits):
             raise InvalidInput("traits must be a list of strings", "traits")
-        if body.get("uuid") is not None and not _is_uuid(str(body["uuid"])):
+        if body.get("uuid") is not None and not is_uuid(str(body["uuid"])):
             raise InvalidInput(f"Expected a UUID but received {body['uuid']}.", "uuid")
         candidates = await self._resolve_candidates(body.get("candidate_nodes") or [])
         row = Allocation(
@@ -86,7 +87,7 @@ class AllocationService:
         uuids = []
         async with self.db.read() as s:
             for ident in idents:
-                column = Node.uuid if _is_uuid(str(ident)) else Node.name
+                column = Node.uuid if is_uuid(str(ident)) else Node.name
                 found = await s.scalar(select(Node.uuid).where(column == str(ident)))
                 if found is None:
                     raise InvalidInput(f"candidate node {ident} could not be found", "candidate_nodes")
@@ -204,11 +205,3 @@ class AllocationService:
         async with self.db.read() as s:
             value: str | None = await s.scalar(select(Allocation.uuid).where(Allocation.id == allocation_id))
             return value
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuidlib.UUID(value)
-    except ValueError:
-        return False
-    return len(value) in (32, 36)

@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor.conductor import Conductor
-from bootforge.conductor.task import event_row, load_node
+from bootforge.conductor.task import event_row, is_uuid, load_node
 from bootforge.db.models import Node, NodeEvent, Port, Portgroup, utcnow
 from bootforge.errors import Conflict, InvalidInput, NotFound
 
@@ -49,14 +49,6 @@ def normalize_mac(value: Any, field: str = "address") -> str:
         raise InvalidInput(f"Expected a MAC address but received {value}.", field)
     hexdigits = text.replace(":", "").replace("-", "")
     return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
-
-
-def is_uuid(value: str) -> bool:
-    try:
-        uuidlib.UUID(value)
-    except ValueError:
-        return False
-    return len(value) in (32, 36)
 
 
 class PortService:

@@ -18,7 +18,15 @@ from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor import states, work
 from bootforge.conductor.conductor import Conductor
-from bootforge.conductor.task import NodeTask, acquire, event_row, load_node, reserve, shared_task
+from bootforge.conductor.task import (
+    NodeTask,
+    acquire,
+    event_row,
+    is_uuid,
+    load_node,
+    reserve,
+    shared_task,
+)
 from bootforge.db.models import Node, NodeEvent, NodeTrait, Port, Portgroup, utcnow
 from bootforge.drivers import base
 from bootforge.drivers.hardware import INTERFACE_TYPES
@@ -146,13 +154,13 @@ class NodeService:
             raise InvalidInput("bootforge has no chassis; chassis_uuid must be null", "chassis_uuid")
         values.pop("chassis_uuid", None)
         name = values.get("name")
-        if name is not None and (not NAME_RE.match(name) or _is_uuid(name)):
+        if name is not None and (not NAME_RE.match(name) or is_uuid(name)):
             raise InvalidInput(
                 f"Cannot use {name!r} as a node name: use RFC 3986 unreserved characters "
                 "(letters, digits, '-', '.', '_', '~') and not a UUID",
                 "name",
             )
-        if "uuid" in values and values["uuid"] is not None and not _is_uuid(str(values["uuid"])):
+        if "uuid" in values and values["uuid"] is not None and not is_uuid(str(values["uuid"])):
             raise InvalidInput(f"Expected a UUID but received {values['uuid']}.", "uuid")
         rc = values.get("resource_class")
         if rc is not None and len(rc) > 80:
@@ -486,11 +494,3 @@ async def _ports(conductor: Conductor, node_id: int) -> list[Port]:
 
 def _removed(patch: list[dict[str, Any]]) -> set[str]:
     return {str(p["path"]).lstrip("/").split("/")[0] for p in patch if p.get("op") == "remove"}
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuidlib.UUID(value)
-    except ValueError:
-        return False
-    return len(value) in (32, 36)

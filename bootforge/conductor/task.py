@@ -129,11 +129,11 @@ async def load_node(conductor: Conductor, ident: str) -> Node:
 
 
 def _by_ident(ident: str) -> Any:
-    column = Node.uuid if _looks_like_uuid(ident) else Node.name
+    column = Node.uuid if is_uuid(ident) else Node.name
     return select(Node).where(column == ident)
 
 
-def _looks_like_uuid(value: str) -> bool:
+def is_uuid(value: str) -> bool:
     try:
         uuidlib.UUID(value)
     except ValueError:

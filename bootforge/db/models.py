@@ -33,22 +33,6 @@ NAMING = {
 
 Json = JSON().with_variant(JSON(none_as_null=True), "postgresql")
 
-INTERFACES = (
-    "bios",
-    "boot",
-    "console",
-    "deploy",
-    "firmware",
-    "inspect",
-    "management",
-    "network",
-    "power",
-    "raid",
-    "rescue",
-    "storage",
-    "vendor",
-)
-
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)

@@ -11,8 +11,8 @@ from starlette.responses import Response
 from bootforge.api import views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
-from bootforge.conductor.ports import is_uuid, normalize_mac
-from bootforge.conductor.task import load_node
+from bootforge.conductor.ports import normalize_mac
+from bootforge.conductor.task import is_uuid, load_node
 from bootforge.db.models import Node, Port, Portgroup
 from bootforge.db.queries import page_rows, parse_bool, parse_page
 from bootforge.errors import InvalidInput
