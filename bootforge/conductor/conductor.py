@@ -9,16 +9,17 @@ own nodes the same way, so a SIGKILL loses nothing: each node is resumed, or fai
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states, work
 from bootforge.conductor.allocations import AllocationService
-from bootforge.conductor.task import NodeTask, age, load_ports, reserve
+from bootforge.conductor.task import NodeTask, age, event_row, load_ports, reserve
 from bootforge.config import Settings
 from bootforge.db.engine import Database
 from bootforge.db.models import Conductor as ConductorRow
@@ -176,7 +177,14 @@ class Conductor:
         async with self.db.read() as s:
             nodes = list((await s.scalars(select(Node).where(Node.reservation == self.host))).all())
         for node in nodes:
-            await self._resume(node, f"conductor {self.host} restarted")
+            # A peer that saw our stale heartbeat just before we registered may be taking the node.
+            if not await self._claim(node, self.host):
+                continue
+            if node.driver in self.drivers.types:
+                await self._resume(node, f"conductor {self.host} restarted")
+            else:
+                why = f"hardware type {node.driver} is not enabled on conductor {self.host}"
+                await self._abandon(node, why)
 
     async def take_over_orphans(self) -> None:
         """Take the nodes locked by conductors that stopped heartbeating, and resume their work."""
@@ -187,16 +195,45 @@ class Conductor:
             if node.reservation in live:
                 continue
             dead = node.reservation
-            async with self.db.write() as s:
-                result = await s.execute(
-                    update(Node)
-                    .where(Node.id == node.id, Node.reservation == dead)
-                    .values(reservation=self.host)
-                )
-                await s.commit()
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                set_committed_value(node, "reservation", self.host)
+            # Like a hash ring keyed by hardware type: leave the node to a conductor that can drive it.
+            if node.driver not in self.drivers.types:
+                continue
+            if await self._claim(node, dead):
                 await self._resume(node, f"conductor {dead} stopped heartbeating; taken over by {self.host}")
+
+    async def _claim(self, node: Node, holder: str | None) -> bool:
+        """Move the node's lock from `holder` to this conductor, unless `holder` is alive (again).
+
+        The heartbeat is checked inside the UPDATE, not from the earlier list of live hosts, and the row
+        must be unchanged since we read it (each claim bumps updated_at): a conductor restarted meanwhile
+        registers before it claims its own nodes with this same statement, so of it and a peer taking
+        over, whichever claims second finds the row changed and leaves the node to the other.
+        """
+        now = utcnow()
+        cutoff = now - dt.timedelta(seconds=self.settings.conductor_offline_after)
+        holder_alive = exists().where(
+            ConductorRow.hostname == holder,
+            ConductorRow.hostname != self.host,
+            ConductorRow.online.is_(True),
+            ConductorRow.heartbeat_at >= cutoff,
+        )
+        async with self.db.write() as s:
+            result = await s.execute(
+                update(Node)
+                .where(
+                    Node.id == node.id,
+                    Node.reservation == holder,
+                    Node.updated_at == node.updated_at,
+                    ~holder_alive,
+                )
+                .values(reservation=self.host, updated_at=now)
+            )
+            await s.commit()
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        set_committed_value(node, "reservation", self.host)
+        set_committed_value(node, "updated_at", now)
+        return True
 
     async def _resume(self, node: Node, why: str) -> None:
         task = NodeTask(self, node, await load_ports(self, node.id), "resume")
@@ -214,6 +251,31 @@ class Conductor:
         await task.record("provisioning", f"{why}: resuming {node.provision_state}")
         self.spawn(task, fn)
 
+    async def _abandon(self, node: Node, why: str) -> None:
+        """Unlock a node whose work this conductor cannot run, failing it (if it was working) with `why`.
+
+        Written without a NodeTask, which needs the node's driver; the edge still comes from the table.
+        """
+        old = node.provision_state
+        values: dict[str, Any] = {"reservation": None, "target_power_state": None}
+        text = f"cannot resume {old}: {why}"
+        if (old, "fail") in states.TRANSITIONS:
+            new = states.advance(old, "fail")
+            values.update(
+                provision_state=new,
+                target_provision_state=states.target_of(new),
+                provision_updated_at=utcnow(),
+                last_error=why,
+            )
+            text = f"{old} -> {new} (fail): {why}"
+        log.error("node %s: %s", node.uuid, text)
+        async with self.db.write() as s:
+            await s.execute(
+                update(Node).where(Node.id == node.id, Node.reservation == self.host).values(**values)
+            )
+            await s.execute(insert(NodeEvent), [event_row(node.id, "provisioning", text, "error", self.host)])
+            await s.commit()
+
     # --- periodic checks --------------------------------------------------------------------------
 
     async def check_wait_timeouts(self) -> None:
@@ -230,6 +292,8 @@ class Conductor:
                 ).all()
             )
         for node in waiting:
+            if node.driver not in self.drivers.types:
+                continue
             limit: float = getattr(self.settings, WAIT_TIMEOUT_SETTING[node.provision_state])
             if age(node.provision_updated_at, now) < limit:
                 continue

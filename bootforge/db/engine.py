@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -15,6 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from bootforge.db import sqlite_inline
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# Conductors started together on one fresh PostgreSQL database would otherwise all create the schema at
+# once and all but one fail; this transaction-scoped advisory lock makes them take turns. (SQLite needs
+# nothing: the writer engine's BEGIN IMMEDIATE already serialises migrations.)
+PG_MIGRATION_LOCK = 0x626F6F74
 
 
 def is_sqlite(url: str) -> bool:
@@ -100,14 +105,21 @@ def alembic_config(url: str) -> Config:
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the schema to `revision` (head by default); safe to call at every start."""
+    """Bring the schema to `revision` (head by default); safe to call at every start, from any process."""
     async with engine.begin() as conn:
+        await _lock_migrations(conn)
         await conn.run_sync(_upgrade, str(engine.url), revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
     async with engine.begin() as conn:
+        await _lock_migrations(conn)
         await conn.run_sync(_downgrade, str(engine.url), revision)
+
+
+async def _lock_migrations(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
 
 
 def _upgrade(conn: Connection, url: str, revision: str) -> None:
