@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import delete, exists, insert, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states, work
@@ -238,12 +238,15 @@ class Conductor:
     async def _resume(self, node: Node, why: str) -> None:
         task = NodeTask(self, node, await load_ports(self, node.id), "resume")
         if node.target_power_state:
-            await task.record(
-                "power",
-                f"{why} during '{node.target_power_state}'; the power state will be read again",
-                severity="warning",
-            )
+            interrupted = node.target_power_state
             node.target_power_state = None
+            # The action may or may not have reached the machine: ask it, rather than guess.
+            try:
+                node.power_state = await task.driver.power.get_power_state(task)
+                found = f"the machine reads '{node.power_state}'"
+            except Exception as exc:
+                found = f"its power state could not be read ({type(exc).__name__}: {exc})"
+            await task.record("power", f"{why} during '{interrupted}'; {found}", severity="warning")
         fn = work.RESUMABLE.get(node.provision_state)
         if fn is None:
             await task.release()
@@ -374,20 +377,12 @@ class Conductor:
         await NodeTask(self, node, [], "power sync").record("power", f"maintenance: {reason}", "error")
 
     async def trim_events(self) -> None:
-        """Keep the newest `node_events_keep` events per node."""
-        keep = self.settings.node_events_keep
+        """Keep the newest `node_events_keep` events per node, in one statement (one short lock)."""
+        ranked = select(
+            NodeEvent.id,
+            func.row_number().over(partition_by=NodeEvent.node_id, order_by=NodeEvent.id.desc()).label("n"),
+        ).subquery()
+        old = select(ranked.c.id).where(ranked.c.n > self.settings.node_events_keep)
         async with self.db.write() as s:
-            ids = (await s.execute(select(Node.id))).scalars().all()
-            for node_id in ids:
-                cutoff = await s.scalar(
-                    select(NodeEvent.id)
-                    .where(NodeEvent.node_id == node_id)
-                    .order_by(NodeEvent.id.desc())
-                    .offset(keep)
-                    .limit(1)
-                )
-                if cutoff is not None:
-                    await s.execute(
-                        delete(NodeEvent).where(NodeEvent.node_id == node_id, NodeEvent.id <= cutoff)
-                    )
+            await s.execute(delete(NodeEvent).where(NodeEvent.id.in_(old)))
             await s.commit()

@@ -57,10 +57,14 @@ async def in_process(tmp_path: Path, **overrides: Any) -> AsyncIterator[InProces
     db, conductor, services = await build(settings)
     app = create_app(services)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bootforge.test", headers=LATEST) as c:
-        yield InProcess(settings, c, services)
-    await conductor.stop(grace=5)
-    await db.close()
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://bootforge.test", headers=LATEST
+        ) as c:
+            yield InProcess(settings, c, services)
+    finally:
+        await conductor.stop(grace=5)
+        await db.close()
 
 
 @dataclass
