@@ -22,8 +22,8 @@ from bootforge.conductor.allocations import AllocationService
 from bootforge.conductor.task import NodeTask, age, event_row, load_ports, reserve
 from bootforge.config import Settings
 from bootforge.db.engine import Database
+from bootforge.db.models import NODE_EVENTS, Node, NodeEvent, utcnow
 from bootforge.db.models import Conductor as ConductorRow
-from bootforge.db.models import Node, NodeEvent, utcnow
 from bootforge.drivers.hardware import Drivers
 from bootforge.errors import BootforgeError
 
@@ -276,7 +276,9 @@ class Conductor:
             await s.execute(
                 update(Node).where(Node.id == node.id, Node.reservation == self.host).values(**values)
             )
-            await s.execute(insert(NodeEvent), [event_row(node.id, "provisioning", text, "error", self.host)])
+            await s.execute(
+                insert(NODE_EVENTS), [event_row(node.id, "provisioning", text, "error", self.host)]
+            )
             await s.commit()
 
     # --- periodic checks --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bootforge.conductor import states
 from bootforge.db.engine import Database
-from bootforge.db.models import Lease, Node, NodeEvent, Port, utcnow
+from bootforge.db.models import NODE_EVENTS, Lease, Node, Port, utcnow
 from bootforge.netboot import dhcp
 from bootforge.netboot.boot import scripts
 from bootforge.netboot.boot.arch import Firmware
@@ -325,7 +325,7 @@ class EventSink:
         ]
         if rows:
             async with self.db.write() as s:
-                await s.execute(insert(NodeEvent), rows)
+                await s.execute(insert(NODE_EVENTS), rows)
                 await s.commit()
 
     async def run(self) -> None:

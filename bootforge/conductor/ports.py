@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor.conductor import Conductor
 from bootforge.conductor.task import event_row, is_uuid, load_node
-from bootforge.db.models import Node, NodeEvent, Port, Portgroup, utcnow
+from bootforge.db.models import NODE_EVENTS, PORTS, Node, Port, Portgroup, utcnow
 from bootforge.errors import Conflict, InvalidInput, NotFound
 
 MAC_RE = re.compile(r"^([0-9a-f]{2})([:-]?)([0-9a-f]{2})(\2[0-9a-f]{2}){4}$")
@@ -51,6 +51,20 @@ def normalize_mac(value: Any, field: str = "address") -> str:
     return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
 
 
+PORT_INSERT = insert(PORTS)
+# Every column of a new port that the request does not set.
+NEW_PORT: dict[str, Any] = {
+    "portgroup_id": None,
+    "pxe_enabled": True,
+    "local_link_connection": {},
+    "physical_network": None,
+    "is_smartnic": False,
+    "internal_info": {},
+    "extra": {},
+    "updated_at": None,
+}
+
+
 class PortService:
     def __init__(self, conductor: Conductor) -> None:
         self.conductor = conductor
@@ -68,38 +82,42 @@ class PortService:
             found: Port | None = await s.scalar(select(Port).where(Port.address == normalize_mac(address)))
         return found
 
-    async def create(self, body: dict[str, Any]) -> Port:
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Add a port; returns its full row (a Core insert: enrolment is a hot path)."""
         unknown = sorted(set(body) - PORT_FIELDS)
         if unknown:
             raise InvalidInput(f"Unknown attribute for argument port: {', '.join(unknown)}", unknown[0])
         for field in ("address", "node_uuid"):
             if not body.get(field):
                 raise InvalidInput(f"Mandatory field missing: '{field}'", field)
-        values = await self._checked(body)
-        port = Port(uuid=values.pop("uuid", None) or str(uuidlib.uuid4()), created_at=utcnow(), **values)
-        # The unique constraints on address and uuid are the check: no look-up before the insert.
+        # One transaction looks the node up and inserts; the unique constraints on address and uuid
+        # are the duplicate check (no look-up before the insert).
         async with self.db.write() as s:
-            s.add(port)
+            values = await self._checked(body, session=s)
+            row = {**NEW_PORT, **values, "created_at": utcnow()}
+            row["uuid"] = values.get("uuid") or str(uuidlib.uuid4())
             try:
-                await s.flush()
+                result = await s.execute(PORT_INSERT, row)
             except IntegrityError as e:
                 if "address" in str(e.orig).lower():
-                    raise Conflict(f"A port with MAC address {port.address} already exists.") from None
-                raise Conflict(f"A port with UUID {port.uuid} already exists.") from None
-            await s.execute(
-                insert(NodeEvent),
-                [event_row(port.node_id, "port", f"port {port.address} added", "info", self.conductor.host)],
+                    raise Conflict(f"A port with MAC address {row['address']} already exists.") from None
+                raise Conflict(f"A port with UUID {row['uuid']} already exists.") from None
+            row["id"] = result.inserted_primary_key[0]  # type: ignore[attr-defined]
+            event = event_row(
+                row["node_id"], "port", f"port {row['address']} added", "info", self.conductor.host
             )
+            await s.execute(insert(NODE_EVENTS), [event])
             await s.commit()
-        return port
+        return row
 
-    async def _checked(self, body: dict[str, Any], current: Port | None = None) -> dict[str, Any]:
+    async def _checked(
+        self, body: dict[str, Any], current: Port | None = None, session: Any = None
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {}
         if "address" in body:
             values["address"] = normalize_mac(body["address"])
         if "node_uuid" in body:
-            node = await self._node(body["node_uuid"])
-            values["node_id"] = node.id
+            values["node_id"] = await self._node_id(body["node_uuid"], session)
         if "portgroup_uuid" in body:
             values["portgroup_id"] = None
             if body["portgroup_uuid"] is not None:
@@ -134,11 +152,17 @@ class PortService:
             values["uuid"] = str(body["uuid"])
         return values
 
-    async def _node(self, ident: Any) -> Any:
-        try:
-            return await load_node(self.conductor, str(ident))
-        except NotFound:
-            raise InvalidInput(f"Node {ident} could not be found.", "node_uuid") from None
+    async def _node_id(self, ident: Any, session: Any = None) -> int:
+        column = Node.uuid if is_uuid(str(ident)) else Node.name
+        query = select(Node.id).where(column == str(ident))
+        if session is not None:
+            node_id: int | None = await session.scalar(query)
+        else:
+            async with self.db.read_conn() as conn:
+                node_id = await conn.scalar(query)
+        if node_id is None:
+            raise InvalidInput(f"Node {ident} could not be found.", "node_uuid")
+        return node_id
 
     async def update(self, port_uuid: str, patch: list[dict[str, Any]]) -> Port:
         port = await self.get(port_uuid)
@@ -181,7 +205,7 @@ class PortService:
             if row is not None:
                 await s.delete(row)
                 await s.execute(
-                    insert(NodeEvent),
+                    insert(NODE_EVENTS),
                     [
                         event_row(
                             port.node_id, "port", f"port {port.address} removed", "info", self.conductor.host

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states
-from bootforge.db.models import Node, NodeEvent, Port, utcnow
+from bootforge.db.models import NODE_EVENTS, Node, Port, utcnow
 from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
 from bootforge.errors import NodeLocked, NotFound
 
@@ -66,7 +66,7 @@ class NodeTask:
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         async with self.conductor.db.write() as s:
             await s.execute(
-                insert(NodeEvent),
+                insert(NODE_EVENTS),
                 [event_row(self.node.id, event_type, message, severity, self.conductor.host)],
             )
             await s.commit()
@@ -106,7 +106,7 @@ class NodeTask:
         async with self.conductor.db.write() as s:
             s.add(self.node)
             await s.execute(
-                insert(NodeEvent),
+                insert(NODE_EVENTS),
                 [event_row(self.node.id, "provisioning", text, severity, self.conductor.host)],
             )
             await s.commit()
@@ -176,7 +176,7 @@ async def reserve(
             )
         if event is not None:
             await s.execute(
-                insert(NodeEvent),
+                insert(NODE_EVENTS),
                 [event_row(node.id, event[0], event[1], "info", conductor.host)],
             )
         await s.commit()

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -209,3 +210,10 @@ class Lease(Base):
     expires: Mapped[float] = mapped_column(Float)
     node_uuid: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# Plain tables for hot-path Core statements: ORM-enabled DML (insert(Node)) takes the slower
+# bulk-ORM route for every row; the tables compile once and are cached.
+NODES: Table = Node.__table__  # type: ignore[assignment]
+PORTS: Table = Port.__table__  # type: ignore[assignment]
+NODE_EVENTS: Table = NodeEvent.__table__  # type: ignore[assignment]

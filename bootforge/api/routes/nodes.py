@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -111,9 +112,16 @@ async def node_dicts(
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def node_column_names(fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The nodes-table columns a response with `fields` needs (cached: computed per request otherwise)."""
+    return tuple(
+        sorted({"id", "uuid", "allocation_id"} | {f for f in fields if f not in views.NODE_COMPUTED})
+    )
+
+
 def node_columns(fields: Iterable[str]) -> list[Any]:
-    names = {"id", "uuid", "allocation_id"} | {f for f in fields if f not in views.NODE_COMPUTED}
-    return [getattr(Node, n) for n in sorted(names)]
+    return [Node.__table__.c[n] for n in node_column_names(tuple(fields))]
 
 
 async def list_nodes(request: Request, detail: bool, extra_filters: list[Any] | None = None) -> JSON:
@@ -156,7 +164,7 @@ async def show(c: Ctx, ident: str, fields: list[str] | None = None) -> dict[str,
 
 async def show_node(c: Ctx, node: Node, fields: list[str] | None = None) -> dict[str, Any]:
     fields = fields or views.visible(views.NODE_FIELDS, c.version)
-    row = {col: getattr(node, col) for col in (f.name for f in node_columns(fields))}
+    row = {col: getattr(node, col) for col in node_column_names(tuple(fields))}
     return (await node_dicts(c, [row], fields))[0]
 
 
@@ -180,9 +188,9 @@ async def create_node(request: Request) -> JSON:
     node = await c.services.nodes.create(body, enroll=c.version.minor >= 11)
     # A new node has no traits and no allocation yet: the reply needs no further query.
     fields = views.visible(views.NODE_FIELDS, c.version)
-    row = {col: getattr(node, col) for col in (f.name for f in node_columns(fields))}
+    row = {col: node[col] for col in node_column_names(tuple(fields))}
     doc = (await node_dicts(c, [row], fields, known={"traits": [], "allocation_uuid": None}))[0]
-    return JSON(doc, status_code=201, headers={"Location": f"{c.base}/v1/nodes/{node.uuid}"})
+    return JSON(doc, status_code=201, headers={"Location": f"{c.base}/v1/nodes/{node['uuid']}"})
 
 
 @router.patch("/{ident}")

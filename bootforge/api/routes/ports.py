@@ -117,8 +117,8 @@ async def create_port(request: Request) -> JSON:
     body = await json_body(request)
     port = await c.services.ports.create(body)
     known = str(body["node_uuid"]) if is_uuid(str(body["node_uuid"])) else None
-    doc = (await port_dicts(c, [vars(port)], views.visible(views.PORT_FIELDS, c.version), known))[0]
-    return JSON(doc, status_code=201, headers={"Location": f"{c.base}/v1/ports/{port.uuid}"})
+    doc = (await port_dicts(c, [port], views.visible(views.PORT_FIELDS, c.version), known))[0]
+    return JSON(doc, status_code=201, headers={"Location": f"{c.base}/v1/ports/{port['uuid']}"})
 
 
 @router.patch("/v1/ports/{port_uuid}")
