@@ -7,11 +7,12 @@ import uuid as uuidlib
 from typing import Any
 
 import jsonpatch
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor.conductor import Conductor
 from bootforge.conductor.task import event_row, is_uuid, load_node
+from bootforge.db.batch import BatchInserter
 from bootforge.db.models import NODE_EVENTS, PORTS, Node, Port, Portgroup, utcnow
 from bootforge.errors import Conflict, InvalidInput, NotFound
 
@@ -51,7 +52,6 @@ def normalize_mac(value: Any, field: str = "address") -> str:
     return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
 
 
-PORT_INSERT = insert(PORTS)
 # Every column of a new port that the request does not set.
 NEW_PORT: dict[str, Any] = {
     "portgroup_id": None,
@@ -69,6 +69,9 @@ class PortService:
     def __init__(self, conductor: Conductor) -> None:
         self.conductor = conductor
         self.db = conductor.db
+        self._inserts = BatchInserter(
+            self.db, PORTS, events_table=NODE_EVENTS, events=self._events, prepare=self._resolve_nodes
+        )
 
     async def get(self, port_uuid: str) -> Port:
         async with self.db.read() as s:
@@ -90,25 +93,46 @@ class PortService:
         for field in ("address", "node_uuid"):
             if not body.get(field):
                 raise InvalidInput(f"Mandatory field missing: '{field}'", field)
-        # One transaction looks the node up and inserts; the unique constraints on address and uuid
-        # are the duplicate check (no look-up before the insert).
-        async with self.db.write() as s:
-            values = await self._checked(body, session=s)
-            row = {**NEW_PORT, **values, "created_at": utcnow()}
-            row["uuid"] = values.get("uuid") or str(uuidlib.uuid4())
-            try:
-                result = await s.execute(PORT_INSERT, row)
-            except IntegrityError as e:
-                if "address" in str(e.orig).lower():
-                    raise Conflict(f"A port with MAC address {row['address']} already exists.") from None
-                raise Conflict(f"A port with UUID {row['uuid']} already exists.") from None
-            row["id"] = result.inserted_primary_key[0]  # type: ignore[attr-defined]
-            event = event_row(
-                row["node_id"], "port", f"port {row['address']} added", "info", self.conductor.host
-            )
-            await s.execute(insert(NODE_EVENTS), [event])
-            await s.commit()
-        return row
+        if body.get("portgroup_uuid"):
+            # Rare: the group check needs the node first, so no group commit for this one.
+            values = await self._checked(body)
+            node_ref: Any = values["node_id"]
+        else:
+            values = await self._checked({k: v for k, v in body.items() if k != "node_uuid"})
+            node_ref = str(body["node_uuid"])
+        row = {**NEW_PORT, **values, "created_at": utcnow(), "node_id": node_ref}
+        row["uuid"] = values.get("uuid") or str(uuidlib.uuid4())
+        # Enrolment of many ports at once is grouped into one transaction (db.batch); the unique
+        # constraints on address and uuid are the duplicate check, with no look-up before.
+        try:
+            return await self._inserts.insert(row)
+        except IntegrityError as e:
+            if "address" in str(e.orig).lower():
+                raise Conflict(f"A port with MAC address {row['address']} already exists.") from None
+            raise Conflict(f"A port with UUID {row['uuid']} already exists.") from None
+
+    async def _resolve_nodes(self, conn: Any, rows: list[dict[str, Any]]) -> dict[int, Exception]:
+        """Turn each row's node reference (UUID or name) into node_id with one query per batch."""
+        refs = {r["node_id"] for r in rows if isinstance(r["node_id"], str)}
+        found: dict[str, int] = {}
+        if refs:
+            query = select(Node.uuid, Node.name, Node.id).where(or_(Node.uuid.in_(refs), Node.name.in_(refs)))
+            for uuid, name, node_id in await conn.execute(query):
+                found[uuid] = node_id
+                if name:
+                    found[name] = node_id
+        rejected: dict[int, Exception] = {}
+        for i, r in enumerate(rows):
+            if isinstance(r["node_id"], str):
+                if r["node_id"] in found:
+                    r["node_id"] = found[r["node_id"]]
+                else:
+                    rejected[i] = InvalidInput(f"Node {r['node_id']} could not be found.", "node_uuid")
+        return rejected
+
+    def _events(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        host = self.conductor.host
+        return [event_row(r["node_id"], "port", f"port {r['address']} added", "info", host) for r in rows]
 
     async def _checked(
         self, body: dict[str, Any], current: Port | None = None, session: Any = None

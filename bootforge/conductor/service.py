@@ -27,6 +27,7 @@ from bootforge.conductor.task import (
     reserve,
     shared_task,
 )
+from bootforge.db.batch import BatchInserter
 from bootforge.db.models import NODE_EVENTS, NODES, Node, NodeEvent, NodeTrait, Port, Portgroup, utcnow
 from bootforge.drivers import base
 from bootforge.drivers.hardware import INTERFACE_TYPES
@@ -96,7 +97,6 @@ NEW_NODE: dict[str, Any] = {
     for c in Node.__table__.columns
     if c.name not in ("id",)
 }
-NODE_INSERT = insert(NODES)
 NEW_NODE.update(
     {
         f: {}
@@ -120,6 +120,7 @@ class NodeService:
     def __init__(self, conductor: Conductor) -> None:
         self.conductor = conductor
         self.db = conductor.db
+        self._inserts = BatchInserter(self.db, NODES, events_table=NODE_EVENTS, events=self._events)
 
     # --- create / update / delete -----------------------------------------------------------------
 
@@ -144,18 +145,17 @@ class NodeService:
         for f in JSON_FIELDS:
             if row.get(f) is None:
                 row[f] = {}
-        # The unique constraints on uuid and name are the check: no look-up before the insert.
-        async with self.db.write() as s, _unique_violation("node", node_uuid, values.get("name")):
-            # Values as parameters of one constant table-level statement: compiled once and cached,
-            # where .values(row) would rebuild and re-key 56 bound literals per node.
-            result = await s.execute(NODE_INSERT, row)
-            row["id"] = result.inserted_primary_key[0]  # type: ignore[attr-defined]
-            event = event_row(
-                row["id"], "provisioning", f"created in {row['provision_state']}", "info", self.conductor.host
-            )
-            await s.execute(insert(NODE_EVENTS), [event])
-            await s.commit()
-        return row
+        # Enrolment of many nodes at once is grouped into one transaction (db.batch); the unique
+        # constraints on uuid and name are the check, with no look-up before the insert.
+        async with _unique_violation("node", node_uuid, values.get("name")):
+            return await self._inserts.insert(row)
+
+    def _events(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        host = self.conductor.host
+        return [
+            event_row(r["id"], "provisioning", f"created in {r['provision_state']}", "info", host)
+            for r in rows
+        ]
 
     def _checked_values(self, body: dict[str, Any], node: Node | None = None) -> dict[str, Any]:
         values = dict(body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,12 @@ class Database:
 
     def read(self) -> AsyncSession:
         return self._read()
+
+    @asynccontextmanager
+    async def write_conn(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a write transaction (committed on success) for hot-path writes."""
+        async with self.write_engine.begin() as conn:
+            yield conn
 
     def read_conn(self) -> AsyncConnection:
         """A plain connection for Core reads on hot paths (no ORM session bookkeeping)."""
