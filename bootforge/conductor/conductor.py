@@ -19,7 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states, work
 from bootforge.conductor.allocations import AllocationService
-from bootforge.conductor.task import NodeTask, age, event_row, load_ports, reserve
+from bootforge.conductor.task import NodeTask, age, event_row, reserve
 from bootforge.config import Settings
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, Node, NodeEvent, utcnow
@@ -153,6 +153,8 @@ class Conductor:
             if not isinstance(exc, BootforgeError):
                 log.exception("%s failed on node %s", fn.__name__, task.node.uuid)
             await self._fail(task, f"{fn.__name__} failed: {reason}")
+        # Events recorded after the work's last save (there should be none) are not dropped.
+        await task.flush()
 
     async def _fail(self, task: NodeTask, reason: str) -> None:
         node = task.node
@@ -236,7 +238,7 @@ class Conductor:
         return True
 
     async def _resume(self, node: Node, why: str) -> None:
-        task = NodeTask(self, node, await load_ports(self, node.id), "resume")
+        task = NodeTask(self, node, None, "resume")
         if node.target_power_state:
             interrupted = node.target_power_state
             node.target_power_state = None
@@ -306,7 +308,7 @@ class Conductor:
                 await reserve(self, node, expect_state=node.provision_state)
             except BootforgeError:
                 continue
-            task = NodeTask(self, node, await load_ports(self, node.id), "timeout")
+            task = NodeTask(self, node, None, "timeout")
             await task.transition(
                 "fail",
                 release=True,
@@ -362,6 +364,7 @@ class Conductor:
                 f"power state changed outside bootforge: {node.power_state} -> {actual}",
                 severity="warning",
             )
+        await task.flush()  # also what the driver recorded while reading
 
     async def _power_failure_maintenance(self, node: Node, reason: str) -> None:
         async with self.db.write() as s:
@@ -376,7 +379,9 @@ class Conductor:
                 )
             )
             await s.commit()
-        await NodeTask(self, node, [], "power sync").record("power", f"maintenance: {reason}", "error")
+        task = NodeTask(self, node, [], "power sync")
+        await task.record("power", f"maintenance: {reason}", "error")
+        await task.flush()
 
     async def trim_events(self) -> None:
         """Keep the newest `node_events_keep` events per node, in one statement (one short lock)."""

@@ -321,7 +321,6 @@ class NodeService:
         if fn is None:
             await task.release()
             return
-        task.ports = await _ports(self.conductor, node.id)
         self.conductor.spawn(task, fn)
 
     def _provision_values(self, task: NodeTask, event: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -429,19 +428,19 @@ class NodeService:
 
     async def set_maintenance(self, ident: str, on: bool, reason: str | None) -> None:
         node = await load_node(self.conductor, ident)
-        task = NodeTask(self.conductor, node, [], "maintenance")
+        text = f"maintenance {'set' if on else 'unset'}" + (f": {reason}" if on and reason else "")
         async with self.db.write() as s:
             row = await s.get(Node, node.id)
-            assert row is not None
+            if row is None:
+                raise NotFound(f"Node {ident} could not be found.")
             row.maintenance = on
             row.maintenance_reason = reason if on else None
             if not on:
                 row.fault = None
+            await s.execute(
+                insert(NODE_EVENTS), [event_row(node.id, "maintenance", text, "info", self.conductor.host)]
+            )
             await s.commit()
-        await task.record(
-            "maintenance",
-            f"maintenance {'set' if on else 'unset'}" + (f": {reason}" if on and reason else ""),
-        )
 
     # --- traits -----------------------------------------------------------------------------------
 

@@ -49,31 +49,48 @@ def event_row(node_id: int, event_type: str, message: str, severity: str, conduc
 class NodeTask:
     """One piece of work on one node, holding (or not) the node's exclusive lock.
 
-    Drivers see `node`, `ports`, `record()` and `save()`; the conductor also uses `transition()` and
-    `release()`. Changes to JSON columns must assign a new dict: in-place mutation is not tracked.
+    Drivers see `node`, `get_ports()`, `record()` and `save()`; the conductor also uses
+    `transition()`, `release()` and `flush()`. Changes to JSON columns must assign a new dict:
+    in-place mutation is not tracked.
+
+    Timeline events are written with the node's next save (one transaction instead of one each);
+    whoever records without saving afterwards calls `flush()`.
     """
 
-    def __init__(self, conductor: Conductor, node: Node, ports: list[Port], purpose: str) -> None:
+    def __init__(self, conductor: Conductor, node: Node, ports: list[Port] | None, purpose: str) -> None:
         self.conductor = conductor
         self.node = node
-        self.ports = ports
+        self._ports = ports
         self.purpose = purpose
+        self._events: list[dict[str, Any]] = []
         self.exclusive = node.reservation == conductor.host
         self.driver: DriverSet = conductor.drivers.for_node(
             node.driver, {k: getattr(node, f"{k}_interface") for k in INTERFACE_TYPES}
         )
 
+    async def get_ports(self) -> list[Port]:
+        if self._ports is None:
+            self._ports = await load_ports(self.conductor, self.node.id)
+        return self._ports
+
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
-        async with self.conductor.db.write() as s:
-            await s.execute(
-                insert(NODE_EVENTS),
-                [event_row(self.node.id, event_type, message, severity, self.conductor.host)],
-            )
-            await s.commit()
+        self._events.append(event_row(self.node.id, event_type, message, severity, self.conductor.host))
+
+    async def flush(self) -> None:
+        """Write recorded events that no save has carried yet."""
+        if self._events:
+            events, self._events = self._events, []
+            async with self.conductor.db.write() as s:
+                await s.execute(insert(NODE_EVENTS), events)
+                await s.commit()
 
     async def save(self) -> None:
+        """Write the node's changes and the events recorded since the last save, in one transaction."""
+        events, self._events = self._events, []
         async with self.conductor.db.write() as s:
             s.add(self.node)
+            if events:
+                await s.execute(insert(NODE_EVENTS), events)
             await s.commit()
 
     def set_internal(self, **values: Any) -> None:
@@ -103,13 +120,8 @@ class NodeTask:
         severity = "error" if error else "info"
         if error:
             text = f"{text}: {error}"
-        async with self.conductor.db.write() as s:
-            s.add(self.node)
-            await s.execute(
-                insert(NODE_EVENTS),
-                [event_row(self.node.id, "provisioning", text, severity, self.conductor.host)],
-            )
-            await s.commit()
+        await self.record("provisioning", text, severity)
+        await self.save()
         return new
 
     async def release(self) -> None:
@@ -191,7 +203,7 @@ async def acquire(conductor: Conductor, ident: str, purpose: str) -> AsyncIterat
     """Exclusive lock for a short synchronous action (boot device, patch); released on exit."""
     node = await load_node(conductor, ident)
     await reserve(conductor, node)
-    task = NodeTask(conductor, node, await load_ports(conductor, node.id), purpose)
+    task = NodeTask(conductor, node, None, purpose)
     try:
         yield task
     finally:
@@ -201,7 +213,7 @@ async def acquire(conductor: Conductor, ident: str, purpose: str) -> AsyncIterat
 async def shared_task(conductor: Conductor, ident: str, purpose: str) -> NodeTask:
     """A task without the lock, for reads such as validate or boot device get."""
     node = await load_node(conductor, ident)
-    return NodeTask(conductor, node, await load_ports(conductor, node.id), purpose)
+    return NodeTask(conductor, node, None, purpose)
 
 
 def age(when: dt.datetime | None, now: dt.datetime) -> float:

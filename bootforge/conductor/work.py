@@ -91,18 +91,20 @@ async def run_steps(task: NodeTask, kind: str) -> str | None:
     index: int = info.get(f"{kind}_step_index", 0)
     for i in range(index, len(steps)):
         step = steps[i]
+        name = f"{kind} step {step['interface']}.{step['step']}"
         setattr(task.node, f"{kind}_step", step)
         task.set_internal(**{f"{kind}_step_index": i})
+        # The event goes out with the index it describes: one transaction, and both or neither.
+        await task.record("step", f"{name} started")
         await task.save()
-        await task.record("step", f"{kind} step {step['interface']}.{step['step']} started")
         iface = task.driver.interfaces[step["interface"]]
         result = await iface.execute_step(task, step["step"], step.get("args", {}))
         if result == base.WAIT:
             task.set_internal(**{f"{kind}_step_index": i + 1})
+            await task.record("step", f"{name} waits for the agent")
             await task.save()
-            await task.record("step", f"{kind} step {step['interface']}.{step['step']} waits for the agent")
             return base.WAIT
-        await task.record("step", f"{kind} step {step['interface']}.{step['step']} done")
+        await task.record("step", f"{name} done")
     setattr(task.node, f"{kind}_step", {})
     task.set_internal(**{f"{kind}_steps": None, f"{kind}_step_index": None})
     return None
