@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import jsonpatch
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor import states, work
@@ -24,6 +24,7 @@ from bootforge.conductor.task import (
     event_row,
     is_uuid,
     load_node,
+    locked_message,
     reserve,
     shared_task,
 )
@@ -31,7 +32,7 @@ from bootforge.db.batch import BatchInserter
 from bootforge.db.models import NODE_EVENTS, NODES, Node, NodeEvent, NodeTrait, Port, Portgroup, utcnow
 from bootforge.drivers import base
 from bootforge.drivers.hardware import INTERFACE_TYPES
-from bootforge.errors import Conflict, Forbidden, InvalidInput, NotFound
+from bootforge.errors import Conflict, Forbidden, InvalidInput, NodeLocked, NotFound
 
 NAME_RE = re.compile(r"^[A-Za-z0-9\-._~]+$")
 TRAIT_RE = re.compile(r"^[A-Z0-9_]+$")
@@ -270,8 +271,16 @@ class NodeService:
                 f'"{node.provision_state}". Valid provision states to start deletion are: '
                 f"{', '.join(sorted(states.DELETE_ALLOWED_STATES))}, or set the node to maintenance first."
             )
-        await reserve(self.conductor, node)
         async with self.db.write() as s:
+            # Taking the lock and deleting in one transaction: a node busy with an action stays.
+            locked = await s.execute(
+                update(Node)
+                .where(Node.id == node.id, Node.reservation.is_(None))
+                .values(reservation=self.conductor.host)
+            )
+            if locked.rowcount != 1:  # type: ignore[attr-defined]
+                holder = (await load_node(self.conductor, node.uuid)).reservation
+                raise NodeLocked(locked_message(node, holder))
             await s.execute(delete(Port).where(Port.node_id == node.id))
             await s.execute(delete(Portgroup).where(Portgroup.node_id == node.id))
             await s.execute(delete(NodeTrait).where(NodeTrait.node_id == node.id))

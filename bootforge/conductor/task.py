@@ -103,9 +103,20 @@ class NodeTask:
         self.node.driver_internal_info = info
 
     async def transition(
-        self, event: str, *, error: str | None = None, release: bool = False, message: str | None = None
+        self,
+        event: str,
+        *,
+        error: str | None = None,
+        release: bool = False,
+        message: str | None = None,
+        save: bool = True,
     ) -> str:
-        """Move the node along the state machine, save it and put the change on its timeline."""
+        """Move the node along the state machine, save it and put the change on its timeline.
+
+        `save=False` leaves the write to the next save, for a state that is passed straight through
+        (deleting -> cleaning): the next save comes before anything is done to the machine, and a
+        crash in between resumes the earlier state, whose work is safe to repeat.
+        """
         old = self.node.provision_state
         new = states.advance(old, event)
         self.node.provision_state = new
@@ -121,7 +132,8 @@ class NodeTask:
         if error:
             text = f"{text}: {error}"
         await self.record("provisioning", text, severity)
-        await self.save()
+        if save:
+            await self.save()
         return new
 
     async def release(self) -> None:

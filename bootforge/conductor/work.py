@@ -181,7 +181,7 @@ async def tear_down(task: NodeTask) -> None:
     task.set_internal(deploy_steps=None, deploy_step_index=None, clean_manual=None)
     task.node.deploy_step = {}
     await task.conductor.allocations.release_for_node(task)
-    await task.transition("clean")
+    await task.transition("clean", save=False)
     await clean(task)
 
 
