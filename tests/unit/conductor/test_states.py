@@ -7,10 +7,32 @@ from bootforge.errors import InvalidStateTransition
 
 # The states issue #2 names, byte for byte as Ironic spells them.
 IRONIC_STATES = {
-    "enroll", "verifying", "manageable", "inspecting", "inspect wait", "inspect failed", "cleaning",
-    "clean wait", "clean failed", "clean hold", "available", "deploying", "wait call-back",
-    "deploy failed", "deploy hold", "active", "deleting", "error", "rescuing", "rescue wait", "rescue",
-    "rescue failed", "unrescuing", "unrescue failed", "adopting", "adopt failed",
+    "enroll",
+    "verifying",
+    "manageable",
+    "inspecting",
+    "inspect wait",
+    "inspect failed",
+    "cleaning",
+    "clean wait",
+    "clean failed",
+    "clean hold",
+    "available",
+    "deploying",
+    "wait call-back",
+    "deploy failed",
+    "deploy hold",
+    "active",
+    "deleting",
+    "error",
+    "rescuing",
+    "rescue wait",
+    "rescue",
+    "rescue failed",
+    "unrescuing",
+    "unrescue failed",
+    "adopting",
+    "adopt failed",
 }
 
 
