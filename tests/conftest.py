@@ -10,13 +10,13 @@ from support.netns import (
     netns_relayed_lan,
     netns_topology,
 )
-from support.service import bf, bf_server
 from support.postgres import (
     postgres_fresh_url,
     postgres_server,
     postgres_sync_url,
     postgres_url,
 )
+from support.service import bf, bf_server
 
 __all__ = [
     "bf",
