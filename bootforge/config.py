@@ -83,6 +83,8 @@ class Settings(BaseSettings):
 
     state_dir: Path = DEFAULT_STATE_DIR
     listen: str = "127.0.0.1:6385"
+    # False runs only what else is switched on (e.g. one netboot service alone) without the REST API.
+    api: bool = True
     # The URL clients (and later the deploy agent) use to reach the API; derived from `listen` if empty.
     public_url: str = ""
     database_url: str = ""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 
 import uvicorn
 
@@ -50,14 +52,16 @@ async def serve(settings: Settings) -> None:
     # uvicorn turns SIGINT/SIGTERM into a graceful exit; the conductor then stops in `finally`.
     server = uvicorn.Server(config)
     log.info(
-        "bootforge %s: API on %s, database %s, conductor %s",
-        "serving",
-        settings.public_url,
+        "bootforge serving: API %s, database %s, conductor %s",
+        settings.public_url if settings.api else "off",
         _safe_url(settings.database_url),
         settings.host,
     )
     try:
-        await server.serve()
+        if settings.api:
+            await server.serve()
+        else:
+            await _until_signalled()
     finally:
         if netboot is not None:
             await netboot.close()
@@ -72,3 +76,12 @@ def _safe_url(url: str) -> str:
     scheme, rest = url.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+async def _until_signalled() -> None:
+    """Run the netboot services (and conductor) without the API until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
