@@ -4,6 +4,7 @@ pytest's default "prepend" import mode puts this directory (tests/, which has no
 sys.path before importing this file, so `support` is importable from here and from test modules.
 """
 
+from support.lab import make_lab
 from support.netns import (
     netns_available,
     netns_lan,
@@ -21,6 +22,7 @@ from support.service import bf, bf_server
 __all__ = [
     "bf",
     "bf_server",
+    "make_lab",
     "netns_available",
     "netns_lan",
     "netns_relayed_lan",

@@ -36,7 +36,9 @@ class LoadersFirst:
     def open(self, path: str, client: tftp.ClientAddress) -> tftp.Readable:
         real = self.found.get(tftp.normalize_path(path))
         if real is not None:
-            where = Path(real)
+            # Resolved: Debian's /usr/lib/ipxe/ipxe.efi is a symlink to /boot/ipxe.efi, and the file
+            # source refuses to follow links (right for the root, whose content is not ours to trust).
+            where = Path(real).resolve()
             return tftp.FileSystemSource(where.parent).open(where.name, client)
         return self.root.open(path, client)
 
@@ -110,7 +112,9 @@ async def start_netboot(settings: Settings, db: Database) -> Netboot | None:
     http_base = f"http://{nb.address}:{nb.http_port}"
     endpoints = BootEndpoints(
         tftp_server=IPv4Address(nb.address),
-        http_base=f"{http_base}/boot/files",
+        # One base for loaders (the `files` map) and artifacts under `root`: the HTTP server serves
+        # both at its top level, so a ramdisk named "bootforge/vmlinuz" is at {http_base}/bootforge/vmlinuz.
+        http_base=http_base,
         ipxe_script_url=f"{http_base}/boot/ipxe?mac={{mac}}",
     )
     ramdisk = RamdiskSource(settings.public_url, nb.deploy_kernel, nb.deploy_ramdisk, tuple(nb.kernel_args))
@@ -129,7 +133,7 @@ async def start_netboot(settings: Settings, db: Database) -> Netboot | None:
                 address=nb.address,
                 port=nb.http_port,
                 scripts=view,
-                files={f"boot/files/{name}": path for name, path in found.found.items()},
+                files=dict(found.found),
                 on_event=netboot.on_http,
             )
             await server.start()

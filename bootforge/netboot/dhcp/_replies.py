@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._boot import BootDecision, Reservation
 from ._config import DhcpConfig, Interface, Subnet
@@ -154,6 +154,11 @@ class ReplyBuilder:
         if client.pxe and not client.http_boot and (client.arch_code in self._config.proxy_bypass_archs):
             chunks.append(_PXE_BYPASS)
         kind = "proxy_offer" if message_type == M.OFFER else "proxy_ack"
+        if decision.next_server is None:
+            # iPXE takes a ProxyDHCP answer only if it has "PXE options": a boot menu, or a
+            # next-server (siaddr) *and* a boot file (dhcp_has_pxeopts); with siaddr 0 it retries the
+            # proxy request, then boots nothing. For a URL the next-server is unused, so name ourselves.
+            decision = replace(decision, next_server=request.interface.address)
         ciaddr = request.packet.ciaddr if message_type == M.ACK else ZERO4
         return self._emit(request, message_type, kind, ZERO4, ciaddr, chunks, decision)
 

@@ -1,0 +1,104 @@
+"""`bootforge lab`: a virtual rack of QEMU VMs that network-boot from a bootforge of their own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bootforge.lab.lab import Lab, LabError, LabState
+from bootforge.lab.netns import NetnsError
+from bootforge.lab.qemu import QemuError
+from bootforge.lab.ramdisk import RamdiskError
+
+lab_app = typer.Typer(
+    help="A virtual rack: a network namespace, bootforge serving on its bridge, QEMU VMs as nodes.",
+    no_args_is_help=True,
+)
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "bootforge-lab"
+DirOpt = Annotated[
+    Path, typer.Option("--dir", envvar="BOOTFORGE_LAB_DIR", help="where the lab keeps its files and state")
+]
+
+
+def _fail(e: Exception) -> typer.Exit:
+    err.print(f"[red]lab:[/red] {escape(str(e))}")
+    return typer.Exit(1)
+
+
+@lab_app.command("up")
+def up(
+    vms: Annotated[int, typer.Option("--vms", help="how many VMs")] = 3,
+    firmware: Annotated[str, typer.Option(help="bios, uefi (OVMF PXE), uefi-http or mixed")] = "bios",
+    memory: Annotated[int, typer.Option(help="MiB per VM")] = 512,
+    dhcp: Annotated[str, typer.Option(help="full: bootforge leases; proxy: dnsmasq leases")] = "full",
+    start: Annotated[bool, typer.Option(help="power the VMs on through the API")] = True,
+    directory: DirOpt = DEFAULT_DIR,
+) -> None:
+    """Create the lab: namespace + bridge, bootforge serve on it, N VMs enrolled as qemu nodes."""
+    try:
+        lab = Lab.up(directory, vms, firmware, memory, dhcp, start, say=lambda m: console.print(f"  {m}"))
+    except (LabError, NetnsError, QemuError, RamdiskError) as e:
+        raise _fail(e) from None
+    env = lab.env()
+    console.print(f"\n[green]lab up[/green] in {lab.dir} (namespace {lab.state.netns})")
+    console.print(
+        f"API: {lab.state.url} on this host (forwarded into the lab, where it is {lab.state.api_in_lab})"
+    )
+    console.print("Use it with:")
+    console.print("  export " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, soft_wrap=True)
+    console.print("  bootforge node list    bootforge node events lab-vm1    bootforge lab status")
+    console.print(f"Serial consoles: {lab.dir}/vms/<vm>/console.log.  Remove it all: bootforge lab down")
+
+
+@lab_app.command("down")
+def down(directory: DirOpt = DEFAULT_DIR) -> None:
+    """Remove everything the lab made: processes by PID, namespaces (bridge, taps), files."""
+    try:
+        lab = Lab(directory)
+    except LabError as e:
+        raise _fail(e) from None
+    for item in lab.down():
+        console.print(f"  removed {item}")
+    console.print("[green]lab down[/green]")
+
+
+@lab_app.command("status")
+def status(
+    directory: DirOpt = DEFAULT_DIR,
+    lines: Annotated[int, typer.Option(help="console lines per VM")] = 5,
+) -> None:
+    """The VMs, their power and provision state, and the tail of each serial console."""
+    try:
+        lab = Lab(directory)
+    except LabError as e:
+        raise _fail(e) from None
+    rows = lab.status(lines)
+    table = Table("VM", "Firmware", "MAC", "Node", "Power", "Provision state")
+    for r in rows:
+        table.add_row(r["name"], r["firmware"], r["mac"], r["node"] or "", r["power"], r["provision"])
+    console.print(f"lab in {lab.dir}: API {lab.state.url}, namespace {lab.state.netns}")
+    console.print(table)
+    for r in rows:
+        console.print(f"[bold]{r['name']}[/bold] console:")
+        for line in r["console"] or ["(empty)"]:
+            console.print(f"  {escape(line)}", highlight=False)
+
+
+@lab_app.command("env")
+def env(directory: DirOpt = DEFAULT_DIR) -> None:
+    """Print `export` lines for the lab's API (eval "$(bootforge lab env)")."""
+    try:
+        lab = Lab(directory, LabState.load(directory.resolve()))
+    except LabError as e:
+        raise _fail(e) from None
+    for k, v in lab.env().items():
+        print(f"export {k}={v}")

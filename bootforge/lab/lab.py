@@ -1,0 +1,539 @@
+"""The virtual rack: a namespace with a bridge, bootforge serving on it, and QEMU VMs enrolled as nodes.
+
+Layout of a lab (all of it inside its own network namespace, ``bflab-<pid>-<n>-net``):
+
+* bridge ``br0`` with 10.77.0.1/24; a tap ``tap<i>`` per VM on it;
+* ``bootforge serve`` (started with ``ip netns exec``), its API on 10.77.0.1:6385 where the VMs'
+  ramdisks reach it, DHCP (full, or proxy next to dnsmasq), TFTP and HTTP boot on ``br0``;
+* VMs are *owned* qemu nodes (driver_info ``qemu_command`` = their definition file), so bootforge
+  itself starts them on power on and ends them on power off;
+* with ``dhcp="proxy"``, dnsmasq hands out addresses only, from a second namespace
+  (``...-dhcp``) joined to the bridge by a veth: a separate DHCP server, as on a real network.
+
+How the host reaches the API: the API listens on the bridge address inside the namespace, so it
+is not on loopback and must use HTTP basic auth (bootforge refuses ``noauth`` off loopback); the
+lab writes an htpasswd with a random password. A forwarder process (bootforge.lab.forward) listens
+on the host's 127.0.0.1 and opens its upstream sockets inside the namespace. No host interface is
+created or touched.
+
+Everything made is written to ``<dir>/lab.json`` *before* it is made (namespace names) or right
+after (PIDs), so :meth:`Lab.down` works from a fresh process and after a crash: it ends the recorded
+PIDs (checking each is still the process it started), every process left inside the lab's
+namespaces, deletes the namespaces (the bridge and taps go with them) and removes the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import httpx
+
+from bootforge.lab import netns, procs, ramdisk
+from bootforge.lab import qemu as vm
+
+__all__ = ["FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
+
+FIRMWARES = ("bios", "uefi", "uefi-http")
+STATE_FILE = "lab.json"
+PREFIX_BASE = "bflab"  # not "bft": test sessions sweep their own leftovers by that base
+SUBNET = "10.77.0.0/24"
+ADDRESS = "10.77.0.1"
+DNSMASQ_ADDRESS = "10.77.0.2"
+API_PORT = 6385
+USER = "lab"
+MAC_PREFIX = "52:54:00:77:00:"
+READY_TIMEOUT = 60.0
+API_VERSION = "1.78"
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or used; the message says what to do."""
+
+
+@dataclass
+class VmRecord:
+    name: str
+    firmware: str
+    mac: str
+    tap: str
+    dir: str
+    node: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def definition(self) -> Path:
+        return self.path / "vm.json"
+
+    @property
+    def console(self) -> Path:
+        return self.path / "console.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.path / "qmp.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / "qmp.sock.pid"
+
+    @property
+    def disk(self) -> Path:
+        return self.path / "disk.qcow2"
+
+
+@dataclass
+class LabState:
+    dir: str
+    prefix: str
+    dhcp: str = "full"
+    namespaces: list[str] = field(default_factory=list)
+    host_port: int = 0
+    password: str = ""
+    pids: dict[str, int] = field(default_factory=dict)
+    vms: list[VmRecord] = field(default_factory=list)
+
+    @property
+    def netns(self) -> str:
+        return self.prefix + "net"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.host_port}"
+
+    @property
+    def api_in_lab(self) -> str:
+        return f"http://{ADDRESS}:{API_PORT}"
+
+    def save(self) -> None:
+        path = Path(self.dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)  # a crash mid-write leaves the previous state, never half of one
+
+    @classmethod
+    def load(cls, directory: Path) -> LabState:
+        try:
+            raw = json.loads((directory / STATE_FILE).read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab in {directory} (no {STATE_FILE})") from None
+        raw["vms"] = [VmRecord(**v) for v in raw.get("vms", [])]
+        return cls(**raw)
+
+
+def firmware_plan(count: int, firmware: str) -> list[str]:
+    if firmware == "mixed":
+        return [FIRMWARES[i % len(FIRMWARES)] for i in range(count)]
+    if firmware not in FIRMWARES:
+        raise LabError(f"unknown firmware {firmware!r}: use bios, uefi, uefi-http or mixed")
+    return [firmware] * count
+
+
+def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str) -> dict[str, Any]:
+    """The VM definition file's content for one lab VM (see bootforge.lab.qemu.VmDefinition)."""
+    nic: dict[str, Any] = {"mac": rec.mac, "tap": rec.tap}
+    extra: list[str] = []
+    if rec.firmware != "bios":
+        nic["romfile"] = ""  # no iPXE ROM: OVMF's own PXE or HTTP boot (lab pitfall 11)
+    if rec.firmware == "uefi-http":
+        # HTTP boot is tried after PXE unless PXE is off (pitfall 13); the UEFI stack wants an RNG.
+        extra += [
+            "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+            "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no",
+            "-device", "virtio-rng-pci",
+        ]  # fmt: skip
+    return {
+        "name": rec.name,
+        "memory_mib": memory_mib,
+        "boot_mode": "bios" if rec.firmware == "bios" else "uefi",
+        "disks": [{"path": "disk.qcow2", "format": "qcow2"}],
+        "nics": [nic],
+        "serial_log": "console.log",
+        "netns": netns_name,
+        "extra_args": extra,
+    }
+
+
+def serve_config(state: LabState, boot_root: Path) -> str:
+    d = Path(state.dir)
+    dhcp = "full" if state.dhcp == "full" else "proxy"
+    lines = [
+        f'state_dir = "{d / "serve"}"',
+        f'listen = "{ADDRESS}:{API_PORT}"',
+        'auth_strategy = "http_basic"',
+        f'htpasswd_file = "{d / "serve" / "htpasswd"}"',
+        f'host = "{state.prefix}conductor"',
+        'enabled_hardware_types = ["qemu"]',
+        "power_sync_interval = 10",
+        "",
+        "[netboot]",
+        f'address = "{ADDRESS}"',
+        f'dhcp = "{dhcp}"',
+        'dhcp_interfaces = ["br0"]',
+        "tftp = true",
+        "http = true",
+        f'root = "{boot_root}"',
+        'kernel_args = ["console=ttyS0,115200n8", "quiet"]',
+    ]
+    if dhcp == "full":
+        lines += ["", "[[netboot.subnets]]", f'network = "{SUBNET}"', 'pool = "10.77.0.100-10.77.0.199"']
+    return "\n".join(lines) + "\n"
+
+
+def dnsmasq_config(state: LabState) -> str:
+    """Addresses only: no boot options at all, so every boot decision is bootforge's (proxyDHCP)."""
+    return "\n".join(
+        [
+            "port=0",
+            "interface=eth0",
+            "bind-interfaces",
+            "except-interface=lo",
+            "dhcp-authoritative",
+            "no-ping",
+            "log-dhcp",
+            "dhcp-range=10.77.0.200,10.77.0.250,255.255.255.0,1h",
+            f"dhcp-leasefile={Path(state.dir) / 'dnsmasq.leases'}",
+            "",
+        ]
+    )
+
+
+class Lab:
+    """One lab, described by ``<dir>/lab.json``; see the module docstring."""
+
+    def __init__(self, directory: Path, state: LabState | None = None) -> None:
+        self.dir = directory.resolve()
+        self.state = state or LabState.load(self.dir)
+        self._children: list[subprocess.Popen[bytes]] = []
+
+    # --- API access from the host -------------------------------------------------------------
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.state.url,
+            auth=httpx.BasicAuth(USER, self.state.password),
+            headers={"X-OpenStack-Ironic-API-Version": API_VERSION},
+            timeout=timeout,
+        )
+
+    def env(self) -> dict[str, str]:
+        """What the bootforge CLI (and `baremetal`) need to talk to this lab's API."""
+        return {
+            "BOOTFORGE_URL": self.state.url,
+            "BOOTFORGE_USER": USER,
+            "BOOTFORGE_PASSWORD": self.state.password,
+        }
+
+    # --- up -----------------------------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls,
+        directory: Path,
+        vms: int,
+        firmware: str = "bios",
+        memory_mib: int = 512,
+        dhcp: str = "full",
+        start: bool = True,
+        say: Callable[[str], None] = lambda _: None,
+    ) -> Lab:
+        """Build a lab in `directory` (which must not hold one); on failure, remove what was made."""
+        directory = directory.resolve()
+        if (directory / STATE_FILE).exists():
+            raise LabError(f"a lab already exists in {directory}: run `bootforge lab down` first")
+        if dhcp not in ("full", "proxy"):
+            raise LabError(f"dhcp must be full or proxy, not {dhcp!r}")
+        if not 1 <= vms <= 99:
+            raise LabError("--vms must be between 1 and 99")
+        plan = firmware_plan(vms, firmware)
+        _preflight(plan, dhcp)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = LabState(str(directory), netns.unique_prefix(PREFIX_BASE), dhcp)
+        state.save()
+        lab = cls(directory, state)
+        try:
+            lab._build(plan, memory_mib, start, say)
+        except BaseException:
+            lab.down()
+            raise
+        return lab
+
+    def _build(self, plan: list[str], memory_mib: int, start: bool, say: Callable[[str], None]) -> None:
+        say("building the probe ramdisk (cached after the first time)")
+        boot = self.dir / "boot" / "bootforge"
+        boot.mkdir(parents=True, exist_ok=True)
+        rd = ramdisk.build()
+        for src, name in ((rd.kernel, "vmlinuz"), (rd.initrd, "initrd")):
+            shutil.copyfile(src, boot / name)
+        say(f"creating namespace {self.state.netns} with bridge br0 ({ADDRESS}/24)")
+        topo = self._network(len(plan))
+        self._plan_vms(plan)
+        if self.state.dhcp == "proxy":
+            self._start_dnsmasq(topo)
+        self._start_serve()
+        self._start_forwarder()
+        say(f"waiting for the API ({self.state.api_in_lab} in the lab, {self.state.url} on this host)")
+        self._wait_ready()
+        with self.client() as api:
+            for rec in self.state.vms:
+                self._write_vm(rec, memory_mib)
+                self._enrol(api, rec)
+                say(f"enrolled {rec.name} ({rec.firmware}, {rec.mac}) as node {rec.node}")
+            if start:
+                for rec in self.state.vms:
+                    self.power(api, rec, "power on")
+                    say(f"powered on {rec.name} through the API")
+
+    def _network(self, count: int) -> netns.Topology:
+        topo = netns.Topology(self.state.prefix)
+        roles = ["net", "dhcp"] if self.state.dhcp == "proxy" else ["net"]
+        # Recorded before creation: a crash right after `ip netns add` still leaves a name to delete.
+        self.state.namespaces = [self.state.prefix + r for r in roles]
+        self.state.save()
+        ns = topo.namespace("net")
+        bridge = topo.bridge(ns, "br0", f"{ADDRESS}/24")
+        for i in range(count):
+            topo.tap(ns, f"tap{i}", bridge)
+        if self.state.dhcp == "proxy":
+            topo.attach(bridge, topo.namespace("dhcp"), "eth0", f"{DNSMASQ_ADDRESS}/24")
+        return topo
+
+    def _plan_vms(self, plan: list[str]) -> None:
+        for i, fw in enumerate(plan):
+            name = f"vm{i + 1}"
+            rec = VmRecord(name, fw, f"{MAC_PREFIX}{i + 1:02x}", f"tap{i}", str(self.dir / "vms" / name))
+            self.state.vms.append(rec)
+        self.state.save()
+
+    def _spawn(self, key: str, argv: list[str], log: Path) -> None:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives the `lab up` command; ended by PID on `lab down`
+            )
+        self._children.append(proc)  # reaped by down(); the PID is what survives this process
+        self.state.pids[key] = proc.pid
+        self.state.save()
+
+    def _start_dnsmasq(self, topo: netns.Topology) -> None:
+        conf = self.dir / "dnsmasq.conf"
+        conf.write_text(dnsmasq_config(self.state))
+        ns = self.state.prefix + "dhcp"
+        argv = ["ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}"]
+        self._spawn("dnsmasq", [*argv, "--pid-file=", "--log-facility=-"], self.dir / "dnsmasq.log")
+
+    def _start_serve(self) -> None:
+        serve_dir = self.dir / "serve"
+        serve_dir.mkdir(parents=True, exist_ok=True)
+        self.state.password = secrets.token_urlsafe(18)
+        digest = bcrypt.hashpw(self.state.password.encode(), bcrypt.gensalt(rounds=8)).decode()
+        (serve_dir / "htpasswd").write_text(f"{USER}:{digest}\n")
+        (serve_dir / "htpasswd").chmod(0o600)
+        config = self.dir / "serve.toml"
+        config.write_text(serve_config(self.state, self.dir / "boot"))
+        argv = ["ip", "netns", "exec", self.state.netns, sys.executable, "-m", "bootforge", "serve"]
+        env_clean = ["env", *(f"-u{k}" for k in os.environ if k.startswith("BOOTFORGE_"))]
+        self._spawn("serve", [*env_clean, *argv, "--config", str(config)], self.dir / "serve.log")
+
+    def _start_forwarder(self) -> None:
+        self.state.host_port = procs.free_port()
+        target = f"{ADDRESS}:{API_PORT}"
+        argv = [sys.executable, "-m", "bootforge.lab.forward", f"127.0.0.1:{self.state.host_port}"]
+        argv += [self.state.netns, target, str(self.dir)]
+        self._spawn("forwarder", argv, self.dir / "forwarder.log")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            for key in ("serve", "forwarder", "dnsmasq"):
+                pid = self.state.pids.get(key)
+                if pid is not None and procs.exited(pid):
+                    log = self.dir / f"{key}.log"
+                    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                    raise LabError(f"{key} exited while the lab was starting:\n{tail}")
+            try:
+                with self.client(timeout=2) as api:
+                    if api.get("/v1/nodes").status_code == 200:
+                        return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise LabError(f"the lab's API did not answer within {READY_TIMEOUT:.0f} s; see {self.dir}/serve.log")
+
+    def _write_vm(self, rec: VmRecord, memory_mib: int) -> None:
+        rec.path.mkdir(parents=True, exist_ok=True)
+        rec.definition.write_text(json.dumps(vm_definition(rec, memory_mib, self.state.netns), indent=2))
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(rec.disk), "1G"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def _enrol(self, api: httpx.Client, rec: VmRecord) -> None:
+        body = {
+            "driver": "qemu",
+            "name": f"lab-{rec.name}",
+            "driver_info": {"qemu_qmp_socket": str(rec.qmp_socket), "qemu_command": str(rec.definition)},
+        }
+        node = _ok(api.post("/v1/nodes", json=body), 201)
+        rec.node = str(node["uuid"])
+        self.state.save()
+        _ok(api.post("/v1/ports", json={"node_uuid": rec.node, "address": rec.mac}), 201)
+        _ok(api.put(f"/v1/nodes/{rec.node}/states/provision", json={"target": "manage"}), 202)
+        self.wait_node(api, rec, lambda n: n["provision_state"] == "manageable" and not n["reservation"])
+        # What a network boot interface does before it boots a node: the NIC first, for good.
+        boot = {"boot_device": "pxe", "persistent": True}
+        _ok(api.put(f"/v1/nodes/{rec.node}/management/boot_device", json=boot), 204)
+
+    # --- operations on nodes ------------------------------------------------------------------
+
+    def vm(self, name: str) -> VmRecord:
+        for rec in self.state.vms:
+            if rec.name == name:
+                return rec
+        raise LabError(f"no VM {name!r} in this lab")
+
+    def power(self, api: httpx.Client, rec: VmRecord, target: str, timeout: float = 90.0) -> None:
+        """Change the power state through the API and wait until the conductor reports it."""
+        _ok(api.put(f"/v1/nodes/{rec.node}/states/power", json={"target": target}), 202)
+        want = "power off" if target in ("power off", "soft power off") else "power on"
+        self.wait_node(api, rec, lambda n: n["power_state"] == want and not n["target_power_state"], timeout)
+
+    def wait_node(
+        self, api: httpx.Client, rec: VmRecord, done: Callable[[dict[str, Any]], bool], timeout: float = 90.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        node: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            node = _ok(api.get(f"/v1/nodes/{rec.node}"), 200)
+            if done(node):
+                return node
+            if node.get("last_error") and not node.get("reservation") and not node.get("target_power_state"):
+                raise LabError(f"{rec.name}: {node['last_error']}")
+            time.sleep(0.3)
+        raise LabError(f"{rec.name} did not get there within {timeout:.0f} s; last seen: {node}")
+
+    # --- down ---------------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove everything this lab made; idempotent, and safe after a crash. Returns what went."""
+        gone: list[str] = []
+        marker = str(self.dir)
+        for rec in self.state.vms:
+            pid = vm.read_pid(rec.pid_file)
+            if pid is not None and vm.pid_alive(pid) and procs.end_process(pid, marker):
+                gone.append(f"qemu {rec.name} (pid {pid})")
+        for key, pid in sorted(self.state.pids.items()):
+            if procs.end_process(pid, marker):
+                gone.append(f"{key} (pid {pid})")
+        # A `lab up` killed between starting a process and recording its PID: find it by the lab dir.
+        for pid in procs.lab_processes(marker):
+            if procs.end_process(pid, marker):
+                gone.append(f"process {pid}")
+        for name in self.state.namespaces:
+            gone += self._remove_namespace(name)
+        for child in self._children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        gone.append(f"directory {self.dir}")
+        return gone
+
+    @staticmethod
+    def _remove_namespace(name: str) -> list[str]:
+        if name not in netns.list_namespaces():
+            return []
+        gone = []
+        # Every process in a namespace the lab created was started for the lab.
+        for pid in netns.Namespace(name).pids():
+            if procs.end_process(pid, "", grace=3.0):
+                gone.append(f"process {pid} in {name}")
+        netns.Namespace(name).delete()
+        return [*gone, f"namespace {name} (with its bridge, taps and veths)"]
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status(self, console_lines: int = 5) -> list[dict[str, Any]]:
+        """Per VM: node, power and provision state (from the API when it answers) and the console tail."""
+        nodes: dict[str, dict[str, Any]] = {}
+        try:
+            with self.client(timeout=5) as api:
+                for n in _ok(api.get("/v1/nodes?fields=uuid,power_state,provision_state"), 200)["nodes"]:
+                    nodes[n["uuid"]] = n
+        except (httpx.HTTPError, LabError):
+            pass
+        rows = []
+        for rec in self.state.vms:
+            node = nodes.get(rec.node or "", {})
+            pid = vm.read_pid(rec.pid_file)
+            running = pid is not None and vm.pid_alive(pid)
+            rows.append(
+                {
+                    "name": rec.name,
+                    "firmware": rec.firmware,
+                    "mac": rec.mac,
+                    "node": rec.node,
+                    "power": node.get("power_state")
+                    or ("process running" if running else "off (no process)"),
+                    "provision": node.get("provision_state", "?"),
+                    "console": tail(rec.console, console_lines),
+                }
+            )
+        return rows
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    # Firmware output carries ANSI escapes and carriage returns; keep the printable text.
+    clean = [line.replace("\r", "").strip() for line in text.splitlines()]
+    return [_printable(line) for line in clean if line][-lines:]
+
+
+def _printable(line: str) -> str:
+    return "".join(ch for ch in line if ch.isprintable())
+
+
+def _ok(response: httpx.Response, status: int) -> Any:
+    if response.status_code != status:
+        request = response.request
+        raise LabError(f"{request.method} {request.url.path}: {response.status_code} {response.text}")
+    return response.json() if response.content else None
+
+
+def _preflight(plan: list[str], dhcp: str) -> None:
+    """Name every missing piece before anything is created."""
+    netns.check_available()
+    missing = [b for b in (vm.DEFAULT_BINARY, "qemu-img", "apt-get", "dpkg-deb") if shutil.which(b) is None]
+    if dhcp == "proxy" and shutil.which("dnsmasq") is None:
+        missing.append("dnsmasq (Debian package dnsmasq-base)")
+    if missing:
+        raise LabError(f"the lab needs {', '.join(missing)}")
+    if any(fw != "bios" for fw in plan):
+        try:
+            vm.find_ovmf()
+        except vm.QemuError as e:
+            raise LabError(str(e)) from None
