@@ -27,9 +27,11 @@ app = typer.Typer(
 node_app = typer.Typer(help="Enrol and drive machines (nodes).", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 # The virtual rack (bootforge lab up/down/status), in its own module.
+from bootforge.cli.demo import demo  # noqa: E402
 from bootforge.cli.lab import lab_app  # noqa: E402
 
 app.add_typer(lab_app, name="lab")
+app.command("demo")(demo)
 
 
 def _console(stderr: bool = False) -> Console:
