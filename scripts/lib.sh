@@ -1,4 +1,4 @@
-# Shared by scripts/serve and scripts/test: install Debian packages and the Python environment.
+# Shared by scripts/demo and scripts/test: install Debian packages and the Python environment.
 # Sourced, not run. Works on a fresh Debian 12 as root, and is a quick no-op when all is in place.
 
 set -euo pipefail
