@@ -150,6 +150,22 @@ def check_fields(requested: str | None, table: Mapping[str, int], version: Versi
     return names
 
 
+def list_fields(
+    params: Mapping[str, str],
+    table: Mapping[str, int],
+    defaults: Iterable[str],
+    version: Version,
+    detail: bool,
+) -> list[str]:
+    """The fields a list request returns: `fields=`, or all with `detail`, or the list defaults."""
+    if detail and "fields" in params:
+        raise InvalidInput("Can not specify ?detail=True and fields in the same request.", "fields")
+    chosen = check_fields(params.get("fields"), table, version)
+    if chosen is not None:
+        return chosen
+    return visible(table, version) if detail else list(defaults)
+
+
 def mask_secrets(info: Mapping[str, Any] | None) -> dict[str, Any]:
     """Secret-named keys masked at any depth: driver_info may nest a BMC's settings in an object."""
     if not info:

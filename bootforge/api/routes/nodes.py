@@ -128,11 +128,7 @@ async def list_nodes(request: Request, detail: bool, extra_filters: list[Any] | 
     c = ctx(request)
     p = c.params
     detail = detail or bool(parse_bool(p, "detail"))
-    if detail and "fields" in p:
-        raise InvalidInput("Can not specify ?detail=True and fields in the same request.", "fields")
-    fields = views.check_fields(p.get("fields"), views.NODE_FIELDS, c.version) or (
-        views.visible(views.NODE_FIELDS, c.version) if detail else list(views.NODE_LIST_FIELDS)
-    )
+    fields = views.list_fields(p, views.NODE_FIELDS, views.NODE_LIST_FIELDS, c.version, detail)
     page = parse_page(p, NODE_SORTABLE)
     page.filters = node_filters(p) + (extra_filters or [])
     async with c.services.conductor.db.read_conn() as s:

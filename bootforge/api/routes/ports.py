@@ -15,7 +15,6 @@ from bootforge.conductor.ports import normalize_mac
 from bootforge.conductor.task import is_uuid, load_node
 from bootforge.db.models import Node, Port, Portgroup
 from bootforge.db.queries import page_rows, parse_bool, parse_page
-from bootforge.errors import InvalidInput
 
 router = APIRouter()
 
@@ -68,11 +67,7 @@ async def list_ports(request: Request, detail: bool, filters: list[Any] | None =
     c = ctx(request)
     p = c.params
     detail = detail or bool(parse_bool(p, "detail"))
-    if detail and "fields" in p:
-        raise InvalidInput("Can not specify ?detail=True and fields in the same request.", "fields")
-    fields = views.check_fields(p.get("fields"), views.PORT_FIELDS, c.version) or (
-        views.visible(views.PORT_FIELDS, c.version) if detail else list(views.PORT_LIST_FIELDS)
-    )
+    fields = views.list_fields(p, views.PORT_FIELDS, views.PORT_LIST_FIELDS, c.version, detail)
     page = parse_page(p, SORTABLE)
     page.filters = list(filters or [])
     if "address" in p:
@@ -150,9 +145,7 @@ async def list_portgroups(request: Request, detail: bool, filters: list[Any] | N
     require(c, 23)
     p = c.params
     detail = detail or bool(parse_bool(p, "detail"))
-    fields = views.check_fields(p.get("fields"), views.PORTGROUP_FIELDS, c.version) or (
-        views.visible(views.PORTGROUP_FIELDS, c.version) if detail else list(views.PORTGROUP_LIST_FIELDS)
-    )
+    fields = views.list_fields(p, views.PORTGROUP_FIELDS, views.PORTGROUP_LIST_FIELDS, c.version, detail)
     page = parse_page(p, GROUP_SORTABLE)
     page.filters = list(filters or [])
     if "address" in p:

@@ -23,3 +23,10 @@ async def test_every_node_once(bf: InProcess, sort_dir: str, limit: int) -> None
     assert len({n["uuid"] for n in seen}) == len(seen) == 5
     expected = [None, None, "a", "b", "c"] if sort_dir == "asc" else ["c", "b", "a", None, None]
     assert names == expected
+
+
+@pytest.mark.parametrize("path", ["/v1/nodes", "/v1/ports", "/v1/portgroups"])
+async def test_detail_and_fields_together_are_refused(bf: InProcess, path: str) -> None:
+    r = await bf.client.get(path, params={"detail": "true", "fields": "uuid"})
+    assert r.status_code == 400
+    assert "Can not specify ?detail=True and fields" in r.json()["error_message"]
