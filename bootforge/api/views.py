@@ -202,8 +202,7 @@ def node(
     if links:
         uuid = row["uuid"]
         out["links"] = _links(base, "nodes", uuid)
-        if version.minor >= 1:
-            out["ports"] = _links(base, "nodes", f"{uuid}/ports")
+        out["ports"] = _links(base, "nodes", f"{uuid}/ports")
         if version.minor >= 14:
             out["states"] = _links(base, "nodes", f"{uuid}/states")
         if version.minor >= 24:

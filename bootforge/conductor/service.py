@@ -29,7 +29,17 @@ from bootforge.conductor.task import (
     shared_task,
 )
 from bootforge.db.batch import BatchInserter
-from bootforge.db.models import NODE_EVENTS, NODES, Node, NodeEvent, NodeTrait, Port, Portgroup, utcnow
+from bootforge.db.models import (
+    NODE_EVENTS,
+    NODES,
+    Allocation,
+    Node,
+    NodeEvent,
+    NodeTrait,
+    Port,
+    Portgroup,
+    utcnow,
+)
 from bootforge.drivers import base
 from bootforge.drivers.hardware import INTERFACE_TYPES
 from bootforge.errors import Conflict, Forbidden, InvalidInput, NodeLocked, NotFound
@@ -286,8 +296,6 @@ class NodeService:
             await s.execute(delete(NodeTrait).where(NodeTrait.node_id == node.id))
             await s.execute(delete(NodeEvent).where(NodeEvent.node_id == node.id))
             if node.allocation_id is not None:
-                from bootforge.db.models import Allocation
-
                 await s.execute(delete(Allocation).where(Allocation.id == node.allocation_id))
             await s.execute(delete(Node).where(Node.id == node.id))
             await s.commit()
@@ -513,11 +521,6 @@ def _validate_iface(task: NodeTask, kind: str) -> None:
             f"Failed to validate {kind} interface of node {task.node.uuid}: {e.message}",
             e.field or f"{kind}_interface",
         ) from None
-
-
-async def _ports(conductor: Conductor, node_id: int) -> list[Port]:
-    async with conductor.db.read() as s:
-        return list((await s.scalars(select(Port).where(Port.node_id == node_id))).all())
 
 
 def _removed(patch: list[dict[str, Any]]) -> set[str]:

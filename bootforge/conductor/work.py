@@ -15,6 +15,7 @@ from typing import Any
 
 from bootforge.conductor import states
 from bootforge.conductor.task import NodeTask
+from bootforge.db.models import utcnow
 from bootforge.drivers import base
 from bootforge.drivers.hardware import INTERFACE_TYPES
 from bootforge.errors import InvalidInput
@@ -186,8 +187,6 @@ async def tear_down(task: NodeTask) -> None:
 
 
 async def inspect(task: NodeTask) -> None:
-    from bootforge.db.models import utcnow
-
     task.node.inspection_started_at = utcnow()
     task.node.inspection_finished_at = None
     if await task.driver.inspect.inspect_hardware(task) == base.WAIT:

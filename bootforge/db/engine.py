@@ -39,9 +39,11 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 120} if writer else {}
         engine = create_async_engine(url, async_creator=sqlite_inline.creator(path), **pool)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        # SQLAlchemy's default deferred BEGIN would let a transaction read, then fail with "database is
-        # locked" when it first writes while another holds the lock; writers take the lock at BEGIN.
-        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate if writer else _sqlite_begin)
+        # A deferred BEGIN would let a writer read, then fail with "database is locked" when it first
+        # writes while another holds the lock: writers take the lock at BEGIN. Readers issue no BEGIN
+        # at all (SQLite autocommit): a lone SELECT is consistent by itself, and polls save a statement.
+        if writer:
+            event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
@@ -59,12 +61,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    # Readers run in SQLite's autocommit mode: a lone SELECT is consistent by itself, and hot read
-    # paths (clients polling a node) save a BEGIN per request.
-    return None
 
 
 class Database:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from bootforge.api import views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
+from bootforge.conductor.task import load_node
 from bootforge.db.models import Allocation, Node
 from bootforge.db.queries import page_rows, parse_page
 from bootforge.errors import InvalidInput
@@ -49,8 +50,6 @@ async def list_allocations(request: Request) -> JSON:
         if name in p:
             page.filters.append(getattr(Allocation, name) == p[name])
     if "node" in p:
-        from bootforge.conductor.task import load_node
-
         page.filters.append(Allocation.node_id == (await load_node(c.services.conductor, p["node"])).id)
     async with c.services.conductor.db.read() as s:
         rows = await page_rows(s, Allocation, list(Allocation.__table__.columns), page)
