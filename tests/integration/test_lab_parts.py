@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -78,6 +79,12 @@ def test_firmware_plan() -> None:
 
 def test_end_process_spares_a_process_that_is_not_the_labs(tmp_path: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "30"])
+    # Popen may return (vfork) while the child is still inside exec, when its command line reads
+    # empty for an instant; the lab only ever signals processes long after they started.
+    for _ in range(100):
+        if b"sleep" in (procs.cmdline(sleeper.pid) or b""):
+            break
+        time.sleep(0.01)
     try:
         assert not procs.end_process(sleeper.pid, str(tmp_path))  # its command line lacks the marker
         assert sleeper.poll() is None
