@@ -18,6 +18,12 @@ lockstep, which is exactly what firmware gets from it. The targets compare again
     .venv/bin/python bench/netboot_tftp.py                 # the full matrix, about 6 minutes
     .venv/bin/python bench/netboot_tftp.py --quick         # 1 MiB, 1 and 16 clients, 2 s runs
     .venv/bin/python bench/netboot_tftp.py --sizes 30 --concurrency 16 --windowsizes 1 --uvloop
+    .venv/bin/python bench/netboot_tftp.py --bf-procs 2   # bootforge as 2 processes on port 69
+
+--bf-procs N runs bootforge's TFTP as N processes sharing port 69 (SO_REUSEPORT, the product's
+netboot.tftp_workers); its CPU is summed over them. At the end the bench prints bootforge's own
+counters, whose `failed` is split into transfers the load client cut off when a run ended and
+the rest.
 
 Needs root, iproute2, taskset only with --server-cpus/--client-cpus, and Debian's tftpd-hpa (its
 package may try to start a host service: install with /usr/sbin/policy-rc.d returning 101, or
@@ -71,6 +77,7 @@ class Stats:
     completed: int = 0
     failed: int = 0
     crc_mismatch: int = 0
+    cut_off: int = 0  # fetches still running when the run ended (aborted with ERROR 0)
     windowsizes: set[int] = field(default_factory=set)
 
 
@@ -177,8 +184,10 @@ class Fetch:
         self.slot.next()
 
     def abort(self) -> None:
-        if not self.done and self.tid is not None:
-            self.send(struct.pack("!HH", 5, 0) + b"bench over\0", self.tid)
+        if not self.done:  # its RRQ went out: the server has a transfer to give up on
+            self.slot.client.stats.cut_off += 1
+            if self.tid is not None:
+                self.send(struct.pack("!HH", 5, 0) + b"bench over\0", self.tid)
         self.done = True
         self.slot.client.loop.remove_reader(self.sock.fileno())
         self.sock.close()
@@ -242,6 +251,7 @@ class LoadClient:
             "completed": s.completed,
             "failed": s.failed,
             "crc_mismatch": s.crc_mismatch,
+            "cut_off": s.cut_off,
             "windowsizes": sorted(s.windowsizes),
         }
 
@@ -265,6 +275,7 @@ def run_client(args: argparse.Namespace) -> None:
 async def serve_main(args: argparse.Namespace) -> None:
     from bootforge.netboot.tftp import FileSystemSource, TransferConfig
     from bootforge.servers.tftp import TftpServer
+    from bootforge.servers.tftp_workers import TftpWorkers, WorkerSpec
 
     logging.basicConfig(level=logging.ERROR)  # the end of a case aborts transfers
     stop = asyncio.Event()
@@ -272,14 +283,27 @@ async def serve_main(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     config = TransferConfig(max_windowsize=64)
     profile = cProfile.Profile() if args.profile else None
-    async with TftpServer(FileSystemSource(args.root), args.address, config=config) as server:
+    source_args = {"root": args.root}
+    spec = WorkerSpec(args.address, 69, "bootforge.servers.tftp_workers:filesystem_source", source_args,
+                      config, log_level=logging.ERROR, uvloop=args.uvloop)  # fmt: skip
+    reuse = args.procs > 1
+    async with TftpServer(
+        FileSystemSource(args.root), args.address, config=config, reuse_port=reuse
+    ) as server:
+        workers = TftpWorkers(spec, args.procs - 1)
+        if reuse:
+            await workers.start()
         if profile is not None:
             profile.enable()
         await stop.wait()
         if profile is not None:
             profile.disable()
             pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-        print(json.dumps({"counters": dataclasses.asdict(server.counters)}), file=sys.stderr)
+        await workers.aclose()
+    counters = dataclasses.asdict(server.counters)
+    for name, value in dataclasses.asdict(workers.counters).items():
+        counters[name] += value
+    print(json.dumps({"counters": counters}), file=sys.stderr)
 
 
 # -- orchestration --------------------------------------------------------------------------------
@@ -310,18 +334,33 @@ def start_server(kind: str, ns: Namespace, root: Path, args: argparse.Namespace)
         argv = [sys.executable, __file__, "serve", "--root", str(root), "--address", address]
         argv += ["--uvloop"] if args.uvloop else []
         argv += ["--profile"] if args.profile else []
-    proc = ns.popen(pinned(args.server_cpus, argv))
+        argv += ["--procs", str(args.bf_procs)]
+    # stderr to a file: bootforge's counters are read from it at the end
+    err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop_server
+    proc = ns.popen(pinned(args.server_cpus, argv), stderr=err)
     wait_for_port(ns, address)
-    return Server(kind, address, proc)
+    if kind == "bootforge":
+        time.sleep(2.0 if args.bf_procs > 1 else 0.0)  # the workers' listeners join the first one
+    return Server(kind, address, proc, err)
 
 
-def stop_server(proc: subprocess.Popen[Any]) -> None:
-    proc.send_signal(signal.SIGTERM)
+def stop_server(server: Server) -> dict[str, int]:
+    """Stop it; bootforge's counters (all its processes summed), {} for tftpd-hpa."""
+    server.proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
+        server.proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        server.proc.kill()
+        server.proc.wait()
+    server.stderr.seek(0)
+    counters: dict[str, int] = {}
+    for line in server.stderr:
+        if line.startswith('{"counters"'):
+            counters = json.loads(line)["counters"]
+        else:
+            sys.stderr.write(line)
+    server.stderr.close()
+    return counters
 
 
 @dataclass(frozen=True)
@@ -329,12 +368,18 @@ class Server:
     kind: str
     address: str
     proc: subprocess.Popen[Any]
+    stderr: Any  # a temporary file
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its reaped children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of the process, its reaped children and its live ones (bootforge's workers)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def pinned(cpus: str | None, argv: list[str]) -> list[str]:
@@ -363,7 +408,7 @@ def run_case(
         parts.append(json.loads(out.decode().strip().splitlines()[-1]))
     result: dict[str, Any] = {
         key: sum(p[key] for p in parts)
-        for key in ("bytes", "completed", "failed", "crc_mismatch", "client_cpu")
+        for key in ("bytes", "completed", "failed", "crc_mismatch", "cut_off", "client_cpu")
     }
     result["seconds"] = max(p["seconds"] for p in parts)
     result["windowsizes"] = sorted({w for p in parts for w in p["windowsizes"]})
@@ -413,8 +458,22 @@ def measure(args: argparse.Namespace, cases: list[Case], root: Path) -> dict[tup
                         print(describe(server, case, res), flush=True)
         finally:
             for server in servers:
-                stop_server(server.proc)
+                print_counters(server.kind, stop_server(server), runs)
     return {key: median_run(values) for key, values in runs.items()}
+
+
+def print_counters(kind: str, counters: dict[str, int], runs: dict[tuple[str, Case], Any]) -> None:
+    """The server's own view. Its `failed` includes every transfer the load client cut off when a
+    run ended (ERROR 0 "bench over", or silence): those are no failures, so they are told apart."""
+    if not counters:
+        return
+    cut = sum(r["cut_off"] for (k, _), values in runs.items() if k == kind for r in values)
+    print(
+        f"{kind} server counters: requests {counters['requests']}, completed {counters['completed']}, "
+        f"failed {counters['failed']} = {cut} cut off at the end of runs + "
+        f"{counters['failed'] - cut} other, retransmits {counters['retransmits']}, "
+        f"overloaded {counters['overloaded']}, send errors {counters['send_errors']}"
+    )
 
 
 def median_run(values: list[dict[str, Any]]) -> dict[str, Any]:
@@ -422,6 +481,7 @@ def median_run(values: list[dict[str, Any]]) -> dict[str, Any]:
     result = dict(ordered[len(ordered) // 2])
     result["failed"] = sum(r["failed"] for r in values)
     result["crc_mismatch"] = sum(r["crc_mismatch"] for r in values)
+    result["cut_off"] = sum(r["cut_off"] for r in values)
     return result
 
 
@@ -471,7 +531,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     try:
         print(
             f"TFTP bench: blksize {BLKSIZE}, {args.seconds:g} s per case, servers "
-            f"{', '.join(args.servers)}, bootforge loop {'uvloop' if args.uvloop else 'asyncio'}"
+            f"{', '.join(args.servers)}, bootforge loop {'uvloop' if args.uvloop else 'asyncio'}, "
+            f"{args.bf_procs} bootforge process(es)"
         )
         results = measure(args, cases, root)
     finally:
@@ -487,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--address", required=True)
     serve.add_argument("--uvloop", action="store_true")
     serve.add_argument("--profile", action="store_true", help="cProfile to stderr at exit")
+    serve.add_argument("--procs", type=int, default=1, help="TFTP processes sharing port 69")
     client = sub.add_parser("client", help="run the load client (inside a namespace)")
     client.add_argument("--server", required=True)
     client.add_argument("--bind", default="0.0.0.0")
@@ -505,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=3, help="runs per case and server")
     parser.add_argument("--uvloop", action="store_true", help="run bootforge's server on uvloop")
     parser.add_argument("--profile", action="store_true", help="profile bootforge's server")
+    parser.add_argument(
+        "--bf-procs", type=int, default=1, help="bootforge TFTP processes (SO_REUSEPORT workers), default 1"
+    )
     parser.add_argument("--server-cpus", help="taskset CPU list for both servers, e.g. 0")
     parser.add_argument("--client-cpus", help="taskset CPU list for the load client, e.g. 1")
     parser.add_argument(

@@ -54,6 +54,10 @@ class NetbootSettings(BaseModel):
     unknown_clients: Literal["ignore", "discover"] = "ignore"
     tftp: bool = False
     tftp_port: int = 69
+    # TFTP processes sharing the port (SO_REUSEPORT): 1 serves TFTP in the main process; N > 1
+    # adds N-1 worker processes, so many concurrent lockstep transfers can use more cores. Default
+    # 1: measured on 2 cores (bench/netboot_tftp.py --bf-procs 2) it bought no throughput, only CPU.
+    tftp_workers: int = Field(default=1, ge=1, le=64)
     http: bool = False
     http_port: int = 8080
     # Where boot artifacts live (kernels, initrds, images); loaders come from Debian's packages.

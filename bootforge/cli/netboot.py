@@ -22,6 +22,7 @@ from bootforge.netboot.boot import loaders, scripts
 from bootforge.servers.dhcp import DhcpServer
 from bootforge.servers.http_boot import HttpBootServer, HttpFetchEvent
 from bootforge.servers.tftp import TftpEvent, TftpServer
+from bootforge.servers.tftp_workers import TftpWorkers, WorkerSpec
 
 log = logging.getLogger("bootforge.netboot")
 
@@ -41,6 +42,21 @@ class LoadersFirst:
             where = Path(real).resolve()
             return tftp.FileSystemSource(where.parent).open(where.name, client)
         return self.root.open(path, client)
+
+
+def tftp_source(found: dict[str, str], root: str, bootstrap: str) -> LoadersFirst:
+    """What TFTP serves: loaders, then `root`, plus the GRUB bootstrap as grub/grub.cfg.
+
+    Built from plain values so a TFTP worker process (bootforge.servers.tftp_workers) builds the
+    same source from its JSON spec."""
+    data = bootstrap.encode()
+
+    def grub(path: str, client: tftp.ClientAddress) -> bytes | None:
+        # Shim -> GRUB asks TFTP for grub/grub.cfg, which hands over to the per-node config
+        # served over HTTP.
+        return data if path == "grub/grub.cfg" else None
+
+    return LoadersFirst(found, tftp.FileSystemSource(Path(root), virtual=grub))
 
 
 @dataclass
@@ -139,17 +155,7 @@ async def start_netboot(settings: Settings, db: Database) -> Netboot | None:
             await server.start()
             netboot.servers.append(server)
         if nb.tftp:
-            bootstrap = scripts.render_grub_bootstrap(f"{http_base}/boot/grub.cfg").encode()
-
-            def grub(path: str, client: tftp.ClientAddress) -> bytes | None:
-                # Shim -> GRUB asks TFTP for grub/grub.cfg, which hands over to the per-node
-                # config served over HTTP.
-                return bootstrap if path == "grub/grub.cfg" else None
-
-            source = LoadersFirst(found.found, tftp.FileSystemSource(root, virtual=grub))
-            tftp_server = TftpServer(source, nb.address, port=nb.tftp_port, on_event=netboot.on_tftp)
-            await tftp_server.start()
-            netboot.servers.append(tftp_server)
+            await _start_tftp(netboot, settings, root, dict(found.found), http_base)
         if nb.dhcp != "off":
             dhcp_server = DhcpServer(
                 _dhcp_config(settings), view, view, DbLeaseStore(db), on_event=netboot.on_dhcp
@@ -168,6 +174,30 @@ async def start_netboot(settings: Settings, db: Database) -> Netboot | None:
         f"{http_base}" if nb.http else "off",
     )
     return netboot
+
+
+async def _start_tftp(
+    netboot: Netboot, settings: Settings, root: Path, found: dict[str, str], http_base: str
+) -> None:
+    nb = settings.netboot
+    bootstrap = scripts.render_grub_bootstrap(f"{http_base}/boot/grub.cfg")
+    source = tftp_source(found, str(root), bootstrap)
+    workers = nb.tftp_workers > 1
+    server = TftpServer(source, nb.address, port=nb.tftp_port, on_event=netboot.on_tftp, reuse_port=workers)
+    await server.start()
+    netboot.servers.append(server)
+    if workers:
+        spec = WorkerSpec(
+            address=nb.address,
+            port=nb.tftp_port,
+            source_factory=f"{__name__}:tftp_source",
+            source_args={"found": found, "root": str(root), "bootstrap": bootstrap},
+            config=server.config,
+            log_level=logging.getLogger("bootforge").getEffectiveLevel(),
+        )
+        pool = TftpWorkers(spec, nb.tftp_workers - 1, on_event=netboot.on_tftp)
+        await pool.start()
+        netboot.servers.append(pool)
 
 
 def _dhcp_config(settings: Settings) -> dhcp.DhcpConfig:

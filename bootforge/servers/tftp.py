@@ -124,7 +124,9 @@ class TftpServer:
     namespace. `on_event` gets one TftpEvent per finished transfer and must not block; `source`
     (and its virtual-file hook) is called on the event loop, so it must answer from memory or
     the local filesystem. `gso` sends each window with one UDP_SEGMENT call when the kernel
-    allows it, and falls back to one call per packet by itself.
+    allows it, and falls back to one call per packet by itself. `reuse_port` lets several
+    processes listen on the same address and port (SO_REUSEPORT): the kernel spreads requests
+    over them by the client's address and port, so a retransmitted RRQ reaches the same one.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class TftpServer:
         socket_factory: SocketFactory | None = None,
         max_transfers: int = 1024,
         gso: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         self._family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._address = address
@@ -156,6 +159,7 @@ class TftpServer:
         self._socket_factory: SocketFactory = socket_factory or socket.socket
         self._max_transfers = max_transfers
         self._gso = gso
+        self._reuse_port = reuse_port
         self._sessions: dict[tuple[tuple[object, ...], bytes], _Session] = {}
         self._buffer = bytearray(_MAX_DATAGRAM)
         self._view = memoryview(self._buffer)
@@ -180,6 +184,8 @@ class TftpServer:
             sock.setblocking(False)
             if self._wildcard:
                 self._enable_pktinfo(sock)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self._address, self._port))
         except BaseException:
             sock.close()
