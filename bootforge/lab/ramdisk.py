@@ -132,7 +132,12 @@ def download(package: str, debs: Path) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{package}_*.deb"))
     if not found:
-        _run(["apt-get", "download", "-q", package], cwd=debs)
+        try:
+            _run(["apt-get", "download", "-q", package], cwd=debs)
+        except RamdiskError:
+            # Stale package lists name a version the archive no longer has: refresh once, retry.
+            _run(["apt-get", "update", "-qq"], cwd=debs)
+            _run(["apt-get", "download", "-q", package], cwd=debs)
         found = sorted(debs.glob(f"{package}_*.deb"))
     if not found:
         raise RamdiskError(f"apt-get download {package} left no .deb in {debs}")
