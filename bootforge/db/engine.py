@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -112,15 +115,35 @@ def alembic_config(url: str) -> Config:
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema to `revision` (head by default); safe to call at every start, from any process."""
-    async with engine.begin() as conn:
+    async with _sqlite_file_lock(engine), engine.begin() as conn:
         await _lock_migrations(conn)
         await conn.run_sync(_upgrade, str(engine.url), revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
-    async with engine.begin() as conn:
+    async with _sqlite_file_lock(engine), engine.begin() as conn:
         await _lock_migrations(conn)
         await conn.run_sync(_downgrade, str(engine.url), revision)
+
+
+@asynccontextmanager
+async def _sqlite_file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """SQLite's stand-in for PostgreSQL's advisory lock: a file lock beside the database.
+
+    Processes that start together on a new file would otherwise race to switch it to WAL (which
+    needs exclusive access, and SQLite may refuse at once rather than wait) and to create tables.
+    It is taken before the first connection, so the journal-mode switch is inside it too.
+    """
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    fd = await asyncio.to_thread(os.open, f"{path}.migrate-lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 async def _lock_migrations(conn: AsyncConnection) -> None:
