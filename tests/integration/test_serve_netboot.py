@@ -114,13 +114,33 @@ def bound_env(path: Path) -> dict[str, str]:
     return block
 
 
+def http_events(lan: Lan, node_uuid: str) -> list[str]:
+    history = api(lan, "GET", f"/v1/nodes/{node_uuid}/history?detail=true")["history"]
+    return [e["event"] for e in history if e["event_type"] == "http"]
+
+
 def test_a_machine_boots_its_chain_from_bootforge_serve(served: Any, tmp_path: Path) -> None:
     busybox = need("busybox", "busybox")
     lan, _log = served
     client = lan.client
     node = api(lan, "POST", "/v1/nodes", {"driver": "fake-hardware", "name": "rack1-node1"})
     api(lan, "POST", "/v1/ports", {"node_uuid": node["uuid"], "address": client.mac})
-    time.sleep(2.5)  # the netboot view refreshes every 2 s (sooner after a state change)
+    # The netboot view refreshes every 2 s: wait until bootforge's own boot script knows the MAC.
+    script_url = f"http://10.213.0.1:8080/boot/ipxe?mac={client.mac}"
+    for _ in range(100):
+        probe = lan.server.ns.run(["curl", "-sS", script_url], check=False).stdout
+        if "rack1-node1" in probe:
+            break
+        time.sleep(0.2)
+    assert "rack1-node1" in probe, probe
+    # The probes are on the timeline too, written in 0.5 s batches: count them once they settle.
+    probes = -1
+    for _ in range(20):
+        time.sleep(0.6)
+        count = len(http_events(lan, node["uuid"]))
+        if count == probes:
+            break
+        probes = count
 
     env = tmp_path / "udhcpc.env"
     dhcp = client.ns.run(
@@ -163,14 +183,19 @@ def test_a_machine_boots_its_chain_from_bootforge_serve(served: Any, tmp_path: P
     assert script.startswith("#!ipxe")
     assert "node rack1-node1 is enroll: nothing to boot until it is deployed" in script
 
-    time.sleep(1.0)  # netboot events are written in batches every 0.5 s
-    history = api(lan, "GET", f"/v1/nodes/{node['uuid']}/history?detail=true")["history"]
+    # Netboot events are written in batches every 0.5 s.
     by_type: dict[str, list[str]] = {}
-    for e in history:
-        by_type.setdefault(e["event_type"], []).append(e["event"])
+    for _ in range(50):
+        history = api(lan, "GET", f"/v1/nodes/{node['uuid']}/history?detail=true")["history"]
+        by_type = {}
+        for e in history:
+            by_type.setdefault(e["event_type"], []).append(e["event"])
+        if {"dhcp", "tftp"} <= set(by_type) and len(by_type.get("http", [])) > probes:
+            break
+        time.sleep(0.2)
     assert any("dhcp.ack" in t and lease["ip"] in t for t in by_type["dhcp"]), by_type
     assert any("tftp ipxe.efi completed" in t for t in by_type["tftp"]), by_type
-    assert any("http GET /boot/ipxe 200" in t for t in by_type["http"]), by_type
+    assert len(by_type["http"]) > probes and "http GET /boot/ipxe 200" in by_type["http"][-1], by_type
 
 
 def test_unknown_machines_are_ignored(served: Any, tmp_path: Path) -> None:
