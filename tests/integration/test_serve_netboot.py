@@ -8,21 +8,18 @@ boot file, fetches the loader by TFTP and its iPXE script by HTTP; the node's ti
 
 from __future__ import annotations
 
-import json
 import shutil
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.netns import Lan
+from support.serve_netns import api, serve_in
 
 pytestmark = pytest.mark.netns
 
-BOOTFORGE = str(Path(sys.executable).parent / "bootforge")
 PXE_X64 = "PXEClient:Arch:00007:UNDI:003000"
 
 
@@ -59,40 +56,12 @@ lease_time = 600
     return path
 
 
-def api(lan: Lan, method: str, path: str, body: Any = None) -> Any:
-    """Talk to the API inside the server namespace (its loopback is not the host's)."""
-    argv = ["curl", "-sS", "-X", method, "-H", "X-OpenStack-Ironic-API-Version: 1.78",
-            "-H", "Content-Type: application/json", f"http://127.0.0.1:6385{path}"]  # fmt: skip
-    if body is not None:
-        argv += ["-d", json.dumps(body)]
-    out = lan.server.ns.run(argv, check=True, timeout=20).stdout
-    return json.loads(out) if out.strip() else None
-
-
 @pytest.fixture
 def served(netns_lan: Lan, tmp_path: Path) -> Any:
     need("curl", "curl")
     log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = netns_lan.server.ns.popen(
-            [BOOTFORGE, "serve", "--config", str(config(tmp_path))], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        for _ in range(200):
-            if proc.poll() is not None:
-                pytest.fail(f"bootforge serve exited: {log.read_text()[-3000:]}")
-            ok = netns_lan.server.ns.run(["curl", "-sf", "http://127.0.0.1:6385/"], check=False)
-            if ok.returncode == 0:
-                break
-            time.sleep(0.1)
+    with serve_in(netns_lan, config(tmp_path), log):
         yield netns_lan, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def udhcpc_script(path: Path) -> Path:

@@ -8,7 +8,6 @@ each test fetches from many client sockets; that every listener got none of them
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -23,13 +22,13 @@ from typing import Any
 
 import pytest
 from support.netns import Lan
+from support.serve_netns import api, serve_in
 
 from bootforge.netboot.tftp import FileSystemSource
 from bootforge.servers.tftp import TftpEvent, TftpServer
 from bootforge.servers.tftp_workers import TftpWorkers, WorkerSpec
 
 FETCHES = 24
-BOOTFORGE = str(Path(sys.executable).parent / "bootforge")
 PXE_X64 = "PXEClient:Arch:00007:UNDI:003000"
 
 
@@ -152,15 +151,6 @@ lease_time = 600
     return path
 
 
-def api(lan: Lan, method: str, path: str, body: Any = None) -> Any:
-    argv = ["curl", "-sS", "-X", method, "-H", "X-OpenStack-Ironic-API-Version: 1.78",
-            "-H", "Content-Type: application/json", f"http://127.0.0.1:6385{path}"]  # fmt: skip
-    if body is not None:
-        argv += ["-d", json.dumps(body)]
-    out = lan.server.ns.run(argv, check=True, timeout=20).stdout
-    return json.loads(out) if out.strip() else None
-
-
 @pytest.fixture
 def served(netns_lan: Lan, tmp_path: Path) -> Iterator[tuple[Lan, Path, Path]]:
     need("curl", "curl")
@@ -168,30 +158,8 @@ def served(netns_lan: Lan, tmp_path: Path) -> Iterator[tuple[Lan, Path, Path]]:
     boot.mkdir()
     (boot / "blob.bin").write_bytes(os.urandom(100_000))
     log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = netns_lan.server.ns.popen(
-            [BOOTFORGE, "serve", "--config", str(config(tmp_path, boot))],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                pytest.fail(f"bootforge serve exited: {log.read_text()[-3000:]}")
-            if (
-                netns_lan.server.ns.run(["curl", "-sf", "http://127.0.0.1:6385/"], check=False).returncode
-                == 0
-            ):
-                break
-            time.sleep(0.1)
+    with serve_in(netns_lan, config(tmp_path, boot), log, ready_tries=300):
         yield netns_lan, boot, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
     # The workers stop with serve (by PID, or at the latest when their channel to it closes).
     for pid in worker_pids(log):
         for _ in range(100):
