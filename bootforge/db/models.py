@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -210,6 +211,47 @@ class Lease(Base):
     expires: Mapped[float] = mapped_column(Float)
     node_uuid: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NodeInventory(Base):
+    """What inspection found on a node (the agent's inventory), one row per node, replaced on each run."""
+
+    __tablename__ = "node_inventories"
+
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    inventory: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Facts that are not hardware (e.g. LLDP raw TLVs, the agent's version), kept apart like Ironic does.
+    plugin_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Image(Timestamps, Base):
+    """An OS image in bootforge's catalogue. `disk_format` is what inspecting the file found, never
+    what its name says; `stream_*` describe the form the agent is sent (a qcow2 is converted once)."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    # Where the operator said it came from: a file path or a URL.
+    source: Mapped[str] = mapped_column(Text)
+    # raw, qcow2, zstd (raw compressed with zstd)
+    disk_format: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(Integer().with_variant(BigInteger(), "postgresql"))
+    # Bytes the image occupies once written to a disk (a raw image's size, a qcow2's virtual size).
+    virtual_size: Mapped[int] = mapped_column(Integer().with_variant(BigInteger(), "postgresql"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    sha512: Mapped[str] = mapped_column(String(128))
+    # The file served to the agent, relative to the netboot root, with its format and digests.
+    stream_path: Mapped[str] = mapped_column(Text)
+    stream_format: Mapped[str] = mapped_column(String(16))
+    stream_size: Mapped[int] = mapped_column(Integer().with_variant(BigInteger(), "postgresql"))
+    stream_sha256: Mapped[str] = mapped_column(String(64))
+    stream_sha512: Mapped[str] = mapped_column(String(128))
+    # ready | importing | failed (with the reason in `error`)
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 # Plain tables for hot-path Core statements: ORM-enabled DML (insert(Node)) takes the slower
