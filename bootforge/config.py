@@ -31,6 +31,28 @@ class FakeDelays(BaseSettings):
     rescue: float = 0.0
 
 
+class AgentSettings(BaseModel):
+    """The deploy agent in the bootforge ramdisk, and how the conductor works with it."""
+
+    # How long the agent's long-poll for a command waits before it asks again (its heartbeat).
+    poll_timeout: int = Field(default=20, ge=1, le=120)
+    # Seconds between the agent's progress reports during long commands.
+    progress_interval: float = Field(default=2.0, gt=0)
+    # Ironic's fast track: a node whose agent was heard within fast_track_timeout is given its next
+    # command without a reboot (inspect -> clean -> deploy in one ramdisk boot), and is left running
+    # the ramdisk after cleaning and inspection instead of being powered off.
+    fast_track: bool = False
+    fast_track_timeout: float = Field(default=300.0, gt=0)
+    # After the deployed machine is power cycled onto its disk, how long bootforge watches for it to
+    # network-boot again (which means boot from disk failed) before declaring the node active.
+    handoff_window: float = Field(default=20.0, ge=0)
+    # Ports inspection creates for the NICs it finds: "all", "pxe" (the NIC the ramdisk booted
+    # from, as Ironic) or "none".
+    inspection_add_ports: Literal["all", "pxe", "none"] = "pxe"
+    # Seconds the agent listens for LLDP frames during inspection (0: none).
+    lldp_wait: float = Field(default=3.0, ge=0, le=60)
+
+
 class SubnetSettings(BaseModel):
     """A subnet bootforge's DHCP server leases addresses in (full mode)."""
 
@@ -117,6 +139,7 @@ class Settings(BaseSettings):
     node_events_keep: int = 500
 
     fake_delays: FakeDelays = FakeDelays()
+    agent: AgentSettings = AgentSettings()
     netboot: NetbootSettings = NetbootSettings()
 
     log_level: str = "info"

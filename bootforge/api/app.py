@@ -4,6 +4,7 @@ conductor and serves the app; tests drive it in-process through httpx's ASGI tra
 from __future__ import annotations
 
 import logging
+import re
 import uuid as uuidlib
 from typing import Any
 
@@ -16,13 +17,15 @@ from bootforge.api import versions
 from bootforge.api.auth import Htpasswd
 from bootforge.api.deps import Services
 from bootforge.api.responses import JSON, error_body, error_response
-from bootforge.api.routes import allocations, node_actions, nodes, ports, root
+from bootforge.api.routes import agent, allocations, node_actions, nodes, ports, root
 from bootforge.errors import BootforgeError, NotAcceptable, NotAuthorized
 
 log = logging.getLogger("bootforge.api")
 
 # Version discovery is public, as in Ironic; everything else needs credentials when auth is on.
-PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/"})
+PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/", "/v1/lookup"})
+# The agent's own calls carry its per-boot token (checked by the agent service), not an operator's login.
+AGENT_PATH = re.compile(r"^/v1/nodes/[^/]+/agent/command(/[^/]+)?$")
 
 
 class IronicMiddleware:
@@ -46,7 +49,8 @@ class IronicMiddleware:
             version = versions.from_headers(
                 headers.get(versions.HEADER), headers.get(versions.STANDARD_HEADER)
             )
-            if self.htpasswd is not None and scope["path"] not in PUBLIC_PATHS:
+            path = scope["path"]
+            if self.htpasswd is not None and path not in PUBLIC_PATHS and not AGENT_PATH.match(path):
                 scope.setdefault("state", {})["user"] = self.htpasswd.check(headers.get("authorization"))
         except (NotAcceptable, NotAuthorized) as exc:
             await _send_error(exc, scope, receive, send, request_id)
@@ -86,7 +90,7 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
-    for module in (root, nodes, node_actions, ports, allocations):
+    for module in (root, nodes, node_actions, ports, allocations, agent):
         app.include_router(module.router)
 
     @app.exception_handler(BootforgeError)

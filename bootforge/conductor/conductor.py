@@ -12,20 +12,24 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states, work
+from bootforge.conductor.agent import AgentService
 from bootforge.conductor.allocations import AllocationService
 from bootforge.conductor.task import NodeTask, age, event_row, reserve
 from bootforge.config import Settings
 from bootforge.db.engine import Database
-from bootforge.db.models import NODE_EVENTS, Node, NodeEvent, utcnow
+from bootforge.db.models import NODE_EVENTS, AgentSession, Node, NodeEvent, utcnow
 from bootforge.db.models import Conductor as ConductorRow
 from bootforge.drivers.hardware import Drivers
 from bootforge.errors import BootforgeError
+
+if TYPE_CHECKING:
+    from bootforge.images.catalogue import ImageCatalogue
 
 log = logging.getLogger("bootforge.conductor")
 
@@ -48,6 +52,8 @@ class Conductor:
         self.host = settings.host
         self.drivers = Drivers(settings)
         self.allocations = AllocationService(self)
+        self.agent = AgentService(self)
+        self._images: ImageCatalogue | None = None
         self._work: dict[int, asyncio.Task[None]] = {}
         self._periodics: list[asyncio.Task[None]] = []
         self._power_failures: dict[int, int] = {}
@@ -155,6 +161,22 @@ class Conductor:
             await self._fail(task, f"{fn.__name__} failed: {reason}")
         # Events recorded after the work's last save (there should be none) are not dropped.
         await task.flush()
+        if task.node.provision_state in states.WAIT_STATES:
+            # The agent may have reported before the node reached its wait state.
+            await self.agent.resume(task.node.id)
+
+    @property
+    def images(self) -> ImageCatalogue:
+        if self._images is None:
+            from bootforge.images.catalogue import ImageCatalogue
+
+            self._images = ImageCatalogue(
+                self.db, self.settings.netboot.root or self.settings.state_dir / "boot"
+            )
+        return self._images
+
+    def agent_wakeup(self, node_id: int) -> None:
+        self.agent.wakeup(node_id)
 
     async def _fail(self, task: NodeTask, reason: str) -> None:
         node = task.node
@@ -301,20 +323,38 @@ class Conductor:
         for node in waiting:
             if node.driver not in self.drivers.types:
                 continue
+            # A report taken by another conductor (or that raced the node into its wait state).
+            if await self.agent.resume(node.id):
+                continue
             limit: float = getattr(self.settings, WAIT_TIMEOUT_SETTING[node.provision_state])
-            if age(node.provision_updated_at, now) < limit:
+            heard = await self._agent_heard(node)
+            # A working agent (polling, reporting progress) keeps the wait alive: the timeout is for silence.
+            if min(age(node.provision_updated_at, now), age(heard, now)) < limit:
                 continue
             try:
                 await reserve(self, node, expect_state=node.provision_state)
             except BootforgeError:
                 continue
             task = NodeTask(self, node, None, "timeout")
+            agent = (
+                f"the agent was last heard {age(heard, now):.0f} s ago"
+                if heard is not None
+                else "no agent called from the ramdisk"
+            )
             await task.transition(
                 "fail",
                 release=True,
                 error=f"Timeout reached while waiting for callback for node {node.uuid} in state "
-                f"'{node.provision_state}' after {limit:g} s",
+                f"'{node.provision_state}' after {limit:g} s: {agent}",
             )
+
+    async def _agent_heard(self, node: Node) -> dt.datetime | None:
+        boot = node.driver_internal_info.get("agent_boot")
+        if not boot:
+            return None
+        async with self.db.read() as s:
+            session = await s.get(AgentSession, node.id)
+        return session.last_seen if session is not None and session.boot_id == boot else None
 
     async def sync_power_states(self) -> None:
         """Read every idle node's power state; record changes made outside bootforge."""

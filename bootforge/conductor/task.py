@@ -20,12 +20,15 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states
-from bootforge.db.models import NODE_EVENTS, Node, Port, utcnow
+from bootforge.db.models import NODE_EVENTS, AgentSession, Node, NodeEvent, Port, utcnow
 from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
 from bootforge.errors import NodeLocked, NotFound
 
 if TYPE_CHECKING:
     from bootforge.conductor.conductor import Conductor
+    from bootforge.config import Settings
+
+NETBOOT_EVENT_TYPES = ("dhcp", "tftp", "http")
 
 
 def locked_message(node: Node, holder: str | None) -> str:
@@ -68,6 +71,38 @@ class NodeTask:
             node.driver, {k: getattr(node, f"{k}_interface") for k in INTERFACE_TYPES}
         )
 
+    @property
+    def settings(self) -> Settings:
+        return self.conductor.settings
+
+    async def agent_last_seen(self) -> dt.datetime | None:
+        boot = self.node.driver_internal_info.get("agent_boot")
+        if not boot:
+            return None
+        async with self.conductor.db.read() as s:
+            row = (
+                await s.execute(
+                    select(AgentSession.last_seen).where(
+                        AgentSession.node_id == self.node.id, AgentSession.boot_id == boot
+                    )
+                )
+            ).first()
+        return None if row is None else _aware(row[0])
+
+    async def netboot_events_since(self, since: dt.datetime) -> list[str]:
+        # Netboot events are batched (EventSink): they reach the table within about a second.
+        async with self.conductor.db.read() as s:
+            rows = await s.execute(
+                select(NodeEvent.event)
+                .where(
+                    NodeEvent.node_id == self.node.id,
+                    NodeEvent.event_type.in_(NETBOOT_EVENT_TYPES),
+                    NodeEvent.created_at >= since,
+                )
+                .order_by(NodeEvent.id)
+            )
+            return [r[0] for r in rows]
+
     async def get_ports(self) -> list[Port]:
         if self._ports is None:
             self._ports = await load_ports(self.conductor, self.node.id)
@@ -92,6 +127,9 @@ class NodeTask:
             if events:
                 await s.execute(insert(NODE_EVENTS), events)
             await s.commit()
+        if self.node.driver_internal_info.get("agent_command"):
+            # An agent may be long-polling for this command in this process: wake it now.
+            self.conductor.agent_wakeup(self.node.id)
 
     def set_internal(self, **values: Any) -> None:
         info = dict(self.node.driver_internal_info)
@@ -228,9 +266,12 @@ async def shared_task(conductor: Conductor, ident: str, purpose: str) -> NodeTas
     return NodeTask(conductor, node, None, purpose)
 
 
+def _aware(when: dt.datetime) -> dt.datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
 def age(when: dt.datetime | None, now: dt.datetime) -> float:
     if when is None:
         return float("inf")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return (now - when).total_seconds()
+    return (now - _aware(when)).total_seconds()

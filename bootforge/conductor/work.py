@@ -17,6 +17,7 @@ from bootforge.conductor import states
 from bootforge.conductor.task import NodeTask
 from bootforge.db.models import utcnow
 from bootforge.drivers import base
+from bootforge.drivers.agent import DEPLOY_CONFIGDRIVE, DEPLOY_IMAGE, AgentDeploy
 from bootforge.drivers.hardware import INTERFACE_TYPES
 from bootforge.errors import InvalidInput
 
@@ -132,6 +133,7 @@ async def clean(task: NodeTask) -> None:
     if await run_steps(task, "clean") == base.WAIT:
         await task.transition("wait", release=True)
         return
+    await task.driver.deploy.tear_down_cleaning(task)
     task.set_internal(clean_manual=None)
     await task.transition("manage" if manual else "done", release=True)
 
@@ -149,6 +151,8 @@ async def deploy(task: NodeTask) -> None:
         extra = task.node.driver_internal_info.get("requested_deploy_steps") or []
         steps = _merge_steps(steps, extra)
         task.set_internal(deploy_steps=steps, deploy_step_index=0, requested_deploy_steps=None)
+        if isinstance(task.driver.deploy, AgentDeploy):
+            await prepare_agent_deploy(task)
         await task.driver.boot.prepare_ramdisk(task)
     if await run_steps(task, "deploy") == base.WAIT:
         await task.transition("wait", release=True)
@@ -156,6 +160,27 @@ async def deploy(task: NodeTask) -> None:
     await task.driver.boot.prepare_instance(task)
     task.node.power_state = base.POWER_ON
     await task.transition("done", release=True)
+
+
+async def prepare_agent_deploy(task: NodeTask) -> None:
+    """Resolve what the agent will write: the image (imported and cached if it is a URL) and the
+    config drive, built from the deploy request. Done before any step, so a bad image or config drive
+    fails the deploy before the machine is touched."""
+    from bootforge.images.configdrive import build_configdrive
+
+    settings = task.conductor.settings
+    nb = settings.netboot
+    if not (nb.http and nb.address):
+        raise InvalidInput(
+            "the agent downloads images from bootforge's HTTP server: set netboot.http and netboot.address",
+            "netboot.http",
+        )
+    info = task.node.instance_info
+    ref = await task.conductor.images.resolve(str(info.get("image_source") or ""), info)
+    image = ref.agent_args(f"http://{nb.address}:{nb.http_port}")
+    drive = build_configdrive(task.node.uuid, task.node.name, info.get("configdrive"))
+    task.set_internal(**{DEPLOY_IMAGE: image, DEPLOY_CONFIGDRIVE: drive})
+    await task.record("deploy", f"image {info.get('image_source')} -> {image['url']} ({image['format']})")
 
 
 def _merge_steps(steps: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -225,6 +225,30 @@ class NodeInventory(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class AgentSession(Base):
+    """The deploy agent of a node's current ramdisk boot: its token, when it was last heard, and the
+    outcome of the command it was given. Kept apart from the node row, which the conductor rewrites
+    while it holds the node's lock: the agent's calls must never race those writes."""
+
+    __tablename__ = "agent_sessions"
+
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    # The ramdisk boot the token belongs to (driver_internal_info["agent_boot"] when it was issued).
+    boot_id: Mapped[str] = mapped_column(String(36))
+    # sha256 of the token: the token itself is known only to the agent.
+    token_hash: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    agent_address: Mapped[str | None] = mapped_column(String(64))
+    # The command the agent reported on last, and what it said.
+    command_id: Mapped[str | None] = mapped_column(String(36))
+    # running | succeeded | failed
+    command_status: Mapped[str | None] = mapped_column(String(16))
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
 class Image(Timestamps, Base):
     """An OS image in bootforge's catalogue. `disk_format` is what inspecting the file found, never
     what its name says; `stream_*` describe the form the agent is sent (a qcow2 is converted once)."""

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    import datetime as dt
+
+    from bootforge.config import Settings
     from bootforge.db.models import Node, Port
+    from bootforge.drivers.hardware import DriverSet
 
 WAIT: Final = "wait"
 
@@ -36,6 +40,25 @@ class Task(Protocol):
 
     @property
     def node(self) -> Node: ...
+
+    # The node's other interfaces (a deploy interface boots the ramdisk through boot and power).
+    @property
+    def driver(self) -> DriverSet: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def set_internal(self, **values: Any) -> None:
+        """Update driver_internal_info; a None value removes the key."""
+        ...
+
+    async def agent_last_seen(self) -> dt.datetime | None:
+        """When the agent of the node's current ramdisk boot last called, or None if it never did."""
+        ...
+
+    async def netboot_events_since(self, since: dt.datetime) -> list[str]:
+        """The node's DHCP/TFTP/HTTP timeline entries since `since`, oldest first."""
+        ...
 
     async def get_ports(self) -> list[Port]:
         """The node's ports (NICs), loaded on first use."""
@@ -170,6 +193,9 @@ class DeployInterface(BaseInterface):
     async def take_over(self, task: Task) -> None:
         """Adopt an active node from a conductor that went away (rebuild boot files, etc.)."""
 
+    async def tear_down_cleaning(self, task: Task) -> None:
+        """After the last clean step: leave the machine as an available node should be."""
+
 
 class InspectInterface(BaseInterface):
     interface_type = "inspect"
@@ -177,6 +203,9 @@ class InspectInterface(BaseInterface):
     @abc.abstractmethod
     async def inspect_hardware(self, task: Task) -> StepResult:
         """Fill the node's properties; return WAIT if results arrive later (agent callback)."""
+
+    async def tear_down_inspection(self, task: Task) -> None:
+        """After the inventory was stored (agent inspection): leave the machine as it should be."""
 
 
 class RescueInterface(BaseInterface):

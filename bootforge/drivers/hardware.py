@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootforge.config import Settings
-from bootforge.drivers import base, fake, qemu
+from bootforge.drivers import agent, base, fake, qemu
 from bootforge.errors import InvalidInput, NotFound
 
 INTERFACE_TYPES = (
@@ -59,11 +59,12 @@ def _fake_hardware() -> HardwareType:
         description="For tests and benchmarks only: remembers power and boot device, touches no machine.",
         interfaces={
             "bios": [f(fake.FakeBios), plain(base.NoBios)],
-            "boot": [f(fake.FakeBoot)],
+            # The agent's interfaces too: a test can run the real agent against a fake machine.
+            "boot": [f(fake.FakeBoot), ("pxe", agent.PxeBoot)],
             "console": [f(fake.FakeConsole), plain(base.NoConsole)],
-            "deploy": [f(fake.FakeDeploy)],
+            "deploy": [f(fake.FakeDeploy), ("direct", agent.AgentDeploy)],
             "firmware": [f(fake.FakeFirmware), plain(base.NoFirmware)],
-            "inspect": [f(fake.FakeInspect), plain(base.NoInspect)],
+            "inspect": [f(fake.FakeInspect), ("agent", agent.AgentInspect), plain(base.NoInspect)],
             "management": [f(fake.FakeManagement)],
             "network": [plain(base.NoopNetwork)],
             "power": [f(fake.FakePower)],
@@ -84,12 +85,11 @@ def _qemu_hardware() -> HardwareType:
         description="QEMU VMs driven over QMP: power, boot device (pxe/disk/cdrom) and firmware mode.",
         interfaces={
             "bios": [plain(base.NoBios)],
-            # PLACEHOLDERS until the real pxe boot and agent deploy interfaces exist (see drivers/qemu.py).
-            "boot": [plain(qemu.PendingPxeBoot)],
+            "boot": [("pxe", agent.PxeBoot)],
             "console": [plain(base.NoConsole)],
-            "deploy": [plain(qemu.PendingAgentDeploy)],
+            "deploy": [("direct", agent.AgentDeploy)],
             "firmware": [plain(base.NoFirmware)],
-            "inspect": [plain(base.NoInspect)],
+            "inspect": [("agent", agent.AgentInspect), plain(base.NoInspect)],
             "management": [("qemu", lambda s: qemu.QemuManagement())],
             "network": [plain(base.NoopNetwork)],
             "power": [("qemu", lambda s: qemu.QemuPower(soft_timeout=s.power_state_change_timeout))],

@@ -48,8 +48,6 @@ from bootforge.lab import qemu as vm
 __all__ = [
     "PROPERTIES",
     "BootDevice",
-    "PendingAgentDeploy",
-    "PendingPxeBoot",
     "QemuInfo",
     "QemuManagement",
     "QemuPower",
@@ -526,47 +524,3 @@ class QemuManagement(_QemuBase, base.ManagementInterface):
             devices = [d for d in await s.boot_devices() if d.index >= 0]
         first = min(devices, key=lambda d: d.index, default=None)
         return {"boot_device": first.kind if first else None, "persistent": True if first else None}
-
-
-# PLACEHOLDERS. The qemu type's boot and deploy interfaces until the real network boot ("pxe") and
-# ramdisk-agent deploy ("direct") interfaces exist. They carry those names so nodes enrolled now get the
-# real ones without a patch later; until then they refuse, loudly, everything a deployment needs:
-# validate() fails (so `node validate` shows why and the deploy verb answers 400), and a step that
-# slipped through raises. Nothing is faked.
-_PENDING = "is not implemented yet for qemu nodes (placeholder); only power and boot-device control work"
-
-
-class PendingPxeBoot(base.BootInterface):
-    """PLACEHOLDER for the network boot interface."""
-
-    name = "pxe"
-
-    def validate(self, task: Task) -> None:
-        raise InvalidInput(f"the pxe boot interface {_PENDING}", "boot_interface")
-
-    async def prepare_ramdisk(self, task: Task) -> None:
-        raise DriverError(f"cannot boot the deploy ramdisk: the pxe boot interface {_PENDING}")
-
-    async def prepare_instance(self, task: Task) -> None:
-        raise DriverError(f"cannot prepare the instance boot: the pxe boot interface {_PENDING}")
-
-
-class PendingAgentDeploy(base.DeployInterface):
-    """PLACEHOLDER for the ramdisk-agent deploy interface."""
-
-    name = "direct"
-
-    def validate(self, task: Task) -> None:
-        raise InvalidInput(f"the direct deploy interface {_PENDING}", "deploy_interface")
-
-    @base.deploy_step(priority=100)
-    async def deploy(self, task: Task) -> base.StepResult:
-        raise DriverError(f"cannot deploy: the direct deploy interface {_PENDING}")
-
-    @base.clean_step(priority=99)
-    async def erase_devices_metadata(self, task: Task) -> base.StepResult:
-        # Failing beats a "clean" node whose disks were never touched; automated_clean=false skips it.
-        raise DriverError(f"cannot clean: the direct deploy interface {_PENDING}")
-
-    async def tear_down(self, task: Task) -> None:
-        return None  # nothing was deployed, so nothing is held

@@ -11,7 +11,7 @@ import pytest
 from bootforge.config import Settings
 from bootforge.drivers import base, qemu
 from bootforge.drivers.hardware import Drivers
-from bootforge.errors import DriverError, InvalidInput
+from bootforge.errors import InvalidInput
 
 
 class FakeNode:
@@ -114,17 +114,3 @@ def test_qemu_hardware_type_is_registered_with_real_power_and_management() -> No
     assert isinstance(ds.power, qemu.QemuPower) and ds.power.soft_timeout == 42
     assert isinstance(ds.management, qemu.QemuManagement)
     assert ds.boot.name == "pxe" and ds.deploy.name == "direct"
-
-
-async def test_placeholder_boot_and_deploy_refuse_instead_of_pretending() -> None:
-    ds = Drivers(Settings(enabled_hardware_types=["qemu"])).for_node("qemu", {})
-    task = FakeTask({"qemu_qmp_socket": SOCK})
-    with pytest.raises(InvalidInput, match="placeholder") as e:
-        ds.boot.validate(task)
-    assert e.value.field == "boot_interface"
-    with pytest.raises(InvalidInput, match="placeholder"):
-        ds.deploy.validate(task)
-    with pytest.raises(DriverError, match="placeholder"):
-        await ds.boot.prepare_ramdisk(task)
-    with pytest.raises(DriverError, match="cannot clean"):
-        await ds.deploy.execute_step(task, "erase_devices_metadata", {})

@@ -1,4 +1,4 @@
-"""image catalogue and node inventories
+"""image catalogue, node inventories and agent sessions
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +18,24 @@ BIG = sa.Integer().with_variant(sa.BigInteger(), "postgresql")
 
 
 def upgrade() -> None:
+    op.create_table(
+        "agent_sessions",
+        sa.Column("node_id", sa.Integer(), nullable=False),
+        sa.Column("boot_id", sa.String(length=36), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("agent_address", sa.String(length=64), nullable=True),
+        sa.Column("command_id", sa.String(length=36), nullable=True),
+        sa.Column("command_status", sa.String(length=16), nullable=True),
+        sa.Column("progress", JSON, nullable=False),
+        sa.Column("result", JSON, nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["node_id"], ["nodes.id"], name=op.f("fk_agent_sessions_node_id_nodes"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("node_id", name=op.f("pk_agent_sessions")),
+    )
     op.create_table(
         "images",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -61,3 +79,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("node_inventories")
     op.drop_table("images")
+    op.drop_table("agent_sessions")

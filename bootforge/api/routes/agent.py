@@ -1,0 +1,45 @@
+"""The deploy agent's endpoints: lookup by MAC (public), then its command long-poll and reports, which
+authenticate with the per-boot agent token instead of the operators' credentials."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from bootforge.api.deps import ctx, json_body
+from bootforge.api.responses import JSON
+from bootforge.errors import InvalidInput
+
+router = APIRouter()
+
+TOKEN_HEADER = "x-agent-token"
+
+
+@router.get("/v1/lookup")
+async def lookup(request: Request) -> JSON:
+    c = ctx(request)
+    addresses = c.params.get("addresses", "")
+    client = request.client.host if request.client else "unknown"
+    body = await c.services.conductor.agent.lookup(addresses.split(","), c.params.get("node_uuid"), client)
+    return JSON(body)
+
+
+@router.get("/v1/nodes/{ident}/agent/command")
+async def next_command(request: Request, ident: str) -> Response:
+    c = ctx(request)
+    try:
+        wait = float(c.params.get("wait", "0"))
+    except ValueError:
+        raise InvalidInput("wait must be a number of seconds", "wait") from None
+    command = await c.services.conductor.agent.next_command(ident, request.headers.get(TOKEN_HEADER), wait)
+    if command is None:
+        return Response(status_code=204)
+    return JSON(command)
+
+
+@router.post("/v1/nodes/{ident}/agent/command/{command_id}")
+async def report(request: Request, ident: str, command_id: str) -> JSON:
+    c = ctx(request)
+    body = await json_body(request)
+    await c.services.conductor.agent.report(ident, request.headers.get(TOKEN_HEADER), command_id, body)
+    return JSON({"accepted": True})
