@@ -208,6 +208,7 @@ def node_create(
 # Where each verb's work ends when it succeeds; ending anywhere else (verification failing sends a
 # node back to enroll, not to a failed state) is a failure the user must see.
 VERB_RESULT = {
+    "inspect": states.MANAGEABLE,
     "manage": states.MANAGEABLE,
     "provide": states.AVAILABLE,
     "active": states.ACTIVE,
@@ -275,17 +276,84 @@ def node_provide(ident: str, url: UrlOpt = DEFAULT_URL, wait: WaitOpt = None) ->
     _provision(ident, "provide", url, wait)
 
 
+@node_app.command("inspect")
+def node_inspect(ident: str, url: UrlOpt = DEFAULT_URL, wait: WaitOpt = None) -> None:
+    """manageable -> inspecting -> manageable: the agent reports CPUs, memory, disks and NICs."""
+    _provision(ident, "inspect", url, wait)
+
+
+@node_app.command("inventory")
+def node_inventory(
+    ident: str,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole inventory as JSON")] = False,
+) -> None:
+    """What the last inspection found."""
+    data = Api(url).call("GET", f"/v1/nodes/{ident}/inventory")
+    inv = data["inventory"]
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    cpu, mem, system = inv.get("cpu") or {}, inv.get("memory") or {}, inv.get("system_vendor") or {}
+    console.print(
+        f"{system.get('manufacturer')} {system.get('product_name')} (serial {system.get('serial_number')}), "
+        f"boot mode {(inv.get('boot') or {}).get('current_boot_mode')}"
+    )
+    console.print(
+        f"{cpu.get('count')} x {cpu.get('model_name')} ({cpu.get('architecture')}), "
+        f"{mem.get('physical_mb')} MiB"
+    )
+    disks = Table("Disk", "Size GiB", "Model", "Serial", "WWN", "Rotational")
+    for d in inv.get("disks") or []:
+        disks.add_row(
+            d.get("name"),
+            f"{(d.get('size') or 0) / 1024**3:.1f}",
+            str(d.get("model")),
+            str(d.get("serial")),
+            str(d.get("wwn")),
+            str(d.get("rotational")),
+        )
+    console.print(disks)
+    nics = Table("NIC", "MAC", "IPv4", "Speed Mb/s", "LLDP neighbour")
+    for n in inv.get("interfaces") or []:
+        lldp = n.get("lldp") or {}
+        neighbour = (
+            f"{lldp.get('system_name') or lldp.get('chassis_id')} {lldp.get('port_id')}" if lldp else ""
+        )
+        nics.add_row(
+            n.get("name"),
+            n.get("mac_address"),
+            str(n.get("ipv4_address")),
+            str(n.get("speed_mbps")),
+            neighbour,
+        )
+    console.print(nics)
+
+
 @node_app.command("deploy")
 def node_deploy(
     ident: str,
     url: UrlOpt = DEFAULT_URL,
     wait: WaitOpt = None,
+    image: Annotated[
+        str | None, typer.Option(help="image to write: a name from `bootforge image list`, or a URL")
+    ] = None,
+    user_data: Annotated[
+        Path | None, typer.Option(help="file whose content goes into the config drive as user_data")
+    ] = None,
     config_drive: Annotated[str | None, typer.Option(help="JSON or base64 config drive")] = None,
 ) -> None:
     """available -> active."""
-    body = {}
+    api = Api(url)
+    if image:
+        patch = [{"op": "add", "path": "/instance_info/image_source", "value": image}]
+        api.call("PATCH", f"/v1/nodes/{ident}", patch)
+    body: dict[str, Any] = {}
     if config_drive:
         body["configdrive"] = json.loads(config_drive) if config_drive.startswith("{") else config_drive
+    if user_data is not None:
+        drive = body.get("configdrive") if isinstance(body.get("configdrive"), dict) else {}
+        body["configdrive"] = {**drive, "user_data": user_data.read_text()}
     _provision(ident, "active", url, wait, body)
 
 

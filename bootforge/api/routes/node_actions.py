@@ -13,7 +13,7 @@ from bootforge.api.responses import JSON
 from bootforge.api.routes.ports import list_portgroups, list_ports
 from bootforge.conductor import states
 from bootforge.conductor.task import load_node
-from bootforge.db.models import NodeEvent, Port, Portgroup
+from bootforge.db.models import NodeEvent, NodeInventory, Port, Portgroup
 from bootforge.errors import InvalidInput, NotFound
 
 router = APIRouter(prefix="/v1/nodes/{ident}")
@@ -198,6 +198,18 @@ async def remove_trait(request: Request, ident: str, trait: str) -> Response:
     require(c, 37)
     await c.services.nodes.remove_trait(ident, trait)
     return Response(status_code=204)
+
+
+@router.get("/inventory")
+async def inventory(request: Request, ident: str) -> JSON:
+    """What inspection found, in Ironic's shape (API 1.81, which bootforge serves at any version)."""
+    c = ctx(request)
+    node = await load_node(c.services.conductor, ident)
+    async with c.services.conductor.db.read() as s:
+        row = await s.get(NodeInventory, node.id)
+    if row is None:
+        raise NotFound(f"Node {node.uuid} has no inventory: inspect it first.")
+    return JSON({"inventory": row.inventory, "plugin_data": row.plugin_data})
 
 
 @router.get("/history")

@@ -102,6 +102,8 @@ async def test_inspection_by_the_agent_stores_inventory_properties_and_ports(age
     assert r.status_code == 401
     history = (await api.c.get(f"/v1/nodes/{node}/history")).json()["history"]
     assert any("4 CPUs, 2048 MiB" in e["event"] for e in history)
+    stored = (await api.c.get(f"/v1/nodes/{node}/inventory")).json()
+    assert stored == {"inventory": INVENTORY, "plugin_data": {"agent_version": "test"}}
 
 
 async def test_token_is_issued_once_per_boot_and_checked(agent_api: Api) -> None:
@@ -109,6 +111,8 @@ async def test_token_is_issued_once_per_boot_and_checked(agent_api: Api) -> None
     node = await enrolled(api)
     r = await api.c.get("/v1/lookup", params={"addresses": MAC})
     assert r.status_code == 404 and "does not expect an agent" in fault(r)
+    missing = await api.c.get(f"/v1/nodes/{node}/inventory")
+    assert missing.status_code == 404 and "inspect it first" in fault(missing)
     await api.drive(node, "inspect")
     token = await lookup(api, node)
     again = await api.c.get("/v1/lookup", params={"addresses": MAC})
