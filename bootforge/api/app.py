@@ -17,7 +17,7 @@ from bootforge.api import versions
 from bootforge.api.auth import Htpasswd
 from bootforge.api.deps import Services
 from bootforge.api.responses import JSON, error_body, error_response
-from bootforge.api.routes import agent, allocations, node_actions, nodes, ports, root
+from bootforge.api.routes import agent, allocations, images, node_actions, nodes, ports, root
 from bootforge.errors import BootforgeError, NotAcceptable, NotAuthorized
 
 log = logging.getLogger("bootforge.api")
@@ -90,8 +90,9 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
-    for module in (root, nodes, node_actions, ports, allocations, agent):
+    for module in (root, nodes, node_actions, ports, allocations, agent, images):
         app.include_router(module.router)
+    app.state.images = services.conductor.images
 
     @app.exception_handler(BootforgeError)
     async def bootforge_error(_request: Request, exc: BootforgeError) -> JSON:

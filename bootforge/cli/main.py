@@ -352,7 +352,8 @@ def node_deploy(
     if config_drive:
         body["configdrive"] = json.loads(config_drive) if config_drive.startswith("{") else config_drive
     if user_data is not None:
-        drive = body.get("configdrive") if isinstance(body.get("configdrive"), dict) else {}
+        given = body.get("configdrive")
+        drive: dict[str, Any] = given if isinstance(given, dict) else {}
         body["configdrive"] = {**drive, "user_data": user_data.read_text()}
     _provision(ident, "active", url, wait, body)
 
@@ -405,6 +406,11 @@ def node_events(
             str(e["created_at"])[:23], e["severity"], e.get("event_type") or "", e["event"], style=style
         )
     console.print(table)
+
+
+from bootforge.cli.images import image_app  # noqa: E402
+
+app.add_typer(image_app, name="image")
 
 
 def main() -> None:

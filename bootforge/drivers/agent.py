@@ -222,7 +222,8 @@ class AgentInspect(base.InspectInterface):
         self.settings = settings
 
     def validate(self, task: base.Task) -> None:
-        return None
+        # The agent comes from the network boot: no ramdisk to boot, no inspection.
+        task.driver.boot.validate(task)
 
     async def inspect_hardware(self, task: base.Task) -> base.StepResult:
         await boot_ramdisk(task, "inspection")

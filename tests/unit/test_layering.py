@@ -18,6 +18,8 @@ FORBIDDEN = {
     "drivers": {"api", "conductor", "cli", "servers"},
     "db": {"api", "conductor", "drivers", "cli", "servers", "netboot"},
     "conductor": {"api", "cli"},
+    "images": {"api", "conductor", "cli", "servers", "drivers", "lab"},
+    "agent": {"api", "conductor", "cli", "servers", "drivers", "lab", "db", "images", "netboot", "config"},
     "lab": {"api", "conductor", "db", "cli"},
 }
 

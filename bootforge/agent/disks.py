@@ -1,0 +1,315 @@
+"""The machine's disks: found in sysfs, opened for the disk commands' few low-level operations.
+
+Discovery reads /sys/block (under Context.sys_root) the way Ironic's agent reports disks: whole
+disks only, sizes in bytes, the identity strings udev would show (model, vendor, serial, WWN).
+Context.disks replaces discovery with explicit paths: regular files in tests and benchmarks, or a
+block device such as a loop device.
+
+DiskIO is the one place that writes to a disk. Zeroing is cheap where the kernel can do it
+(BLKZEROOUT on a block device, a punched hole in a regular file) and falls back to writing zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import os
+import re
+import stat
+import struct
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .common import CommandError, Context
+
+__all__ = ["Disk", "DiskIO", "Partition", "find_disks", "list_disks"]
+
+SECTOR = 512
+MiB = 1 << 20
+
+# <linux/fs.h>: _IO(0x12, n), and BLKGETSIZE64 = _IOR(0x12, 114, size_t) on 64-bit.
+BLKRRPART = 0x125F
+BLKFLSBUF = 0x1261
+BLKSECDISCARD = 0x127D
+BLKZEROOUT = 0x127F
+BLKGETSIZE64 = 0x80081272
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+# Whole-disk names in /sys/block that are not disks an image could go to.
+VIRTUAL_PREFIXES = ("loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd")
+_HCTL = re.compile(r"^\d+:\d+:\d+:\d+$")
+# errnos meaning "this kind of file or device cannot do that", as opposed to an I/O failure.
+_UNSUPPORTED = {errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
+_ZEROS = bytes(4 * MiB)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partition the kernel knows of (sysfs) or the on-disk table lists; offsets in bytes."""
+
+    node: Path
+    start: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Disk:
+    name: str
+    path: Path
+    size: int
+    model: str | None = None
+    vendor: str | None = None
+    serial: str | None = None
+    wwn: str | None = None
+    rotational: bool = False
+    hctl: str | None = None
+    by_path: str | None = None
+    # The kernel's view of the partitions (from sysfs); empty for explicit disks.
+    partitions: tuple[Partition, ...] = field(default=(), compare=False)
+
+    def to_inventory(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "model": self.model,
+            "vendor": self.vendor,
+            "serial": self.serial,
+            "wwn": self.wwn,
+            "rotational": self.rotational,
+            "hctl": self.hctl,
+            "by_path": self.by_path,
+        }
+
+
+def list_disks(ctx: Context) -> list[Disk]:
+    """The disks an image could be written to, sorted by name."""
+    if ctx.disks is not None:
+        found = [_explicit_disk(ctx, Path(path)) for path in ctx.disks]
+    else:
+        block = ctx.sys_root / "sys" / "block"
+        by_path = _by_path_links(ctx.dev_dir)
+        found = []
+        for entry in sorted(block.iterdir()) if block.is_dir() else []:
+            if entry.name.startswith(VIRTUAL_PREFIXES):
+                continue
+            disk = _sysfs_disk(entry, ctx.dev_dir, by_path.get(entry.name))
+            if disk is not None and disk.size > 0:
+                found.append(disk)
+    return sorted(found, key=lambda d: d.name)
+
+
+def find_disks(ctx: Context, names: list[str] | None) -> list[Disk]:
+    """The named disks (all when names is None); an unknown name is an error, not skipped."""
+    disks = list_disks(ctx)
+    if names is None:
+        return disks
+    by_name = {d.name: d for d in disks}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        raise CommandError(f"unknown disk {', '.join(unknown)} (disks on this machine: {known})")
+    return [by_name[n] for n in names]
+
+
+def _read(path: Path) -> str | None:
+    """A sysfs attribute, stripped; None when absent or empty (virtio disks have no model)."""
+    try:
+        value = path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    return value or None
+
+
+def _sysfs_disk(entry: Path, dev_dir: Path, by_path: str | None) -> Disk | None:
+    sectors = _read(entry / "size")
+    if sectors is None or not sectors.isdigit():
+        return None
+    device = entry / "device"
+    hctl = device.resolve().name if device.exists() else None
+    return Disk(
+        name=f"/dev/{entry.name}",
+        path=dev_dir / entry.name,
+        size=int(sectors) * SECTOR,
+        model=_read(device / "model"),
+        vendor=_read(device / "vendor"),
+        serial=_read(device / "serial") or _read(entry / "serial"),
+        wwn=_read(entry / "wwid") or _read(device / "wwid"),
+        rotational=_read(entry / "queue" / "rotational") == "1",
+        hctl=hctl if hctl and _HCTL.match(hctl) else None,
+        by_path=by_path,
+        partitions=tuple(_sysfs_partitions(entry, dev_dir)),
+    )
+
+
+def _sysfs_partitions(entry: Path, dev_dir: Path) -> list[Partition]:
+    parts = []
+    for sub in sorted(entry.iterdir()):
+        if not (sub / "partition").exists():
+            continue
+        start, size = _read(sub / "start"), _read(sub / "size")
+        if start and size and start.isdigit() and size.isdigit():
+            parts.append(Partition(dev_dir / sub.name, int(start) * SECTOR, int(size) * SECTOR))
+    return parts
+
+
+def _by_path_links(dev_dir: Path) -> dict[str, str]:
+    """Kernel name -> its /dev/disk/by-path link (udev's; absent in a ramdisk without udev)."""
+    links: dict[str, str] = {}
+    directory = dev_dir / "disk" / "by-path"
+    with contextlib.suppress(OSError):
+        for link in sorted(directory.iterdir()):
+            target = os.path.basename(os.readlink(link))
+            links.setdefault(target, f"/dev/disk/by-path/{link.name}")
+    return links
+
+
+def _explicit_disk(ctx: Context, path: Path) -> Disk:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise CommandError(f"disk {path} cannot be used: {exc.strerror}") from exc
+    if stat.S_ISREG(st.st_mode):
+        return Disk(name=str(path), path=path, size=st.st_size, model="file")
+    if not stat.S_ISBLK(st.st_mode):
+        raise CommandError(f"disk {path} is neither a regular file nor a block device")
+    entry = ctx.sys_root / "sys" / "class" / "block" / path.resolve().name
+    found = _sysfs_disk(entry, path.parent, None) if entry.exists() else None
+    if found is not None:
+        return replace(found, name=str(path), path=path)
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("=Q", fcntl.ioctl(f.fileno(), BLKGETSIZE64, bytes(8)))
+    return Disk(name=str(path), path=path, size=size)
+
+
+class DiskIO:
+    """A disk open for writing. Every write and zeroing is bounded by the disk's size, so a bad
+    offset fails loudly instead of growing a regular file or wrapping onto another device."""
+
+    def __init__(self, disk: Disk) -> None:
+        self.disk = disk
+        try:
+            self.fd = os.open(disk.path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CommandError(f"cannot open {disk.name} for writing: {exc.strerror}") from exc
+        self.is_block = stat.S_ISBLK(os.fstat(self.fd).st_mode)
+        self.bytes_written = 0
+        self.bytes_zeroed = 0
+        self._cheap_zeroing = True
+
+    def __enter__(self) -> DiskIO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _bounds(self, offset: int, length: int) -> None:
+        if offset < 0 or offset + length > self.disk.size:
+            raise CommandError(
+                f"refusing to write {length} bytes at offset {offset}: past the end of "
+                f"{self.disk.name} ({self.disk.size} bytes)"
+            )
+
+    def write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        self._bounds(offset, len(view))
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+                self.bytes_written += n
+        except OSError as exc:
+            raise CommandError(
+                f"writing to {self.disk.name} at offset {offset} failed: {exc.strerror}"
+            ) from exc
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make [offset, offset+length) read as zeros, without sending zeros when the kernel can."""
+        if length <= 0:
+            return
+        self._bounds(offset, length)
+        aligned = offset % SECTOR == 0 and length % SECTOR == 0
+        if self._cheap_zeroing and (aligned or not self.is_block):
+            try:
+                if self.is_block:
+                    fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
+                else:
+                    _punch_hole(self.fd, offset, length)
+                self.bytes_zeroed += length
+                return
+            except OSError as exc:
+                if exc.errno not in _UNSUPPORTED:
+                    raise CommandError(f"zeroing {self.disk.name} at offset {offset} failed: {exc}") from exc
+                self._cheap_zeroing = False
+        self._write_zeros(offset, length)
+
+    def _write_zeros(self, offset: int, length: int) -> None:
+        written = self.bytes_written
+        end = offset + length
+        while offset < end:
+            n = min(len(_ZEROS), end - offset)
+            self.write(memoryview(_ZEROS)[:n], offset)
+            offset += n
+        # Zeros are counted as zeroed, not as image data written.
+        self.bytes_zeroed += self.bytes_written - written
+        self.bytes_written = written
+
+    def secure_discard(self) -> None:
+        if not self.is_block:
+            raise CommandError(f"secure erase is not supported by {self.disk.name}: it is not a block device")
+        try:
+            fcntl.ioctl(self.fd, BLKSECDISCARD, struct.pack("=QQ", 0, self.disk.size))
+        except OSError as exc:
+            raise CommandError(
+                f"secure erase is not supported by {self.disk.name}: BLKSECDISCARD failed ({exc.strerror})"
+            ) from exc
+
+    def flush(self) -> None:
+        """Data on stable storage, then the block device's buffer cache dropped, so that what is
+        read next (the kernel re-reading the partition table) comes from the disk itself."""
+        try:
+            os.fsync(self.fd)
+            if self.is_block:
+                fcntl.ioctl(self.fd, BLKFLSBUF)
+        except OSError as exc:
+            raise CommandError(f"flushing {self.disk.name} failed: {exc.strerror}") from exc
+
+    def reread_partitions(self) -> None:
+        try:
+            fcntl.ioctl(self.fd, BLKRRPART)
+        except OSError as exc:
+            # Regular files have no partitions (ENOTTY); loop devices without partscan say EINVAL.
+            if exc.errno not in (errno.ENOTTY, errno.EINVAL):
+                raise CommandError(
+                    f"the kernel could not re-read the partition table of {self.disk.name}: {exc.strerror}"
+                ) from exc
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """fallocate(PUNCH_HOLE|KEEP_SIZE): os has no fallocate with a mode, so ctypes calls libc.
+    OSError(ENOSYS) when ctypes is missing (a trimmed ramdisk Python): the caller writes zeros."""
+    try:
+        import ctypes
+    except ImportError as exc:
+        raise OSError(errno.ENOSYS, "ctypes is not available") from exc
+    if _libc_fallocate()(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@functools.cache
+def _libc_fallocate() -> Any:
+    import ctypes
+
+    fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate

@@ -1,0 +1,81 @@
+"""/v1/images: bootforge's image catalogue (an extension; Ironic leaves images to Glance).
+
+Imports run inside the POST: the answer comes once the image is ready (or refused), with the file work
+in a thread so the API keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from bootforge.api.deps import ctx, json_body
+from bootforge.api.responses import JSON
+from bootforge.db.models import Image
+from bootforge.errors import BootforgeError, InvalidInput
+from bootforge.images.catalogue import ImageCatalogue
+
+router = APIRouter()
+
+FIELDS = (
+    "uuid",
+    "name",
+    "source",
+    "disk_format",
+    "size",
+    "virtual_size",
+    "sha256",
+    "sha512",
+    "stream_format",
+    "stream_size",
+    "status",
+    "created_at",
+)
+
+
+def catalogue(request: Request) -> ImageCatalogue:
+    images: ImageCatalogue | None = getattr(request.app.state, "images", None)
+    if images is None:
+        raise BootforgeError("the image catalogue is not configured in this bootforge")
+    return images
+
+
+def image_doc(image: Image, base: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {f: getattr(image, f) for f in FIELDS}
+    doc["links"] = [{"href": f"{base}/v1/images/{image.uuid}", "rel": "self"}]
+    return doc
+
+
+@router.post("/v1/images")
+async def create_image(request: Request) -> JSON:
+    body = await json_body(request)
+    unknown = sorted(set(body) - {"name", "source"})
+    if unknown:
+        raise InvalidInput(f"Unknown attribute for argument image: {', '.join(unknown)}", unknown[0])
+    for field in ("name", "source"):
+        if not body.get(field):
+            raise InvalidInput(f"Mandatory field missing: '{field}'", field)
+    image = await catalogue(request).add(body["name"], body["source"])
+    base = ctx(request).base
+    return JSON(
+        image_doc(image, base), status_code=201, headers={"Location": f"{base}/v1/images/{image.uuid}"}
+    )
+
+
+@router.get("/v1/images")
+async def list_images(request: Request) -> JSON:
+    base = ctx(request).base
+    return JSON({"images": [image_doc(i, base) for i in await catalogue(request).list()]})
+
+
+@router.get("/v1/images/{ident}")
+async def get_image(request: Request, ident: str) -> JSON:
+    return JSON(image_doc(await catalogue(request).get(ident), ctx(request).base))
+
+
+@router.delete("/v1/images/{ident}", status_code=204)
+async def delete_image(request: Request, ident: str) -> Response:
+    await catalogue(request).delete(ident)
+    return Response(status_code=204)

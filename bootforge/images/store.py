@@ -1,0 +1,394 @@
+"""The file side of an import (blocking: the catalogue runs it in a thread).
+
+Every import first brings the source's bytes into a work file under images/.partial (a download, or a
+copy of a local file), hashing them as they pass: the digests, the format check and a qcow2 conversion
+then all see the same bytes, even if the operator's file changes meanwhile. The served file
+(images/<uuid>.raw or .raw.zst) appears by rename only once it is complete and flushed to disk, so the
+HTTP boot server never serves half an image.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import zstandard
+
+from bootforge.errors import BootforgeError
+from bootforge.images.formats import (
+    QCOW2,
+    RAW,
+    SECTOR,
+    ZEROS,
+    ZSTD,
+    Digests,
+    ImageError,
+    check_head,
+    parse_qcow2,
+    read_head,
+    sniff,
+    zstd_content,
+)
+
+# Zero runs at least this long (and aligned to it) are not written: they stay holes in the store.
+BLOCK = 64 << 10
+CHUNK = 1 << 20
+ZERO_BLOCK = bytes(BLOCK)
+# zstd level 3: about as fast as a disk writes and a third of the size of typical OS images.
+ZSTD_LEVEL = 3
+SUFFIX = {RAW: ".raw", ZSTD: ".raw.zst"}
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What an import produced: the original's facts and those of the file served to the agent."""
+
+    disk_format: str
+    size: int
+    virtual_size: int
+    sha256: str
+    sha512: str
+    stream_path: str  # relative to the netboot root
+    stream_format: str
+    stream_size: int
+    stream_sha256: str
+    stream_sha512: str
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def redact_url(url: str) -> str:
+    """The URL without a password or query string (pre-signed URLs carry their secret there)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
+class SparseWriter:
+    """Writes a stream to a new file at increasing offsets, leaving aligned zero blocks as holes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.offset = 0  # file offset of the first byte of `_pending`
+        self._pending = bytearray()
+
+    def write(self, data: bytes | bytearray) -> None:
+        if not self._pending and len(data) % BLOCK == 0:
+            self._emit(data, len(data))
+            return
+        self._pending += data
+        whole = len(self._pending) - len(self._pending) % BLOCK
+        if whole >= CHUNK:
+            self._emit(self._pending, whole)
+            del self._pending[:whole]
+
+    def skip(self, count: int) -> None:
+        """Leave `count` bytes of zeros (a hole of the source) unwritten."""
+        if self._pending:
+            self._emit(self._pending, len(self._pending))
+            self._pending.clear()
+        self.offset += count
+
+    def close(self) -> int:
+        """Write what is left, set the file's length (trailing holes included); returns it."""
+        if self._pending:
+            self._emit(self._pending, len(self._pending))
+            self._pending.clear()
+        os.ftruncate(self.fd, self.offset)
+        return self.offset
+
+    def _emit(self, buf: bytes | bytearray, n: int) -> None:
+        view = memoryview(buf)
+        run = -1  # start of the current run of non-zero blocks
+        for i in range(0, n, BLOCK):
+            end = min(i + BLOCK, n)
+            zero = buf.startswith(ZERO_BLOCK if end - i == BLOCK else bytes(end - i), i, end)
+            if zero and run >= 0:
+                self._pwrite(view[run:i], self.offset + run)
+                run = -1
+            elif not zero and run < 0:
+                run = i
+        if run >= 0:
+            self._pwrite(view[run:n], self.offset + run)
+        self.offset += n
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        while data:
+            written = os.pwrite(self.fd, data, offset)
+            data, offset = data[written:], offset + written
+
+
+class ImageStore:
+    """Image files under <root>/images, named by image UUID."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / "images"
+        self.partial = self.dir / ".partial"
+
+    def import_image(self, image_uuid: str, source: str, stop: threading.Event | None = None) -> Stored:
+        stop = stop or threading.Event()
+        self.partial.mkdir(parents=True, exist_ok=True)
+        work = self.partial / f"{image_uuid}.source"
+        try:
+            digests = download(source, work, stop) if is_url(source) else copy_local(Path(source), work, stop)
+            return self._store(image_uuid, work, digests, stop)
+        except OSError as e:
+            # e.g. the store's disk is full: the operator needs the reason, not "internal error".
+            where = f" ({e.filename})" if e.filename else ""
+            raise BootforgeError(f"importing the image failed: {e.strerror or e}{where}") from None
+        finally:
+            for leftover in self.partial.glob(f"{image_uuid}.*"):
+                leftover.unlink(missing_ok=True)
+
+    def remove(self, image_uuid: str) -> None:
+        for suffix in SUFFIX.values():
+            (self.dir / f"{image_uuid}{suffix}").unlink(missing_ok=True)
+        if self.partial.is_dir():
+            for leftover in self.partial.glob(f"{image_uuid}.*"):
+                leftover.unlink(missing_ok=True)
+
+    def _store(self, image_uuid: str, work: Path, digests: Digests, stop: threading.Event) -> Stored:
+        head = read_head(work)
+        fmt = check_head(head)
+        if fmt == QCOW2:
+            return self._store_qcow2(image_uuid, work, digests, stop)
+        if fmt == ZSTD:
+            content = zstd_content(work)
+            inner = sniff(content.head)
+            if inner != RAW:
+                raise ImageError(f"the zstd data holds a {inner} image; only raw images may be compressed")
+            virtual_size = content.virtual_size
+        else:
+            virtual_size = digests.size
+        if virtual_size == 0 or virtual_size % SECTOR:
+            raise ImageError(
+                f"the image is {virtual_size} bytes, not a whole number of {SECTOR}-byte sectors: "
+                "it is not a disk image"
+            )
+        rel = self._publish(work, image_uuid, fmt, stop)
+        # The served file is the original: its digests are the stream's.
+        return Stored(
+            disk_format=fmt,
+            size=digests.size,
+            virtual_size=virtual_size,
+            sha256=digests.sha256,
+            sha512=digests.sha512,
+            stream_path=rel,
+            stream_format=fmt,
+            stream_size=digests.size,
+            stream_sha256=digests.sha256,
+            stream_sha512=digests.sha512,
+        )
+
+    def _store_qcow2(self, image_uuid: str, work: Path, digests: Digests, stop: threading.Event) -> Stored:
+        header = parse_qcow2(read_head(work))
+        raw = self.partial / f"{image_uuid}.converted"
+        qemu_img_convert(work, raw, stop)
+        work.unlink()
+        if raw.stat().st_size != header.virtual_size:
+            raise ImageError(
+                f"qemu-img wrote {raw.stat().st_size} bytes for a qcow2 of virtual size {header.virtual_size}"
+            )
+        packed = self.partial / f"{image_uuid}.zst"
+        stream = compress(raw, packed, stop)
+        raw.unlink()
+        rel = self._publish(packed, image_uuid, ZSTD, stop)
+        return Stored(
+            disk_format=QCOW2,
+            size=digests.size,
+            virtual_size=header.virtual_size,
+            sha256=digests.sha256,
+            sha512=digests.sha512,
+            stream_path=rel,
+            stream_format=ZSTD,
+            stream_size=stream.size,
+            stream_sha256=stream.sha256,
+            stream_sha512=stream.sha512,
+        )
+
+    def _publish(self, path: Path, image_uuid: str, fmt: str, stop: threading.Event) -> str:
+        name = f"{image_uuid}{SUFFIX[fmt]}"
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        _check(stop)
+        os.replace(path, self.dir / name)
+        return f"images/{name}"
+
+
+def _check(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise ImageError("the import was cancelled")
+
+
+def _open_new(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+
+def copy_local(src: Path, dest: Path, stop: threading.Event) -> Digests:
+    """Copy a file on this host into `dest` (holes kept), hashing it; refuses what is no image first."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ImageError(f"cannot read {src}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError(f"{src} is not a regular file")
+    with open(fd, "rb", buffering=0) as f:
+        head = f.read(4096)
+        # Cheap refusals before copying what may be many GiB.
+        check_head(head)
+        f.seek(0)
+        return _copy_stream(f, dest, stop)
+
+
+def extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    """(offset, length, has_data) covering [0, size); holes are found with SEEK_DATA / SEEK_HOLE."""
+    pos = 0
+    while pos < size:
+        try:
+            data = min(os.lseek(fd, pos, os.SEEK_DATA), size)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # EINVAL: the filesystem cannot tell; read it all
+                yield pos, size - pos, True
+                return
+            data = size  # nothing but a hole up to the end
+        if data > pos:
+            yield pos, data - pos, False
+        if data >= size:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+        yield data, hole - data, True
+        pos = hole
+
+
+def _copy_stream(f: io.FileIO, dest: Path, stop: threading.Event) -> Digests:
+    """Holes of the source are hashed as zeros and left as holes, without being read."""
+    digests = Digests()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    fd = f.fileno()
+    out = _open_new(dest)
+    try:
+        writer = SparseWriter(out)
+        for offset, length, has_data in extents(fd, os.fstat(fd).st_size):
+            _check(stop)
+            if not has_data:
+                digests.update_zeros(length)
+                writer.skip(length)
+                continue
+            end = offset + length
+            while offset < end:
+                n = os.preadv(fd, [view[: min(CHUNK, end - offset)]], offset)
+                if n == 0:
+                    raise ImageError("the source file shrank while it was being imported")
+                _check(stop)
+                digests.update(view[:n])
+                writer.write(buf if n == CHUNK else buf[:n])
+                offset += n
+        writer.close()
+    finally:
+        os.close(out)
+    return digests
+
+
+def download(url: str, dest: Path, stop: threading.Event) -> Digests:
+    """Stream an http(s) URL into `dest` (zero runs as holes), hashing it; nothing is held in memory."""
+    shown = redact_url(url)
+    digests = Digests()
+    out = _open_new(dest)
+    try:
+        writer = SparseWriter(out)
+        with (
+            httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=300.0)) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise ImageError(
+                    f"downloading {shown} failed: HTTP {response.status_code} {response.reason_phrase}"
+                )
+            for chunk in response.iter_bytes(CHUNK):
+                _check(stop)
+                digests.update(chunk)
+                writer.write(chunk)
+        writer.close()
+    except httpx.HTTPError as e:
+        raise ImageError(f"downloading {shown} failed: {e or type(e).__name__}") from None
+    finally:
+        os.close(out)
+    return digests
+
+
+def qemu_img_convert(src: Path, dest: Path, stop: threading.Event) -> None:
+    """qcow2 -> sparse raw. The format is given (never probed) and the header was checked first: no
+    backing or data file, so qemu-img opens no file but `src`."""
+    cmd = ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", str(src), str(dest)]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise BootforgeError(
+            "importing a qcow2 image needs qemu-img (Debian package qemu-utils), which is not installed"
+        ) from None
+    while True:
+        try:
+            _, stderr = proc.communicate(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            if stop.is_set():
+                proc.kill()
+                proc.wait()
+                _check(stop)
+    if proc.returncode != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
+        raise ImageError(f"qemu-img could not convert the qcow2 image: {lines[-1]}")
+
+
+def compress(src: Path, dest: Path, stop: threading.Event) -> Digests:
+    """src compressed with zstd (all cores) into dest; returns the compressed stream's digests.
+
+    The holes of the converted image (most of a typical OS image) are fed from memory, not read: on
+    this kind of host, reading a hole costs several times what compressing its zeros does.
+    """
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    size = os.fstat(fd).st_size
+    cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True).compressobj(size=size)
+    digests = Digests()
+    buf = memoryview(bytearray(CHUNK))
+    zeros = memoryview(ZEROS)
+    try:
+        with open(dest, "wb") as out:
+            for offset, length, has_data in extents(fd, size):
+                end = offset + length
+                while offset < end:
+                    _check(stop)
+                    want = min(CHUNK, end - offset)
+                    n = os.preadv(fd, [buf[:want]], offset) if has_data else want
+                    if n == 0:
+                        raise ImageError("the converted image shrank while it was being compressed")
+                    piece = cobj.compress(buf[:n] if has_data else zeros[:n])
+                    digests.update(piece)
+                    out.write(piece)
+                    offset += n
+            tail = cobj.flush()
+            digests.update(tail)
+            out.write(tail)
+    finally:
+        os.close(fd)
+    return digests
+
+
+__all__ = ["ImageStore", "SparseWriter", "Stored", "compress", "download", "is_url", "redact_url"]
