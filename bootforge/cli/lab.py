@@ -15,6 +15,7 @@ from bootforge.lab.lab import Lab, LabError, LabState
 from bootforge.lab.netns import NetnsError
 from bootforge.lab.qemu import QemuError
 from bootforge.lab.ramdisk import RamdiskError
+from bootforge.ramdisk import RamdiskError as AgentRamdiskError
 
 lab_app = typer.Typer(
     help="A virtual rack: a network namespace, bootforge serving on its bridge, QEMU VMs as nodes.",
@@ -41,12 +42,24 @@ def up(
     memory: Annotated[int, typer.Option(help="MiB per VM")] = 512,
     dhcp: Annotated[str, typer.Option(help="full: bootforge leases; proxy: dnsmasq leases")] = "full",
     start: Annotated[bool, typer.Option(help="power the VMs on through the API")] = True,
+    ramdisk: Annotated[
+        str, typer.Option(help="agent: the deploy ramdisk; probe: a boot-chain check only")
+    ] = "agent",
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """Create the lab: namespace + bridge, bootforge serve on it, N VMs enrolled as qemu nodes."""
     try:
-        lab = Lab.up(directory, vms, firmware, memory, dhcp, start, say=lambda m: console.print(f"  {m}"))
-    except (LabError, NetnsError, QemuError, RamdiskError) as e:
+        lab = Lab.up(
+            directory,
+            vms,
+            firmware,
+            memory,
+            dhcp,
+            start,
+            say=lambda m: console.print(f"  {m}"),
+            ramdisk=ramdisk,
+        )
+    except (LabError, NetnsError, QemuError, RamdiskError, AgentRamdiskError) as e:
         raise _fail(e) from None
     env = lab.env()
     console.print(f"\n[green]lab up[/green] in {lab.dir} (namespace {lab.state.netns})")

@@ -40,7 +40,7 @@ def netboot_root(settings: Settings) -> Path:
 
 async def agent_alive(task: base.Task) -> bool:
     """True when the agent of the node's current ramdisk boot was heard recently enough to reuse."""
-    if not task.node.driver_internal_info.get(AGENT_BOOT):
+    if not task.node.driver_internal_info.get(AGENT_BOOT) or task.node.power_state != base.POWER_ON:
         return False
     seen = await task.agent_last_seen()
     if seen is None:

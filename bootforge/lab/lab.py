@@ -42,10 +42,14 @@ import httpx
 
 from bootforge.lab import netns, procs, ramdisk
 from bootforge.lab import qemu as vm
+from bootforge.ramdisk import build as build_agent_ramdisk
 
 __all__ = ["FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
 
 FIRMWARES = ("bios", "uefi", "uefi-http")
+# agent: bootforge's deploy ramdisk (inspect, clean, deploy for real); probe: a busybox ramdisk that
+# only proves the boot chain reaches the API (quick to build; the network boot tests use it).
+RAMDISKS = ("agent", "probe")
 STATE_FILE = "lab.json"
 PREFIX_BASE = "bflab"  # not "bft": test sessions sweep their own leftovers by that base
 SUBNET = "10.77.0.0/24"
@@ -180,6 +184,12 @@ def serve_config(state: LabState, boot_root: Path) -> str:
         'enabled_hardware_types = ["qemu"]',
         "power_sync_interval = 10",
         "",
+        # A lab VM runs inspect -> clean -> deploy in one ramdisk boot, as an operator would want for
+        # machines that boot slowly (TCG here); the VM's disk boot is watched for 15 s.
+        "[agent]",
+        "fast_track = true",
+        "handoff_window = 15",
+        "",
         "[netboot]",
         f'address = "{ADDRESS}"',
         f'dhcp = "{dhcp}"',
@@ -250,6 +260,7 @@ class Lab:
         dhcp: str = "full",
         start: bool = True,
         say: Callable[[str], None] = lambda _: None,
+        ramdisk: str = "agent",
     ) -> Lab:
         """Build a lab in `directory` (which must not hold one); on failure, remove what was made."""
         directory = directory.resolve()
@@ -257,6 +268,8 @@ class Lab:
             raise LabError(f"a lab already exists in {directory}: run `bootforge lab down` first")
         if dhcp not in ("full", "proxy"):
             raise LabError(f"dhcp must be full or proxy, not {dhcp!r}")
+        if ramdisk not in RAMDISKS:
+            raise LabError(f"ramdisk must be one of {', '.join(RAMDISKS)}, not {ramdisk!r}")
         if not 1 <= vms <= 99:
             raise LabError("--vms must be between 1 and 99")
         plan = firmware_plan(vms, firmware)
@@ -266,19 +279,26 @@ class Lab:
         state.save()
         lab = cls(directory, state)
         try:
-            lab._build(plan, memory_mib, start, say)
+            lab._build(plan, memory_mib, start, say, ramdisk)
         except BaseException:
             lab.down()
             raise
         return lab
 
-    def _build(self, plan: list[str], memory_mib: int, start: bool, say: Callable[[str], None]) -> None:
-        say("building the probe ramdisk (cached after the first time)")
+    def _build(
+        self, plan: list[str], memory_mib: int, start: bool, say: Callable[[str], None], kind: str
+    ) -> None:
         boot = self.dir / "boot" / "bootforge"
         boot.mkdir(parents=True, exist_ok=True)
-        rd = ramdisk.build()
-        for src, name in ((rd.kernel, "vmlinuz"), (rd.initrd, "initrd")):
-            shutil.copyfile(src, boot / name)
+        if kind == "agent":
+            say("building the deploy ramdisk (bootforge ramdisk build; cached after the first time)")
+            built = build_agent_ramdisk(boot, say=lambda m: say(f"  {m}"))
+            say(f"deploy ramdisk: {built.total_size / 2**20:.1f} MiB in {built.seconds:.1f} s")
+        else:
+            say("building the probe ramdisk (cached after the first time)")
+            rd = ramdisk.build()
+            for src, name in ((rd.kernel, "vmlinuz"), (rd.initrd, "initrd")):
+                shutil.copyfile(src, boot / name)
         say(f"creating namespace {self.state.netns} with bridge br0 ({ADDRESS}/24)")
         topo = self._network(len(plan))
         self._plan_vms(plan)

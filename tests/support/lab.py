@@ -212,14 +212,19 @@ class LabFactory:
     clients: list[httpx.Client] = field(default_factory=list)
 
     def __call__(
-        self, vms: int = 1, firmware: str = "bios", memory_mib: int = 512, dhcp: str = "full"
+        self,
+        vms: int = 1,
+        firmware: str = "bios",
+        memory_mib: int = 512,
+        dhcp: str = "full",
+        ramdisk: str = "probe",
     ) -> LabHandle:
         reason = lab_unavailable_reason(firmware, dhcp)
         if reason is not None:
             pytest.skip(reason)
         directory = self.root / f"lab{len(self.labs)}"
         try:
-            lab = Lab.up(directory, vms, firmware, memory_mib, dhcp, start=False)
+            lab = Lab.up(directory, vms, firmware, memory_mib, dhcp, start=False, ramdisk=ramdisk)
         except LabError as e:
             pytest.fail(f"lab up failed: {e}")
         self.labs.append(lab)

@@ -21,6 +21,7 @@ FORBIDDEN = {
     "images": {"api", "conductor", "cli", "servers", "drivers", "lab"},
     "agent": {"api", "conductor", "cli", "servers", "drivers", "lab", "db", "images", "netboot", "config"},
     "lab": {"api", "conductor", "db", "cli"},
+    "ramdisk": {"api", "conductor", "db", "cli", "drivers", "servers", "lab", "images"},
 }
 
 

@@ -1,0 +1,328 @@
+"""`bootforge ramdisk build`: Debian packages in, the deploy ramdisk's kernel and initrd out.
+
+The steps, each cached under the cache directory so a second build only redoes what changed:
+fetch the .deb files (apt-get download), unpack them, take the kernel and the module closure out of
+linux-image-*, find the standard library modules the agent imports, compile them, collect the shared
+libraries every shipped program needs (ELF DT_NEEDED), lay the tree out usr-merged, check that the
+shipped Python imports the agent with only the shipped files, and write two compressed cpio segments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bootforge.ramdisk import python as py
+from bootforge.ramdisk.debs import RamdiskError, fetch, kernel_package, python_version, unpack
+from bootforge.ramdisk.image import Image, compress, cpio
+from bootforge.ramdisk.kmod import DEFAULT_MODULES, Kernel, depmod, extract_kernel
+from bootforge.ramdisk.rootfs import LIB_DIRS, RootFs, normalise
+from bootforge.ramdisk.scripts import INIT, UDHCPC_SCRIPT
+
+__all__ = ["AGENT_DIR", "DEFAULT_CACHE", "BuildResult", "build", "packages"]
+
+DEFAULT_CACHE = Path(os.environ.get("BOOTFORGE_RAMDISK_CACHE", "/var/cache/bootforge/ramdisk"))
+# The lab's probe ramdisk fetches the same kernel package: reuse its download.
+LAB_DEBS = Path(os.environ.get("BOOTFORGE_LAB_CACHE", "/var/cache/bootforge/lab")) / "debs"
+AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
+RECIPE = "2"
+
+# Programs the agent runs, as (package, path in the package).
+TOOLS = (
+    ("zstd", "usr/bin/zstd"),
+    ("fdisk", "sbin/sfdisk"),
+    ("util-linux", "sbin/wipefs"),
+)
+
+
+def packages(pyver: str) -> list[str]:
+    """Every package but the kernel; libraries are listed by hand and checked against DT_NEEDED."""
+    return [
+        "busybox-static", "libc6",
+        f"python{pyver}-minimal", f"libpython{pyver}-minimal", f"libpython{pyver}-stdlib",
+        # libssl3 for libcrypto: hashlib's sha256 through OpenSSL is about 5x Python's builtin one.
+        "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "libssl3",
+        "zstd", "liblzma5", "liblz4-1",
+        "fdisk", "libfdisk1", "libsmartcols1", "libuuid1", "libblkid1", "libreadline8", "libtinfo6",
+        "util-linux",
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    kernel: Path
+    initrd: Path
+    kernel_size: int
+    initrd_size: int
+    unpacked_size: int  # bytes of file contents in the initrd
+    kernel_version: str
+    compression: str
+    seconds: float
+    debs: dict[str, str] = field(default_factory=dict)  # package -> .deb file name
+
+    @property
+    def total_size(self) -> int:
+        return self.kernel_size + self.initrd_size
+
+
+@dataclass
+class _Ctx:
+    cache: Path
+    pyver: str
+    debs: dict[str, Path]
+    rootfs: RootFs
+    kernel: Kernel
+    python: py.Interpreter
+    say: Callable[[str], None]
+
+
+def build(
+    output_dir: Path,
+    cache: Path = DEFAULT_CACHE,
+    *,
+    kernel_name: str = "vmlinuz",
+    initrd_name: str = "initrd",
+    agent_dir: Path = AGENT_DIR,
+    modules: Sequence[str] = DEFAULT_MODULES,
+    compression: str = "zstd",
+    refresh: bool = False,
+    say: Callable[[str], None] = lambda _: None,
+) -> BuildResult:
+    """Build into ``output_dir/<kernel_name>`` and ``output_dir/<initrd_name>`` (see the module doc).
+
+    The names may hold directories ("bootforge/vmlinuz"), as the netboot settings name the files.
+    """
+    start = time.monotonic()
+    ctx = _prepare(cache, modules, refresh, say)
+    image = Image()
+    agent_paths = _layout(ctx, image, agent_dir)
+    say("checking the shipped Python imports the agent")
+    _verify_python(ctx, image, agent_dir)
+    say(f"writing the initrd ({image.size() / 2**20:.1f} MiB unpacked, {compression})")
+    base = _segment(cpio(image, image.paths(lambda p: p not in agent_paths)), compression, cache)
+    top = compress(cpio(image, image.paths(lambda p: p in agent_paths)), compression)
+    kernel_out, initrd_out = output_dir / kernel_name, output_dir / initrd_name
+    _publish(kernel_out, ctx.kernel.vmlinuz.read_bytes())
+    _publish(initrd_out, base + top)
+    return BuildResult(
+        kernel=kernel_out,
+        initrd=initrd_out,
+        kernel_size=kernel_out.stat().st_size,
+        initrd_size=initrd_out.stat().st_size,
+        unpacked_size=image.size(),
+        kernel_version=ctx.kernel.version,
+        compression=compression,
+        seconds=time.monotonic() - start,
+        debs={p: d.name for p, d in sorted(ctx.debs.items())},
+    )
+
+
+def _prepare(cache: Path, modules: Sequence[str], refresh: bool, say: Callable[[str], None]) -> _Ctx:
+    pyver = python_version()
+    kpkg = kernel_package()
+    wanted = [kpkg, *packages(pyver)]
+    say(f"fetching {len(wanted)} Debian packages into {cache / 'debs'}")
+    debs = fetch(wanted, cache / "debs", [LAB_DEBS] if LAB_DEBS.is_dir() else [], refresh)
+    say(f"taking the kernel and {len(modules)} drivers (with their dependencies) out of {debs[kpkg].name}")
+    kernel = extract_kernel(debs[kpkg], cache, modules)
+    say("unpacking the other packages")
+    trees = [unpack(debs[p], cache / "trees") for p in wanted[1:]]
+    rootfs = RootFs(trees)
+    return _Ctx(cache, pyver, debs, rootfs, kernel, _interpreter(cache, pyver, rootfs, debs, trees), say)
+
+
+def _interpreter(
+    cache: Path, pyver: str, rootfs: RootFs, debs: dict[str, Path], trees: Sequence[Path]
+) -> py.Interpreter:
+    """Debian's Python over its full standard library, in one tree (hard links into the unpacked ones)."""
+    names = [f"python{pyver}-minimal", f"libpython{pyver}-minimal", f"libpython{pyver}-stdlib"]
+    key = hashlib.sha256("\0".join(debs[n].name for n in names).encode()).hexdigest()[:16]
+    merged = cache / f"python-{key}"
+    if not merged.is_dir():
+        tmp = cache / f".python-{key}.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for n in names:
+            shutil.copytree(
+                cache / "trees" / debs[n].name.removesuffix(".deb"), tmp, symlinks=True,
+                dirs_exist_ok=True, copy_function=os.link,
+            )  # fmt: skip
+        tmp.rename(merged)
+    libdirs = [t / d for t in trees for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")]
+    loader = rootfs.index[rootfs.resolve("lib64/ld-linux-x86-64.so.2")]
+    return py.Interpreter(loader, tuple(d for d in libdirs if d.is_dir()), merged / f"usr/bin/python{pyver}")
+
+
+def _layout(ctx: _Ctx, image: Image, agent_dir: Path) -> set[str]:
+    """Fill `image`; returns the paths of the small, often-changing segment (agent, scripts)."""
+    for link, target in (
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ):
+        image.symlink(link, target)
+    for d in ("dev", "proc", "sys", "run", "etc", "usr/bin", "usr/sbin"):
+        image.dir(d)
+    image.dir("tmp", 0o1777)
+    image.dir("root", 0o700)
+    # The kernel opens /dev/console for init before anything is mounted: it must be in the archive.
+    image.chardev("dev/console", 5, 1)
+    _busybox(ctx, image)
+    elves = _tools(ctx, image)
+    elves += _stdlib(ctx, image, agent_dir)
+    _libraries(ctx, image, elves)
+    _modules(ctx.kernel, image)
+    before = set(image.entries)
+    _agent(ctx, image, agent_dir)
+    image.file("init", INIT.encode(), 0o755)
+    image.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
+    image.file("etc/hosts", b"127.0.0.1 localhost\n")
+    image.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    image.file("etc/group", b"root:x:0:\n")
+    image.file("etc/resolv.conf", b"")
+    manifest = {"kernel": ctx.kernel.version, "debs": sorted(d.name for d in ctx.debs.values())}
+    image.file("etc/bootforge-ramdisk.json", json.dumps(manifest, indent=1).encode() + b"\n")
+    return set(image.entries) - before
+
+
+def _busybox(ctx: _Ctx, image: Image) -> None:
+    real = ctx.rootfs.index[ctx.rootfs.resolve("bin/busybox")]
+    image.file("usr/bin/busybox", real.read_bytes(), 0o755)
+    try:
+        applets = subprocess.run(
+            [str(real), "--list-full"], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RamdiskError(f"cannot list busybox's applets ({real} --list-full): {e}") from None
+    for applet in applets:
+        path = "usr/" + applet if not applet.startswith("usr/") else applet
+        if applet != "linuxrc" and path not in image.entries:
+            image.symlink(path, "/usr/bin/busybox")
+
+
+def _mode(ctx: _Ctx, path: str) -> int:
+    return 0o755 if ctx.rootfs.mode(path) & 0o111 else 0o644
+
+
+def _tools(ctx: _Ctx, image: Image) -> list[tuple[str, bytes]]:
+    out = []
+    for _pkg, path in (*TOOLS, ("python", f"usr/bin/python{ctx.pyver}")):
+        data, target = ctx.rootfs.read(path), normalise(path)
+        image.file(target, data, 0o755)  # replaces a busybox applet of the same name
+        out.append((target, data))
+    image.symlink("usr/bin/python3", f"python{ctx.pyver}")
+    return out
+
+
+def _libraries(ctx: _Ctx, image: Image, elves: list[tuple[str, bytes]]) -> None:
+    """Ship every needed library once; other names of the same file become symlinks to it."""
+    first: dict[str, str] = {}
+    for path, source in sorted(ctx.rootfs.library_closure(elves).items()):
+        if source in first:
+            image.symlink(path, "/" + first[source])
+        else:
+            first[source] = path
+            image.file(path, ctx.rootfs.read(source), 0o755)
+
+
+def _modules(kernel: Kernel, image: Image) -> None:
+    base = f"usr/lib/modules/{kernel.version}"
+    for m in kernel.modules.values():
+        image.file(f"{base}/{m.path}", (kernel.files / m.path).read_bytes())
+    for name, data in depmod(kernel.modules).items():
+        image.file(f"{base}/{name}", data)
+
+
+def _stdlib(ctx: _Ctx, image: Image, agent_dir: Path) -> list[tuple[str, bytes]]:
+    """The standard library modules the agent needs: .pyc files, and extension modules (returned)."""
+    stdlib_rel = f"usr/lib/python{ctx.pyver}"
+    stdlib = ctx.python.executable.parent.parent / f"lib/python{ctx.pyver}"
+    required, maybe = py.agent_imports(agent_dir)
+    with tempfile.TemporaryDirectory(prefix="bootforge-agent-") as tmp:
+        shutil.copytree(agent_dir, Path(tmp) / py.AGENT_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+        files = py.stdlib_closure(ctx.python, stdlib, Path(tmp), required, maybe)
+    sources = {rel: stdlib / rel for rel in files if rel.endswith(".py")}
+    key = [RECIPE, *(d.name for p, d in sorted(ctx.debs.items()) if "python" in p)]
+    pyc = py.cached_compile(ctx.python, sources, ctx.cache, key, "/" + stdlib_rel)
+    for rel in sorted(sources):
+        image.file(f"{stdlib_rel}/{rel}c", (pyc / f"{rel}c").read_bytes())
+    extensions = []
+    for rel in files:
+        if rel.endswith(".so"):
+            data = (stdlib / rel).read_bytes()
+            image.file(f"{stdlib_rel}/{rel}", data, 0o755)
+            extensions.append((f"{stdlib_rel}/{rel}", data))
+    # getpath's landmark for exec_prefix: without lib-dynload the interpreter warns at every start.
+    image.dir(f"{stdlib_rel}/lib-dynload")
+    return extensions
+
+
+def _agent(ctx: _Ctx, image: Image, agent_dir: Path) -> None:
+    target = f"usr/lib/python{ctx.pyver}/{py.AGENT_PACKAGE}"
+    sources = {str(p.relative_to(agent_dir)): p for p in sorted(agent_dir.rglob("*.py"))}
+    if "__main__.py" not in sources:
+        ctx.say(f"warning: {agent_dir} has no __main__.py: `python3 -m {py.AGENT_PACKAGE}` will fail")
+    with tempfile.TemporaryDirectory(prefix="bootforge-pyc-") as tmp:
+        py.compile_tree(ctx.python, sources, Path(tmp), "/" + target)
+        for rel in sorted(sources):
+            image.file(f"{target}/{rel}c", (Path(tmp) / f"{rel}c").read_bytes())
+
+
+_VERIFY_SCRIPT = r"""
+import importlib, json, pkgutil, sys
+expect = json.loads(sys.argv[1])
+assert sys.prefix == expect["prefix"], (sys.prefix, expect["prefix"])
+pkg = importlib.import_module(expect["package"])
+names = [i.name for i in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+for name in expect["modules"] + [n for n in names if not n.endswith(".__main__")]:
+    importlib.import_module(name)
+outside = sorted({m.__file__ for m in list(sys.modules.values())
+                  if getattr(m, "__file__", None) and not m.__file__.startswith(expect["prefix"])})
+print(json.dumps({"outside": outside}))
+"""
+
+
+def _verify_python(ctx: _Ctx, image: Image, agent_dir: Path) -> None:
+    """Run the shipped interpreter over the shipped files only: every agent module must import."""
+    required, _ = py.agent_imports(agent_dir)
+    with tempfile.TemporaryDirectory(prefix="bootforge-ramdisk-") as tmp:
+        root = Path(tmp)
+        image.write_to(
+            root, lambda p: not p.startswith("usr/lib/modules/") and image.entries[p].kind != "chardev"
+        )
+        shipped = py.Interpreter(
+            root / "usr/lib64/ld-linux-x86-64.so.2",
+            tuple(root / d for d in LIB_DIRS),
+            root / f"usr/bin/python{ctx.pyver}",
+        )
+        expect = {"prefix": str(root / "usr"), "package": py.AGENT_PACKAGE, "modules": required}
+        result = json.loads(shipped.run(["-c", _VERIFY_SCRIPT, json.dumps(expect)]))
+    if result["outside"]:
+        raise RamdiskError(f"the shipped Python loaded files from outside the ramdisk: {result['outside']}")
+
+
+def _segment(data: bytes, compression: str, cache: Path) -> bytes:
+    """`compress`, cached by content: the big segment only changes with the packages."""
+    path = cache / f"segment-{hashlib.sha256(data).hexdigest()[:24]}.{compression}"
+    if path.is_file():
+        return path.read_bytes()
+    out = compress(data, compression)
+    _publish(path, out)
+    return out
+
+
+def _publish(path: Path, data: bytes) -> None:
+    """Write atomically: a netboot server reading the old file never sees a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.chmod(0o644)
+    os.replace(tmp, path)

@@ -1,0 +1,127 @@
+"""The ramdisk's own shell scripts: /init (PID 1) and the udhcpc hook.
+
+/init prints ``bootforge-init: [<seconds since boot>] <what>`` at each step on the serial console, so a
+slow boot shows where its time went. Steps: mount the kernel file systems; load the modules of the
+devices present (PCI and virtio modaliases through busybox modprobe and modules.alias, repeated
+because loading virtio_pci makes the virtio devices appear); find the NIC whose MAC is BOOTIF; DHCP on
+it (udhcpc retries forever, then stays in the background to renew); then run the agent, restarted 5 s
+after it exits, forever (PID 1 must not exit).
+"""
+
+from __future__ import annotations
+
+__all__ = ["INIT", "UDHCPC_SCRIPT"]
+
+INIT = r"""#!/bin/sh
+export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /run /tmp /root
+mount -t devpts devpts /dev/pts
+say() { read -r up _ < /proc/uptime; echo "bootforge-init: [$up] $*"; }
+say "init started ($(uname -r))"
+# Module and driver chatter would interleave with the agent's lines: errors only from here on.
+dmesg -n 3
+
+# Python blocks in getrandom() until the kernel's random pool is seeded. CPUs with RDRAND seed it at
+# boot; elsewhere (QEMU's TCG CPU) the kernel's jitter entropy does it, but only once someone waits:
+# wait now, in the background, so that runs while drivers load and DHCP runs.
+(head -c 1 /dev/random > /dev/null; say "random pool ready") &
+
+# Drivers for the devices present, by modalias, in rounds: loading virtio_pci makes the virtio devices
+# appear. Storage controllers (PCI class 01, virtio blk/scsi) load in the background: a RAID
+# controller's firmware may take seconds to come up, time the NIC spends on its link and DHCP.
+STORAGE='bc01|^virtio:d0000000[28]v'
+load_modules() {
+  seen=/run/modalias.$1
+  echo "-" > $seen  # a sentinel: busybox grep -f with an empty pattern file matches every line
+  for round in 1 2 3 4; do
+    cat /sys/bus/pci/devices/*/modalias /sys/bus/virtio/devices/*/modalias 2>/dev/null | sort -u \
+      | grep -vxF -f $seen | grep -E $2 "$STORAGE" > $seen.new
+    [ -s $seen.new ] || break
+    modprobe -qa $(cat $seen.new)
+    cat $seen.new >> $seen
+  done
+}
+(
+  load_modules storage ""
+  # SCSI/SATA/SAS disks come from a scan of each host: the disk driver goes with any host.
+  [ -n "$(ls /sys/class/scsi_host 2>/dev/null)" ] && modprobe -q sd_mod
+  say "storage drivers loaded"
+) &
+storage=$!
+load_modules other -v
+say "other drivers loaded"
+
+mac=""
+for word in $(cat /proc/cmdline); do
+  case "$word" in BOOTIF=*) mac=${word#BOOTIF=} ;; esac
+done
+# iPXE and PXELINUX pass 01-aa-bb-cc-dd-ee-ff (01 is the ARP hardware type); the kernel lists aa:bb:...
+mac=$(echo "$mac" | tr 'A-F-' 'a-f:')
+case "$mac" in ??:??:??:??:??:??:??) mac=${mac#??:} ;; esac
+
+find_nic() {
+  ifc=""
+  for d in /sys/class/net/*; do
+    read -r address < "$d/address" 2>/dev/null || continue
+    [ "$address" = "$mac" ] && { ifc=${d##*/}; return; }
+  done
+}
+# A NIC appears when its driver has probed it; real ones may take a few seconds. Wait up to 30 s.
+read -r now _ < /proc/uptime
+deadline=$((${now%.*} + 30))
+find_nic
+while [ -n "$mac" ] && [ -z "$ifc" ] && [ "${now%.*}" -lt $deadline ]; do
+  sleep 0.2
+  find_nic
+  read -r now _ < /proc/uptime
+done
+if [ -z "$ifc" ]; then
+  ifc=$(ls /sys/class/net | grep -vx lo | head -n 1)
+  say "no NIC has BOOTIF's MAC '$mac'; using ${ifc:-nothing} (NICs: $(ls /sys/class/net | tr '\n' ' '))"
+fi
+say "NIC $ifc ($mac)"
+ip link set lo up
+ip link set "$ifc" up
+# Without -n/-b udhcpc retries until it has a lease, then forks and renews it in the background.
+udhcpc -i "$ifc" -s /etc/udhcpc.script -t 3 -T 1 -A 1 -V bootforge-ramdisk
+say "network up: $(cat /run/ipv4 2>/dev/null)"
+# The agent's inventory must list every disk: wait for the storage drivers.
+wait $storage
+say "modules: $(cut -d ' ' -f 1 /proc/modules | sort | tr '\n' ' ')"
+
+while :; do
+  say "starting the agent"
+  python3 -m bootforge_agent
+  say "the agent exited with status $?; restarting it in 5 s"
+  sleep 5
+done
+"""
+
+UDHCPC_SCRIPT = r"""#!/bin/sh
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    cidr="$ip/${mask:-24}"
+    [ "$1" = renew ] && [ "$(cat /run/ipv4 2>/dev/null)" = "$cidr" ] && exit 0
+    ip -4 addr flush dev "$interface"
+    ip addr add "$cidr" ${broadcast:+broadcast $broadcast} dev "$interface"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    : > /etc/resolv.conf
+    [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf
+    for s in $dns; do echo "nameserver $s" >> /etc/resolv.conf; done
+    echo "$cidr" > /run/ipv4
+    echo "bootforge-init: lease $cidr on $interface, router ${router:-none}"
+    ;;
+  leasefail|nak)
+    echo "bootforge-init: DHCP $1 on $interface"
+    ;;
+esac
+exit 0
+"""
