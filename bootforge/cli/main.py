@@ -409,8 +409,10 @@ def node_events(
 
 
 from bootforge.cli.images import image_app  # noqa: E402
+from bootforge.cli.ramdisk import ramdisk_app  # noqa: E402
 
 app.add_typer(image_app, name="image")
+app.add_typer(ramdisk_app, name="ramdisk")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from rich.markup import escape
 from bootforge.ramdisk import DEFAULT_CACHE, BuildResult, RamdiskError, build
 from bootforge.ramdisk.image import COMPRESSORS
 
-ramdisk_app = typer.Typer(
+ramdisk_app: typer.Typer = typer.Typer(
     help="The deploy ramdisk: Debian's kernel, busybox, Python and the bootforge agent.",
     no_args_is_help=True,
 )
