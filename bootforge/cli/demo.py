@@ -1,10 +1,12 @@
-"""`bootforge demo`: the virtual rack end to end, as far as bootforge goes today, with live progress.
+"""`bootforge demo`: the virtual rack end to end, from powered off to running the OS, with live progress.
 
 It builds a lab (bootforge serving on a bridge in a network namespace, QEMU VMs enrolled as `qemu`
-nodes), takes every node through what the product does today (manage: bootforge proves it controls
-the VM; power on: the VM network-boots from bootforge's DHCP, TFTP and HTTP), shows each node's
-state, latest timeline event and console line as they change, and keeps the API up for the user to
-explore until Ctrl-C, when it removes everything it made.
+nodes, bootforge's deploy ramdisk built from Debian packages), adds the lab's sample OS to the image
+catalogue, and takes every node through the product's whole path: inspect (the VM network-boots the
+ramdisk and its agent reports the hardware), provide (disks cleaned), deploy (the agent streams the
+image and a config drive with user data to the disk, the VM is handed over to its disk and boots it).
+It shows each node's state, latest timeline event and console line as they change, then keeps the API
+up for the user to explore until Ctrl-C, when it removes everything it made.
 """
 
 from __future__ import annotations
@@ -20,46 +22,70 @@ from rich.markup import escape
 from rich.table import Table
 
 from bootforge.cli.lab import DEFAULT_DIR, DirOpt
+from bootforge.lab import sample_os
 from bootforge.lab.lab import Lab, LabError
 from bootforge.lab.netns import NetnsError
 from bootforge.lab.qemu import QemuError
 from bootforge.lab.ramdisk import RamdiskError
+from bootforge.ramdisk import RamdiskError as AgentRamdiskError
 
 console = Console()
+IMAGE = "sample-os"
+USER_DATA = "hello from the bootforge demo"
 
 
 def demo(
-    vms: Annotated[int, typer.Option("--vms", help="how many VMs")] = 3,
-    firmware: Annotated[str, typer.Option(help="bios, uefi, uefi-http or mixed")] = "mixed",
+    vms: Annotated[int, typer.Option("--vms", help="how many VMs")] = 2,
+    firmware: Annotated[
+        str, typer.Option(help="bios, uefi, uefi-http or mixed (the sample OS boots on BIOS VMs only)")
+    ] = "bios",
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
-    """A lab of VMs (one per firmware), enrolled, managed and network-booted from bootforge, live."""
+    """VMs network-boot bootforge's ramdisk, are inspected, cleaned and deployed with an OS, live."""
     console.print("[bold]bootforge demo[/bold]: building a virtual rack (Ctrl-C removes it)")
     try:
+        if sample_os.missing_tools():
+            raise LabError(f"the sample OS image needs {', '.join(sample_os.missing_tools())}")
+        console.print("  building the sample OS image (cached after the first time)")
+        image = sample_os.build_test_os()
         lab = Lab.up(
-            directory, vms, firmware, 512, "full", start=False, say=lambda m: console.print(f"  {m}")
+            directory, vms, firmware, 768, "full", start=False, say=lambda m: console.print(f"  {m}")
         )
-    except (LabError, NetnsError, QemuError, RamdiskError) as e:
+    except (LabError, NetnsError, QemuError, RamdiskError, AgentRamdiskError, sample_os.TestOsError) as e:
         console.print(f"[red]demo:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
     try:
-        with lab.client() as api:
-            nodes = [rec.node for rec in lab.state.vms if rec.node]
-            for node in nodes:
-                state = api.get(f"/v1/nodes/{node}?fields=provision_state").json()["provision_state"]
-                if state == "enroll":
-                    _put(api, f"/v1/nodes/{node}/states/provision", {"target": "manage"})
-            _watch(
+        with lab.client(timeout=120) as api:
+            _ok(api.post("/v1/images", json={"name": IMAGE, "source": str(image)}), 201)
+            console.print(f"  image {IMAGE} added to the catalogue")
+            nodes = {rec.node: rec.firmware for rec in lab.state.vms if rec.node}
+            _step(
                 lab,
                 api,
-                until=lambda rows: all(r["provision_state"] == "manageable" for r in rows),
-                title="manage: bootforge proves it controls each VM (QMP)",
-                limit=60,
+                nodes,
+                "inspect",
+                "manageable",
+                "inspect: each VM boots the ramdisk, its agent reports",
             )
-            for node in nodes:
-                _put(api, f"/v1/nodes/{node}/states/power", {"target": "power on"})
+            _step(
+                lab,
+                api,
+                nodes,
+                "provide",
+                "available",
+                "provide: the same agent cleans the disks (fast track)",
+            )
+            bios = {n: f for n, f in nodes.items() if f == "bios"}
+            for node in bios:
+                patch = [{"op": "add", "path": "/instance_info/image_source", "value": IMAGE}]
+                _ok(api.patch(f"/v1/nodes/{node}", json=patch), 200)
+            _step(
+                lab, api, bios, "active", "active",
+                "deploy: image + config drive streamed to disk, then the VM boots from it",
+                {"configdrive": {"user_data": USER_DATA}},
+            )  # fmt: skip
             _explain(lab)
-            _watch(lab, api, until=lambda rows: False, title="power on: the VMs network-boot from bootforge")
+            _watch(lab, api, until=lambda rows: False, title="deployed: the consoles show the sample OS")
     except KeyboardInterrupt:
         pass
     except (LabError, httpx.HTTPError) as e:
@@ -68,6 +94,34 @@ def demo(
         console.print("\nremoving the lab ...")
         for item in lab.down():
             console.print(f"  removed {item}")
+
+
+def _step(
+    lab: Lab,
+    api: httpx.Client,
+    nodes: dict[str, str],
+    verb: str,
+    want: str,
+    title: str,
+    body: dict[str, Any] | None = None,
+) -> None:
+    for node in nodes:
+        _put(api, f"/v1/nodes/{node}/states/provision", {"target": verb, **(body or {})})
+    names = set(nodes)
+
+    def done(rows: list[dict[str, Any]]) -> bool:
+        mine = [r for r in rows if r["node"] in names]
+        failed = [r for r in mine if "failed" in r["provision_state"]]
+        if failed:
+            raise LabError(f"{failed[0]['name']} is {failed[0]['provision_state']}: {failed[0]['event']}")
+        return all(r["provision_state"] == want and not r["reservation"] for r in mine)
+
+    _watch(lab, api, until=done, title=title, limit=900)
+
+
+def _ok(r: httpx.Response, status: int) -> None:
+    if r.status_code != status:
+        raise LabError(f"{r.request.method} {r.request.url.path} failed ({r.status_code}): {r.text}")
 
 
 def _put(api: httpx.Client, path: str, body: dict[str, Any]) -> None:
@@ -82,8 +136,8 @@ def _explain(lab: Lab) -> None:
         f"\nThe API stays up at {lab.state.url}. In another shell:\n"
         f"  export {env}\n"
         "  .venv/bin/bootforge node list      .venv/bin/bootforge node events lab-vm1\n"
-        "Each VM gets an address and iPXE from bootforge, then its boot script; a manageable node is\n"
-        "told it has nothing to boot until it is deployed (deploy by the ramdisk agent comes next).\n"
+        "  .venv/bin/bootforge node inventory lab-vm1      .venv/bin/bootforge image list\n"
+        f"Serial consoles: {lab.dir}/vms/<vm>/console.log (the sample OS printed its user data there).\n"
         "Press Ctrl-C to remove the lab.\n",
         highlight=False,
         soft_wrap=True,

@@ -363,7 +363,9 @@ def _progress_text(progress: dict[str, Any]) -> str:
     done, total = progress.get("done"), progress.get("total")
     text = str(progress.get("message") or "running")
     if isinstance(done, int) and isinstance(total, int) and total > 0:
-        text += f" ({done * 100 // total} %, {done / 1024**2:.0f} of {total / 1024**2:.0f} MiB)"
+        text += f" ({done * 100 // total} %"
+        # Byte counts (image writes, full erases) read better with their size; step counts do not.
+        text += f", {done / 1024**2:.0f} of {total / 1024**2:.0f} MiB)" if total >= 1024**2 else ")"
     return text
 
 

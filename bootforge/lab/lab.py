@@ -496,7 +496,9 @@ class Lab:
         nodes: dict[str, dict[str, Any]] = {}
         try:
             with self.client(timeout=5) as api:
-                for n in _ok(api.get("/v1/nodes?fields=uuid,power_state,provision_state"), 200)["nodes"]:
+                for n in _ok(api.get("/v1/nodes?fields=uuid,power_state,provision_state,reservation"), 200)[
+                    "nodes"
+                ]:
                     nodes[n["uuid"]] = n
         except (httpx.HTTPError, LabError):
             pass
@@ -514,6 +516,7 @@ class Lab:
                     "power": node.get("power_state")
                     or ("process running" if running else "off (no process)"),
                     "provision": node.get("provision_state", "?"),
+                    "reservation": node.get("reservation"),
                     "console": tail(rec.console, console_lines),
                 }
             )
