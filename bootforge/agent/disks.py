@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import struct
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ _HCTL = re.compile(r"^\d+:\d+:\d+:\d+$")
 # errnos meaning "this kind of file or device cannot do that", as opposed to an I/O failure.
 _UNSUPPORTED = {errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
 _ZEROS = bytes(4 * MiB)
+WRITEBACK_STEP = 128 * MiB
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class DiskIO:
         self.bytes_written = 0
         self.bytes_zeroed = 0
         self._cheap_zeroing = True
+        self._writeback = _Writeback(self.fd, disk.name)
 
     def __enter__(self) -> DiskIO:
         return self
@@ -208,6 +211,9 @@ class DiskIO:
 
     def close(self) -> None:
         if self.fd >= 0:
+            # After a failure elsewhere: that failure is the one to report, not a writeback error.
+            with contextlib.suppress(CommandError):
+                self._writeback.stop()
             os.close(self.fd)
             self.fd = -1
 
@@ -220,7 +226,8 @@ class DiskIO:
 
     def write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         view = memoryview(data)
-        self._bounds(offset, len(view))
+        length = len(view)
+        self._bounds(offset, length)
         try:
             while view:
                 n = os.pwrite(self.fd, view, offset)
@@ -230,6 +237,7 @@ class DiskIO:
             raise CommandError(
                 f"writing to {self.disk.name} at offset {offset} failed: {exc.strerror}"
             ) from exc
+        self._writeback.wrote(length)
 
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros, without sending zeros when the kernel can."""
@@ -275,6 +283,7 @@ class DiskIO:
     def flush(self) -> None:
         """Data on stable storage, then the block device's buffer cache dropped, so that what is
         read next (the kernel re-reading the partition table) comes from the disk itself."""
+        self._writeback.stop()
         try:
             os.fsync(self.fd)
             if self.is_block:
@@ -291,6 +300,54 @@ class DiskIO:
                 raise CommandError(
                     f"the kernel could not re-read the partition table of {self.disk.name}: {exc.strerror}"
                 ) from exc
+
+
+class _Writeback:
+    """fdatasync in a thread of its own, run again each time WRITEBACK_STEP more bytes were
+    written. The disk then works while the stream goes on: left alone, the kernel starts writing
+    only once a tenth of RAM is dirty, so the final fsync would pay for a whole image while the
+    network idled. The CPU work of writeback also moves off the thread that writes."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd, self.name = fd, name
+        self.pending = 0
+        self.error: OSError | None = None
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+
+    def wrote(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= WRITEBACK_STEP and not self.stopping:
+            self.pending = 0
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="disk-writeback", daemon=True)
+                self.thread.start()
+            self.wake.set()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            self.wake.wait()
+            self.wake.clear()
+            if self.stopping or self.error is not None:
+                continue
+            try:
+                os.fdatasync(self.fd)
+                # What was synced is clean now: drop it, so the image does not fill the page
+                # cache (a ramdisk's memory) and reclaim costs the writer nothing.
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError as exc:
+                self.error = exc
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.thread is not None:
+            self.wake.set()
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise CommandError(f"writing to {self.name} failed: {error.strerror}") from error
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> None:

@@ -1,10 +1,11 @@
 """The write_image command: an image streamed over HTTP onto the chosen disk, then the config drive.
 
 Nothing is written before the disk is known to fit the image and the config drive. The stream is
-hashed as it arrives (the served bytes: compressed ones for zstd) and never held whole in memory:
-a reader thread fills a few CHUNK buffers (receiving, hashing and zstd overlap the disk writes),
-the command's thread writes them. Blocks of zeros are not written: their range is zeroed the cheap
-way (DiskIO.zero), merged across chunks, so a sparse image costs time in proportion to its data.
+hashed as it arrives (the served bytes: compressed ones for zstd) and never held whole in memory.
+Receiving, hashing, decompressing and writing overlap: a reader thread fills a few CHUNK buffers,
+the command's thread writes each one while, for a raw stream, a third thread hashes it (for zstd,
+the thread feeding zstd hashes). Blocks of zeros are not written: their range is zeroed the cheap
+way (DiskIO.zero), merged across chunks, so a sparse image costs time mostly for its data.
 
 The image's first MiB (partition table, boot code) is held back and written only once the
 checksum matched: a bad download leaves the disk's partition table as it was, so the machine
@@ -149,15 +150,17 @@ def _write_image(
 ) -> str:
     """Streams the image onto the disk, head last; returns the stream's hex digest."""
     hasher = hashlib.new(spec.algo)
-    body = _HttpImage(spec, hasher)
+    # A raw stream is hashed by the reader's tap thread; a zstd one by the thread feeding zstd.
+    body = _HttpImage(spec, hasher if zstd else None)
     try:
         source: _Source = _Zstd(body, zstd) if zstd else body
     except BaseException:
         body.close()
         raise
-    reader = _Reader(source.readinto)
+    reader = _Reader(source.readinto, None if zstd else hasher.update)
     try:
         head, total = _pump(reader, spec, disk, dio, progress, need_table)
+        reader.drain()
         source.finish()
     finally:
         # abort wakes a reader thread blocked on the network or the pipe; file descriptors are
@@ -253,7 +256,8 @@ class _Source(Protocol):
 
 
 class _HttpImage:
-    """The image's bytes as served, hashed as they arrive; a short or failed stream is an error."""
+    """The image's bytes as served (hashed as they arrive when given a hasher); a short or failed
+    stream is an error."""
 
     def __init__(self, spec: ImageSpec, hasher: Any) -> None:
         self.url, self.hasher, self.received = spec.url, hasher, 0
@@ -287,7 +291,8 @@ class _HttpImage:
                 f"image download from {self.url} failed after {self.received} bytes: {_describe(exc)}"
             ) from exc
         if n:
-            self.hasher.update(view[:n])
+            if self.hasher is not None:
+                self.hasher.update(view[:n])
             self.received += n
         elif self.expected is not None and self.received != self.expected:
             raise self._short()
@@ -402,17 +407,30 @@ class _Zstd:
 
 class _Reader:
     """Fills CHUNK buffers from a source in its own thread, so that receiving, hashing and
-    decompressing overlap with writing to the disk; BUFFERS bounds the memory held."""
+    decompressing overlap with writing to the disk; BUFFERS bounds the memory held.
 
-    def __init__(self, readinto: Callable[[memoryview], int]) -> None:
-        self._readinto = readinto
+    With a tap (the hash of a raw stream), a third thread feeds every chunk to it in order while
+    the consumer writes the same chunk: both only read it, and it is refilled once both are done.
+    """
+
+    def __init__(
+        self, readinto: Callable[[memoryview], int], tap: Callable[[memoryview], object] | None
+    ) -> None:
+        self._readinto, self._tap = readinto, tap
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(BUFFERS):
             self._free.put(bytearray(CHUNK))
         self._full: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
+        self._tapped: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._users: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._tap_error: BaseException | None = None
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="image-reader", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name="image-reader", daemon=True)]
+        if tap is not None:
+            self._threads.append(threading.Thread(target=self._run_tap, name="image-hash", daemon=True))
+        for thread in self._threads:
+            thread.start()
 
     def _run(self) -> None:
         try:
@@ -421,11 +439,28 @@ class _Reader:
                 if self._stopped:
                     return
                 n = self._fill(memoryview(buf))
+                if self._tap is not None:
+                    with self._lock:
+                        self._users[id(buf)] = 2
+                    self._tapped.put((buf, n))
                 self._full.put((buf, n))
                 if n < CHUNK:
                     return
         except BaseException as exc:
             self._full.put(exc)
+        finally:
+            self._tapped.put(None)
+
+    def _run_tap(self) -> None:
+        assert self._tap is not None
+        while (item := self._tapped.get()) is not None:
+            buf, n = item
+            if self._tap_error is None:
+                try:
+                    self._tap(memoryview(buf)[:n])
+                except BaseException as exc:
+                    self._tap_error = exc
+            self.release(buf)
 
     def _fill(self, view: memoryview) -> int:
         """Fills the whole buffer unless the stream ends: chunks stay BLOCK-aligned on the disk."""
@@ -446,13 +481,28 @@ class _Reader:
             buf, n = item
             if n:
                 yield buf, n
+            else:
+                self.release(buf)
             if n < CHUNK:
                 return
 
     def release(self, buf: bytearray) -> None:
-        self._free.put(buf)
+        with self._lock:
+            users = self._users.pop(id(buf), 1) - 1
+            if users:
+                self._users[id(buf)] = users
+        if not users:
+            self._free.put(buf)
+
+    def drain(self) -> None:
+        """Waits until the tap has seen every chunk (the stream has ended)."""
+        for thread in self._threads[1:]:
+            thread.join()
+        if self._tap_error is not None:
+            raise self._tap_error
 
     def stop(self) -> None:
         self._stopped = True
         self._free.put(bytearray())
-        self._thread.join(JOIN_TIMEOUT_S)
+        for thread in self._threads:
+            thread.join(JOIN_TIMEOUT_S)

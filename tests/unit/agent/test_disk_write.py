@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from bootforge.agent import write
+from bootforge.agent import disks, write
 from bootforge.agent.common import CommandError, Context
 
 MiB = 1 << 20
 GiB = 1 << 30
+BLOCK = 64 * 1024
 LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 
 
@@ -211,6 +212,36 @@ def test_sparse_disk_stays_sparse(server: ImageServer, served_dir: Path, tmp_pat
     assert read(disk, 0, image.stat().st_size) == image.read_bytes()
     assert os.stat(disk).st_blocks * 512 <= 3 * MiB
     assert result["bytes_zeroed"] == 64 * MiB
+
+
+@pytest.mark.parametrize("size", [100, MiB + 1000, 4 * MiB, 8 * MiB, 9 * MiB - 512])
+def test_image_sizes_around_the_head_and_chunk_boundaries(
+    server: ImageServer, served_dir: Path, tmp_path: Path, size: int
+) -> None:
+    image = served_dir / "odd.raw"
+    data = bytearray(random.Random(size).randbytes(size))
+    if size > 4 * BLOCK:
+        data[size // 2 : size // 2 + 2 * BLOCK] = bytes(2 * BLOCK)  # a zero run
+    image.write_bytes(data)
+    disk = new_disk(tmp_path / "disk", 16 * MiB, fill=0x99)
+    spec = {**image_args(server, image, image), "checksum_algo": "sha512"}
+    spec["checksum"] = hashlib.sha512(data).hexdigest()
+    result, _ = run_write([disk], spec)
+    assert read(disk, 0, size) == bytes(data)
+    assert read(disk, size, 4096) == b"\x99" * 4096
+    assert result["bytes_written"] + result["bytes_zeroed"] == size
+
+
+def test_background_writeback_keeps_every_byte(
+    server: ImageServer, served_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writeback runs every WRITEBACK_STEP bytes; a small step runs it many times while writing.
+    monkeypatch.setattr(disks, "WRITEBACK_STEP", MiB)
+    image = build_image(served_dir / "wb.raw", [("data", 9), ("zero", 4), ("data", 7)])
+    disk = new_disk(tmp_path / "disk", 24 * MiB)
+    result, _ = run_write([disk], image_args(server, image, image))
+    assert read(disk, 0, image.stat().st_size) == image.read_bytes()
+    assert result["bytes_written"] == 16 * MiB
 
 
 def test_zstd_image(server: ImageServer, served_dir: Path, tmp_path: Path) -> None:

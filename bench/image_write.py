@@ -1,0 +1,420 @@
+"""Image write throughput: the deploy agent's write_image against dd, on 127.0.0.1.
+
+(a) raw: an image of random (incompressible) bytes, --size-mib (default 1024). The agent streams
+it over HTTP from bootforge's HttpBootServer (its own process, zero-copy sendfile) and hashes it
+(sha256) on the way; dd copies the local file, `dd if=image of=target bs=4M oflag=direct
+conv=fsync`. Both write onto the same kind of target, fresh for every run: a loop device over a
+new sparse file (as root, when losetup works), else a new sparse file (--target file). The image
+is read once before, so both read it from the page cache. Runs alternate agent / dd for --rounds
+rounds; the medians are reported. Target: agent >= 0.9x dd.
+
+(b) sparse: a --sparse-mib (default 4096) image holding --data-mib (default 300) of random data
+in 1 MiB chunks at random places, the rest zeros, and the same data packed into a data-only
+image. Both are zstd-compressed, as a sparse image is shipped; the agent writes each onto a fresh
+target. A writer that skips zero runs takes about as long for both (the ratio near 1); one that
+writes every byte takes sparse/data times longer (13.7x for 4096/300). The raw (uncompressed)
+sparse image is run once too: the agent then receives and hashes every zero byte, so it shows
+what the compression buys.
+
+The agent runs as the ramdisk runs it: bootforge/agent copied as the top-level package
+`bootforge_agent`, in a child process (its CPU, zstd's included, is reported per run). Every run
+has a deadline; temp files and loop devices are removed at the end, also on failure.
+
+    .venv/bin/python bench/image_write.py             # 1 GiB raw x 3 rounds; 4 GiB / 300 MiB sparse
+    .venv/bin/python bench/image_write.py --quick     # 128 MiB raw x 1; 512 / 40 MiB sparse
+    .venv/bin/python bench/image_write.py --target file --size-mib 2048
+
+Needs dd, zstd (Debian zstd) and, for loop targets, root and losetup. The machine is shared: the
+load average is printed with each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+TARGET_RATIO = 0.9
+RUN_TIMEOUT_S = 600.0
+READY_TIMEOUT_S = 20.0
+
+SERVER_CHILD = """\
+import asyncio, signal, sys
+sys.path.insert(0, {repo!r})
+from bootforge.servers.http_boot import HttpBootServer
+
+async def main():
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with HttpBootServer({root!r}, port={port}):
+        print("ready", flush=True)
+        await stop.wait()
+
+asyncio.run(main())
+"""
+
+AGENT_CHILD = """\
+import json, pathlib, sys, time
+sys.path.insert(0, {pkg!r})
+from bootforge_agent import write
+from bootforge_agent.common import Context
+args = json.loads(sys.argv[1])
+started = time.monotonic()
+result = write.run(args, Context(disks=[pathlib.Path(sys.argv[2])]), lambda done, total, message: None)
+result["wall"] = time.monotonic() - started
+print(json.dumps(result), flush=True)
+"""
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu: float  # user + system CPU seconds of the writer (and its children: zstd)
+    written: int = 0
+    zeroed: int = 0
+    server_cpu: float = 0.0  # the HTTP server's CPU seconds during the run
+
+
+SERVER_PID = 0  # set once the HTTP server runs; its CPU is counted per agent run
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f} (5 min {five:.1f}) on {os.cpu_count()} cores"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    """Also warms the page cache, so that the server and dd both read the image from memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 * MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def random_image(path: Path, mib: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(rng.randbytes(MiB))
+    return path
+
+
+def sparse_images(root: Path, total_mib: int, data_mib: int, seed: int) -> tuple[Path, Path]:
+    """(the sparse image, the same data packed): data in 1 MiB chunks at random MiB offsets."""
+    rng = random.Random(seed)
+    places = sorted(rng.sample(range(total_mib), data_mib))
+    sparse, packed = root / "sparse.img", root / "packed.img"
+    with open(sparse, "wb") as s, open(packed, "wb") as p:
+        s.truncate(total_mib * MiB)
+        for place in places:
+            chunk = rng.randbytes(MiB)
+            s.seek(place * MiB)
+            s.write(chunk)
+            p.write(chunk)
+    return sparse, packed
+
+
+def compress(path: Path) -> Path:
+    out = path.with_name(path.name + ".zst")
+    subprocess.run(["zstd", "-q", "-f", "-T0", str(path), "-o", str(out)], check=True, timeout=RUN_TIMEOUT_S)
+    return out
+
+
+def image_spec(url: str, served: Path, virtual_size: int, fmt: str) -> dict[str, Any]:
+    return {
+        "url": url,
+        "format": fmt,
+        "size": served.stat().st_size,
+        "virtual_size": virtual_size,
+        "checksum_algo": "sha256",
+        "checksum": sha256_of(served),
+    }
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+class Targets:
+    """Fresh write targets: a new sparse file, behind a loop device when `loop` is set. Everything
+    made is removed by cleanup(), which main() runs on every exit path."""
+
+    def __init__(self, directory: Path, loop: bool) -> None:
+        self.directory, self.loop = directory, loop
+        self.devices: list[str] = []
+
+    @contextlib.contextmanager
+    def fresh(self, size: int) -> Iterator[Path]:
+        backing = self.directory / "target.img"
+        with open(backing, "wb") as f:
+            f.truncate(size)
+        device = None
+        try:
+            if self.loop:
+                made = subprocess.run(
+                    ["losetup", "-f", "--show", str(backing)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=30,
+                )
+                device = made.stdout.strip()
+                self.devices.append(device)
+            yield Path(device) if device else backing
+        finally:
+            if device:
+                subprocess.run(["losetup", "-d", device], check=False, timeout=30)
+                self.devices.remove(device)
+            backing.unlink(missing_ok=True)
+            # Let writeback of this run finish before the next one starts.
+            os.sync()
+
+    def cleanup(self) -> None:
+        for device in list(self.devices):
+            subprocess.run(["losetup", "-d", device], check=False, timeout=30)
+        self.devices.clear()
+
+
+def loop_usable(directory: Path) -> bool:
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        return False
+    try:
+        with Targets(directory, loop=True).fresh(MiB):
+            return True
+    except (subprocess.CalledProcessError, OSError):
+        return False
+
+
+# -- writers ------------------------------------------------------------------------------------
+
+
+def child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_agent(pkg: Path, spec: dict[str, Any], target: Path) -> Run:
+    args = json.dumps({"image": spec, "root_device_hints": {}, "configdrive": None})
+    cpu, server = child_cpu(), process_cpu(SERVER_PID)
+    done = subprocess.run(
+        [sys.executable, "-c", AGENT_CHILD.format(pkg=str(pkg)), args, str(target)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"agent failed: {done.stderr.strip().splitlines()[-1:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["checksum"] != spec["checksum"]:
+        raise RuntimeError("agent reported a different checksum")
+    server = process_cpu(SERVER_PID) - server
+    return Run(result["wall"], child_cpu() - cpu, result["bytes_written"], result["bytes_zeroed"], server)
+
+
+def run_dd(image: Path, target: Path) -> Run:
+    cpu, started = child_cpu(), time.monotonic()
+    subprocess.run(
+        ["dd", f"if={image}", f"of={target}", "bs=4M", "oflag=direct", "conv=fsync,notrunc", "status=none"],
+        check=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    return Run(time.monotonic() - started, child_cpu() - cpu, image.stat().st_size)
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+def start_server(root: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER_CHILD.format(repo=str(REPO), root=str(root), port=port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"HTTP server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return proc, port
+        time.sleep(0.05)
+    stop(proc)
+    raise RuntimeError("HTTP server did not start listening")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- phases -------------------------------------------------------------------------------------
+
+
+def mib_s(nbytes: int, seconds: float) -> float:
+    return nbytes / MiB / seconds
+
+
+def phase_raw(root: Path, base: str, pkg: Path, targets: Targets, mib: int, rounds: int) -> bool:
+    image = random_image(root / "raw.img", mib, seed=1)
+    size = image.stat().st_size
+    spec = image_spec(f"{base}/raw.img", image, size, "raw")
+    print(f"\n(a) raw image, {mib} MiB of random bytes; {load()}")
+    runs: dict[str, list[Run]] = {"agent": [], "dd": []}
+    for n in range(rounds):
+        # Alternate who goes first, so that a noisy neighbour does not always hit the same one.
+        for who in ("agent", "dd") if n % 2 == 0 else ("dd", "agent"):
+            with targets.fresh(size) as target:
+                run = run_agent(pkg, spec, target) if who == "agent" else run_dd(image, target)
+            runs[who].append(run)
+            server = f" + server {run.server_cpu:.2f}" if who == "agent" else ""
+            print(
+                f"  round {n + 1} {who:5}: {mib_s(size, run.seconds):7.0f} MiB/s "
+                f"({run.seconds:.2f} s, CPU-s {run.cpu:.2f}{server})",
+                flush=True,
+            )
+    agent = statistics.median(r.seconds for r in runs["agent"])
+    dd = statistics.median(r.seconds for r in runs["dd"])
+    ratio = dd / agent
+    verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+    print(
+        f"  median: agent {mib_s(size, agent):.0f} MiB/s, dd {mib_s(size, dd):.0f} MiB/s, "
+        f"ratio {ratio:.2f}x (target >= {TARGET_RATIO}x: {verdict}); {load()}"
+    )
+    image.unlink()
+    return ratio >= TARGET_RATIO
+
+
+def phase_sparse(root: Path, base: str, pkg: Path, targets: Targets, total_mib: int, data_mib: int) -> None:
+    sparse, packed = sparse_images(root, total_mib, data_mib, seed=2)
+    served = {"sparse": compress(sparse), "packed": compress(packed)}
+    print(
+        f"\n(b) sparse image: {total_mib} MiB holding {data_mib} MiB of data (zstd: "
+        f"{served['sparse'].stat().st_size / MiB:.0f} MiB) vs the data alone; {load()}"
+    )
+    results: dict[str, Run] = {}
+    cases = [
+        ("sparse", served["sparse"], sparse, "zstd"),
+        ("packed", served["packed"], packed, "zstd"),
+        ("sparse-raw", sparse, sparse, "raw"),
+    ]
+    for name, image, raw, fmt in cases:
+        spec = image_spec(f"{base}/{image.name}", image, raw.stat().st_size, fmt)
+        with targets.fresh(raw.stat().st_size) as target:
+            run = run_agent(pkg, spec, target)
+        results[name] = run
+        print(
+            f"  {name:10} ({fmt:4}): {run.seconds:6.2f} s, "
+            f"CPU-s {run.cpu:5.2f} + server {run.server_cpu:4.2f}, "
+            f"written {run.written / MiB:6.0f} MiB, zeroed {run.zeroed / MiB:6.0f} MiB",
+            flush=True,
+        )
+    holey, dense = results["sparse"], results["packed"]
+    zero_gib = (total_mib - data_mib) / 1024
+    print(
+        f"  time(sparse) / time(data only) = {holey.seconds / dense.seconds:.2f} "
+        f"(a writer of every byte: {total_mib / data_mib:.1f}); raw sparse image: "
+        f"{results['sparse-raw'].seconds / dense.seconds:.2f}\n"
+        f"  zeros cost {(holey.seconds - dense.seconds) / zero_gib:.2f} s and "
+        f"{(holey.cpu - dense.cpu) / zero_gib:.2f} CPU-s per GiB (zstd, the pipe, the zero check); {load()}"
+    )
+
+
+def agent_package(directory: Path) -> Path:
+    """bootforge/agent copied as top-level `bootforge_agent`, the way the ramdisk ships it."""
+    pkg = directory / "pkg"
+    shutil.copytree(
+        REPO / "bootforge" / "agent", pkg / "bootforge_agent", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return pkg
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=1024, help="raw image size (a)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating agent/dd rounds in (a)")
+    parser.add_argument("--sparse-mib", type=int, default=4096, help="sparse image size (b)")
+    parser.add_argument("--data-mib", type=int, default=300, help="data in the sparse image (b)")
+    parser.add_argument("--target", choices=("auto", "loop", "file"), default="auto")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the images and targets go (default: a temp dir)"
+    )
+    parser.add_argument("--phases", choices=("raw", "sparse", "both"), default="both")
+    parser.add_argument("--quick", action="store_true", help="128 MiB x 1 round; 512 MiB holding 40 MiB")
+    args = parser.parse_args()
+    if args.quick:
+        args.size_mib, args.rounds, args.sparse_mib, args.data_mib = 128, 1, 512, 40
+    for tool, package in (("dd", "coreutils"), ("zstd", "zstd")):
+        if shutil.which(tool) is None:
+            print(f"needs {tool} (apt-get install -y {package})")
+            return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bf-bench-write-", dir=args.dir))
+    root = tmp / "www"
+    root.mkdir()
+    loop = args.target == "loop" or (args.target == "auto" and loop_usable(tmp))
+    if args.target == "loop" and not loop_usable(tmp):
+        print("needs root and a free loop device for --target loop")
+        return 2
+    targets = Targets(tmp, loop)
+    server = None
+    try:
+        server, port = start_server(root)
+        global SERVER_PID
+        SERVER_PID = server.pid
+        base, pkg = f"http://127.0.0.1:{port}", agent_package(tmp)
+        print(f"target: {'a loop device over ' if loop else ''}a fresh sparse file in {tmp}; {load()}")
+        ok = True
+        if args.phases in ("raw", "both"):
+            ok = phase_raw(root, base, pkg, targets, args.size_mib, args.rounds)
+        if args.phases in ("sparse", "both"):
+            phase_sparse(root, base, pkg, targets, args.sparse_mib, args.data_mib)
+    finally:
+        if server is not None:
+            stop(server)
+        targets.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
