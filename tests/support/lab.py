@@ -5,10 +5,12 @@ always takes it down at teardown, pass or fail. :class:`LabHandle` adds what tes
 console waits (a line matching a pattern, with a timeout, from an offset), the node timeline.
 
 TEST-ONLY: :meth:`LabHandle.serve_ramdisk` writes a node's provision state straight into the lab's
-database ("inspect wait"), because nothing can put a qemu node into a ramdisk state through the API
-yet (its deploy, clean and inspect interfaces are placeholders until the agent deploy exists). The
-conductor leaves a node in a wait state alone until the wait times out (30 min by default), and
-the netboot view serves the ramdisk to any node in such a state. Product code has no hook for it.
+database ("inspect wait"). The network-boot tests use the probe ramdisk (quick to build, no agent:
+it only proves that each firmware's boot chain reaches the API), and they power the VMs on themselves
+to time the boot; the `inspect` verb would power them on and then wait for an agent that the probe
+does not have. The conductor leaves a node in a wait state alone until the wait times out (30 min by
+default), and the netboot view serves the ramdisk to any node in such a state. Product code has no
+hook for it. The deploy tests (test_lab_deploy.py) go through the API only, with the agent ramdisk.
 """
 
 from __future__ import annotations
