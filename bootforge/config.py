@@ -88,7 +88,9 @@ class NetbootSettings(BaseModel):
     # deploy_kernel / deploy_ramdisk overrides them.
     deploy_kernel: str = "bootforge/vmlinuz"
     deploy_ramdisk: str = "bootforge/initrd"
-    kernel_args: list[str] = ["console=ttyS0,115200n8", "console=tty0"]
+    # The last console= is the one init and the agent write to: the serial port, where BMCs (SOL) and
+    # the lab read it.
+    kernel_args: list[str] = ["console=tty0", "console=ttyS0,115200n8"]
 
     @model_validator(mode="after")
     def _check(self) -> NetbootSettings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import subprocess
 import tempfile
@@ -35,12 +36,8 @@ LAB_DEBS = Path(os.environ.get("BOOTFORGE_LAB_CACHE", "/var/cache/bootforge/lab"
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 RECIPE = "2"
 
-# Programs the agent runs, as (package, path in the package).
-TOOLS = (
-    ("zstd", "usr/bin/zstd"),
-    ("fdisk", "sbin/sfdisk"),
-    ("util-linux", "sbin/wipefs"),
-)
+# Programs the agent runs (from the zstd, fdisk and util-linux packages), as packaged paths.
+TOOLS = ("usr/bin/zstd", "sbin/sfdisk", "sbin/wipefs")
 
 
 def packages(pyver: str) -> list[str]:
@@ -205,16 +202,17 @@ def _busybox(ctx: _Ctx, image: Image) -> None:
     for applet in applets:
         path = "usr/" + applet if not applet.startswith("usr/") else applet
         if applet != "linuxrc" and path not in image.entries:
-            image.symlink(path, "/usr/bin/busybox")
+            image.symlink(path, _relative("usr/bin/busybox", path))
 
 
-def _mode(ctx: _Ctx, path: str) -> int:
-    return 0o755 if ctx.rootfs.mode(path) & 0o111 else 0o644
+def _relative(target: str, link: str) -> str:
+    # Relative links resolve the same in the initrd and in a copy of it on the build machine.
+    return posixpath.relpath(target, posixpath.dirname(link))
 
 
 def _tools(ctx: _Ctx, image: Image) -> list[tuple[str, bytes]]:
     out = []
-    for _pkg, path in (*TOOLS, ("python", f"usr/bin/python{ctx.pyver}")):
+    for path in (*TOOLS, f"usr/bin/python{ctx.pyver}"):
         data, target = ctx.rootfs.read(path), normalise(path)
         image.file(target, data, 0o755)  # replaces a busybox applet of the same name
         out.append((target, data))
@@ -227,7 +225,7 @@ def _libraries(ctx: _Ctx, image: Image, elves: list[tuple[str, bytes]]) -> None:
     first: dict[str, str] = {}
     for path, source in sorted(ctx.rootfs.library_closure(elves).items()):
         if source in first:
-            image.symlink(path, "/" + first[source])
+            image.symlink(path, _relative(first[source], path))
         else:
             first[source] = path
             image.file(path, ctx.rootfs.read(source), 0o755)
@@ -309,13 +307,20 @@ def _verify_python(ctx: _Ctx, image: Image, agent_dir: Path) -> None:
         raise RamdiskError(f"the shipped Python loaded files from outside the ramdisk: {result['outside']}")
 
 
-def _segment(data: bytes, compression: str, cache: Path) -> bytes:
-    """`compress`, cached by content: the big segment only changes with the packages."""
+def _segment(data: bytes, compression: str, cache: Path, keep: int = 3) -> bytes:
+    """`compress`, cached by content: the big segment only changes with the packages.
+
+    Only the `keep` most recently used segments stay in the cache (each is ~12 MiB).
+    """
     path = cache / f"segment-{hashlib.sha256(data).hexdigest()[:24]}.{compression}"
     if path.is_file():
+        path.touch()
         return path.read_bytes()
     out = compress(data, compression)
     _publish(path, out)
+    old = sorted(cache.glob("segment-*"), key=lambda p: p.stat().st_mtime, reverse=True)[keep:]
+    for stale in old:
+        stale.unlink(missing_ok=True)
     return out
 
 

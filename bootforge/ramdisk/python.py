@@ -25,7 +25,15 @@ from pathlib import Path
 
 from bootforge.ramdisk.debs import RamdiskError
 
-__all__ = ["AGENT_PACKAGE", "EXTRA_MODULES", "Interpreter", "agent_imports", "compile_tree", "stdlib_closure"]
+__all__ = [
+    "AGENT_PACKAGE",
+    "EXTRA_MODULES",
+    "Interpreter",
+    "agent_imports",
+    "cached_compile",
+    "compile_tree",
+    "stdlib_closure",
+]
 
 AGENT_PACKAGE = "bootforge_agent"
 
@@ -39,7 +47,8 @@ EXTRA_MODULES = (
 
 @dataclass(frozen=True)
 class Interpreter:
-    """Debian's python3.X, run through the packaged loader and libraries."""
+    """A Python started through an explicit dynamic loader and library path: at build time, Debian's
+    packaged python3.X with the packaged libraries (the build machine's own need not match)."""
 
     loader: Path  # ld-linux-x86-64.so.2
     library_path: tuple[Path, ...]

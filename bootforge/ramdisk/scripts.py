@@ -48,6 +48,13 @@ load_modules() {
   load_modules storage ""
   # SCSI/SATA/SAS disks come from a scan of each host: the disk driver goes with any host.
   [ -n "$(ls /sys/class/scsi_host 2>/dev/null)" ] && modprobe -q sd_mod
+  # NVMe controllers come up after their driver has loaded (a reset that may take seconds); their
+  # namespaces are scanned once they are live. Wait up to 15 s for that.
+  n=0
+  while grep -qvx live /sys/class/nvme/*/state 2>/dev/null && [ $n -lt 75 ]; do
+    sleep 0.2
+    n=$((n + 1))
+  done
   say "storage drivers loaded"
 ) &
 storage=$!
