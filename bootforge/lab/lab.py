@@ -305,6 +305,7 @@ class Lab:
         if self.state.dhcp == "proxy":
             self._start_dnsmasq(topo)
         self._start_serve()
+        self._start_router_adverts()
         self._start_forwarder()
         say(f"waiting for the API ({self.state.api_in_lab} in the lab, {self.state.url} on this host)")
         self._wait_ready()
@@ -372,6 +373,11 @@ class Lab:
         env_clean = ["env", *(f"-u{k}" for k in os.environ if k.startswith("BOOTFORGE_"))]
         self._spawn("serve", [*env_clean, *argv, "--config", str(config)], self.dir / "serve.log")
 
+    def _start_router_adverts(self) -> None:
+        # Without them every iPXE boot waits ~13 s for IPv6 router discovery (see bootforge.lab.ra).
+        argv = ["ip", "netns", "exec", self.state.netns, sys.executable, "-m", "bootforge.lab.ra", "br0"]
+        self._spawn("ra", [*argv, str(self.dir)], self.dir / "ra.log")
+
     def _start_forwarder(self) -> None:
         self.state.host_port = procs.free_port()
         target = f"{ADDRESS}:{API_PORT}"
@@ -382,7 +388,7 @@ class Lab:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            for key in ("serve", "forwarder", "dnsmasq"):
+            for key in ("serve", "forwarder", "dnsmasq", "ra"):
                 pid = self.state.pids.get(key)
                 if pid is not None and procs.exited(pid):
                     log = self.dir / f"{key}.log"

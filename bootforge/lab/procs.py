@@ -56,11 +56,11 @@ def reap(pid: int) -> None:
 
 
 # What only the lab's own processes have on their command lines (with the lab directory).
-_SIGNATURES = (b"bootforge.lab.forward", b"serve.toml", b"dnsmasq.conf", b"disk.qcow2")
+_SIGNATURES = (b"bootforge.lab.forward", b"bootforge.lab.ra", b"serve.toml", b"dnsmasq.conf", b"disk.qcow2")
 
 
 def lab_processes(directory: str) -> list[int]:
-    """PIDs of processes a lab in `directory` started: forwarder, serve, dnsmasq, QEMU.
+    """PIDs of processes a lab in `directory` started: forwarder, router adverts, serve, dnsmasq, QEMU.
 
     Matched by the lab directory *and* a file only those processes name, so a shell or a
     `timeout` wrapped around a `bootforge lab` command is never taken for one of them.

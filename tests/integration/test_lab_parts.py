@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import shutil
+import struct
 import subprocess
 import time
 import tomllib
@@ -94,3 +95,15 @@ def test_end_process_spares_a_process_that_is_not_the_labs(tmp_path: Path) -> No
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
+
+
+def test_router_advertisement_says_no_router_and_no_dhcpv6() -> None:
+    from bootforge.lab.ra import advertisement
+
+    mac = bytes.fromhex("020000000001")
+    packet = advertisement(mac)
+    kind, code, _checksum, hops, flags, lifetime = struct.unpack_from("!BBHBBH", packet)
+    assert (kind, code, hops) == (134, 0, 64)
+    assert flags == 0  # M and O off: iPXE and hosts do not look for DHCPv6
+    assert lifetime == 0  # not a default router: nothing leaves the lab this way
+    assert packet[16:] == bytes([1, 1]) + mac  # source link-layer address option, and nothing else
