@@ -2,9 +2,15 @@
 
 One listening socket takes requests (port 69). Each accepted request gets its own socket on an
 ephemeral port (its TID, RFC 1350 section 4) bound to the address the request arrived on, so the
-reply leaves through the interface the client used. Sockets are raw non-blocking sockets driven by
-loop.add_reader: one receive buffer shared by the whole server (callbacks never interleave),
-datagrams drained in a loop per wake-up, and no Transport objects on the per-packet path.
+reply leaves through the interface the client used. Sockets are raw non-blocking sockets.
+
+Lockstep TFTP is one small datagram each way per block, so the cost per ACK decides throughput.
+The transfer sockets sit in one epoll set of our own, and the loop watches only that set's fd:
+one loop callback handles every transfer that has an ACK waiting (no per-socket handle, and a
+batch per wake-up when many clients are busy). An in-order lockstep ACK takes the core's fast
+path (TftpTransfer.lockstep_ack: bytes in, the next DATA packet out, read ahead of time); all
+else goes through the core's transition table. One receive buffer is shared by the whole server
+(callbacks never interleave), and the per-packet path neither logs nor touches timers.
 
 Timers are lazy: each transfer has at most one loop.call_at pending. When it fires early because
 the transfer made progress and moved its deadline, it is re-armed for the new deadline instead of
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -61,6 +68,10 @@ _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _GSO_MAX_SEGMENTS = 64
 _GSO_MAX_BYTES = 65507
 _DRAIN = 64  # datagrams handled per wake-up before yielding to other sockets
+_BATCH = 64  # transfer sockets served per poll of our epoll set
+# Polls per wake-up: while ACKs keep arriving during a batch, serve them without going back to
+# the loop (and to sleep); bounded so requests and other servers on the loop wait a few ms at most.
+_ROUNDS = 4
 _UNKNOWN_TID = encode_packet(ErrorPacket(ErrorCode.UNKNOWN_TID, "unknown transfer ID"))
 _QUIET_OUTCOMES = (Outcome.COMPLETED, Outcome.SIZE_PROBE, Outcome.NOT_FOUND)
 
@@ -161,6 +172,8 @@ class TftpServer:
         self._gso = gso
         self._reuse_port = reuse_port
         self._sessions: dict[tuple[tuple[object, ...], bytes], _Session] = {}
+        self._by_fd: dict[int, _Session] = {}
+        self._epoll: select.epoll | None = None
         self._buffer = bytearray(_MAX_DATAGRAM)
         self._view = memoryview(self._buffer)
         self._listener: socket.socket | None = None
@@ -191,6 +204,8 @@ class TftpServer:
             sock.close()
             raise
         self._listener = sock
+        self._epoll = select.epoll()
+        self._loop.add_reader(self._epoll.fileno(), self._on_transfers_readable)
         self._loop.add_reader(sock.fileno(), self._on_request_readable)
         log.info("TFTP listening on %s port %d", self._address, self.local_address[1])
 
@@ -201,6 +216,10 @@ class TftpServer:
             self._loop.remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
+        if self._epoll is not None and self._loop is not None:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
 
     async def __aenter__(self) -> TftpServer:
         await self.start()
@@ -271,7 +290,7 @@ class TftpServer:
         client: tuple[object, ...],
         local: str,
     ) -> None:
-        assert self._loop is not None
+        assert self._loop is not None and self._epoll is not None
         try:
             sock = self._socket_factory(self._family, socket.SOCK_DGRAM)
             sock.setblocking(False)
@@ -288,27 +307,55 @@ class TftpServer:
         if transfer.result is not None:
             self._end(session)
             return
-        self._loop.add_reader(sock.fileno(), self._on_transfer_readable, session)
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+        self._by_fd[sock.fileno()] = session
         self._arm(session)
 
     # -- transfers ------------------------------------------------------------------------------
 
-    def _on_transfer_readable(self, session: _Session) -> None:
-        # One datagram per wake-up: a transfer socket mostly holds a single ACK, and draining
-        # would pay for a BlockingIOError on every packet. The loop calls us again if more wait.
-        assert self._loop is not None
-        try:
-            n, source = session.sock.recvfrom_into(self._buffer)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.counters.socket_errors += 1
-            return
-        if source != session.client:
-            self._answer_stranger(session.sock, source)
-            return
+    def _on_transfers_readable(self) -> None:
+        assert self._loop is not None and self._epoll is not None
+        for _ in range(_ROUNDS):
+            try:
+                ready = self._epoll.poll(0, _BATCH)
+            except OSError:
+                self.counters.socket_errors += 1
+                return
+            if not ready:
+                return
+            self._serve(ready, self._loop.time())
+
+    def _serve(self, ready: list[tuple[int, int]], now: float) -> None:
+        # One datagram per ready socket: a transfer socket mostly holds a single ACK, and
+        # draining would pay for a BlockingIOError on every packet. Level-triggered epoll
+        # reports a socket again on the next poll if more wait.
+        buffer, view, by_fd = self._buffer, self._view, self._by_fd
+        for fd, _ in ready:
+            session = by_fd.get(fd)
+            if session is None:
+                continue  # ended earlier in this batch
+            try:
+                n, source = session.sock.recvfrom_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                self.counters.socket_errors += 1
+                continue
+            if source != session.client:
+                self._answer_stranger(session.sock, source)
+                continue
+            packet = session.transfer.lockstep_ack(view[:n], now)
+            if packet is None:
+                self._on_datagram(session, view[:n], now)
+                continue
+            try:
+                session.sock.sendto(packet, source)
+            except OSError:
+                self.counters.send_errors += 1  # lost like on a wire: the timer recovers it
+
+    def _on_datagram(self, session: _Session, datagram: memoryview, now: float) -> None:
         transfer = session.transfer
-        self._send(session, transfer.receive(self._view[:n], self._loop.time()))
+        self._send(session, transfer.receive(datagram, now))
         if transfer.result is not None:
             self._end(session)
         elif session.timer is None:
@@ -374,8 +421,10 @@ class TftpServer:
         if session.timer is not None:
             session.timer.cancel()
             session.timer = None
-        if self._loop is not None:
-            self._loop.remove_reader(session.sock.fileno())
+        if self._by_fd.get(session.sock.fileno()) is session:
+            del self._by_fd[session.sock.fileno()]
+            if self._epoll is not None:
+                self._epoll.unregister(session.sock.fileno())
         session.sock.close()
         transfer = session.transfer
         self.counters.dropped += transfer.dropped

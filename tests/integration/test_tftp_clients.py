@@ -425,3 +425,39 @@ async def test_retransmitted_rrq_is_ignored_and_oack_is_resent_on_timeout(
     await settle(running)
     (event,) = running.events
     assert event.outcome == "client_error" and event.retransmits >= 1
+
+
+async def lockstep_fetch(client: RawClient, name: str, duplicate_every: int) -> bytes:
+    """RFC 1350 without options; every `duplicate_every`-th ACK is sent twice."""
+    await client.send(rrq(name))
+    received = bytearray()
+    block = 1
+    while True:
+        data, tid = await client.recv()
+        assert data[:4] == b"\0\x03" + block.to_bytes(2, "big"), data[:4]
+        received += data[4:]
+        for _ in range(2 if block % duplicate_every == 0 else 1):
+            await client.send(encode_packet(Ack(block)), tid)
+        if len(data) < 4 + 512:
+            return bytes(received)
+        block += 1
+
+
+async def test_concurrent_lockstep_transfers_with_duplicate_acks(running: Running) -> None:
+    """Lockstep ACKs take the server's fast path; a duplicated ACK is ignored (RFC 1350's
+    Sorcerer's Apprentice), so no client ever sees a DATA block twice."""
+    payload = os.urandom(512 * 150 + 77)  # several read-ahead refills per transfer
+    (running.root / "lockstep.bin").write_bytes(payload)
+    clients = [RawClient(running) for _ in range(6)]
+    try:
+        fetched = await asyncio.gather(*(lockstep_fetch(c, "lockstep.bin", 7) for c in clients))
+        await settle(running)
+        for client in clients:  # nothing answered a duplicate: no datagram is left over
+            with pytest.raises(BlockingIOError):
+                client.sock.recv(70000)
+    finally:
+        for client in clients:
+            client.close()
+    assert fetched == [payload] * len(clients)
+    assert [e.outcome for e in running.events] == ["completed"] * len(clients)
+    assert running.server.counters.stale_acks == len(clients) * (151 // 7)

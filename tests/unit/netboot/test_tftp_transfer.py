@@ -337,3 +337,138 @@ def test_data_run_is_the_window_as_one_buffer() -> None:
     assert segment == 516
     assert bytes(view) == b"".join(bytes(p) for p in out)
     assert transfer.receive(ack(0), 0.0) == [] and transfer.data_run() is None
+
+
+# -- the lockstep fast path and read-ahead -------------------------------------------------------
+
+
+def outputs_of(transfer: TftpTransfer, datagram: bytes, now: float, fast: bool) -> list[bytes]:
+    if fast:
+        packet = transfer.lockstep_ack(datagram, now)
+        if packet is not None:
+            return [bytes(packet)]
+    return [bytes(p) for p in transfer.receive(datagram, now)]
+
+
+def observable(transfer: TftpTransfer) -> tuple[object, ...]:
+    return (
+        transfer.state,
+        transfer.deadline,
+        transfer.result,
+        transfer.dropped,
+        transfer.stale_acks,
+        transfer.retransmits,
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    size=st.integers(0, 30_000),
+    blksize=st.sampled_from([8, 512, 1468]),
+    windowsize=st.sampled_from([None, "1", "4"]),
+    readahead=st.sampled_from([1, 4096, 32768]),
+    seed=st.integers(0, 2**32),
+)
+def test_lockstep_fast_path_is_receive_in_every_case(
+    size: int, blksize: int, windowsize: str | None, readahead: int, seed: int
+) -> None:
+    """The same datagrams into two transfers, one through lockstep_ack() first: the same packets
+    out and the same state after every step, including duplicate, stale and early ACKs."""
+    rng = random.Random(seed)
+    data = rng.randbytes(size)
+    options = {"blksize": str(blksize)} | ({"windowsize": windowsize} if windowsize else {})
+    config = TransferConfig(readahead=readahead, max_retries=3)
+    plain, fast = (start(data, rrq(**options), config) for _ in range(2))
+    expected = [bytes(p) for p in plain.begin(0.0)]
+    assert [bytes(p) for p in fast.begin(0.0)] == expected
+    last_data, now = 0, 0.0
+    for _ in range(300):
+        if expected and expected[-1][:2] == b"\0\x03":
+            last_data = struct.unpack_from("!H", expected[-1], 2)[0]
+        now += 1.0  # the default timeout: every timer step retransmits
+        if rng.random() < 0.15:
+            expected = [bytes(p) for p in plain.on_timer(now)]
+            assert [bytes(p) for p in fast.on_timer(now)] == expected
+        else:
+            offset = 0 if rng.random() < 0.7 else rng.randint(-2, 2)
+            datagram = ack(max(0, last_data + offset))
+            expected = outputs_of(plain, datagram, now, fast=False)
+            assert outputs_of(fast, datagram, now, fast=True) == expected
+        assert observable(plain) == observable(fast)
+
+
+def test_lockstep_ack_answers_only_the_in_order_ack() -> None:
+    transfer = start(b"x" * (512 * 4 + 10), rrq())
+    transfer.begin(0.0)  # block 1 out
+    packet = transfer.lockstep_ack(ack(1), 1.0)
+    assert packet is not None and bytes(packet)[:4] == b"\0\x03\0\x02" and len(packet) == 516
+    assert transfer.deadline == 2.0
+    before = observable(transfer)
+    for datagram in (ack(1), ack(3), ack(0), b"\0\x04\0", b"\0\x05\0\x02", b"\x01\x04\0\x02"):
+        assert transfer.lockstep_ack(datagram, 1.5) is None  # left to receive(), untouched
+        assert observable(transfer) == before
+    assert len(transfer.receive(ack(1), 1.5)) == 0  # the duplicate: no Sorcerer's Apprentice
+    assert transfer.stale_acks == 1
+    assert transfer.lockstep_ack(ack(2), 1.6) is not None
+    assert transfer.lockstep_ack(ack(3), 1.7) is not None
+    assert transfer.lockstep_ack(ack(4), 1.8) is None  # the short last block: receive() sends it
+    assert [bytes(p)[:4] for p in transfer.receive(ack(4), 1.8)] == [b"\0\x03\0\x05"]
+    assert transfer.lockstep_ack(ack(5), 1.9) is None
+    transfer.receive(ack(5), 1.9)
+    assert isinstance(transfer.result, Completed)
+
+
+def test_lockstep_ack_leaves_windows_and_negotiation_to_receive() -> None:
+    windowed = start(b"x" * 5000, rrq(windowsize="2"))
+    windowed.begin(0.0)
+    windowed.receive(ack(0), 0.0)
+    assert windowed.lockstep_ack(ack(2), 0.1) is None
+    negotiating = start(b"x" * 5000, rrq(blksize="512"))
+    negotiating.begin(0.0)
+    assert negotiating.lockstep_ack(ack(0), 0.1) is None
+    assert negotiating.state is State.NEGOTIATING
+
+
+class CountingReadable(BytesReadable):
+    def __init__(self, data: bytes, reads: list[int], fail_after: int | None = None) -> None:
+        super().__init__(data)
+        self.reads = reads
+        self.fail_after = fail_after
+
+    def readinto_at(self, buffers: object, offset: int) -> int:
+        self.reads.append(offset)
+        if self.fail_after is not None and len(self.reads) > self.fail_after:
+            return 0  # the file shrank under us
+        return super().readinto_at(buffers, offset)  # type: ignore[arg-type]
+
+
+def counting_transfer(data: bytes, reads: list[int], fail_after: int | None = None) -> TftpTransfer:
+    class Source:
+        def open(self, path: str, client: ClientAddress) -> Readable:
+            return CountingReadable(data, reads, fail_after)
+
+    config = TransferConfig(readahead=512 * 8)
+    return TftpTransfer(rrq(), Source(), CLIENT, config)
+
+
+def test_lockstep_reads_the_file_once_per_readahead() -> None:
+    data = random.Random(3).randbytes(512 * 20 + 100)
+    reads: list[int] = []
+    transfer = counting_transfer(data, reads)
+    client = SimClient(1)
+    run_lossy(transfer, client, random.Random(4), 0.0)
+    assert bytes(client.received) == data
+    # 8 slots of 516 bytes fit in 4096 bytes only 7 times: blocks 1-7, 8-14, 15-21.
+    assert reads == [0, 7 * 512, 14 * 512]
+
+
+def test_a_file_shrinking_between_reads_fails_cleanly() -> None:
+    reads: list[int] = []
+    transfer = counting_transfer(b"x" * 512 * 20, reads, fail_after=1)
+    transfer.begin(0.0)
+    for block in range(1, 7):
+        assert transfer.lockstep_ack(ack(block), 0.0) is not None
+    assert transfer.lockstep_ack(ack(7), 0.0) is None  # block 8 is not read yet
+    (reply,) = transfer.receive(ack(7), 0.0)
+    assert parse_packet(reply) == Error(0, "file changed while reading")
+    assert isinstance(transfer.result, Failed) and transfer.result.outcome is Outcome.READ_ERROR
