@@ -2,11 +2,15 @@
 
 (a) raw: an image of random (incompressible) bytes, --size-mib (default 1024). The agent streams
 it over HTTP from bootforge's HttpBootServer (its own process, zero-copy sendfile) and hashes it
-(sha256) on the way; dd copies the local file, `dd if=image of=target bs=4M oflag=direct
-conv=fsync`. Both write onto the same kind of target, fresh for every run: a loop device over a
-new sparse file (as root, when losetup works), else a new sparse file (--target file). The image
-is read once before, so both read it from the page cache. Runs alternate agent / dd for --rounds
-rounds; the medians are reported. Target: agent >= 0.9x dd.
+(sha256) on the way; dd copies the local file, `dd if=image of=target bs=<the agent's CHUNK>
+oflag=direct conv=fsync`. Both write onto the same kind of target, fresh for every run: a loop
+device over a new sparse file (as root, when losetup works), else a new sparse file (--target
+file). The image is read once before, so both read it from the page cache. Writers take turns
+for --rounds rounds, in a rotating order; the medians are reported: throughput, and CPU seconds
+per GiB (getrusage of the child: the agent's, zstd's; the HTTP server's from /proc, apart), which
+is the robust number on a shared machine. --baseline-agent DIR adds another copy of the agent
+(e.g. the previous version of bootforge/agent) as a third writer, for before/after numbers
+measured under the same load. Target: agent >= 0.9x dd.
 
 (b) sparse: a --sparse-mib (default 4096) image holding --data-mib (default 300) of random data
 in 1 MiB chunks at random places, the rest zeros, and the same data packed into a data-only
@@ -23,6 +27,7 @@ has a deadline; temp files and loop devices are removed at the end, also on fail
     .venv/bin/python bench/image_write.py             # 1 GiB raw x 3 rounds; 4 GiB / 300 MiB sparse
     .venv/bin/python bench/image_write.py --quick     # 128 MiB raw x 1; 512 / 40 MiB sparse
     .venv/bin/python bench/image_write.py --target file --size-mib 2048
+    .venv/bin/python bench/image_write.py --phases raw --rounds 5 --baseline-agent /tmp/agent_before
 
 Needs dd, zstd (Debian zstd) and, for loop targets, root and losetup. The machine is shared: the
 load average is printed with each phase.
@@ -51,7 +56,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bootforge.agent.write import CHUNK  # noqa: E402 (the repo is put on the path first)
+
 MiB = 1 << 20
+GiB = 1 << 30
 TARGET_RATIO = 0.9
 RUN_TIMEOUT_S = 600.0
 READY_TIMEOUT_S = 20.0
@@ -91,9 +100,11 @@ class Run:
     written: int = 0
     zeroed: int = 0
     server_cpu: float = 0.0  # the HTTP server's CPU seconds during the run
+    load: float = 0.0  # the 1-minute load average when the run ended
 
 
 SERVER_PID = 0  # set once the HTTP server runs; its CPU is counted per agent run
+NICE: list[str] = []  # `nice -n N` before every writer and the server, with --nice N
 
 
 def process_cpu(pid: int) -> float:
@@ -230,7 +241,7 @@ def run_agent(pkg: Path, spec: dict[str, Any], target: Path) -> Run:
     args = json.dumps({"image": spec, "root_device_hints": {}, "configdrive": None})
     cpu, server = child_cpu(), process_cpu(SERVER_PID)
     done = subprocess.run(
-        [sys.executable, "-c", AGENT_CHILD.format(pkg=str(pkg)), args, str(target)],
+        [*NICE, sys.executable, "-c", AGENT_CHILD.format(pkg=str(pkg)), args, str(target)],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
@@ -241,17 +252,34 @@ def run_agent(pkg: Path, spec: dict[str, Any], target: Path) -> Run:
     if result["checksum"] != spec["checksum"]:
         raise RuntimeError("agent reported a different checksum")
     server = process_cpu(SERVER_PID) - server
-    return Run(result["wall"], child_cpu() - cpu, result["bytes_written"], result["bytes_zeroed"], server)
+    return Run(
+        result["wall"],
+        child_cpu() - cpu,
+        result["bytes_written"],
+        result["bytes_zeroed"],
+        server,
+        os.getloadavg()[0],
+    )
 
 
 def run_dd(image: Path, target: Path) -> Run:
     cpu, started = child_cpu(), time.monotonic()
     subprocess.run(
-        ["dd", f"if={image}", f"of={target}", "bs=4M", "oflag=direct", "conv=fsync,notrunc", "status=none"],
+        [
+            *NICE,
+            "dd",
+            f"if={image}",
+            f"of={target}",
+            f"bs={CHUNK // MiB}M",
+            "oflag=direct",
+            "conv=fsync,notrunc",
+            "status=none",
+        ],
         check=True,
         timeout=RUN_TIMEOUT_S,
     )
-    return Run(time.monotonic() - started, child_cpu() - cpu, image.stat().st_size)
+    seconds = time.monotonic() - started
+    return Run(seconds, child_cpu() - cpu, image.stat().st_size, load=os.getloadavg()[0])
 
 
 # -- servers ------------------------------------------------------------------------------------
@@ -260,7 +288,7 @@ def run_dd(image: Path, target: Path) -> Run:
 def start_server(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER_CHILD.format(repo=str(REPO), root=str(root), port=port)],
+        [*NICE, sys.executable, "-c", SERVER_CHILD.format(repo=str(REPO), root=str(root), port=port)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -293,86 +321,105 @@ def mib_s(nbytes: int, seconds: float) -> float:
     return nbytes / MiB / seconds
 
 
-def phase_raw(root: Path, base: str, pkg: Path, targets: Targets, mib: int, rounds: int) -> bool:
+def per_gib(cpu: float, nbytes: int) -> float:
+    return cpu / (nbytes / GiB)
+
+
+def phase_raw(
+    root: Path, base: str, agents: dict[str, Path], targets: Targets, mib: int, rounds: int
+) -> bool:
     image = random_image(root / "raw.img", mib, seed=1)
     size = image.stat().st_size
     spec = image_spec(f"{base}/raw.img", image, size, "raw")
-    print(f"\n(a) raw image, {mib} MiB of random bytes; {load()}")
-    runs: dict[str, list[Run]] = {"agent": [], "dd": []}
+    print(f"\n(a) raw image, {mib} MiB of random bytes, dd bs={CHUNK // MiB}M; {load()}")
+    writers = [*agents, "dd"]
+    runs: dict[str, list[Run]] = {who: [] for who in writers}
     for n in range(rounds):
-        # Alternate who goes first, so that a noisy neighbour does not always hit the same one.
-        for who in ("agent", "dd") if n % 2 == 0 else ("dd", "agent"):
+        # Rotate who goes first, so that a noisy neighbour does not always hit the same one.
+        for who in writers[n % len(writers) :] + writers[: n % len(writers)]:
             with targets.fresh(size) as target:
-                run = run_agent(pkg, spec, target) if who == "agent" else run_dd(image, target)
+                run = run_dd(image, target) if who == "dd" else run_agent(agents[who], spec, target)
             runs[who].append(run)
-            server = f" + server {run.server_cpu:.2f}" if who == "agent" else ""
+            server = f" + server {per_gib(run.server_cpu, size):.2f}" if who != "dd" else ""
             print(
-                f"  round {n + 1} {who:5}: {mib_s(size, run.seconds):7.0f} MiB/s "
-                f"({run.seconds:.2f} s, CPU-s {run.cpu:.2f}{server})",
+                f"  round {n + 1} {who:6}: {mib_s(size, run.seconds):6.0f} MiB/s "
+                f"({run.seconds:5.2f} s), CPU-s/GiB {per_gib(run.cpu, size):.2f}{server}; "
+                f"load {run.load:.1f}",
                 flush=True,
             )
-    agent = statistics.median(r.seconds for r in runs["agent"])
-    dd = statistics.median(r.seconds for r in runs["dd"])
-    ratio = dd / agent
+    print(f"  medians of {rounds} round(s):")
+    speed: dict[str, float] = {}
+    for who in writers:
+        speed[who] = mib_s(size, statistics.median(r.seconds for r in runs[who]))
+        cpu = per_gib(statistics.median(r.cpu for r in runs[who]), size)
+        served = statistics.median(r.server_cpu for r in runs[who])
+        extra = f" + HTTP server {per_gib(served, size):.2f}" if who != "dd" else ""
+        print(f"    {who:6} {speed[who]:6.0f} MiB/s, CPU-s/GiB {cpu:.2f}{extra}")
+    ratio = speed["agent"] / speed["dd"]
     verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+    loads = [r.load for rs in runs.values() for r in rs]
     print(
-        f"  median: agent {mib_s(size, agent):.0f} MiB/s, dd {mib_s(size, dd):.0f} MiB/s, "
-        f"ratio {ratio:.2f}x (target >= {TARGET_RATIO}x: {verdict}); {load()}"
+        f"  agent / dd throughput {ratio:.2f}x (target >= {TARGET_RATIO}x: {verdict}); "
+        f"load during the runs {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores"
     )
+    for who in agents:
+        if who != "agent":
+            print(f"  agent / {who} throughput {speed['agent'] / speed[who]:.2f}x")
     image.unlink()
     return ratio >= TARGET_RATIO
 
 
-def phase_sparse(root: Path, base: str, pkg: Path, targets: Targets, total_mib: int, data_mib: int) -> None:
+def phase_sparse(
+    root: Path, base: str, agents: dict[str, Path], targets: Targets, total_mib: int, data_mib: int
+) -> None:
     sparse, packed = sparse_images(root, total_mib, data_mib, seed=2)
     served = {"sparse": compress(sparse), "packed": compress(packed)}
     print(
         f"\n(b) sparse image: {total_mib} MiB holding {data_mib} MiB of data (zstd: "
         f"{served['sparse'].stat().st_size / MiB:.0f} MiB) vs the data alone; {load()}"
     )
-    results: dict[str, Run] = {}
     cases = [
         ("sparse", served["sparse"], sparse, "zstd"),
         ("packed", served["packed"], packed, "zstd"),
         ("sparse-raw", sparse, sparse, "raw"),
     ]
-    for name, image, raw, fmt in cases:
-        spec = image_spec(f"{base}/{image.name}", image, raw.stat().st_size, fmt)
-        with targets.fresh(raw.stat().st_size) as target:
-            run = run_agent(pkg, spec, target)
-        results[name] = run
+    for who, pkg in agents.items():
+        results: dict[str, Run] = {}
+        for name, image, raw, fmt in cases:
+            spec = image_spec(f"{base}/{image.name}", image, raw.stat().st_size, fmt)
+            with targets.fresh(raw.stat().st_size) as target:
+                run = run_agent(pkg, spec, target)
+            results[name] = run
+            print(
+                f"  {who:6} {name:10} ({fmt:4}): {run.seconds:6.2f} s, "
+                f"CPU-s {run.cpu:5.2f} + server {run.server_cpu:4.2f}, "
+                f"written {run.written / MiB:6.0f} MiB, zeroed {run.zeroed / MiB:6.0f} MiB; "
+                f"load {run.load:.1f}",
+                flush=True,
+            )
+        holey, dense = results["sparse"], results["packed"]
+        zero_gib = (total_mib - data_mib) / 1024
         print(
-            f"  {name:10} ({fmt:4}): {run.seconds:6.2f} s, "
-            f"CPU-s {run.cpu:5.2f} + server {run.server_cpu:4.2f}, "
-            f"written {run.written / MiB:6.0f} MiB, zeroed {run.zeroed / MiB:6.0f} MiB",
-            flush=True,
+            f"  {who}: time(sparse) / time(data only) = {holey.seconds / dense.seconds:.2f} "
+            f"(a writer of every byte: {total_mib / data_mib:.1f}); raw sparse image: "
+            f"{results['sparse-raw'].seconds / dense.seconds:.2f}; zeros cost "
+            f"{(holey.seconds - dense.seconds) / zero_gib:.2f} s and "
+            f"{(holey.cpu - dense.cpu) / zero_gib:.2f} CPU-s per GiB (zstd, the pipe, the zero check)"
         )
-    holey, dense = results["sparse"], results["packed"]
-    zero_gib = (total_mib - data_mib) / 1024
-    print(
-        f"  time(sparse) / time(data only) = {holey.seconds / dense.seconds:.2f} "
-        f"(a writer of every byte: {total_mib / data_mib:.1f}); raw sparse image: "
-        f"{results['sparse-raw'].seconds / dense.seconds:.2f}\n"
-        f"  zeros cost {(holey.seconds - dense.seconds) / zero_gib:.2f} s and "
-        f"{(holey.cpu - dense.cpu) / zero_gib:.2f} CPU-s per GiB (zstd, the pipe, the zero check); {load()}"
-    )
 
 
-def agent_package(directory: Path) -> Path:
-    """bootforge/agent copied as top-level `bootforge_agent`, the way the ramdisk ships it."""
-    pkg = directory / "pkg"
-    shutil.copytree(
-        REPO / "bootforge" / "agent", pkg / "bootforge_agent", ignore=shutil.ignore_patterns("__pycache__")
-    )
+def agent_package(source: Path, pkg: Path) -> Path:
+    """The agent's sources copied as top-level `bootforge_agent`, the way the ramdisk ships it."""
+    shutil.copytree(source, pkg / "bootforge_agent", ignore=shutil.ignore_patterns("__pycache__"))
     return pkg
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mib", type=int, default=1024, help="raw image size (a)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating agent/dd rounds in (a)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every writer in (a)")
     parser.add_argument("--sparse-mib", type=int, default=4096, help="sparse image size (b)")
     parser.add_argument("--data-mib", type=int, default=300, help="data in the sparse image (b)")
     parser.add_argument("--target", choices=("auto", "loop", "file"), default="auto")
@@ -380,14 +427,34 @@ def main() -> int:
         "--dir", type=Path, default=None, help="where the images and targets go (default: a temp dir)"
     )
     parser.add_argument("--phases", choices=("raw", "sparse", "both"), default="both")
+    parser.add_argument(
+        "--baseline-agent",
+        type=Path,
+        default=None,
+        help="another bootforge/agent directory, run beside the agent (before/after numbers)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the writers and the HTTP server at this niceness (e.g. -10, as root: an "
+        "estimate of an idle machine's numbers; it takes CPU from the machine's other jobs)",
+    )
     parser.add_argument("--quick", action="store_true", help="128 MiB x 1 round; 512 MiB holding 40 MiB")
     args = parser.parse_args()
     if args.quick:
         args.size_mib, args.rounds, args.sparse_mib, args.data_mib = 128, 1, 512, 40
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     for tool, package in (("dd", "coreutils"), ("zstd", "zstd")):
         if shutil.which(tool) is None:
             print(f"needs {tool} (apt-get install -y {package})")
             return 2
+    global NICE
+    NICE = ["nice", "-n", str(args.nice)] if args.nice else []
     tmp = Path(tempfile.mkdtemp(prefix="bf-bench-write-", dir=args.dir))
     root = tmp / "www"
     root.mkdir()
@@ -401,13 +468,19 @@ def main() -> int:
         server, port = start_server(root)
         global SERVER_PID
         SERVER_PID = server.pid
-        base, pkg = f"http://127.0.0.1:{port}", agent_package(tmp)
+        base = f"http://127.0.0.1:{port}"
+        pkg = agent_package(REPO / "bootforge" / "agent", tmp / "pkg")
+        agents = {"agent": pkg}
+        if args.baseline_agent is not None:
+            agents["before"] = agent_package(args.baseline_agent, tmp / "pkg-before")
         print(f"target: {'a loop device over ' if loop else ''}a fresh sparse file in {tmp}; {load()}")
+        if args.nice:
+            print(f"writers and the HTTP server run at niceness {args.nice}")
         ok = True
         if args.phases in ("raw", "both"):
-            ok = phase_raw(root, base, pkg, targets, args.size_mib, args.rounds)
+            ok = phase_raw(root, base, agents, targets, args.size_mib, args.rounds)
         if args.phases in ("sparse", "both"):
-            phase_sparse(root, base, pkg, targets, args.sparse_mib, args.data_mib)
+            phase_sparse(root, base, agents, targets, args.sparse_mib, args.data_mib)
     finally:
         if server is not None:
             stop(server)

@@ -7,6 +7,10 @@ block device such as a loop device.
 
 DiskIO is the one place that writes to a disk. Zeroing is cheap where the kernel can do it
 (BLKZEROOUT on a block device, a punched hole in a regular file) and falls back to writing zeros.
+Bulk data goes through a second, O_DIRECT descriptor when the disk takes one (write_aligned):
+straight from the caller's page-aligned buffer to the device, as `dd oflag=direct` does, instead
+of being copied into the page cache and written back later. Whatever O_DIRECT cannot carry (an
+unaligned tail, a file system without O_DIRECT such as tmpfs) goes through the page cache.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import mmap
 import os
 import re
 import stat
@@ -37,6 +42,7 @@ BLKFLSBUF = 0x1261
 BLKSECDISCARD = 0x127D
 BLKZEROOUT = 0x127F
 BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268  # the logical block size: the unit O_DIRECT offsets and lengths must keep
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -45,8 +51,16 @@ VIRTUAL_PREFIXES = ("loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd")
 _HCTL = re.compile(r"^\d+:\d+:\d+:\d+$")
 # errnos meaning "this kind of file or device cannot do that", as opposed to an I/O failure.
 _UNSUPPORTED = {errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
-_ZEROS = bytes(4 * MiB)
+ZEROS_SIZE = 4 * MiB  # one write of zeros when the kernel cannot zero a range itself
 WRITEBACK_STEP = 128 * MiB
+# O_DIRECT wants the buffer, the offset and the length aligned: a page suits every disk's
+# logical block size but the rare larger one, which BLKSSZGET reports.
+DIRECT_ALIGN = mmap.PAGESIZE
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """Anonymous memory starting on a page boundary, as O_DIRECT needs (a bytearray's is not)."""
+    return mmap.mmap(-1, size)
 
 
 @dataclass(frozen=True)
@@ -191,7 +205,7 @@ class DiskIO:
     """A disk open for writing. Every write and zeroing is bounded by the disk's size, so a bad
     offset fails loudly instead of growing a regular file or wrapping onto another device."""
 
-    def __init__(self, disk: Disk) -> None:
+    def __init__(self, disk: Disk, direct: bool = True) -> None:
         self.disk = disk
         try:
             self.fd = os.open(disk.path, os.O_WRONLY | os.O_CLOEXEC)
@@ -202,6 +216,9 @@ class DiskIO:
         self.bytes_zeroed = 0
         self._cheap_zeroing = True
         self._writeback = _Writeback(self.fd, disk.name)
+        self.align = max(DIRECT_ALIGN, _logical_block_size(self.fd)) if self.is_block else DIRECT_ALIGN
+        self.direct_fd = _open_direct(disk.path) if direct else -1
+        self._zeros: mmap.mmap | None = None
 
     def __enter__(self) -> DiskIO:
         return self
@@ -216,6 +233,20 @@ class DiskIO:
                 self._writeback.stop()
             os.close(self.fd)
             self.fd = -1
+        self._close_direct()
+        if self._zeros is not None:
+            self._zeros.close()
+            self._zeros = None
+
+    def _close_direct(self) -> None:
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
+
+    @property
+    def direct(self) -> bool:
+        """Whether bulk writes still bypass the page cache."""
+        return self.direct_fd >= 0
 
     def _bounds(self, offset: int, length: int) -> None:
         if offset < 0 or offset + length > self.disk.size:
@@ -239,6 +270,38 @@ class DiskIO:
             ) from exc
         self._writeback.wrote(length)
 
+    def write_aligned(self, data: memoryview, offset: int) -> None:
+        """Like write, for data that starts on a page boundary in memory (a slice of an
+        aligned_buffer at a multiple of the page size): its whole blocks go through O_DIRECT when
+        the offset is aligned too, the rest (a tail shorter than a block) through write."""
+        self._bounds(offset, len(data))
+        if self.direct_fd >= 0 and offset % self.align == 0:
+            cut = len(data) - len(data) % self.align
+            done = self._write_direct(data[:cut], offset) if cut else 0
+            data, offset = data[done:], offset + done
+        if data:
+            self.write(data, offset)
+
+    def _write_direct(self, view: memoryview, offset: int) -> int:
+        """Bytes written through O_DIRECT, from the start of view; 0 and O_DIRECT off for good
+        when the disk refuses it (EINVAL: a file system or device that cannot do it, or whose
+        alignment is stricter than ours), so that write carries the data instead."""
+        done = 0
+        try:
+            while done < len(view):
+                n = os.pwrite(self.direct_fd, view[done:], offset + done)
+                done += n
+                self.bytes_written += n
+                if not n or n % self.align:
+                    break  # a short write off the block grid: write finishes the rest
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or done:
+                raise CommandError(
+                    f"writing to {self.disk.name} at offset {offset + done} failed: {exc.strerror}"
+                ) from exc
+            self._close_direct()
+        return done
+
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros, without sending zeros when the kernel can."""
         if length <= 0:
@@ -260,11 +323,14 @@ class DiskIO:
         self._write_zeros(offset, length)
 
     def _write_zeros(self, offset: int, length: int) -> None:
+        if self._zeros is None:
+            self._zeros = aligned_buffer(ZEROS_SIZE)
+        zeros = memoryview(self._zeros)
         written = self.bytes_written
         end = offset + length
         while offset < end:
-            n = min(len(_ZEROS), end - offset)
-            self.write(memoryview(_ZEROS)[:n], offset)
+            n = min(ZEROS_SIZE, end - offset)
+            self.write_aligned(zeros[:n], offset)
             offset += n
         # Zeros are counted as zeroed, not as image data written.
         self.bytes_zeroed += self.bytes_written - written
@@ -348,6 +414,23 @@ class _Writeback:
         if self.error is not None:
             error, self.error = self.error, None
             raise CommandError(f"writing to {self.name} failed: {error.strerror}") from error
+
+
+def _logical_block_size(fd: int) -> int:
+    try:
+        (size,) = struct.unpack("=i", fcntl.ioctl(fd, BLKSSZGET, bytes(4)))
+    except OSError:
+        return SECTOR
+    return max(int(size), SECTOR)
+
+
+def _open_direct(path: Path) -> int:
+    """A second descriptor with O_DIRECT, or -1 where the file system has none (tmpfs: EINVAL):
+    every write then goes through the page cache."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+    except OSError:
+        return -1
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> None:

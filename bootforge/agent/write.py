@@ -4,8 +4,11 @@ Nothing is written before the disk is known to fit the image and the config driv
 hashed as it arrives (the served bytes: compressed ones for zstd) and never held whole in memory.
 Receiving, hashing, decompressing and writing overlap: a reader thread fills a few CHUNK buffers,
 the command's thread writes each one while, for a raw stream, a third thread hashes it (for zstd,
-the thread feeding zstd hashes). Blocks of zeros are not written: their range is zeroed the cheap
-way (DiskIO.zero), merged across chunks, so a sparse image costs time mostly for its data.
+the thread feeding zstd hashes). The buffers are page-aligned and reused: the socket (or zstd's
+pipe) reads straight into them and the disk is written straight from them with O_DIRECT, so each
+byte is copied once, by the kernel receiving it. Blocks of zeros are not written: their range is
+zeroed the cheap way (DiskIO.zero), merged across chunks, so a sparse image costs time mostly for
+its data.
 
 The image's first MiB (partition table, boot code) is held back and written only once the
 checksum matched: a bad download leaves the disk's partition table as it was, so the machine
@@ -19,6 +22,7 @@ import fcntl
 import hashlib
 import http.client
 import itertools
+import mmap
 import os
 import queue
 import shutil
@@ -34,7 +38,7 @@ from urllib.parse import urlsplit
 
 from . import log
 from .common import CommandError, Context, Progress
-from .disks import Disk, DiskIO, list_disks
+from .disks import Disk, DiskIO, aligned_buffer, list_disks
 from .hints import choose_disk
 from .partitions import add_configdrive, configdrive_reserve, decode_configdrive, has_partition_table
 
@@ -208,17 +212,17 @@ def _pump(
     return head, offset
 
 
-def _write_chunk(dio: DiskIO, zeros: _ZeroRuns, buf: bytearray, start: int, end: int, base: int) -> None:
+def _write_chunk(dio: DiskIO, zeros: _ZeroRuns, buf: mmap.mmap, start: int, end: int, base: int) -> None:
     """Writes buf[start:end] at disk offset base+start, except whole BLOCKs of zeros, which are
-    zeroed instead. bytearray.startswith compares in place at memcmp speed (a memoryview
-    comparison would go element by element, and slicing would copy)."""
-    if start == 0 and end == CHUNK and buf == ZERO_CHUNK:
+    zeroed instead. bytes.startswith takes a memoryview and compares in place at memcmp speed
+    (comparing memoryviews would go element by element, and slicing the mmap would copy)."""
+    view = memoryview(buf)
+    if start == 0 and end == CHUNK and ZERO_CHUNK.startswith(view):
         zeros.add(base, CHUNK)
         return
-    view = memoryview(buf)
 
     def is_zero(pos: int) -> bool:
-        return end - pos >= BLOCK and buf.startswith(ZERO_BLOCK, pos, pos + BLOCK)
+        return end - pos >= BLOCK and ZERO_BLOCK.startswith(view[pos : pos + BLOCK])
 
     for zero, group in itertools.groupby(range(start, end, BLOCK), key=is_zero):
         positions = list(group)
@@ -226,7 +230,8 @@ def _write_chunk(dio: DiskIO, zeros: _ZeroRuns, buf: bytearray, start: int, end:
         if zero:
             zeros.add(base + lo, hi - lo)
         else:
-            dio.write(view[lo:hi], base + lo)
+            # lo is a multiple of BLOCK: the slice stays page-aligned for O_DIRECT.
+            dio.write_aligned(view[lo:hi], base + lo)
 
 
 class _ZeroRuns:
@@ -417,11 +422,11 @@ class _Reader:
         self, readinto: Callable[[memoryview], int], tap: Callable[[memoryview], object] | None
     ) -> None:
         self._readinto, self._tap = readinto, tap
-        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._free: queue.Queue[mmap.mmap | None] = queue.Queue()
         for _ in range(BUFFERS):
-            self._free.put(bytearray(CHUNK))
-        self._full: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
-        self._tapped: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+            self._free.put(aligned_buffer(CHUNK))
+        self._full: queue.Queue[tuple[mmap.mmap, int] | BaseException] = queue.Queue()
+        self._tapped: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
         self._users: dict[int, int] = {}
         self._lock = threading.Lock()
         self._tap_error: BaseException | None = None
@@ -436,7 +441,7 @@ class _Reader:
         try:
             while True:
                 buf = self._free.get()
-                if self._stopped:
+                if buf is None or self._stopped:
                     return
                 n = self._fill(memoryview(buf))
                 if self._tap is not None:
@@ -472,7 +477,7 @@ class _Reader:
             got += n
         return got
 
-    def chunks(self) -> Iterator[tuple[bytearray, int]]:
+    def chunks(self) -> Iterator[tuple[mmap.mmap, int]]:
         """(buffer, bytes in it) until the stream ends; hand each buffer back with release()."""
         while True:
             item = self._full.get()
@@ -486,7 +491,7 @@ class _Reader:
             if n < CHUNK:
                 return
 
-    def release(self, buf: bytearray) -> None:
+    def release(self, buf: mmap.mmap) -> None:
         with self._lock:
             users = self._users.pop(id(buf), 1) - 1
             if users:
@@ -503,6 +508,6 @@ class _Reader:
 
     def stop(self) -> None:
         self._stopped = True
-        self._free.put(bytearray())
+        self._free.put(None)
         for thread in self._threads:
             thread.join(JOIN_TIMEOUT_S)

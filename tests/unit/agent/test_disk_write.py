@@ -8,6 +8,7 @@ bytes, its holes (st_blocks), its partition table (sfdisk --json).
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import hashlib
 import io
@@ -235,13 +236,77 @@ def test_image_sizes_around_the_head_and_chunk_boundaries(
 def test_background_writeback_keeps_every_byte(
     server: ImageServer, served_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Writeback runs every WRITEBACK_STEP bytes; a small step runs it many times while writing.
+    # Writeback runs every WRITEBACK_STEP bytes written through the page cache, so O_DIRECT is
+    # off here; a small step runs it many times while writing.
     monkeypatch.setattr(disks, "WRITEBACK_STEP", MiB)
+    monkeypatch.setattr(disks, "_open_direct", lambda path: -1)
     image = build_image(served_dir / "wb.raw", [("data", 9), ("zero", 4), ("data", 7)])
     disk = new_disk(tmp_path / "disk", 24 * MiB)
     result, _ = run_write([disk], image_args(server, image, image))
     assert read(disk, 0, image.stat().st_size) == image.read_bytes()
     assert result["bytes_written"] == 16 * MiB
+
+
+class PwriteSpy:
+    """Records (fd, length) of every os.pwrite; refuses O_DIRECT ones with EINVAL when told to."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, refuse_direct: bool = False) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.direct_fds: list[int] = []
+        real_pwrite, real_open = os.pwrite, disks._open_direct
+
+        def open_direct(path: Path) -> int:
+            fd = real_open(path)
+            self.direct_fds.append(fd)
+            return fd
+
+        def pwrite(fd: int, data: Any, offset: int) -> int:
+            self.calls.append((fd, len(data)))
+            if refuse_direct and fd in self.direct_fds:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return real_pwrite(fd, data, offset)
+
+        monkeypatch.setattr(disks, "_open_direct", open_direct)
+        monkeypatch.setattr(os, "pwrite", pwrite)
+
+    def bytes_to(self, direct: bool) -> int:
+        return sum(n for fd, n in self.calls if (fd in self.direct_fds) == direct)
+
+
+def test_refused_o_direct_falls_back_to_the_page_cache(
+    server: ImageServer, served_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = PwriteSpy(monkeypatch, refuse_direct=True)
+    image = build_image(served_dir / "img.raw", [("data", 6), ("zero", 2), ("data", 1)])
+    with open(image, "ab") as f:
+        f.write(b"tail")
+    disk = new_disk(tmp_path / "disk", 16 * MiB, fill=0x55)
+    result, _ = run_write([disk], image_args(server, image, image))
+    size = image.stat().st_size
+    assert read(disk, 0, size) == image.read_bytes()
+    assert read(disk, size) == b"\x55" * (16 * MiB - size)
+    assert result["bytes_written"] == 7 * MiB + 4
+    assert spy.direct_fds and spy.direct_fds[0] >= 0, "O_DIRECT was not tried"
+    # One refused O_DIRECT write, then everything through the page cache.
+    assert [fd for fd, _ in spy.calls].count(spy.direct_fds[0]) == 1
+    assert spy.bytes_to(direct=False) == 7 * MiB + 4
+
+
+def test_zeros_written_when_the_kernel_cannot_zero(tmp_path: Path) -> None:
+    path = new_disk(tmp_path / "disk", 12 * MiB, fill=0x33)
+    disk = disks.Disk(name=str(path), path=path, size=12 * MiB)
+    with disks.DiskIO(disk) as dio:
+        dio._cheap_zeroing = False
+        dio.zero(MiB, 5 * MiB + 123)  # aligned start, a tail off the block grid
+        dio.zero(8 * MiB + 7, 4096)  # unaligned start
+        dio.flush()
+        assert (dio.bytes_zeroed, dio.bytes_written) == (5 * MiB + 123 + 4096, 0)
+    data = read(path)
+    assert data[:MiB] == b"\x33" * MiB
+    assert data[MiB : 6 * MiB + 123] == bytes(5 * MiB + 123)
+    assert data[6 * MiB + 123 : 8 * MiB + 7] == b"\x33" * (2 * MiB - 116)
+    assert data[8 * MiB + 7 : 8 * MiB + 7 + 4096] == bytes(4096)
+    assert data[8 * MiB + 7 + 4096 :] == b"\x33" * (4 * MiB - 7 - 4096)
 
 
 def test_zstd_image(server: ImageServer, served_dir: Path, tmp_path: Path) -> None:
@@ -545,6 +610,28 @@ def loop_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         yield device, backing
     finally:
         subprocess.run(["losetup", "-d", str(device)], check=False)
+
+
+def test_block_device_gets_the_bulk_through_o_direct_and_keeps_the_bytes_after_the_image(
+    server: ImageServer,
+    served_dir: Path,
+    loop_disk: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device, backing = loop_disk
+    spy = PwriteSpy(monkeypatch)
+    image = build_image(served_dir / "img.raw", [("data", 5), ("zero", 3), ("data", 2)])
+    with open(image, "ab") as f:
+        f.write(random.Random(7).randbytes(1000))  # a tail shorter than a sector
+    result, _ = run_write([device], image_args(server, image, image))
+    size = image.stat().st_size
+    assert read(backing, 0, size) == image.read_bytes()
+    assert read(backing, size, MiB) == b"\x77" * MiB, "bytes past the image must stay as they were"
+    assert result["bytes_written"] == 7 * MiB + 1000
+    assert spy.direct_fds and spy.direct_fds[0] >= 0, "the block device refused O_DIRECT"
+    # All but the held-back head and the tail went past the page cache.
+    assert spy.bytes_to(direct=True) == 6 * MiB
+    assert spy.bytes_to(direct=False) == MiB + 1000
 
 
 def test_write_to_a_block_device_with_configdrive(
