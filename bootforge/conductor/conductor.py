@@ -163,7 +163,11 @@ class Conductor:
         await task.flush()
         if task.node.provision_state in states.WAIT_STATES:
             # The agent may have reported before the node reached its wait state.
-            await self.agent.resume(task.node.id)
+            try:
+                await self.agent.resume(task.node.id)
+            except Exception:
+                # The periodic timeout check tries again; the node stays in its wait state meanwhile.
+                log.exception("resuming node %s after its agent's report failed", task.node.uuid)
 
     @property
     def images(self) -> ImageCatalogue:

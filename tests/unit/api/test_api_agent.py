@@ -189,3 +189,32 @@ async def test_fast_track_keeps_the_agent_between_inspection_and_cleaning(tmp_pa
         assert erase is not None and erase["name"] == "erase"
         history = (await api.c.get(f"/v1/nodes/{node}/history")).json()["history"]
         assert any("the agent is running already" in e["event"] for e in history)
+
+
+async def test_a_silent_agent_fails_the_deploy_with_the_reason(tmp_path: Path) -> None:
+    ramdisk = tmp_path / "state" / "boot" / "bootforge"
+    ramdisk.mkdir(parents=True)
+    (ramdisk / "vmlinuz").write_bytes(b"k")
+    (ramdisk / "initrd").write_bytes(b"i")
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\1" * 512)
+    settings: dict[str, Any] = {
+        "deploy_callback_timeout": 0.0,
+        "automated_clean": False,
+        "netboot": {"address": "127.0.0.1", "http": True},
+    }
+    async for api in api_with(tmp_path, **settings):
+        r = await api.c.post("/v1/images", json={"name": "tiny", "source": str(image)})
+        assert r.status_code == 201, r.text
+        node = await enrolled(api)
+        await api.drive(node, "provide")
+        patch = [{"op": "add", "path": "/instance_info/image_source", "value": "tiny"}]
+        assert (await api.c.patch(f"/v1/nodes/{node}", json=patch)).status_code == 200
+        shown = await api.drive(node, "active")
+        assert shown["provision_state"] == "wait call-back", shown["last_error"]
+        assert shown["deploy_step"]["step"] == "deploy"
+        await api.bf.conductor.check_wait_timeouts()
+        failed = await api.get(node)
+        assert failed["provision_state"] == "deploy failed"
+        assert "wait call-back" in failed["last_error"]
+        assert "no agent called from the ramdisk" in failed["last_error"]
