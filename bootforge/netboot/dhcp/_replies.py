@@ -24,6 +24,8 @@ _IP_UDP_HEADERS = 28
 _MIN_CLIENT_MAX = 576  # RFC 2131: every client takes a 576-byte datagram; never go below it
 # PXE_DISCOVERY_CONTROL = 8: "boot the file named in this offer, no menu, no further discovery".
 _PXE_BYPASS = encode_option(Opt.VENDOR_OPTS, b"\x06\x01\x08\xff")
+# iPXE's encapsulated options (175): no-pxedhcp (176) = 1, "take this offer, wait for no ProxyDHCP".
+_IPXE_NO_PXEDHCP = encode_option(Opt.IPXE_ENCAP, b"\xb0\x01\x01")
 _BROADCAST_FLAG = 0x8000
 
 
@@ -175,6 +177,10 @@ class ReplyBuilder:
         # and waits for a second answer on port 4011. A plain offer with a boot file works.
         if decision is not None and client is not None and client.http_boot:
             return [encode_option(Opt.VENDOR_CLASS, b"HTTPClient")]
+        if decision is not None and client is not None and client.ipxe:
+            # iPXE holds a plain offer ~3 s for ProxyDHCP offers that would carry boot options;
+            # ours has them already, and iPXE's no-pxedhcp setting says not to wait.
+            return [_IPXE_NO_PXEDHCP]
         return []
 
     def _server_id(self, interface: Interface) -> bytes:

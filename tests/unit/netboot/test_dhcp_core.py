@@ -153,6 +153,15 @@ def test_ipxe_gets_the_script_url_never_a_loader() -> None:
     url = b"http://10.213.0.1:8080/ipxe/52:54:00:12:34:56"
     assert ack.file == url and ack.options[67] == url  # iPXE asks for 67
     assert "ipxe" in outcome.events[0].detail
+    # no-pxedhcp: iPXE takes the offer at once instead of waiting ~3 s for ProxyDHCP offers.
+    assert ack.options[175] == bytes([176, 1, 1])
+
+
+def test_only_ipxe_is_told_not_to_wait_for_proxy_dhcp() -> None:
+    # Firmware PXE and a plain client get no iPXE options.
+    for discover in (ovmf_pxe_discover(), udhcpc_discover(AGENT_MAC)):
+        ack, _ = dora(full(), discover)
+        assert 175 not in ack.options
 
 
 class TftpOnly:
