@@ -1,9 +1,12 @@
-"""A small BIOS-bootable sample OS as a raw disk image: what the lab deploys, and how tests see it boot.
+"""A small sample OS as a raw disk image, for BIOS or UEFI: what the lab deploys, and how tests see it boot.
 
-The image is what a user would deploy, shrunk to the least that proves a deploy worked: an MBR with
-syslinux's boot code, one active FAT16 partition (1 MiB .. IMAGE_MIB) holding syslinux, Debian's
-kernel and a busybox initramfs. The rest of a bigger target disk stays unpartitioned, so the deploy
-agent can append its config drive partition at the end.
+The image is what a user would deploy, shrunk to the least that proves a deploy worked. The BIOS
+variant is an MBR with syslinux's boot code and one active FAT16 partition (1 MiB .. IMAGE_MIB)
+holding syslinux, Debian's kernel and a busybox initramfs. The UEFI variant is a GPT with one EFI
+System Partition (1 MiB .. IMAGE_MIB - 1 MiB, FAT16: OVMF reads it, and FAT32 would need a bigger
+image) holding systemd-boot as the removable-media loader EFI/BOOT/BOOTX64.EFI and the same kernel
+and initramfs. The rest of a bigger target disk stays unpartitioned, so the deploy agent can append
+its config drive partition at the end.
 
 The initramfs's /init prints BOOTED_MARKER on the serial console, loads the block and ISO9660
 modules, looks for a partition whose ISO9660 volume label is config-2, and prints
@@ -12,8 +15,9 @@ NO_CONFIG_DRIVE_MARKER; then it idles.
 
 Everything is built without root or loop devices: sfdisk, mkfs.vfat --offset, mtools and the
 mtools-based ``syslinux --offset`` all work on a plain file (Debian packages syslinux,
-syslinux-common, mtools, dosfstools, fdisk). Kernel, modules and busybox come from Debian's archive
-through bootforge.lab.ramdisk. The image is cached by a hash of its recipe; a second build is a lookup.
+syslinux-common, mtools, dosfstools, fdisk; systemd-boot-efi instead of the syslinux ones for
+UEFI). Kernel, modules and busybox come from Debian's archive through bootforge.lab.ramdisk. The
+image is cached by a hash of its recipe; a second build is a lookup.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from bootforge.lab.ramdisk import _Cpio, _members
 __all__ = [
     "BOOTED_MARKER",
     "CONFIG_DRIVE_LABEL",
+    "FIRMWARES",
     "IMAGE_MIB",
     "NO_CONFIG_DRIVE_MARKER",
     "REQUIRED_TOOLS",
@@ -56,6 +61,12 @@ PARTITION_START = 2048  # sectors: 1 MiB, where sfdisk and every partitioner put
 RECIPE_VERSION = "1"
 SYSLINUX_DIR = Path("/usr/lib/syslinux")
 MBR_BIN = SYSLINUX_DIR / "mbr/mbr.bin"
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+FIRMWARES = ("bios", "uefi")
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+# Fixed GUIDs (like the MBR's label-id) keep the image byte-for-byte reproducible.
+GPT_DISK_GUID = "B007F0A6-5E1F-4B6E-9F0A-7E57B007F0A6"
+ESP_GUID = "B007F0A6-E5B0-4C1D-8A2E-7E57B007F0A6"
 
 # Program -> the Debian package providing it, for skip messages and for the lead's install list.
 REQUIRED_TOOLS = {
@@ -66,6 +77,8 @@ REQUIRED_TOOLS = {
     "dpkg-deb": "dpkg",
     "apt-get": "apt",
 }
+# The UEFI image needs no syslinux: systemd-boot's EFI binary is a file, checked in missing_tools.
+UEFI_TOOLS = {tool: pkg for tool, pkg in REQUIRED_TOOLS.items() if tool != "syslinux"} | {"mmd": "mtools"}
 
 # What /init loads; their dependencies are read from each module's .modinfo and loaded first.
 ROOT_MODULES = ("virtio_pci", "virtio_blk", "isofs")
@@ -126,6 +139,17 @@ LABEL testos
   APPEND console=ttyS0,115200 quiet panic=0
 """
 
+# systemd-boot: no menu, no editor; the entry's paths are on the ESP, where the loader itself lives.
+LOADER_CONF = """timeout 0
+default sample.conf
+editor no
+"""
+LOADER_ENTRY = """title bootforge sample OS
+linux /vmlinuz
+initrd /initrd.gz
+options console=ttyS0,115200n8 quiet panic=0
+"""
+
 
 class TestOsError(RuntimeError):
     """The test OS image could not be built; the message names the missing tool or failed step."""
@@ -133,11 +157,14 @@ class TestOsError(RuntimeError):
     __test__ = False  # not a test class, whatever pytest's name-based collection thinks
 
 
-def missing_tools() -> list[str]:
-    """Programs (with their Debian package) the build needs and this host lacks."""
-    missing = [f"{tool} ({pkg})" for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None]
-    if not MBR_BIN.is_file():
-        missing.append(f"{MBR_BIN} (syslinux-common)")
+def missing_tools(firmware: str = "bios") -> list[str]:
+    """Programs and files (with their Debian package) the `firmware` variant needs and this host lacks."""
+    tools, (loader, loader_pkg) = (REQUIRED_TOOLS, (MBR_BIN, "syslinux-common"))
+    if firmware == "uefi":
+        tools, (loader, loader_pkg) = (UEFI_TOOLS, (SYSTEMD_BOOT, "systemd-boot-efi"))
+    missing = [f"{tool} ({pkg})" for tool, pkg in tools.items() if shutil.which(tool) is None]
+    if not loader.is_file():
+        missing.append(f"{loader} ({loader_pkg})")
     return missing
 
 
@@ -247,6 +274,33 @@ def _syslinux_version() -> str:
     return _run(["dpkg-query", "-W", "-f", "${Version}", "syslinux", "syslinux-common"])
 
 
+def _systemd_boot_version() -> str:
+    # The loader is copied from the host: a new version (or an unpackaged file) is a new recipe.
+    return hashlib.sha256(SYSTEMD_BOOT.read_bytes()).hexdigest()
+
+
+def _mkfs_fat(image: Path, start: int, sectors: int, label: str) -> None:
+    mkfs = ["mkfs.vfat", "-F", "16", "-n", label, "--invariant", f"--offset={start}", "-h", str(start)]
+    _run([*mkfs, str(image), str(sectors * 512 // 1024)])
+
+
+def _copy_in(image: Path, offset: int, files: Mapping[str, bytes], dirs: Iterable[str] = ()) -> None:
+    """Put `files` (FAT path -> content) into the FAT at byte `offset` of `image`, with mtools."""
+    env = {"MTOOLS_SKIP_CHECK": "1"}  # mtools otherwise rejects the FAT's made-up geometry
+    target = f"{image}@@{offset}"
+    for d in dirs:
+        _run(["mmd", "-i", target, f"::/{d}"], env=env)
+    staging = image.parent / f".{image.name}.files"
+    staging.mkdir()
+    try:
+        for i, (name, data) in enumerate(files.items()):
+            src = staging / str(i)
+            src.write_bytes(data)
+            _run(["mcopy", "-o", "-i", target, str(src), f"::/{name}"], env=env)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _write_disk(image: Path, kernel: bytes, initrd: bytes) -> None:
     size = IMAGE_MIB << 20
     with image.open("wb") as f:
@@ -259,47 +313,67 @@ def _write_disk(image: Path, kernel: bytes, initrd: bytes) -> None:
     with image.open("r+b") as f:
         f.write(boot_code)
     offset = PARTITION_START * 512
-    blocks = (size - offset) // 1024
-    mkfs = ["mkfs.vfat", "-F", "16", "-n", "BFTESTOS", "--invariant", f"--offset={PARTITION_START}"]
-    _run([*mkfs, "-h", str(PARTITION_START), str(image), str(blocks)])
-    mtools_env = {"MTOOLS_SKIP_CHECK": "1"}  # mtools otherwise rejects the FAT's made-up geometry
-    files = image.parent / f".{image.name}.files"
-    files.mkdir()
-    try:
-        (files / "vmlinuz").write_bytes(kernel)
-        (files / "initrd").write_bytes(initrd)
-        (files / "syslinux.cfg").write_text(SYSLINUX_CFG)
-        target = f"{image}@@{offset}"
-        for name in ("vmlinuz", "initrd", "syslinux.cfg"):
-            _run(["mcopy", "-o", "-i", target, str(files / name), f"::/{name}"], env=mtools_env)
-    finally:
-        shutil.rmtree(files, ignore_errors=True)
-    _run(["syslinux", "--install", "--offset", str(offset), str(image)], env=mtools_env)
+    _mkfs_fat(image, PARTITION_START, size // 512 - PARTITION_START, "BFTESTOS")
+    files = {"vmlinuz": kernel, "initrd": initrd, "syslinux.cfg": SYSLINUX_CFG.encode()}
+    _copy_in(image, offset, files)
+    _run(["syslinux", "--install", "--offset", str(offset), str(image)], env={"MTOOLS_SKIP_CHECK": "1"})
 
 
-def build_test_os(cache: Path = ramdisk.DEFAULT_CACHE) -> Path:
+def _write_uefi_disk(image: Path, kernel: bytes, initrd: bytes) -> None:
+    size = IMAGE_MIB << 20
+    with image.open("wb") as f:
+        f.truncate(size)
+    # The ESP ends a MiB before the image does: the backup GPT lives in the last 33 sectors.
+    sectors = size // 512 - 2 * PARTITION_START
+    table = (
+        f"label: gpt\nlabel-id: {GPT_DISK_GUID}\n"
+        f"start={PARTITION_START}, size={sectors}, type={ESP_TYPE}, uuid={ESP_GUID}, name=EFI\n"
+    )
+    _run(["sfdisk", "--no-reread", "--no-tell-kernel", str(image)], stdin=table)
+    _mkfs_fat(image, PARTITION_START, sectors, "BFTESTESP")
+    files = {
+        "EFI/BOOT/BOOTX64.EFI": SYSTEMD_BOOT.read_bytes(),
+        "loader/loader.conf": LOADER_CONF.encode(),
+        "loader/entries/sample.conf": LOADER_ENTRY.encode(),
+        "vmlinuz": kernel,
+        "initrd.gz": initrd,
+    }
+    _copy_in(image, PARTITION_START * 512, files, dirs=("EFI", "EFI/BOOT", "loader", "loader/entries"))
+
+
+def build_test_os(cache: Path = ramdisk.DEFAULT_CACHE, firmware: str = "bios") -> Path:
     """The test OS disk image (raw, IMAGE_MIB MiB, sparse), built once per recipe and kept in `cache`.
 
+    `firmware` is "bios" (MBR, syslinux) or "uefi" (GPT, an EFI System Partition, systemd-boot).
     Raises TestOsError when a tool is missing or a step fails, ramdisk.RamdiskError when the Debian
     packages cannot be fetched. Callers must not modify the returned file: copy it.
     """
-    missing = missing_tools()
+    if firmware not in FIRMWARES:
+        raise ValueError(f"firmware must be one of {FIRMWARES}, not {firmware!r}")
+    missing = missing_tools(firmware)
     if missing:
         raise TestOsError(f"needs {', '.join(missing)}")
     debs = cache / "debs"
     # A RamdiskError here means Debian's archive was unreachable or apt is missing: callers may skip.
     kdeb = ramdisk.download(ramdisk.kernel_package(), debs)
     bdeb = ramdisk.download("busybox-static", debs)
-    recipe = [kdeb.name, bdeb.name, RECIPE_VERSION, INIT, SYSLINUX_CFG, str(IMAGE_MIB), *ROOT_MODULES]
-    key = hashlib.sha256("\0".join([*recipe, _syslinux_version()]).encode()).hexdigest()[:16]
-    out = cache / f"test-os-{key}.raw"
+    if firmware == "bios":  # the recipe (and so the cache key) predates the UEFI variant
+        recipe = [kdeb.name, bdeb.name, RECIPE_VERSION, INIT, SYSLINUX_CFG, str(IMAGE_MIB), *ROOT_MODULES]
+        recipe.append(_syslinux_version())
+        name, write = "test-os", _write_disk
+    else:
+        recipe = [kdeb.name, bdeb.name, RECIPE_VERSION, INIT, LOADER_CONF, LOADER_ENTRY, str(IMAGE_MIB)]
+        recipe += [*ROOT_MODULES, GPT_DISK_GUID, ESP_GUID, _systemd_boot_version()]
+        name, write = "test-os-uefi", _write_uefi_disk
+    key = hashlib.sha256("\0".join(recipe).encode()).hexdigest()[:16]
+    out = cache / f"{name}-{key}.raw"
     if out.is_file():
         return out
     kernel, modules = _kernel_and_modules(kdeb)
     initrd = _initramfs(_busybox(bdeb), modules)
-    tmp = cache / f".test-os-{key}.{os.getpid()}.raw"
+    tmp = cache / f".{name}-{key}.{os.getpid()}.raw"
     try:
-        _write_disk(tmp, kernel, initrd)
+        write(tmp, kernel, initrd)
         tmp.rename(out)  # atomic: a concurrent builder either wins or its result is as good
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,8 +1,9 @@
 """The deploy tests' test OS image and disk checks, on their own.
 
 The QEMU tests do by hand what a deploy does (image at the start of a bigger disk, config drive
-partition appended at its end with sfdisk --append) and boot the disk with SeaBIOS: the serial
-console must show the boot marker and the user data (or that there is no config drive). The other
+partition appended at its end with sfdisk --append) and boot the disk with SeaBIOS, or the UEFI
+variant with OVMF: the serial console must show the boot marker and the user data (or that there is
+no config drive). The other
 tests check support.disk_check against sfdisk's own reading of the same files, and show what it
 reports before and after a disk is cleaned. Run with `pytest tests/integration/test_test_os_image.py`.
 """
@@ -37,10 +38,12 @@ from support.test_os import (
 )
 
 from bootforge.lab import ramdisk
-from bootforge.lab.qemu import DEFAULT_BINARY, detect_accel
+from bootforge.lab.qemu import DEFAULT_BINARY, QemuError, detect_accel, find_ovmf
 
 DISK_MIB = 256
 BOOT_TIMEOUT = 180.0  # power on to the last marker; about 15 s under TCG on an idle 2-core host
+UEFI_BOOT_TIMEOUT = 300.0  # OVMF adds its own start (tens of seconds under TCG) to the above
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 USER_DATA = b"hello from config drive"
 META_DATA = b'{"uuid": "4f0c7a52-51c4-4c1e-9a53-0d7d1e0a0b11", "name": "test-node"}'
 
@@ -52,6 +55,17 @@ def os_image() -> Path:
         pytest.skip(f"needs {', '.join(missing)}")
     try:
         return build_test_os()
+    except ramdisk.RamdiskError as e:
+        pytest.skip(f"needs Debian's kernel and busybox-static packages: {e}")
+
+
+@pytest.fixture(scope="module")
+def uefi_image() -> Path:
+    missing = missing_tools("uefi")
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    try:
+        return build_test_os(firmware="uefi")
     except ramdisk.RamdiskError as e:
         pytest.skip(f"needs Debian's kernel and busybox-static packages: {e}")
 
@@ -87,16 +101,36 @@ def zero(disk: Path, offset: int, length: int) -> None:
         f.write(bytes(length))
 
 
-def boot(disk: Path, work: Path, pattern: re.Pattern[str]) -> tuple[str, dict[str, float]]:
-    """Boot `disk` under QEMU (SeaBIOS, no network) until `pattern` is on the serial console.
+def firmware_args(firmware: str, work: Path) -> list[str]:
+    if firmware == "bios":
+        return []
+    try:
+        ovmf = find_ovmf()
+    except QemuError:
+        pytest.skip("needs OVMF (Debian package ovmf)")
+    assert ovmf.code is not None and ovmf.vars_template is not None
+    nvram = work / "OVMF_VARS.fd"  # OVMF writes boot entries to its variable store: never the template
+    shutil.copyfile(ovmf.vars_template, nvram)
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf.code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={nvram}",
+    ]  # fmt: skip
+
+
+def boot(
+    disk: Path, work: Path, pattern: re.Pattern[str], firmware: str = "bios"
+) -> tuple[str, dict[str, float]]:
+    """Boot `disk` under QEMU (SeaBIOS or OVMF, no network) until `pattern` is on the serial console.
 
     Returns the console text and when each marker line first appeared (seconds from start).
     """
     if shutil.which(DEFAULT_BINARY) is None:
         pytest.skip(f"needs {DEFAULT_BINARY} (Debian qemu-system-x86)")
+    timeout = BOOT_TIMEOUT if firmware == "bios" else UEFI_BOOT_TIMEOUT
     log = work / "serial.log"
     argv = [
         DEFAULT_BINARY, "-machine", "q35", "-accel", detect_accel(), "-m", "256",
+        *firmware_args(firmware, work),
         "-display", "none", "-nic", "none", "-no-reboot",
         "-drive", f"file={disk},format=raw,if=virtio",
         "-serial", f"file:{log}",
@@ -106,7 +140,7 @@ def boot(disk: Path, work: Path, pattern: re.Pattern[str]) -> tuple[str, dict[st
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         text = ""
-        while time.monotonic() - start < BOOT_TIMEOUT:
+        while time.monotonic() - start < timeout:
             text = log.read_text(errors="replace") if log.exists() else ""
             for marker in (BOOTED_MARKER, USER_DATA_MARKER, NO_CONFIG_DRIVE_MARKER):
                 if marker in text:
@@ -117,7 +151,7 @@ def boot(disk: Path, work: Path, pattern: re.Pattern[str]) -> tuple[str, dict[st
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 pytest.fail(f"QEMU exited with {proc.returncode}: {err.strip()}\nconsole:\n{text}")
             time.sleep(0.25)
-        pytest.fail(f"no {pattern.pattern!r} on the console within {BOOT_TIMEOUT:.0f} s:\n{text}")
+        pytest.fail(f"no {pattern.pattern!r} on the console within {timeout:.0f} s:\n{text}")
     finally:
         proc.kill()  # by the Popen's own pid, never by name
         proc.wait(timeout=30)
@@ -243,3 +277,43 @@ def test_boots_without_config_drive(os_image: Path, tmp_path: Path) -> None:
     assert BOOTED_MARKER in lines
     assert NO_CONFIG_DRIVE_MARKER in lines
     assert not any(line.startswith(USER_DATA_MARKER) for line in lines)
+
+
+def test_uefi_image_layout(uefi_image: Path) -> None:
+    needs_sfdisk()
+    table = partition_table(uefi_image)
+    assert table["size"] == IMAGE_MIB * MIB
+    gpt = table["gpt"]
+    assert gpt is not None and table["mbr"] is not None
+    assert [p["type"] for p in table["mbr"]["partitions"]] == [0xEE]
+    for header in (gpt["primary"], gpt["backup"]):
+        assert header["header_crc_ok"] and header["entries_crc_ok"], header
+        [esp] = header["partitions"]
+        assert esp["type"] == ESP_TYPE and esp["first_lba"] == 2048
+    assert gpt["backup"]["lba"] == IMAGE_MIB * MIB // 512 - 1
+    assert sfdisk_view(uefi_image) == [(p.start, p.size) for p in partitions(uefi_image)]
+    assert "vfat signature at byte 1048576 (MiB boundary)" in is_blank_metadata(uefi_image).found
+    assert uefi_image.stat().st_blocks * 512 < IMAGE_MIB * MIB
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_uefi_boots_and_prints_user_data(uefi_image: Path, tmp_path: Path) -> None:
+    """The deploy's disk by hand: the GPT's backup header moved to the disk's end, then the config drive."""
+    needs_sfdisk()
+    disk = tmp_path / "disk.raw"
+    with uefi_image.open("rb") as src, disk.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+        dst.truncate(DISK_MIB * MIB)
+    subprocess.run(["sfdisk", "--relocate", "gpt-bak-std", str(disk)], check=True, capture_output=True)
+    files = {"openstack/latest/user_data": USER_DATA, "openstack/latest/meta_data.json": META_DATA}
+    append_config_drive(disk, config_drive_iso(files))
+    assert find_config_drive(disk) == USER_DATA
+    before = partition_table(disk)
+    done = re.compile(f"{re.escape(USER_DATA_MARKER)}.*\n|{NO_CONFIG_DRIVE_MARKER}")
+    text, seen = boot(disk, tmp_path, done, firmware="uefi")
+    print(f"\nUEFI TCG={detect_accel() == 'tcg'} markers after: {seen}")
+    lines = console_lines(text)
+    assert BOOTED_MARKER in lines
+    assert f"{USER_DATA_MARKER}{USER_DATA.decode()}" in lines
+    assert partition_table(disk) == before
