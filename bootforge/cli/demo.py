@@ -30,24 +30,26 @@ from bootforge.lab.ramdisk import RamdiskError
 from bootforge.ramdisk import RamdiskError as AgentRamdiskError
 
 console = Console()
-IMAGE = "sample-os"
+# The sample OS image each firmware boots: syslinux on an MBR disk, systemd-boot on a GPT one.
+IMAGES = {"bios": "sample-os-bios", "uefi": "sample-os-uefi"}
 USER_DATA = "hello from the bootforge demo"
 
 
 def demo(
     vms: Annotated[int, typer.Option("--vms", help="how many VMs")] = 2,
     firmware: Annotated[
-        str, typer.Option(help="bios, uefi, uefi-http or mixed (the sample OS boots on BIOS VMs only)")
-    ] = "bios",
+        str, typer.Option(help="bios, uefi (OVMF PXE), uefi-http or mixed (one of each in turn)")
+    ] = "mixed",
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """VMs network-boot bootforge's ramdisk, are inspected, cleaned and deployed with an OS, live."""
     console.print("[bold]bootforge demo[/bold]: building a virtual rack (Ctrl-C removes it)")
     try:
-        if sample_os.missing_tools():
-            raise LabError(f"the sample OS image needs {', '.join(sample_os.missing_tools())}")
-        console.print("  building the sample OS image (cached after the first time)")
-        image = sample_os.build_test_os()
+        missing = sorted(set(sample_os.missing_tools("bios")) | set(sample_os.missing_tools("uefi")))
+        if missing:
+            raise LabError(f"the sample OS images need {', '.join(missing)}")
+        console.print("  building the sample OS images (cached after the first time)")
+        images = {kind: sample_os.build_test_os(firmware=kind) for kind in IMAGES}
         lab = Lab.up(
             directory, vms, firmware, 768, "full", start=False, say=lambda m: console.print(f"  {m}")
         )
@@ -56,8 +58,9 @@ def demo(
         raise typer.Exit(1) from None
     try:
         with lab.client(timeout=120) as api:
-            _ok(api.post("/v1/images", json={"name": IMAGE, "source": str(image)}), 201)
-            console.print(f"  image {IMAGE} added to the catalogue")
+            for kind, name in IMAGES.items():
+                _ok(api.post("/v1/images", json={"name": name, "source": str(images[kind])}), 201)
+                console.print(f"  image {name} added to the catalogue")
             nodes = {rec.node: rec.firmware for rec in lab.state.vms if rec.node}
             _step(
                 lab,
@@ -75,12 +78,12 @@ def demo(
                 "available",
                 "provide: the same agent cleans the disks (fast track)",
             )
-            bios = {n: f for n, f in nodes.items() if f == "bios"}
-            for node in bios:
-                patch = [{"op": "add", "path": "/instance_info/image_source", "value": IMAGE}]
+            for node, fw in nodes.items():
+                image = IMAGES["bios" if fw == "bios" else "uefi"]
+                patch = [{"op": "add", "path": "/instance_info/image_source", "value": image}]
                 _ok(api.patch(f"/v1/nodes/{node}", json=patch), 200)
             _step(
-                lab, api, bios, "active", "active",
+                lab, api, nodes, "active", "active",
                 "deploy: image + config drive streamed to disk, then the VM boots from it",
                 {"configdrive": {"user_data": USER_DATA}},
             )  # fmt: skip
