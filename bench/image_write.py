@@ -5,10 +5,11 @@ it over HTTP from bootforge's HttpBootServer (its own process, zero-copy sendfil
 (sha256) on the way; dd copies the local file, `dd if=image of=target bs=<the agent's CHUNK>
 oflag=direct conv=fsync`. Both write onto the same kind of target, fresh for every run: a loop
 device with direct I/O over a new sparse file (as root, when losetup works; --loop-page-cache for
-one without direct I/O), else a new sparse file (--target file). The image is read once before, so both read it from the page cache. Writers take turns
-for --rounds rounds, in a rotating order; the medians are reported: throughput, and CPU seconds
-per GiB (getrusage of the child: the agent's, zstd's; the HTTP server's from /proc, apart), which
-is the robust number on a shared machine. --baseline-agent DIR adds another copy of the agent
+one without direct I/O), else a new sparse file (--target file). The image is read once before, so
+both read it from the page cache. Writers take turns for --rounds rounds, in a rotating order;
+the medians are reported: throughput, and CPU seconds per GiB (getrusage of the child: the
+agent's, zstd's; the HTTP server's from /proc, apart), which is the robust number on a shared
+machine. --baseline-agent DIR adds another copy of the agent
 (e.g. the previous version of bootforge/agent) as a third writer, for before/after numbers
 measured under the same load. Target: agent >= 0.9x dd.
 
