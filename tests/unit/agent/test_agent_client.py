@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from agent_fakes import FakeTime
 
 from bootforge.agent.client import (
     TOKEN_HEADER,
@@ -175,19 +176,6 @@ def test_only_http_urls() -> None:
         Client("ftp://10.0.0.1/")
     with pytest.raises(ValueError, match="http"):
         Client("10.0.0.1:6385")
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
 
 
 def test_final_result_retries_5xx_with_backoff(server: tuple[str, Recorder]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from agent_fakes import FakeTime
 
 from bootforge.agent import loop
 from bootforge.agent.client import (
@@ -86,19 +87,6 @@ class ScriptedClient(Client):
             self._next(self.posts) if self.posts else None
         finally:
             self.posted.set()
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
 
 
 Execute = Callable[[Command, Progress], dict[str, Any]]

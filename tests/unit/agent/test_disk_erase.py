@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_fakes import attached_loop, needs
 
 from bootforge.agent import erase
 from bootforge.agent.common import CommandError, Context
@@ -21,11 +21,6 @@ SIZE = 64 * MiB
 # Partition 1: 8 MiB at 1 MiB (an XFS signature planted); partition 2: 40 MiB at 10 MiB (ext4).
 P1, P2 = (MiB, 8 * MiB), (10 * MiB, 40 * MiB)
 MARKER = b"bootforge marker: data in the middle of a partition is not metadata"
-
-
-def needs(program: str, package: str) -> None:
-    if shutil.which(program) is None:
-        pytest.skip(f"needs {program} (Debian package {package})")
 
 
 def read(path: Path, offset: int, length: int) -> bytes:
@@ -167,18 +162,9 @@ def test_bad_arguments(tmp_path: Path, args: dict[str, object], message: str) ->
 
 @pytest.fixture
 def loop_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for a loop device")
-    needs("losetup", "mount")
     backing = make_disk(tmp_path, "gpt")
-    made = subprocess.run(["losetup", "-f", "-P", "--show", str(backing)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"needs a free loop device (losetup: {made.stderr.strip()})")
-    device = Path(made.stdout.strip())
-    try:
+    with attached_loop(backing) as device:
         yield device, backing
-    finally:
-        subprocess.run(["losetup", "-d", str(device)], check=False)
 
 
 def test_metadata_and_full_erase_of_a_block_device(loop_disk: tuple[Path, Path]) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_fakes import attached_loop, needs
 
 from bootforge.agent import disks, write
 from bootforge.agent.common import CommandError, Context
@@ -32,11 +33,6 @@ MiB = 1 << 20
 GiB = 1 << 30
 BLOCK = 64 * 1024
 LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
-
-
-def needs(program: str, package: str) -> None:
-    if shutil.which(program) is None:
-        pytest.skip(f"needs {program} (Debian package {package})")
 
 
 class ImageServer:
@@ -598,18 +594,9 @@ def test_bad_configdrive_fails_before_download(
 @pytest.fixture
 def loop_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(loop device, its backing file) for a 128 MiB file, with partition scanning on."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for a loop device")
-    needs("losetup", "mount")
     backing = new_disk(tmp_path / "backing", 128 * MiB, fill=0x77)
-    made = subprocess.run(["losetup", "-f", "-P", "--show", str(backing)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"needs a free loop device (losetup: {made.stderr.strip()})")
-    device = Path(made.stdout.strip())
-    try:
+    with attached_loop(backing) as device:
         yield device, backing
-    finally:
-        subprocess.run(["losetup", "-d", str(device)], check=False)
 
 
 def test_block_device_gets_the_bulk_through_o_direct_and_keeps_the_bytes_after_the_image(
