@@ -25,8 +25,10 @@ from sqlalchemy import delete, insert, select, update
 
 from bootforge.conductor import states, work
 from bootforge.conductor.netboot import RAMDISK_STATES
-from bootforge.conductor.task import NodeTask, event_row, is_uuid, load_node, reserve
+from bootforge.conductor.ports import NEW_PORT
+from bootforge.conductor.task import NodeTask, event_row, load_node, reserve
 from bootforge.db.models import NODE_EVENTS, PORTS, AgentSession, Node, NodeInventory, Port, utcnow
+from bootforge.db.queries import is_uuid
 from bootforge.drivers.agent import AGENT_BOOT, AGENT_COMMAND
 from bootforge.errors import BootforgeError, Conflict, InvalidInput, NodeLocked, NotAuthorized, NotFound
 
@@ -343,20 +345,8 @@ def _disks(inventory: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _port_row(node_id: int, mac: str, now: Any) -> dict[str, Any]:
-    return {
-        "uuid": str(uuidlib.uuid4()),
-        "address": mac,
-        "node_id": node_id,
-        "portgroup_id": None,
-        "pxe_enabled": True,
-        "local_link_connection": {},
-        "physical_network": None,
-        "is_smartnic": False,
-        "internal_info": {},
-        "extra": {"created_by": "inspection"},
-        "created_at": now,
-        "updated_at": None,
-    }
+    row = {**NEW_PORT, "uuid": str(uuidlib.uuid4()), "address": mac, "node_id": node_id, "created_at": now}
+    return {**row, "extra": {"created_by": "inspection"}}
 
 
 def _progress_text(progress: dict[str, Any]) -> str:

@@ -16,8 +16,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states
-from bootforge.conductor.task import is_uuid
 from bootforge.db.models import Allocation, Node, NodeTrait, utcnow
+from bootforge.db.queries import is_uuid
 from bootforge.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:

@@ -20,10 +20,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from bootforge.conductor import states, work
 from bootforge.conductor.agent import AgentService
 from bootforge.conductor.allocations import AllocationService
-from bootforge.conductor.task import NodeTask, age, event_row, reserve
+from bootforge.conductor.task import NodeTask, age, agent_last_seen, event_row, reserve
 from bootforge.config import Settings
 from bootforge.db.engine import Database
-from bootforge.db.models import NODE_EVENTS, AgentSession, Node, NodeEvent, utcnow
+from bootforge.db.models import NODE_EVENTS, Node, NodeEvent, utcnow
 from bootforge.db.models import Conductor as ConductorRow
 from bootforge.drivers.hardware import Drivers
 from bootforge.errors import BootforgeError
@@ -331,7 +331,7 @@ class Conductor:
             if await self.agent.resume(node.id):
                 continue
             limit: float = getattr(self.settings, WAIT_TIMEOUT_SETTING[node.provision_state])
-            heard = await self._agent_heard(node)
+            heard = await agent_last_seen(self.db, node)
             # A working agent (polling, reporting progress) keeps the wait alive: the timeout is for silence.
             if min(age(node.provision_updated_at, now), age(heard, now)) < limit:
                 continue
@@ -351,14 +351,6 @@ class Conductor:
                 error=f"Timeout reached while waiting for callback for node {node.uuid} in state "
                 f"'{node.provision_state}' after {limit:g} s: {agent}",
             )
-
-    async def _agent_heard(self, node: Node) -> dt.datetime | None:
-        boot = node.driver_internal_info.get("agent_boot")
-        if not boot:
-            return None
-        async with self.db.read() as s:
-            session = await s.get(AgentSession, node.id)
-        return session.last_seen if session is not None and session.boot_id == boot else None
 
     async def sync_power_states(self) -> None:
         """Read every idle node's power state; record changes made outside bootforge."""

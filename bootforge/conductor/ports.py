@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonpatch
 from sqlalchemy import insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from bootforge.conductor.conductor import Conductor
-from bootforge.conductor.task import event_row, is_uuid, load_node
+from bootforge.conductor.task import event_row, load_node
 from bootforge.db.batch import BatchInserter
 from bootforge.db.models import NODE_EVENTS, PORTS, Node, Port, Portgroup, utcnow
+from bootforge.db.queries import is_uuid
 from bootforge.errors import Conflict, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from bootforge.conductor.conductor import Conductor
 
 MAC_RE = re.compile(r"^([0-9a-f]{2})([:-]?)([0-9a-f]{2})(\2[0-9a-f]{2}){4}$")
 

@@ -22,7 +22,6 @@ from bootforge.conductor.task import (
     NodeTask,
     acquire,
     event_row,
-    is_uuid,
     load_node,
     locked_message,
     reserve,
@@ -40,6 +39,7 @@ from bootforge.db.models import (
     Portgroup,
     utcnow,
 )
+from bootforge.db.queries import is_uuid
 from bootforge.drivers import base
 from bootforge.drivers.hardware import INTERFACE_TYPES
 from bootforge.errors import Conflict, Forbidden, InvalidInput, NodeLocked, NotFound

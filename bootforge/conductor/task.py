@@ -20,7 +20,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states
+from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, AgentSession, Node, NodeEvent, Port, utcnow
+from bootforge.db.queries import is_uuid
 from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
 from bootforge.errors import NodeLocked, NotFound
 
@@ -76,18 +78,7 @@ class NodeTask:
         return self.conductor.settings
 
     async def agent_last_seen(self) -> dt.datetime | None:
-        boot = self.node.driver_internal_info.get("agent_boot")
-        if not boot:
-            return None
-        async with self.conductor.db.read() as s:
-            row = (
-                await s.execute(
-                    select(AgentSession.last_seen).where(
-                        AgentSession.node_id == self.node.id, AgentSession.boot_id == boot
-                    )
-                )
-            ).first()
-        return None if row is None else _aware(row[0])
+        return await agent_last_seen(self.conductor.db, self.node)
 
     async def netboot_events_since(self, since: dt.datetime) -> list[str]:
         # Netboot events are batched (EventSink): they reach the table within about a second.
@@ -195,14 +186,6 @@ def _by_ident(ident: str) -> Any:
     return select(Node).where(column == ident)
 
 
-def is_uuid(value: str) -> bool:
-    try:
-        uuidlib.UUID(value)
-    except ValueError:
-        return False
-    return len(value) in (32, 36)
-
-
 async def load_ports(conductor: Conductor, node_id: int) -> list[Port]:
     async with conductor.db.read() as s:
         return list((await s.scalars(select(Port).where(Port.node_id == node_id))).all())
@@ -264,6 +247,22 @@ async def shared_task(conductor: Conductor, ident: str, purpose: str) -> NodeTas
     """A task without the lock, for reads such as validate or boot device get."""
     node = await load_node(conductor, ident)
     return NodeTask(conductor, node, None, purpose)
+
+
+async def agent_last_seen(db: Database, node: Node) -> dt.datetime | None:
+    """When the agent of the node's current ramdisk boot last called; None if none did in this boot."""
+    boot = node.driver_internal_info.get("agent_boot")
+    if not boot:
+        return None
+    async with db.read() as s:
+        row = (
+            await s.execute(
+                select(AgentSession.last_seen).where(
+                    AgentSession.node_id == node.id, AgentSession.boot_id == boot
+                )
+            )
+        ).first()
+    return None if row is None else _aware(row[0])
 
 
 def _aware(when: dt.datetime) -> dt.datetime:

@@ -6,6 +6,7 @@ of nodes is what dashboards and schedulers poll.
 
 from __future__ import annotations
 
+import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,15 @@ from sqlalchemy.orm import DeclarativeBase
 from bootforge.errors import InvalidInput
 
 MAX_LIMIT = 1000
+
+
+def is_uuid(value: str) -> bool:
+    """Whether an identifier in a URL is a UUID (else it is looked up as a name)."""
+    try:
+        uuidlib.UUID(value)
+    except ValueError:
+        return False
+    return len(value) in (32, 36)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bootforge.db.engine import Database
 from bootforge.db.models import Image, utcnow
+from bootforge.db.queries import is_uuid
 from bootforge.errors import Conflict, InvalidInput, NotFound
 from bootforge.images.formats import RAW, ZSTD
 from bootforge.images.store import ImageStore, Stored, is_url, redact_url
@@ -69,14 +70,6 @@ class Expected:
     algo: str
     value: str
     field: str
-
-
-def is_uuid(value: str) -> bool:
-    try:
-        uuidlib.UUID(value)
-    except ValueError:
-        return False
-    return len(value) in (32, 36)
 
 
 def check_name(name: Any) -> str:

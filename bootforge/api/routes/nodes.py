@@ -13,9 +13,8 @@ from starlette.responses import Response
 from bootforge.api import views
 from bootforge.api.deps import Ctx, ctx, json_body
 from bootforge.api.responses import JSON
-from bootforge.conductor.task import is_uuid
 from bootforge.db.models import Allocation, Node, NodeTrait
-from bootforge.db.queries import page_rows, parse_bool, parse_page
+from bootforge.db.queries import is_uuid, page_rows, parse_bool, parse_page
 from bootforge.errors import InvalidInput, NotFound
 
 router = APIRouter(prefix="/v1/nodes")

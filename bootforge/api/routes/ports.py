@@ -12,9 +12,9 @@ from bootforge.api import views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
 from bootforge.conductor.ports import normalize_mac
-from bootforge.conductor.task import is_uuid, load_node
+from bootforge.conductor.task import load_node
 from bootforge.db.models import Node, Port, Portgroup
-from bootforge.db.queries import page_rows, parse_bool, parse_page
+from bootforge.db.queries import is_uuid, page_rows, parse_bool, parse_page
 
 router = APIRouter()
 
