@@ -19,14 +19,10 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from support.service import LATEST
+from support.service import in_process
 from typer.testing import CliRunner
 
-from bootforge.api.app import create_app
-from bootforge.api.routes import images as image_routes
 from bootforge.cli.images import image_app
-from bootforge.cli.serve import build
-from bootforge.config import Settings
 from bootforge.images.catalogue import ImageCatalogue
 
 MiB = 1 << 20
@@ -41,30 +37,8 @@ class Bf:
 
 @pytest.fixture
 async def bf(tmp_path: Path) -> AsyncIterator[Bf]:
-    settings = Settings.model_validate(
-        {
-            "state_dir": tmp_path / "state",
-            "host": "test-conductor",
-            "power_sync_interval": 0,
-            "timeout_check_interval": 0,
-            "conductor_heartbeat_interval": 0,
-        }
-    )
-    db, conductor, services = await build(settings)
-    app = create_app(services)
-    # Until the composition root wires the catalogue in, the test does what it will do.
-    if not any(getattr(r, "path", None) == "/v1/images" for r in app.routes):
-        app.include_router(image_routes.router)
-    if getattr(app.state, "images", None) is None:
-        app.state.images = ImageCatalogue(db, settings.netboot.root or settings.state_dir / "boot")
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://bootforge.test", headers=LATEST
-        ) as client:
-            yield Bf(client, app, app.state.images)
-    finally:
-        await conductor.stop(grace=5)
-        await db.close()
+    async for p in in_process(tmp_path):
+        yield Bf(p.client, p.app, p.conductor.images)
 
 
 def qemu_img_create(fmt: str, path: Path, size: str) -> None:

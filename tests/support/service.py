@@ -37,6 +37,7 @@ class InProcess:
     settings: Settings
     client: httpx.AsyncClient
     services: Any
+    app: Any
 
     @property
     def conductor(self) -> Any:
@@ -61,7 +62,7 @@ async def in_process(tmp_path: Path, **overrides: Any) -> AsyncIterator[InProces
         async with httpx.AsyncClient(
             transport=transport, base_url="http://bootforge.test", headers=LATEST
         ) as c:
-            yield InProcess(settings, c, services)
+            yield InProcess(settings, c, services, app)
     finally:
         await conductor.stop(grace=5)
         await db.close()
