@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from support.disk_check import find_config_drive, partition_table
-from support.lab import LabFactory, console_offset, wait_console
-from support.test_os import BOOTED_MARKER, USER_DATA_MARKER, build_test_os, missing_tools
-from test_lab_deploy import RAMDISK_TIMEOUT, raw_copy, verb, wait_state
+from support.lab import RAMDISK_TIMEOUT, LabFactory
+
+from bootforge.lab.sample_os import build_test_os, missing_tools
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.netns]
 
@@ -36,30 +36,21 @@ def test_uefi_deploy_boots_from_disk(make_lab: LabFactory, tmp_path: Path) -> No
     r = h.api.post("/v1/images", json={"name": "sample-os-uefi", "source": str(image)})
     assert r.status_code == 201, r.text
 
-    verb(h, node, "inspect")
-    wait_state(h, node, "manageable", RAMDISK_TIMEOUT)
+    h.verb(rec, "inspect")
+    h.wait_state(rec, "manageable", RAMDISK_TIMEOUT)
     inventory = h.api.get(f"/v1/nodes/{node}/inventory").json()["inventory"]
     assert [d["size"] for d in inventory["disks"]] == [1 * GiB]
     assert rec.mac in [nic["mac_address"] for nic in inventory["interfaces"]]
 
-    verb(h, node, "provide")
-    wait_state(h, node, "available", 180)
+    h.verb(rec, "provide")
+    h.wait_state(rec, "available", 180)
     user_data = f"hello from bootforge on UEFI {uuid.uuid4().hex[:8]}"
-    patch = [{"op": "add", "path": "/instance_info/image_source", "value": "sample-os-uefi"}]
-    assert h.api.patch(f"/v1/nodes/{node}", json=patch).status_code == 200
-    since = console_offset(rec)
-    verb(h, node, "active", configdrive={"user_data": user_data})
-    wait_state(h, node, "active", 300)
     # OVMF's own start comes before the kernel's: longer than SeaBIOS under TCG.
-    wait_console(rec, BOOTED_MARKER, 240, since)
-    line = wait_console(rec, USER_DATA_MARKER, 60, since)
-    assert line.strip().endswith(USER_DATA_MARKER + user_data), line
-    events = [e["event"] for e in h.api.get(f"/v1/nodes/{node}/history").json()["history"]]
-    assert any("handoff seen" in e for e in events)
+    h.deploy_sample_os(rec, "sample-os-uefi", user_data, 240)
 
     # The disk as the OS left it: the image's GPT, its backup at the disk's end, ESP and config drive.
     h.power(rec, "power off")
-    disk = raw_copy(rec.disk, tmp_path)
+    disk = h.raw_disk(rec, tmp_path)
     gpt = partition_table(disk)["gpt"]
     assert gpt is not None
     for header in (gpt["primary"], gpt["backup"]):

@@ -26,7 +26,10 @@ from support.disk_check import (
     partition_table,
     partitions,
 )
-from support.test_os import (
+
+from bootforge.lab import ramdisk
+from bootforge.lab.qemu import DEFAULT_BINARY, QemuError, detect_accel, find_ovmf
+from bootforge.lab.sample_os import (
     BOOTED_MARKER,
     IMAGE_MIB,
     NO_CONFIG_DRIVE_MARKER,
@@ -36,9 +39,6 @@ from support.test_os import (
     config_drive_iso,
     missing_tools,
 )
-
-from bootforge.lab import ramdisk
-from bootforge.lab.qemu import DEFAULT_BINARY, QemuError, detect_accel, find_ovmf
 
 DISK_MIB = 256
 BOOT_TIMEOUT = 180.0  # power on to the last marker; about 15 s under TCG on an idle 2-core host

@@ -30,13 +30,15 @@ from typing import Any
 import httpx
 import pytest
 
-from bootforge.lab import netns, ramdisk
+from bootforge.lab import netns, ramdisk, sample_os
 from bootforge.lab import qemu as vm
 from bootforge.lab.lab import ADDRESS, Lab, LabError, VmRecord
 
 from .netns import netns_unavailable_reason
 
 BOOT_TIMEOUT = 300.0  # one VM from power on to the ramdisk's API call; TCG on a shared 2-core host
+# A provisioning step that boots the deploy ramdisk: firmware, iPXE, the ramdisk and the agent's work.
+RAMDISK_TIMEOUT = 420.0
 DISK_MARKER = "bootforge-lab-disk: booted from the local disk"
 OVMF_DISK_START = re.compile(r'BdsDxe: starting Boot[0-9A-F]{4} "UEFI Misc Device')
 
@@ -139,6 +141,49 @@ class LabHandle:
     def qemu_pid(self, rec: VmRecord) -> int | None:
         pid = vm.read_pid(rec.pid_file)
         return pid if pid is not None and vm.pid_alive(pid) else None
+
+    def verb(self, rec: VmRecord, target: str, **body: Any) -> None:
+        r = self.api.put(f"/v1/nodes/{rec.node}/states/provision", json={"target": target, **body})
+        assert r.status_code == 202, r.text
+
+    def wait_state(self, rec: VmRecord, want: str, timeout: float) -> dict[str, Any]:
+        """The node once it is `want` and unlocked; fails at once (with its last events) if it failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self.node(rec)
+            if n["provision_state"] == want and n["reservation"] is None:
+                return n
+            failed = n["provision_state"].endswith("failed") and n["provision_state"] != want
+            if failed or time.monotonic() > deadline:
+                events = [e["event"] for e in self.history(rec)][-15:]
+                pytest.fail(
+                    f"node is {n['provision_state']} (wanted {want}): {n['last_error']}\n" + "\n".join(events)
+                )
+            time.sleep(1)
+
+    def raw_disk(self, rec: VmRecord, work: Path) -> Path:
+        """A raw copy of the VM's (powered off) disk, for the checks in support.disk_check."""
+        raw = work / "disk.raw"
+        subprocess.run(
+            ["qemu-img", "convert", "-O", "raw", str(rec.disk), str(raw)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        return raw
+
+    def deploy_sample_os(self, rec: VmRecord, image: str, user_data: str, boot_timeout: float) -> None:
+        """Deploy `image` (a sample OS in the catalogue) with `user_data` in its config drive: the node
+        must become active after the handoff, and the OS boot from the disk and print the user data."""
+        patch = [{"op": "add", "path": "/instance_info/image_source", "value": image}]
+        assert self.api.patch(f"/v1/nodes/{rec.node}", json=patch).status_code == 200
+        since = console_offset(rec)
+        self.verb(rec, "active", configdrive={"user_data": user_data})
+        self.wait_state(rec, "active", 300)
+        wait_console(rec, sample_os.BOOTED_MARKER, boot_timeout, since)
+        line = wait_console(rec, sample_os.USER_DATA_MARKER, 60, since)
+        assert line.strip().endswith(sample_os.USER_DATA_MARKER + user_data), line
+        assert any("handoff seen" in e["event"] for e in self.history(rec))
 
 
 def console_offset(rec: VmRecord) -> int:
