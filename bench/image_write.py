@@ -58,6 +58,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from netboot_http import BOOTFORGE_CHILD as SERVER_CHILD  # noqa: E402 (bootforge's HTTP server, alone)
+
 from bootforge.agent.write import CHUNK  # noqa: E402 (the repo is put on the path first)
 
 MiB = 1 << 20
@@ -70,20 +72,6 @@ TARGET_RATIO = 0.9
 RUN_TIMEOUT_S = 600.0
 READY_TIMEOUT_S = 20.0
 
-SERVER_CHILD = """\
-import asyncio, signal, sys
-sys.path.insert(0, {repo!r})
-from bootforge.servers.http_boot import HttpBootServer
-
-async def main():
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with HttpBootServer({root!r}, port={port}):
-        print("ready", flush=True)
-        await stop.wait()
-
-asyncio.run(main())
-"""
 
 AGENT_CHILD = """\
 import json, pathlib, sys, time
