@@ -17,7 +17,7 @@ from bootforge.conductor import states
 from bootforge.conductor.task import NodeTask
 from bootforge.db.models import utcnow
 from bootforge.drivers import base
-from bootforge.drivers.agent import DEPLOY_CONFIGDRIVE, DEPLOY_IMAGE, AgentDeploy
+from bootforge.drivers.agent import DEPLOY_CONFIGDRIVE, DEPLOY_IMAGE
 from bootforge.drivers.hardware import INTERFACE_TYPES
 from bootforge.errors import InvalidInput
 
@@ -151,7 +151,7 @@ async def deploy(task: NodeTask) -> None:
         extra = task.node.driver_internal_info.get("requested_deploy_steps") or []
         steps = _merge_steps(steps, extra)
         task.set_internal(deploy_steps=steps, deploy_step_index=0, requested_deploy_steps=None)
-        if isinstance(task.driver.deploy, AgentDeploy):
+        if task.driver.deploy.needs_image:
             await prepare_agent_deploy(task)
         await task.driver.boot.prepare_ramdisk(task)
     if await run_steps(task, "deploy") == base.WAIT:

@@ -130,6 +130,7 @@ class AgentDeploy(base.DeployInterface):
     """Deploy and clean through the agent: erase disks, stream the image, write the config drive."""
 
     name = "direct"
+    needs_image = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -185,6 +185,10 @@ class BootInterface(BaseInterface):
 
 class DeployInterface(BaseInterface):
     interface_type = "deploy"
+    # True for interfaces that write an OS image: before the first step the conductor resolves
+    # instance_info's image (and config drive) into driver_internal_info["deploy_image"] (and
+    # ["deploy_configdrive"]), so a bad image fails the deploy before the machine is touched.
+    needs_image: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def tear_down(self, task: Task) -> None:
