@@ -214,6 +214,10 @@ class DiskIO:
         self.is_block = stat.S_ISBLK(os.fstat(self.fd).st_mode)
         self.bytes_written = 0
         self.bytes_zeroed = 0
+        # write and write_aligned may run on several threads at once (the image writers): the
+        # counters and the writeback tally are updated under this lock.
+        self._lock = threading.Lock()
+        self.direct_proven = False  # an O_DIRECT write succeeded: the disk takes them
         self._cheap_zeroing = True
         self._writeback = _Writeback(self.fd, disk.name)
         self.align = max(DIRECT_ALIGN, _logical_block_size(self.fd)) if self.is_block else DIRECT_ALIGN
@@ -259,16 +263,20 @@ class DiskIO:
         view = memoryview(data)
         length = len(view)
         self._bounds(offset, length)
+        done = 0
         try:
             while view:
                 n = os.pwrite(self.fd, view, offset)
-                view, offset = view[n:], offset + n
-                self.bytes_written += n
+                view, offset, done = view[n:], offset + n, done + n
         except OSError as exc:
             raise CommandError(
                 f"writing to {self.disk.name} at offset {offset} failed: {exc.strerror}"
             ) from exc
-        self._writeback.wrote(length)
+        finally:
+            with self._lock:
+                self.bytes_written += done
+        with self._lock:
+            self._writeback.wrote(length)
 
     def write_aligned(self, data: memoryview, offset: int) -> None:
         """Like write, for data that starts on a page boundary in memory (a slice of an
@@ -291,15 +299,19 @@ class DiskIO:
             while done < len(view):
                 n = os.pwrite(self.direct_fd, view[done:], offset + done)
                 done += n
-                self.bytes_written += n
                 if not n or n % self.align:
                     break  # a short write off the block grid: write finishes the rest
         except OSError as exc:
-            if exc.errno != errno.EINVAL or done:
+            if exc.errno != errno.EINVAL or done or self.direct_proven:
                 raise CommandError(
                     f"writing to {self.disk.name} at offset {offset + done} failed: {exc.strerror}"
                 ) from exc
             self._close_direct()
+        finally:
+            with self._lock:
+                self.bytes_written += done
+        if done:
+            self.direct_proven = True
         return done
 
     def zero(self, offset: int, length: int) -> None:
@@ -326,15 +338,16 @@ class DiskIO:
         if self._zeros is None:
             self._zeros = aligned_buffer(ZEROS_SIZE)
         zeros = memoryview(self._zeros)
-        written = self.bytes_written
         end = offset + length
         while offset < end:
             n = min(ZEROS_SIZE, end - offset)
             self.write_aligned(zeros[:n], offset)
             offset += n
-        # Zeros are counted as zeroed, not as image data written.
-        self.bytes_zeroed += self.bytes_written - written
-        self.bytes_written = written
+        # Zeros are counted as zeroed, not as image data written. Other threads may be writing
+        # image data meanwhile, so the correction is one step under the lock.
+        with self._lock:
+            self.bytes_written -= length
+            self.bytes_zeroed += length
 
     def secure_discard(self) -> None:
         if not self.is_block:

@@ -288,6 +288,53 @@ def test_refused_o_direct_falls_back_to_the_page_cache(
     assert spy.bytes_to(direct=False) == 7 * MiB + 4
 
 
+def test_two_o_direct_writes_are_in_flight_at_once(
+    server: ImageServer, served_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two O_DIRECT writes after the first chunk must meet inside pwrite: with a single writer
+    # the barrier breaks (its timeout only bounds how long a failing run waits).
+    spy = PwriteSpy(monkeypatch)
+    real_pwrite = os.pwrite
+    meet = threading.Barrier(2, timeout=30)
+    met: list[int] = []
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if fd in spy.direct_fds and offset >= 2 * write.CHUNK and len(met) < 2:
+            met.append(offset)
+            meet.wait()
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    image = build_image(served_dir / "wide.raw", [("data", 24)])
+    disk = new_disk(tmp_path / "disk", 32 * MiB)
+    result, _ = run_write([disk], image_args(server, image, image))
+    assert read(disk, 0, image.stat().st_size) == image.read_bytes()
+    assert result["bytes_written"] == 24 * MiB
+    assert len(met) == 2 and not meet.broken
+
+
+def test_a_failed_disk_write_in_a_writer_thread_fails_the_command_and_keeps_the_head(
+    server: ImageServer, served_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = PwriteSpy(monkeypatch)
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if fd in spy.direct_fds and offset == 12 * MiB:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    image = build_image(served_dir / "eio.raw", [("data", 24)])
+    disk = new_disk(tmp_path / "disk", 32 * MiB, fill=0x77)
+    threads_before = threading.active_count()
+    with pytest.raises(CommandError) as err:
+        run_write([disk], image_args(server, image, image))
+    assert str(err.value) == f"writing to {disk} at offset {12 * MiB} failed: {os.strerror(errno.EIO)}"
+    assert read(disk, 0, MiB) == b"\x77" * MiB, "the head is written only after a complete stream"
+    assert threading.active_count() <= threads_before, "writer or reader threads left running"
+
+
 def test_zeros_written_when_the_kernel_cannot_zero(tmp_path: Path) -> None:
     path = new_disk(tmp_path / "disk", 12 * MiB, fill=0x33)
     disk = disks.Disk(name=str(path), path=path, size=12 * MiB)
