@@ -356,6 +356,13 @@ def phase_raw(
         f"  agent / dd throughput {ratio:.2f}x (target >= {TARGET_RATIO}x: {verdict}); "
         f"load during the runs {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores"
     )
+    # The same round's runs follow each other: their ratio cancels the slow drift of this
+    # shared machine's disk speed (dd alone spans 870-1,540 MiB/s over minutes).
+    paired = [d.seconds / a.seconds for a, d in zip(runs["agent"], runs["dd"], strict=True)]
+    print(
+        f"  agent / dd within each round: median {statistics.median(paired):.2f}x, "
+        f"{min(paired):.2f}x-{max(paired):.2f}x"
+    )
     for who in agents:
         if who != "agent":
             print(f"  agent / {who} throughput {speed['agent'] / speed[who]:.2f}x")
