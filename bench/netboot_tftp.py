@@ -21,9 +21,11 @@ lockstep, which is exactly what firmware gets from it. The targets compare again
     .venv/bin/python bench/netboot_tftp.py --bf-procs 2   # bootforge as 2 processes on port 69
 
 --bf-procs N runs bootforge's TFTP as N processes sharing port 69 (SO_REUSEPORT, the product's
-netboot.tftp_workers); its CPU is summed over them. At the end the bench prints bootforge's own
-counters, whose `failed` is split into transfers the load client cut off when a run ended and
-the rest.
+netboot.tftp_workers); its CPU is summed over them. --bf-dataplane native|python|auto (default
+auto, the product's netboot.tftp_dataplane) picks who runs lockstep data phases: the C extension
+(a thread per transfer) or the event loop; the header says which ran. At the end the bench
+prints bootforge's own counters, whose `failed` is split into transfers the load client cut off
+when a run ended and the rest.
 
 Needs root, iproute2, taskset only with --server-cpus/--client-cpus, and Debian's tftpd-hpa (its
 package may try to start a host service: install with /usr/sbin/policy-rc.d returning 101, or
@@ -291,10 +293,11 @@ async def serve_main(args: argparse.Namespace) -> None:
     profile = cProfile.Profile() if args.profile else None
     source_args = {"root": args.root}
     spec = WorkerSpec(args.address, 69, "bootforge.servers.tftp_workers:filesystem_source", source_args,
-                      config, log_level=logging.ERROR, uvloop=args.uvloop)  # fmt: skip
+                      config, log_level=logging.ERROR, uvloop=args.uvloop,
+                      dataplane=args.dataplane)  # fmt: skip
     reuse = args.procs > 1
     async with TftpServer(
-        FileSystemSource(args.root), args.address, config=config, reuse_port=reuse
+        FileSystemSource(args.root), args.address, config=config, reuse_port=reuse, dataplane=args.dataplane
     ) as server:
         workers = TftpWorkers(spec, args.procs - 1)
         if reuse:
@@ -340,7 +343,7 @@ def start_server(kind: str, ns: Namespace, root: Path, args: argparse.Namespace)
         argv = [sys.executable, __file__, "serve", "--root", str(root), "--address", address]
         argv += ["--uvloop"] if args.uvloop else []
         argv += ["--profile"] if args.profile else []
-        argv += ["--procs", str(args.bf_procs)]
+        argv += ["--procs", str(args.bf_procs), "--dataplane", args.bf_dataplane]
     # stderr to a file: bootforge's counters are read from it at the end
     err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop_server
     proc = ns.popen(pinned(args.server_cpus, argv), stderr=err)
@@ -477,7 +480,8 @@ def print_counters(kind: str, counters: dict[str, int], runs: dict[tuple[str, Ca
     print(
         f"{kind} server counters: requests {counters['requests']}, completed {counters['completed']}, "
         f"failed {counters['failed']} = {cut} cut off at the end of runs + "
-        f"{counters['failed'] - cut} other, retransmits {counters['retransmits']}, "
+        f"{counters['failed'] - cut} other, native data phases {counters['native']}, "
+        f"retransmits {counters['retransmits']}, "
         f"overloaded {counters['overloaded']}, send errors {counters['send_errors']}"
     )
 
@@ -518,6 +522,17 @@ def report(results: dict[tuple[str, Case], Any], cases: list[Case]) -> bool:
     return ok
 
 
+def resolve_dataplane(choice: str) -> str:
+    """What TftpServer(dataplane=choice) runs; the server processes use this venv too."""
+    if choice != "auto":
+        return choice
+    try:
+        import bootforge.servers._tftp_dataplane  # noqa: F401
+    except ImportError as exc:
+        return f"python (auto: the native one is not built: {exc})"
+    return "native (auto)"
+
+
 def fmt(value: float | None, unit: str = "") -> str:
     return "     -" if value is None else f"{value:6.1f}{unit}"
 
@@ -538,7 +553,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         print(
             f"TFTP bench: blksize {BLKSIZE}, {args.seconds:g} s per case, servers "
             f"{', '.join(args.servers)}, bootforge loop {'uvloop' if args.uvloop else 'asyncio'}, "
-            f"{args.bf_procs} bootforge process(es)"
+            f"{args.bf_procs} bootforge process(es), bootforge data plane "
+            f"{resolve_dataplane(args.bf_dataplane)}"
         )
         results = measure(args, cases, root)
     finally:
@@ -555,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--uvloop", action="store_true")
     serve.add_argument("--profile", action="store_true", help="cProfile to stderr at exit")
     serve.add_argument("--procs", type=int, default=1, help="TFTP processes sharing port 69")
+    serve.add_argument("--dataplane", choices=["auto", "native", "python"], default="auto")
     client = sub.add_parser("client", help="run the load client (inside a namespace)")
     client.add_argument("--server", required=True)
     client.add_argument("--bind", default="0.0.0.0")
@@ -575,6 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true", help="profile bootforge's server")
     parser.add_argument(
         "--bf-procs", type=int, default=1, help="bootforge TFTP processes (SO_REUSEPORT workers), default 1"
+    )
+    parser.add_argument(
+        "--bf-dataplane",
+        choices=["auto", "native", "python"],
+        default="auto",
+        help="who runs bootforge's lockstep data phases (netboot.tftp_dataplane), default auto",
     )
     parser.add_argument("--server-cpus", help="taskset CPU list for both servers, e.g. 0")
     parser.add_argument("--client-cpus", help="taskset CPU list for the load client, e.g. 1")

@@ -183,7 +183,14 @@ async def _start_tftp(
     bootstrap = scripts.render_grub_bootstrap(f"{http_base}/boot/grub.cfg")
     source = tftp_source(found, str(root), bootstrap)
     workers = nb.tftp_workers > 1
-    server = TftpServer(source, nb.address, port=nb.tftp_port, on_event=netboot.on_tftp, reuse_port=workers)
+    server = TftpServer(
+        source,
+        nb.address,
+        port=nb.tftp_port,
+        on_event=netboot.on_tftp,
+        reuse_port=workers,
+        dataplane=nb.tftp_dataplane,
+    )
     await server.start()
     netboot.servers.append(server)
     if workers:
@@ -193,6 +200,7 @@ async def _start_tftp(
             source_factory=f"{__name__}:tftp_source",
             source_args={"found": found, "root": str(root), "bootstrap": bootstrap},
             config=server.config,
+            dataplane=nb.tftp_dataplane,
             log_level=logging.getLogger("bootforge").getEffectiveLevel(),
         )
         pool = TftpWorkers(spec, nb.tftp_workers - 1, on_event=netboot.on_tftp)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bootforge.netboot.tftp import FileSource, TransferConfig
-from bootforge.servers.tftp import EventSink, TftpCounters, TftpEvent, TftpServer
+from bootforge.servers.tftp import DataPlaneChoice, EventSink, TftpCounters, TftpEvent, TftpServer
 
 __all__ = ["TftpWorkers", "WorkerSpec", "filesystem_source"]
 
@@ -54,6 +54,7 @@ class WorkerSpec:
     mtu: int | None = 1500
     log_level: int = logging.INFO
     uvloop: bool = False
+    dataplane: DataPlaneChoice = "auto"  # TftpServer's: who runs lockstep data phases
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "config": dataclasses.asdict(self.config)})
@@ -232,6 +233,7 @@ async def _serve(spec: WorkerSpec, source: FileSource, channel: socket.socket) -
         mtu=spec.mtu,
         on_event=lambda e: send({"event": dataclasses.asdict(e)}),
         reuse_port=True,
+        dataplane=spec.dataplane,
     )
     async with server:
         send({"ready": True})

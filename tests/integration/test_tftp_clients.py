@@ -1,14 +1,17 @@
 """The asyncio TFTP server against real clients (curl, atftp, tftp-hpa) and a raw UDP client.
 
-Every case runs twice: on 127.0.0.1 with an ephemeral port, and in namespaces (server ns
-10.213.0.1 port 69, client ns 10.213.0.50) from the shared `netns_lan` fixture. The server runs
-in this process; its sockets are created inside the server namespace by a SocketFactory.
+Every case runs on 127.0.0.1 with an ephemeral port, and in namespaces (server ns 10.213.0.1
+port 69, client ns 10.213.0.50) from the shared `netns_lan` fixture; and cases on the `running`
+server run with both data planes (native: lockstep data phases in C threads; python). The
+server runs in this process; its sockets are created inside the server namespace by a
+SocketFactory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import os
 import shutil
 import socket
@@ -31,7 +34,7 @@ from bootforge.netboot.tftp import (
     encode_packet,
     parse_packet,
 )
-from bootforge.servers.tftp import TftpEvent, TftpServer
+from bootforge.servers.tftp import DataPlaneChoice, TftpEvent, TftpServer
 
 CLIENT_IP = "10.213.0.50"
 REPLY_TIMEOUT = 10.0
@@ -111,8 +114,18 @@ def render(path: str, client: ClientAddress) -> bytes | None:
     return None
 
 
+@pytest.fixture(params=["native", "python"])
+def dataplane(request: pytest.FixtureRequest) -> DataPlaneChoice:
+    if request.param == "native":
+        try:
+            importlib.import_module("bootforge.servers._tftp_dataplane")
+        except ImportError as exc:
+            pytest.skip(f"needs the native TFTP data plane built ({exc}): pip install -e . with gcc")
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-async def running(env: Env, tftp_root: Path) -> AsyncIterator[Running]:
+async def running(env: Env, tftp_root: Path, dataplane: DataPlaneChoice) -> AsyncIterator[Running]:
     events: list[TftpEvent] = []
     server = TftpServer(
         FileSystemSource(tftp_root, render),
@@ -120,6 +133,7 @@ async def running(env: Env, tftp_root: Path) -> AsyncIterator[Running]:
         port=env.port,
         on_event=events.append,
         socket_factory=env.server_sockets,
+        dataplane=dataplane,
     )
     async with server:
         yield Running(server, env, tftp_root, events)
@@ -163,7 +177,7 @@ CURL_VARIANTS = {
 @pytest.mark.parametrize("name", ["small.bin", "exact.bin", "big.bin", "shim.efi"])
 @pytest.mark.parametrize("variant", list(CURL_VARIANTS))
 async def test_curl_fetches_identical_bytes(
-    running: Running, tmp_path: Path, name: str, variant: str
+    running: Running, tmp_path: Path, name: str, variant: str, dataplane: DataPlaneChoice
 ) -> None:
     curl = need("curl")
     out = tmp_path / "out"
@@ -178,6 +192,8 @@ async def test_curl_fetches_identical_bytes(
     assert event.client[0] == running.env.client_ip
     assert event.bytes_sent == (running.root / name).stat().st_size
     assert event.blksize <= 1468
+    # curl runs lockstep: with the native data plane, its data phase ran there
+    assert running.server.counters.native == (dataplane == "native")
 
 
 ATFTP_VARIANTS = {

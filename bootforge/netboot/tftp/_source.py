@@ -115,6 +115,10 @@ class FileReadable:
     def size(self) -> int:
         return self._size
 
+    def fileno(self) -> int:
+        """The descriptor, for a data plane that reads the file outside Python; -1 once closed."""
+        return self._fd
+
     def read_at(self, offset: int, n: int) -> bytes:
         return os.pread(self._fd, n, offset)
 

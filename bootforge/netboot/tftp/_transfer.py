@@ -24,6 +24,10 @@
 #      It makes exactly the changes _on_data_ack() would and returns the next DATA packet; for
 #      anything else it changes nothing and returns None, and the caller uses receive(). So the
 #      table stays the only place where protocol rules live; the fast path is a subset of it.
+#   6. A lockstep data phase over a real file may run outside (bootforge's native data plane, in C):
+#      external_data_phase() says what it needs, and finish_external() takes the outcome back
+#      through the table (Input.EXTERNAL_END), so results and counters are this file's own. The
+#      outside loop must keep rules 4 and 5 and the timeout rules of _on_timeout().
 #
 # Theory of operation. Blocks are numbered absolutely from 1 internally; the wire carries the low
 # 16 bits, which wraps to 0 after 65535 as tftpd-hpa, edk2 and iPXE expect. An ACK's absolute
@@ -53,6 +57,7 @@ from ._packets import (
 from ._source import (
     BytesReadable,
     ClientAddress,
+    FileReadable,
     FileSource,
     Readable,
     netascii_encode,
@@ -62,6 +67,7 @@ from ._source import (
 __all__ = [
     "TRANSITIONS",
     "Completed",
+    "DataPhase",
     "Failed",
     "Input",
     "Outcome",
@@ -71,6 +77,8 @@ __all__ = [
 ]
 
 _DATA_HEADER = struct.Struct("!HH")
+_CHANGED = "file changed while reading"
+_IOV_MAX = 1024
 _ACK_OPCODE = Opcode.ACK.value
 _ERROR_OPCODE = Opcode.ERROR.value
 
@@ -89,6 +97,7 @@ class Input(enum.IntEnum):
     ERROR = 2
     OTHER = 3  # well-formed or not, nothing a read transfer expects
     TIMEOUT = 4
+    EXTERNAL_END = 5  # the data phase ran outside and ended: finish_external() (rule 6)
 
 
 class Outcome(enum.Enum):
@@ -145,6 +154,21 @@ class Failed:
         return self.outcome is Outcome.SIZE_PROBE
 
 
+@dataclass(frozen=True, slots=True)
+class DataPhase:
+    """What an outside data plane needs to run the rest of a lockstep transfer (rule 6). Block
+    `sent` (absolute) was just sent and is outstanding; `acked` = sent - 1."""
+
+    fileno: int
+    size: int
+    blksize: int
+    timeout: float
+    max_retries: int
+    retries: int
+    acked: int
+    sent: int
+
+
 Result = Completed | Failed
 Outgoing = list[bytes | memoryview]
 _Handler = Callable[["TftpTransfer", memoryview, float], State]
@@ -198,6 +222,7 @@ class TftpTransfer:
         self._stride = DEFAULT_BLKSIZE + 4
         self._run_start = 0  # where the DATA run the last call returned starts in the buffer
         self._run_bytes = 0  # its length; 0: none
+        self._external: tuple[Outcome, int, int, int, int, Error | None] | None = None
 
     # -- the shell's interface ------------------------------------------------------------------
 
@@ -262,6 +287,46 @@ class TftpTransfer:
         self._run_bytes = 0
         return self._packets[slot]
 
+    def external_data_phase(self) -> DataPhase | None:
+        """The lockstep data phase as an outside loop runs it, or None when this transfer does not
+        qualify: it must be SENDING with windowsize 1 from a real file (octet mode)."""
+        readable = self._readable
+        if self.state is not State.SENDING or self._windowsize != 1 or type(readable) is not FileReadable:
+            return None
+        return DataPhase(
+            readable.fileno(),
+            readable.size,
+            self._blksize,
+            self._timeout,
+            self.config.max_retries,
+            self._retries,
+            self._acked,
+            self._sent_to,
+        )
+
+    def finish_external(
+        self,
+        now: float,
+        outcome: Outcome,
+        *,
+        acked: int,
+        retransmits: int = 0,
+        dropped: int = 0,
+        stale_acks: int = 0,
+        error: Error | None = None,
+    ) -> None:
+        """End a data phase that ran outside (rule 6): `acked` is the last block the client
+        acknowledged (absolute), the counts are the outside loop's, `error` is the client's ERROR
+        for CLIENT_ERROR. Sets `result` as if this transfer had run the phase itself."""
+        self._out.clear()
+        self._run_bytes = 0
+        self._external = (outcome, acked, retransmits, dropped, stale_acks, error)
+        self._step(Input.EXTERNAL_END, memoryview(b""), now)
+
+    def abandon(self) -> None:
+        """The shell stops without a result (server shutdown): release the file."""
+        self._close()
+
     def on_timer(self, now: float) -> Outgoing:
         """Call when `deadline` has passed; retransmits or gives up."""
         self._out.clear()
@@ -322,8 +387,7 @@ class TftpTransfer:
     def _on_timeout(self, view: memoryview, now: float) -> State:
         self._retries += 1
         if self._retries > self.config.max_retries:
-            message = f"no answer after {self.config.max_retries} retransmissions"
-            return self._finish_failed(now, Outcome.TIMED_OUT, None, message, send=False)
+            return self._finish_failed(now, Outcome.TIMED_OUT, None, self._gave_up(), send=False)
         if self.state is State.NEGOTIATING:
             self.retransmits += 1
             self._out.append(self._oack)
@@ -331,6 +395,26 @@ class TftpTransfer:
             return State.NEGOTIATING
         self.retransmits += self._sent_to - self._acked
         return self._send_window(now)
+
+    def _on_external_end(self, view: memoryview, now: float) -> State:
+        assert self._external is not None
+        outcome, acked, retransmits, dropped, stale_acks, error = self._external
+        self._external = None
+        self._acked = self._sent_to = acked
+        self.retransmits += retransmits
+        self.dropped += dropped
+        self.stale_acks += stale_acks
+        if outcome is Outcome.COMPLETED and acked == self._last_block:
+            return self._finish_completed(now)
+        if outcome is Outcome.CLIENT_ERROR and error is not None:
+            return self._finish_failed(now, outcome, error.code, error.message, send=False)
+        if outcome is Outcome.TIMED_OUT:
+            return self._finish_failed(now, outcome, None, self._gave_up(), send=False)
+        # The outside loop sent this ERROR itself; any other report is a broken data plane.
+        return self._finish_failed(now, Outcome.READ_ERROR, ErrorCode.NOT_DEFINED, _CHANGED, send=False)
+
+    def _gave_up(self) -> str:
+        return f"no answer after {self.config.max_retries} retransmissions"
 
     # -- opening and negotiating ----------------------------------------------------------------
 
@@ -396,7 +480,8 @@ class TftpTransfer:
         # The views are made once and reused; every slot's opcode is written here, once.
         self._stride = stride = self._blksize + 4
         window = self._windowsize
-        windows = max(1, self.config.readahead // (window * stride))
+        # At most IOV_MAX (1024) buffers: one preadv takes no more (blksize 8 would ask 2730).
+        windows = max(1, min(self.config.readahead // (window * stride), _IOV_MAX // window))
         slots = min(window * windows, self._last_block)
         self._buffer = bytearray(stride * slots)
         whole = memoryview(self._buffer)
@@ -412,9 +497,7 @@ class TftpTransfer:
         count = min(self._windowsize, self._last_block - self._acked)
         last = first + count - 1
         if (first <= self._base or last > self._base + self._filled) and not self._refill(first):
-            return self._finish_failed(
-                now, Outcome.READ_ERROR, ErrorCode.NOT_DEFINED, "file changed while reading"
-            )
+            return self._finish_failed(now, Outcome.READ_ERROR, ErrorCode.NOT_DEFINED, _CHANGED)
         start = first - self._base - 1
         pack_into, buffer, stride = _DATA_HEADER.pack_into, self._buffer, self._stride
         for slot in range(start, start + count):
@@ -517,6 +600,8 @@ TRANSITIONS: dict[tuple[State, Input], tuple[_Handler, frozenset[State]]] = {
         TftpTransfer._on_timeout,
         frozenset({State.NEGOTIATING, State.FAILED}),
     ),
+    # No data phase can have run outside before negotiation ended (rule 6).
+    (State.NEGOTIATING, Input.EXTERNAL_END): (TftpTransfer._on_other, frozenset({State.NEGOTIATING})),
     (State.SENDING, Input.ACK): (TftpTransfer._on_data_ack, frozenset({State.SENDING}) | _ENDED),
     (State.SENDING, Input.ERROR): (
         TftpTransfer._on_peer_error,
@@ -527,4 +612,5 @@ TRANSITIONS: dict[tuple[State, Input], tuple[_Handler, frozenset[State]]] = {
         TftpTransfer._on_timeout,
         frozenset({State.SENDING, State.FAILED}),
     ),
+    (State.SENDING, Input.EXTERNAL_END): (TftpTransfer._on_external_end, _ENDED),
 }
