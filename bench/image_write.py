@@ -2,7 +2,9 @@
 
 (a) raw: an image of random (incompressible) bytes, --size-mib (default 1024). The agent streams
 it over HTTP from bootforge's HttpBootServer (its own process, zero-copy sendfile) and hashes it
-(sha256) on the way; dd copies the local file, `dd if=image of=target bs=<the agent's CHUNK>
+(sha256) on the way, once as the raw file ("agent") and once as its Android sparse stream, made by
+bootforge's encoder, which is what the catalogue now serves for a raw import ("agent-simg"); dd
+copies the local file, `dd if=image of=target bs=<the agent's CHUNK>
 oflag=direct conv=fsync`. Both write onto the same kind of target, fresh for every run: a loop
 device with direct I/O over a new sparse file (as root, when losetup works; --loop-page-cache for
 one without direct I/O), else a new sparse file (--target file). The image is read once before, so
@@ -15,11 +17,11 @@ measured under the same load. Target: agent >= 0.9x dd.
 
 (b) sparse: a --sparse-mib (default 4096) image holding --data-mib (default 300) of random data
 in 1 MiB chunks at random places, the rest zeros, and the same data packed into a data-only
-image. Both are zstd-compressed, as a sparse image is shipped; the agent writes each onto a fresh
-target. A writer that skips zero runs takes about as long for both (the ratio near 1); one that
-writes every byte takes sparse/data times longer (13.7x for 4096/300). The raw (uncompressed)
-sparse image is run once too: the agent then receives and hashes every zero byte, so it shows
-what the compression buys.
+image. Each is served in four ways: zstd-compressed (zstd -T0), raw, and as its sparse stream
+(bootforge's encoder) plain (simg) and zstd-compressed (simg+zstd: what the catalogue serves for a
+zstd or qcow2 import); the agent writes each onto a fresh target. For each way, time(sparse) /
+time(data only) is printed: a writer whose time follows the data takes about as long for both (a
+ratio near 1); one that writes every byte takes sparse/data times longer (13.7x for 4096/300).
 
 The agent runs as the ramdisk runs it: bootforge/agent copied as the top-level package
 `bootforge_agent`, in a child process (its CPU, zstd's included, is reported per run). Every run
@@ -50,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +64,7 @@ sys.path.insert(0, str(REPO))
 from netboot_http import BOOTFORGE_CHILD as SERVER_CHILD  # noqa: E402 (bootforge's HTTP server, alone)
 
 from bootforge.agent.write import CHUNK  # noqa: E402 (the repo is put on the path first)
+from bootforge.images.sparse import write_simg  # noqa: E402
 
 MiB = 1 << 20
 # By default the loop device reads and writes its backing file with direct I/O, as a disk would:
@@ -155,6 +159,13 @@ def sparse_images(root: Path, total_mib: int, data_mib: int, seed: int) -> tuple
 def compress(path: Path) -> Path:
     out = path.with_name(path.name + ".zst")
     subprocess.run(["zstd", "-q", "-f", "-T0", str(path), "-o", str(out)], check=True, timeout=RUN_TIMEOUT_S)
+    return out
+
+
+def sparse_stream(path: Path, compressed: bool) -> Path:
+    """The image's Android sparse stream, as bootforge's store makes it (simg, or simg.zst)."""
+    out = path.with_name(path.name + (".simg.zst" if compressed else ".simg"))
+    write_simg(path, out, threading.Event(), compress=compressed)
     return out
 
 
@@ -325,88 +336,102 @@ def phase_raw(
     image = random_image(root / "raw.img", mib, seed=1)
     size = image.stat().st_size
     spec = image_spec(f"{base}/raw.img", image, size, "raw")
+    simg = sparse_stream(image, compressed=False)
+    simg_spec = image_spec(f"{base}/{simg.name}", simg, size, "simg")
     print(f"\n(a) raw image, {mib} MiB of random bytes, dd bs={CHUNK // MiB}M; {load()}")
-    writers = [*agents, "dd"]
-    runs: dict[str, list[Run]] = {who: [] for who in writers}
+    # name -> (agent package, spec); the baseline agent may not know sparse streams.
+    writers: dict[str, tuple[Path, dict[str, Any]] | None] = {"agent-simg": (agents["agent"], simg_spec)}
+    writers.update({who: (pkg, spec) for who, pkg in agents.items()})
+    writers["dd"] = None
+    names = list(writers)
+    runs: dict[str, list[Run]] = {who: [] for who in names}
     for n in range(rounds):
         # Rotate who goes first, so that a noisy neighbour does not always hit the same one.
-        for who in writers[n % len(writers) :] + writers[: n % len(writers)]:
+        for who in names[n % len(names) :] + names[: n % len(names)]:
+            writer = writers[who]
             with targets.fresh(size) as target:
-                run = run_dd(image, target) if who == "dd" else run_agent(agents[who], spec, target)
+                run = run_dd(image, target) if writer is None else run_agent(writer[0], writer[1], target)
             runs[who].append(run)
             server = f" + server {per_gib(run.server_cpu, size):.2f}" if who != "dd" else ""
             print(
-                f"  round {n + 1} {who:6}: {mib_s(size, run.seconds):6.0f} MiB/s "
+                f"  round {n + 1} {who:10}: {mib_s(size, run.seconds):6.0f} MiB/s "
                 f"({run.seconds:5.2f} s), CPU-s/GiB {per_gib(run.cpu, size):.2f}{server}; "
                 f"load {run.load:.1f}",
                 flush=True,
             )
+    return report_raw(runs, size, rounds)
+
+
+def report_raw(runs: dict[str, list[Run]], size: int, rounds: int) -> bool:
     print(f"  medians of {rounds} round(s):")
     speed: dict[str, float] = {}
-    for who in writers:
+    for who in runs:
         speed[who] = mib_s(size, statistics.median(r.seconds for r in runs[who]))
         cpu = per_gib(statistics.median(r.cpu for r in runs[who]), size)
         served = statistics.median(r.server_cpu for r in runs[who])
         extra = f" + HTTP server {per_gib(served, size):.2f}" if who != "dd" else ""
-        print(f"    {who:6} {speed[who]:6.0f} MiB/s, CPU-s/GiB {cpu:.2f}{extra}")
-    ratio = speed["agent"] / speed["dd"]
-    verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+        print(f"    {who:10} {speed[who]:6.0f} MiB/s, CPU-s/GiB {cpu:.2f}{extra}")
     loads = [r.load for rs in runs.values() for r in rs]
-    print(
-        f"  agent / dd throughput {ratio:.2f}x (target >= {TARGET_RATIO}x: {verdict}); "
-        f"load during the runs {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores"
-    )
-    # The same round's runs follow each other: their ratio cancels the slow drift of this
-    # shared machine's disk speed (dd alone spans 870-1,540 MiB/s over minutes).
-    paired = [d.seconds / a.seconds for a, d in zip(runs["agent"], runs["dd"], strict=True)]
-    print(
-        f"  agent / dd within each round: median {statistics.median(paired):.2f}x, "
-        f"{min(paired):.2f}x-{max(paired):.2f}x"
-    )
-    for who in agents:
-        if who != "agent":
+    ok = True
+    for who in ("agent", "agent-simg"):
+        ratio = speed[who] / speed["dd"]
+        ok = ok and ratio >= TARGET_RATIO
+        # The same round's runs follow each other: their ratio cancels the slow drift of this
+        # shared machine's disk speed (dd alone spans 870-1,540 MiB/s over minutes).
+        paired = [d.seconds / a.seconds for a, d in zip(runs[who], runs["dd"], strict=True)]
+        print(
+            f"  {who} / dd throughput {ratio:.2f}x (target >= {TARGET_RATIO}x: "
+            f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'}); within each round: median "
+            f"{statistics.median(paired):.2f}x, {min(paired):.2f}x-{max(paired):.2f}x"
+        )
+    print(f"  load during the runs {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+    for who in runs:
+        if who not in ("agent", "agent-simg", "dd"):
             print(f"  agent / {who} throughput {speed['agent'] / speed[who]:.2f}x")
-    image.unlink()
-    return ratio >= TARGET_RATIO
+    return ok
 
 
 def phase_sparse(
     root: Path, base: str, agents: dict[str, Path], targets: Targets, total_mib: int, data_mib: int
 ) -> None:
     sparse, packed = sparse_images(root, total_mib, data_mib, seed=2)
-    served = {"sparse": compress(sparse), "packed": compress(packed)}
+    # way -> (how the image is served, the agent's format)
+    ways = {
+        "zstd": (compress, "zstd"),
+        "raw": (lambda path: path, "raw"),
+        "simg": (lambda path: sparse_stream(path, compressed=False), "simg"),
+        "simg+zstd": (lambda path: sparse_stream(path, compressed=True), "simg+zstd"),
+    }
+    served = {(way, name): make(image) for way, (make, _) in ways.items() for name, image in
+              (("sparse", sparse), ("packed", packed))}  # fmt: skip
+    sizes = ", ".join(f"{way} {served[way, 'sparse'].stat().st_size / MiB:.0f}" for way in ways)
     print(
-        f"\n(b) sparse image: {total_mib} MiB holding {data_mib} MiB of data (zstd: "
-        f"{served['sparse'].stat().st_size / MiB:.0f} MiB) vs the data alone; {load()}"
+        f"\n(b) sparse image: {total_mib} MiB holding {data_mib} MiB of data (served MiB: {sizes}) "
+        f"vs the data alone; {load()}"
     )
-    cases = [
-        ("sparse", served["sparse"], sparse, "zstd"),
-        ("packed", served["packed"], packed, "zstd"),
-        ("sparse-raw", sparse, sparse, "raw"),
-    ]
     for who, pkg in agents.items():
-        results: dict[str, Run] = {}
-        for name, image, raw, fmt in cases:
-            spec = image_spec(f"{base}/{image.name}", image, raw.stat().st_size, fmt)
-            with targets.fresh(raw.stat().st_size) as target:
-                run = run_agent(pkg, spec, target)
-            results[name] = run
+        for way, (_, fmt) in ways.items():
+            if who != "agent" and fmt.startswith("simg"):
+                continue  # a baseline agent may not know sparse streams
+            results: dict[str, Run] = {}
+            for name, raw in (("sparse", sparse), ("packed", packed)):
+                image = served[way, name]
+                spec = image_spec(f"{base}/{image.name}", image, raw.stat().st_size, fmt)
+                with targets.fresh(raw.stat().st_size) as target:
+                    results[name] = run = run_agent(pkg, spec, target)
+                print(
+                    f"  {who:6} {name:6} ({fmt:9}): {run.seconds:6.2f} s, "
+                    f"CPU-s {run.cpu:5.2f} + server {run.server_cpu:4.2f}, "
+                    f"written {run.written / MiB:6.0f} MiB, zeroed {run.zeroed / MiB:6.0f} MiB; "
+                    f"load {run.load:.1f}",
+                    flush=True,
+                )
+            holey, dense = results["sparse"], results["packed"]
             print(
-                f"  {who:6} {name:10} ({fmt:4}): {run.seconds:6.2f} s, "
-                f"CPU-s {run.cpu:5.2f} + server {run.server_cpu:4.2f}, "
-                f"written {run.written / MiB:6.0f} MiB, zeroed {run.zeroed / MiB:6.0f} MiB; "
-                f"load {run.load:.1f}",
+                f"  {who} {fmt}: time(sparse) / time(data only) = {holey.seconds / dense.seconds:.2f} "
+                f"(a writer of every byte: {total_mib / data_mib:.1f})",
                 flush=True,
             )
-        holey, dense = results["sparse"], results["packed"]
-        zero_gib = (total_mib - data_mib) / 1024
-        print(
-            f"  {who}: time(sparse) / time(data only) = {holey.seconds / dense.seconds:.2f} "
-            f"(a writer of every byte: {total_mib / data_mib:.1f}); raw sparse image: "
-            f"{results['sparse-raw'].seconds / dense.seconds:.2f}; zeros cost "
-            f"{(holey.seconds - dense.seconds) / zero_gib:.2f} s and "
-            f"{(holey.cpu - dense.cpu) / zero_gib:.2f} CPU-s per GiB (zstd, the pipe, the zero check)"
-        )
 
 
 def agent_package(source: Path, pkg: Path) -> Path:

@@ -4,12 +4,17 @@ Nothing is written before the disk is known to fit the image and the config driv
 hashed as it arrives (the served bytes: compressed ones for zstd) and never held whole in memory.
 Receiving, hashing, decompressing and writing overlap: a reader thread fills a few CHUNK buffers;
 the command's thread finds each one's zero blocks and hands the rest to two writer threads (two
-disk writes in flight), while, for a raw stream, another thread hashes it (for zstd, the thread
-feeding zstd hashes). The buffers are page-aligned and reused: the socket (or zstd's
+disk writes in flight), while, for an uncompressed stream, another thread hashes it (for zstd, the
+thread feeding zstd hashes). The buffers are page-aligned and reused: the socket (or zstd's
 pipe) reads straight into them and the disk is written straight from them with O_DIRECT, so each
 byte is copied once, by the kernel receiving it. Blocks of zeros are not written: their range is
 zeroed the cheap way (DiskIO.zero), merged across chunks, so a sparse image costs time mostly for
 its data.
+
+Four formats: raw, zstd (raw compressed), simg (an Android sparse image, see sparse.py) and
+simg+zstd. A sparse stream names its zero runs instead of carrying them: the reader thread decodes
+it into buffers of data (each starting at a block boundary on the disk) and zero ranges, so the
+time it takes follows the image's data, not its size.
 
 The image's first MiB (partition table, boot code) is held back and written only once the
 checksum matched: a bad download leaves the disk's partition table as it was, so the machine
@@ -18,48 +23,45 @@ still boots whatever it booted before.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import functools
 import hashlib
-import http.client
 import itertools
 import mmap
-import os
 import queue
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
-from . import log
+from . import log, sparse
 from .common import CommandError, Context, Progress
 from .disks import Disk, DiskIO, aligned_buffer, list_disks
 from .hints import choose_disk
 from .partitions import add_configdrive, configdrive_reserve, decode_configdrive, has_partition_table
+from .stream import HttpImage, Source, Zstd, zstd_binary
 
 __all__ = ["ImageSpec", "run"]
 
 MiB = 1 << 20
 CHUNK = 4 * MiB  # one buffer handed from the reader thread to the writer
-READ = MiB  # one read from HTTP into zstd's pipe
 BLOCK = 64 * 1024  # zero-detection unit: aligned, a multiple of every sector size
 HEAD = MiB  # held back until the checksum matched
 BUFFERS = 6  # CHUNK buffers in flight (being received, hashed, written): the memory the command holds
 WRITERS = 2  # disk writes in flight
 ZERO_RUN_MAX = 1 << 30  # one zeroing call at most, so that no single ioctl runs for minutes
-HTTP_TIMEOUT_S = 60.0
 JOIN_TIMEOUT_S = 10.0
-F_SETPIPE_SZ = 1031  # <linux/fcntl.h>; a 1 MiB pipe cuts zstd's context switches 16-fold
 DIGEST_HEX = {"sha256": 64, "sha512": 128}
-FORMATS = ("raw", "zstd")
+FORMATS = ("raw", "zstd", "simg", "simg+zstd")
+COMPRESSED = ("zstd", "simg+zstd")
+SPARSE = ("simg", "simg+zstd")
 ZERO_CHUNK = bytes(CHUNK)
 ZERO_BLOCK = bytes(BLOCK)
+
+# What the reader thread hands the writer, in disk order: (buffer, n, offset), buffer[:n] being the
+# disk's bytes at offset, or (None, length, offset), a range to zero. None ends the stream.
+Item = tuple[mmap.mmap | None, int, int]
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def run(args: Mapping[str, Any], ctx: Context, progress: Progress) -> dict[str, 
         needed += configdrive_reserve(len(iso))
         need += f" plus {configdrive_reserve(len(iso))} for the config drive partition"
     disk = choose_disk(list_disks(ctx), args.get("root_device_hints") or {}, needed, need)
-    zstd = _zstd_binary() if spec.format == "zstd" else None
+    zstd = zstd_binary() if spec.format in COMPRESSED else None
     log(f"writing {spec.url} to {disk.name}")
     with DiskIO(disk) as dio:
         checksum = _write_image(spec, disk, dio, progress, iso is not None, zstd)
@@ -142,28 +144,22 @@ def run(args: Mapping[str, Any], ctx: Context, progress: Progress) -> dict[str, 
     }
 
 
-def _zstd_binary() -> str:
-    zstd = shutil.which("zstd")
-    if zstd is None:
-        raise CommandError(
-            "the image is zstd-compressed but the zstd program is not installed in the ramdisk"
-        )
-    return zstd
-
-
 def _write_image(
     spec: ImageSpec, disk: Disk, dio: DiskIO, progress: Progress, need_table: bool, zstd: str | None
 ) -> str:
     """Streams the image onto the disk, head last; returns the stream's hex digest."""
     hasher = hashlib.new(spec.algo)
-    # A raw stream is hashed by the reader's tap thread; a zstd one by the thread feeding zstd.
-    body = _HttpImage(spec, hasher if zstd else None)
+    # An uncompressed stream is hashed by the reader's tap thread; a zstd one by the thread feeding zstd.
+    body = HttpImage(spec.url, spec.size, hasher if zstd else None)
     try:
-        source: _Source = _Zstd(body, zstd) if zstd else body
+        source: Source = Zstd(body, zstd) if zstd else body
     except BaseException:
         body.close()
         raise
-    reader = _Reader(source.readinto, None if zstd else hasher.update)
+    produce: Callable[[_Reader], None] = _produce_raw
+    if spec.format in SPARSE:
+        produce = functools.partial(sparse.decode, virtual_size=spec.virtual_size, url=spec.url)
+    reader = _Reader(source.readinto, produce, None if zstd else hasher.update)
     try:
         head, total = _pump(reader, spec, disk, dio, progress, need_table)
         reader.drain()
@@ -188,42 +184,67 @@ def _write_image(
 def _pump(
     reader: _Reader, spec: ImageSpec, disk: Disk, dio: DiskIO, progress: Progress, need_table: bool
 ) -> tuple[bytes, int]:
-    """Writes every chunk but the head; returns (head, image bytes seen)."""
-    head, offset = b"", 0
+    """Writes everything but the head; returns (head, image bytes seen)."""
+    head = _Head(spec, need_table)
     zeros = _ZeroRuns(dio)
+    done = 0
     message = f"writing {disk.name}"
     with _Writers(dio, reader.release) as writers:
-        for buf, n in reader.chunks():
-            if offset + n > spec.virtual_size:
-                reader.release(buf)
-                raise CommandError(
-                    f"the image from {spec.url} is larger than its virtual_size {spec.virtual_size}"
-                )
-            start = 0
-            if offset == 0:
-                start = min(n, HEAD)
-                head = bytes(buf[:start])
-                if need_table and not has_partition_table(head):
+        for buf, n, offset in reader.items():
+            try:
+                start = head.take(buf, n, offset, done)
+            except BaseException:
+                if buf is not None:
                     reader.release(buf)
-                    raise CommandError(
-                        f"the image from {spec.url} has no partition table, "
-                        "so no config drive partition can be added"
-                    )
-            segments = _data_segments(zeros, buf, start, n, offset)
-            if dio.direct_proven:
-                writers.submit(buf, segments, offset)
+                raise
+            if buf is None:
+                if n > start:
+                    zeros.add(offset + start, n - start)
+            elif dio.direct_proven:
+                writers.submit(buf, _data_segments(zeros, buf, start, n, offset), offset)
             else:
                 # Until one O_DIRECT write went through, the disk may still refuse them and
                 # DiskIO switch to the page cache: that switch is made by one writer alone.
                 try:
-                    _write_segments(dio, buf, segments, offset)
+                    _write_segments(dio, buf, _data_segments(zeros, buf, start, n, offset), offset)
                 finally:
                     reader.release(buf)
-            offset += n
-            progress(offset, spec.virtual_size, message)
+            done = offset + n
+            progress(done, spec.virtual_size, message)
         writers.join()
     zeros.flush()
-    return head, offset
+    return bytes(head.data), done
+
+
+class _Head:
+    """The disk's first HEAD bytes as the image has them, gathered from the items that reach into
+    it; written last. Zero ranges leave it zero. Once it is complete, and before anything past it
+    is written, it must hold a partition table when a config drive is to be added."""
+
+    def __init__(self, spec: ImageSpec, need_table: bool) -> None:
+        self.spec = spec
+        self.data = bytearray(min(HEAD, spec.virtual_size))
+        self.checked = not need_table
+
+    def take(self, buf: mmap.mmap | None, n: int, offset: int, done: int) -> int:
+        """Copies what of the item lies in the head; returns how many of its n bytes that is."""
+        if offset != done:
+            raise CommandError(f"the image reader skipped from byte {done} to {offset}")  # a bug
+        if offset + n > self.spec.virtual_size:
+            raise CommandError(
+                f"the image from {self.spec.url} is larger than its virtual_size {self.spec.virtual_size}"
+            )
+        taken = max(0, min(n, len(self.data) - offset))
+        if buf is not None and taken:
+            self.data[offset : offset + taken] = memoryview(buf)[:taken]
+        if not self.checked and offset + n >= len(self.data):
+            self.checked = True
+            if not has_partition_table(bytes(self.data)):
+                raise CommandError(
+                    f"the image from {self.spec.url} has no partition table, "
+                    "so no config drive partition can be added"
+                )
+        return taken
 
 
 def _data_segments(
@@ -341,180 +362,53 @@ class _ZeroRuns:
         self.start = self.end
 
 
-class _Source(Protocol):
-    def readinto(self, view: memoryview) -> int: ...
-    def finish(self) -> None: ...
-    def abort(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class _HttpImage:
-    """The image's bytes as served (hashed as they arrive when given a hasher); a short or failed
-    stream is an error."""
-
-    def __init__(self, spec: ImageSpec, hasher: Any) -> None:
-        self.url, self.hasher, self.received = spec.url, hasher, 0
-        self.conn = _connect(spec.url)
-        parts = urlsplit(spec.url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        try:
-            self.conn.request("GET", target, headers={"User-Agent": "bootforge-agent"})
-            self.resp = self.conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            self.conn.close()
-            raise CommandError(f"image download from {self.url} failed: {_describe(exc)}") from exc
-        if self.resp.status != 200:
-            self.conn.close()
-            raise CommandError(
-                f"image download from {self.url} failed: HTTP {self.resp.status} {self.resp.reason}"
-            )
-        length = self.resp.length
-        if spec.size is not None and length is not None and length != spec.size:
-            self.conn.close()
-            raise CommandError(f"the image at {self.url} is served as {length} bytes, expected {spec.size}")
-        self.expected = length if length is not None else spec.size
-
-    def readinto(self, view: memoryview) -> int:
-        try:
-            n = self.resp.readinto(view)
-        except http.client.IncompleteRead:
-            raise self._short() from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise CommandError(
-                f"image download from {self.url} failed after {self.received} bytes: {_describe(exc)}"
-            ) from exc
+def _produce_raw(feed: _Reader) -> None:
+    """A raw (or decompressed) stream: whole CHUNKs at consecutive disk offsets, so that every
+    buffer starts on a BLOCK boundary of the disk."""
+    offset = 0
+    while True:
+        buf = feed.take()
+        view = memoryview(buf)
+        n = 0
+        while n < CHUNK and (got := feed.readinto(view[n:])):
+            n += got
         if n:
-            if self.hasher is not None:
-                self.hasher.update(view[:n])
-            self.received += n
-        elif self.expected is not None and self.received != self.expected:
-            raise self._short()
-        return n
-
-    def _short(self) -> CommandError:
-        return CommandError(
-            f"image download from {self.url} ended after {self.received} of {self.expected} bytes"
-        )
-
-    def finish(self) -> None:
-        """Nothing left to check: readinto raised on a short stream."""
-
-    def abort(self) -> None:
-        if self.conn.sock is not None:
-            # shutdown, unlike close, wakes a reader blocked in recv on another thread.
-            with contextlib.suppress(OSError):
-                self.conn.sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.conn.close()
+            feed.tap(view[:n])
+            feed.give(buf, n, offset)
+        else:
+            feed.release(buf)
+        offset += n
+        if n < CHUNK:
+            return
 
 
-def _connect(url: str) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        import ssl
-
-        context = ssl.create_default_context()
-        return http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=HTTP_TIMEOUT_S, context=context
-        )
-    return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=HTTP_TIMEOUT_S)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class _Zstd:
-    """The stream decompressed by `zstd -dc`: a feeder thread copies (and so hashes) the HTTP
-    stream into its stdin; readinto reads its stdout."""
-
-    def __init__(self, body: _HttpImage, zstd: str) -> None:
-        self.body = body
-        # zstd's messages go to a file: a pipe nobody reads while it runs could fill up and stall it.
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
-        try:
-            # --no-check: the stream's sha256 already proves the bytes; zstd's own xxhash of
-            # every output byte would double its CPU time on a sparse image.
-            self.proc = subprocess.Popen(
-                [zstd, "-dc", "-q", "--no-check"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self.stderr,
-                bufsize=0,
-            )
-        except OSError as exc:
-            self.stderr.close()
-            raise CommandError(f"could not start zstd to decompress {body.url}: {exc.strerror}") from exc
-        if self.proc.stdin is None or self.proc.stdout is None:
-            raise CommandError("zstd was started without pipes")  # Popen with PIPE always makes both
-        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
-        for pipe in (self.stdin, self.stdout):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, MiB)
-        self.error: BaseException | None = None
-        self.feeder = threading.Thread(target=self._feed, name="image-zstd-feeder", daemon=True)
-        self.feeder.start()
-
-    def _feed(self) -> None:
-        view = memoryview(bytearray(READ))
-        try:
-            while n := self.body.readinto(view):
-                data = view[:n]
-                while data:
-                    data = data[os.write(self.stdin.fileno(), data) :]
-        except BrokenPipeError:
-            pass  # zstd stopped reading: it failed, and finish() reports its message
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            with contextlib.suppress(OSError):
-                self.stdin.close()
-
-    def readinto(self, view: memoryview) -> int:
-        return os.readv(self.stdout.fileno(), [view])
-
-    def finish(self) -> None:
-        self.feeder.join()
-        if self.error is not None:
-            raise self.error
-        if self.proc.wait() != 0:
-            self.stderr.seek(0)
-            detail = " ".join(self.stderr.read(4096).decode(errors="replace").split())
-            detail = detail or f"exit status {self.proc.returncode}"
-            raise CommandError(f"zstd could not decompress the image from {self.body.url}: {detail}")
-
-    def abort(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.body.abort()
-
-    def close(self) -> None:
-        self.proc.wait()
-        self.feeder.join(JOIN_TIMEOUT_S)
-        self.body.close()
-        self.stdout.close()
-        self.stderr.close()
+class _Stopped(Exception):
+    """The command is over: the producer gives up."""
 
 
 class _Reader:
-    """Fills CHUNK buffers from a source in its own thread, so that receiving, hashing and
-    decompressing overlap with writing to the disk; BUFFERS bounds the memory held.
+    """Runs a producer (_produce_raw or sparse.decode) in its own thread, so that receiving,
+    hashing and decompressing overlap with writing to the disk; BUFFERS bounds the memory held.
+    The producer reads the source, fills buffers and hands items to the consumer (items()).
 
-    With a tap (the hash of a raw stream), a third thread feeds every chunk to it in order while
-    the consumer writes the same chunk: both only read it, and it is refilled once both are done.
+    With a tap (the hash of an uncompressed stream), a third thread feeds it every stream byte in
+    order (tap()) while the consumer writes the same buffers: both only read them, and a buffer
+    is refilled once both are done with it.
     """
 
     def __init__(
-        self, readinto: Callable[[memoryview], int], tap: Callable[[memoryview], object] | None
+        self,
+        readinto: Callable[[memoryview], int],
+        produce: Callable[[_Reader], None],
+        tap: Callable[[memoryview], object] | None,
     ) -> None:
-        self._readinto, self._tap = readinto, tap
+        self.readinto, self._produce, self._tap = readinto, produce, tap
         self._free: queue.Queue[mmap.mmap | None] = queue.Queue()
         for _ in range(BUFFERS):
             self._free.put(aligned_buffer(CHUNK))
-        self._full: queue.Queue[tuple[mmap.mmap, int] | BaseException] = queue.Queue()
-        self._tapped: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
+        self._full: queue.Queue[Item | BaseException | None] = queue.Queue()
+        # Stream bytes to hash, or a buffer whose bytes were all hashed (to release).
+        self._tapped: queue.Queue[bytes | memoryview | mmap.mmap | None] = queue.Queue()
         self._users: dict[int, int] = {}
         self._lock = threading.Lock()
         self._tap_error: BaseException | None = None
@@ -525,20 +419,34 @@ class _Reader:
         for thread in self._threads:
             thread.start()
 
+    # --- the producer's side (the reader thread) ---------------------------------------------
+
+    def take(self) -> mmap.mmap:
+        buf = self._free.get()
+        if buf is None or self._stopped:
+            raise _Stopped
+        return buf
+
+    def tap(self, data: bytes | memoryview) -> None:
+        if self._tap is not None:
+            self._tapped.put(data)
+
+    def give(self, buf: mmap.mmap, n: int, offset: int) -> None:
+        if self._tap is not None:
+            with self._lock:
+                self._users[id(buf)] = 2
+            self._tapped.put(buf)
+        self._full.put((buf, n, offset))
+
+    def zero(self, offset: int, length: int) -> None:
+        self._full.put((None, length, offset))
+
     def _run(self) -> None:
         try:
-            while True:
-                buf = self._free.get()
-                if buf is None or self._stopped:
-                    return
-                n = self._fill(memoryview(buf))
-                if self._tap is not None:
-                    with self._lock:
-                        self._users[id(buf)] = 2
-                    self._tapped.put((buf, n))
-                self._full.put((buf, n))
-                if n < CHUNK:
-                    return
+            self._produce(self)
+            self._full.put(None)
+        except _Stopped:
+            pass
         except BaseException as exc:
             self._full.put(exc)
         finally:
@@ -547,37 +455,22 @@ class _Reader:
     def _run_tap(self) -> None:
         assert self._tap is not None
         while (item := self._tapped.get()) is not None:
-            buf, n = item
-            if self._tap_error is None:
+            if isinstance(item, mmap.mmap):
+                self.release(item)
+            elif self._tap_error is None:
                 try:
-                    self._tap(memoryview(buf)[:n])
+                    self._tap(memoryview(item))
                 except BaseException as exc:
                     self._tap_error = exc
-            self.release(buf)
 
-    def _fill(self, view: memoryview) -> int:
-        """Fills the whole buffer unless the stream ends: chunks stay BLOCK-aligned on the disk."""
-        got = 0
-        while got < len(view):
-            n = self._readinto(view[got:])
-            if not n:
-                break
-            got += n
-        return got
+    # --- the consumer's side -----------------------------------------------------------------
 
-    def chunks(self) -> Iterator[tuple[mmap.mmap, int]]:
-        """(buffer, bytes in it) until the stream ends; hand each buffer back with release()."""
-        while True:
-            item = self._full.get()
+    def items(self) -> Iterator[Item]:
+        """Until the stream ends; hand each buffer back with release()."""
+        while (item := self._full.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            buf, n = item
-            if n:
-                yield buf, n
-            else:
-                self.release(buf)
-            if n < CHUNK:
-                return
+            yield item
 
     def release(self, buf: mmap.mmap) -> None:
         with self._lock:
@@ -588,7 +481,7 @@ class _Reader:
             self._free.put(buf)
 
     def drain(self) -> None:
-        """Waits until the tap has seen every chunk (the stream has ended)."""
+        """Waits until the tap has seen every byte (the stream has ended)."""
         for thread in self._threads[1:]:
             thread.join()
         if self._tap_error is not None:

@@ -45,8 +45,8 @@ MD5_REFUSED = (
 class ImageRef:
     """The file a deploy streams, as the agent is told of it (the contract's write_image "image")."""
 
-    path: str  # relative to the netboot root, e.g. images/<uuid>.raw
-    format: str  # raw | zstd
+    path: str  # relative to the netboot root, e.g. images/<uuid>.simg
+    format: str  # simg | simg+zstd; raw | zstd for images imported before sparse streams
     size: int
     virtual_size: int
     checksum_algo: str
@@ -179,10 +179,12 @@ class ImageCatalogue:
     async def resolve(self, image_source: str, instance_info: dict[str, Any]) -> ImageRef:
         """The file to stream for a deploy of `image_source` (catalogue name or UUID, or an http(s) URL).
 
-        A digest in instance_info is checked against the ORIGINAL image. When the served file is the
-        original's bytes (raw, zstd), a mismatch is left to the agent, which checks the stream on the fly
-        and fails the deploy naming both digests, before the disk's first MiB is written; a converted
-        image (qcow2) is refused here, since the agent could only check the converted bytes.
+        A digest in instance_info is checked against the ORIGINAL image. Images are served as sparse
+        streams (simg, simg+zstd), whose bytes are not the original's: a mismatch is refused here, naming
+        both digests, and the agent is given the stream's digest to check. Only for an image imported
+        before sparse streams, served as the original's bytes (raw, zstd), is a mismatch left to the
+        agent, which checks the stream on the fly and fails the deploy naming both digests, before the
+        disk's first MiB is written.
         """
         expected = expected_digest(instance_info)
         if not isinstance(image_source, str) or not image_source:
@@ -300,6 +302,8 @@ def ref_for(image: Image, expected: Expected | None, shown: str) -> ImageRef:
     stream_digest = image.stream_sha256 if algo == "sha256" else image.stream_sha512
     checksum = stream_digest
     if expected is not None and _mismatch(image, expected):
+        # The served bytes are a conversion (a sparse stream, or a qcow2 as raw+zstd): the agent could
+        # only check those, so the operator's digest of the original is refused here.
         if image.stream_format not in (RAW, ZSTD) or image.disk_format != image.stream_format:
             raise InvalidInput(
                 f"image checksum mismatch for {shown}: expected {algo} {expected.value}, "

@@ -1,7 +1,8 @@
 """What an image file is, found from its bytes (never from its name), and the digests recorded for it.
 
-Three formats are accepted: raw (a disk's bytes), zstd (raw compressed with zstd, served as is: the agent
-decompresses it on the fly) and qcow2 (converted once to raw+zstd at import). Everything else that can be
+Three formats are accepted: raw (a disk's bytes), zstd (raw compressed with zstd) and qcow2. Each is served
+to the agent as an Android sparse stream (sparse.py): simg for raw, simg+zstd for the others (images
+imported before that are served as they were stored: raw, or zstd). Everything else that can be
 told apart cheaply by its first bytes (other hypervisors' formats, archives, other compressors) is refused
 with its name: written to a disk as if it were raw, it would give a machine that does not boot, and the
 operator would learn it only at the end of a deploy.
@@ -17,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
-import zstandard
-
 from bootforge.errors import InvalidInput
 
 RAW = "raw"
 QCOW2 = "qcow2"
 ZSTD = "zstd"
+# Formats of the stream served to the agent (besides RAW and ZSTD, kept for images imported before).
+SIMG = "simg"
+SIMG_ZSTD = "simg+zstd"
 
 # Enough for every signature below (tar's sits at 257).
 HEAD_SIZE = 4096
@@ -33,8 +35,8 @@ QCOW_MAGIC = b"QFI\xfb"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Skippable frames (pzstd writes one before each frame): magic 0x184D2A50..5F, little-endian.
 SKIPPABLE_LOW, SKIPPABLE_HIGH = 0x184D2A50, 0x184D2A5F
-# The agent decompresses with the `zstd` binary, whose default window limit is 128 MiB (--long=27);
-# a frame needing more would fail half-way through a deploy.
+# zstd's default window limit (libzstd's and the `zstd` binary's) is 128 MiB (--long=27): the import
+# decompresses with it, and so does an agent given a zstd image imported before sparse streams.
 MAX_WINDOW = 1 << 27
 
 # qcow2 incompatible feature bits (docs/interop/qcow2.txt).
@@ -55,6 +57,7 @@ REFUSED: tuple[tuple[int, bytes, str], ...] = (
     (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
     (0, b"PK\x03\x04", "a zip archive"),
     (257, b"ustar", "a tar archive"),
+    (0, b"\x3a\xff\x26\xed", "an Android sparse image"),
 )
 
 
@@ -90,6 +93,8 @@ def sniff(head: bytes) -> str:
 
 
 def _hint(what: str) -> str:
+    if "Android" in what:
+        return "; expand it with simg2img first (Debian package android-sdk-libsparse-utils)"
     if "compressed" in what or "archive" in what:
         return "; unpack it first, or compress the raw image with zstd"
     return "; convert it with `qemu-img convert -O raw` (or -O qcow2) first"
@@ -249,7 +254,7 @@ def _zstd_frame_end(f: BinaryIO, start: int) -> int:
         window = int.from_bytes(fcs_raw, "little") + (256 if fcs_size == 2 else 0)
     if window > MAX_WINDOW:
         raise ImageError(
-            f"the zstd data needs a {window >> 20} MiB window; the deploy agent's zstd decompresses up to "
+            f"the zstd data needs a {window >> 20} MiB window; bootforge decompresses with windows up to "
             f"{MAX_WINDOW >> 20} MiB: recompress without --long (or with --long=27)"
         )
     pos = f.tell()
@@ -267,49 +272,23 @@ def _zstd_frame_end(f: BinaryIO, start: int) -> int:
             return pos + (4 if checksum else 0)
 
 
-@dataclass(frozen=True)
-class ZstdContent:
-    virtual_size: int
-    # The first bytes of the decompressed data, to refuse e.g. a zstd-compressed qcow2.
-    head: bytes
-
-
-def zstd_content(path: Path) -> ZstdContent:
-    """Decompress the whole file (streaming, bounded memory) for its size; checks every frame."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        check_zstd_frames(f, size)
-        f.seek(0)
-        reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True, read_size=1 << 20)
-        head = b""
-        total = 0
-        try:
-            while chunk := reader.read(1 << 20):
-                if len(head) < HEAD_SIZE:
-                    head += chunk[: HEAD_SIZE - len(head)]
-                total += len(chunk)
-        except zstandard.ZstdError as e:
-            raise ImageError(f"the zstd data does not decompress: {e}") from None
-    return ZstdContent(total, head)
-
-
 __all__ = [
     "HEAD_SIZE",
     "QCOW2",
     "RAW",
     "SECTOR",
+    "SIMG",
+    "SIMG_ZSTD",
     "ZEROS",
     "ZSTD",
     "Bytes",
     "Digests",
     "ImageError",
     "Qcow2Header",
-    "ZstdContent",
     "check_head",
     "check_zstd_frames",
     "file_digests",
     "parse_qcow2",
     "read_head",
     "sniff",
-    "zstd_content",
 ]

@@ -2,20 +2,24 @@
 
 Every import first brings the source's bytes into a work file under images/.partial (a download, or a
 copy of a local file), hashing them as they pass: the digests, the format check and a qcow2 conversion
-then all see the same bytes, even if the operator's file changes meanwhile. The served file
-(images/<uuid>.raw or .raw.zst) appears by rename only once it is complete and flushed to disk, so the
-HTTP boot server never serves half an image.
+then all see the same bytes, even if the operator's file changes meanwhile.
+
+What the agent is served is the image's Android sparse stream (sparse.py), so that a deploy takes time
+for the image's data, not for its zeros: images/<uuid>.simg for a raw source (uncompressed, as the
+operator chose), images/<uuid>.simg.zst for a zstd source (decompressed first, holes kept) and for a
+qcow2 (converted by qemu-img first). The original's digests are recorded beside the stream's. Images
+imported before sparse streams are served as they were stored (<uuid>.raw, <uuid>.raw.zst). The served
+file appears by rename only once it is complete and flushed to disk, so the HTTP boot server never
+serves half an image.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -25,27 +29,28 @@ import zstandard
 
 from bootforge.errors import BootforgeError
 from bootforge.images.formats import (
+    HEAD_SIZE,
     QCOW2,
     RAW,
     SECTOR,
-    ZEROS,
+    SIMG,
+    SIMG_ZSTD,
     ZSTD,
     Digests,
     ImageError,
     check_head,
+    check_zstd_frames,
     parse_qcow2,
     read_head,
     sniff,
-    zstd_content,
 )
+from bootforge.images.sparse import BLOCK, extents, write_simg
 
-# Zero runs at least this long (and aligned to it) are not written: they stay holes in the store.
-BLOCK = 64 << 10
+# Zero runs at least BLOCK long (and aligned to it) are not written: they stay holes in work files.
 CHUNK = 1 << 20
 ZERO_BLOCK = bytes(BLOCK)
-# zstd level 3: about as fast as a disk writes and a third of the size of typical OS images.
-ZSTD_LEVEL = 3
-SUFFIX = {RAW: ".raw", ZSTD: ".raw.zst"}
+# Served files by stream format; raw and zstd are those of images imported before sparse streams.
+SUFFIX = {RAW: ".raw", ZSTD: ".raw.zst", SIMG: ".simg", SIMG_ZSTD: ".simg.zst"}
 
 
 @dataclass(frozen=True)
@@ -163,25 +168,19 @@ class ImageStore:
                 leftover.unlink(missing_ok=True)
 
     def _store(self, image_uuid: str, work: Path, digests: Digests, stop: threading.Event) -> Stored:
-        head = read_head(work)
-        fmt = check_head(head)
-        if fmt == QCOW2:
-            return self._store_qcow2(image_uuid, work, digests, stop)
-        if fmt == ZSTD:
-            content = zstd_content(work)
-            inner = sniff(content.head)
-            if inner != RAW:
-                raise ImageError(f"the zstd data holds a {inner} image; only raw images may be compressed")
-            virtual_size = content.virtual_size
-        else:
-            virtual_size = digests.size
+        fmt = check_head(read_head(work))
+        raw = self._raw(image_uuid, work, fmt, stop)
+        virtual_size = raw.stat().st_size
         if virtual_size == 0 or virtual_size % SECTOR:
             raise ImageError(
                 f"the image is {virtual_size} bytes, not a whole number of {SECTOR}-byte sectors: "
                 "it is not a disk image"
             )
-        rel = self._publish(work, image_uuid, fmt, stop)
-        # The served file is the original: its digests are the stream's.
+        # A raw source stays uncompressed (the operator chose raw); the others were compressed.
+        stream_format = SIMG if fmt == RAW else SIMG_ZSTD
+        served = self.partial / f"{image_uuid}.stream"
+        stream = write_simg(raw, served, stop, compress=stream_format == SIMG_ZSTD)
+        rel = self._publish(served, image_uuid, stream_format, stop)
         return Stored(
             disk_format=fmt,
             size=digests.size,
@@ -189,37 +188,29 @@ class ImageStore:
             sha256=digests.sha256,
             sha512=digests.sha512,
             stream_path=rel,
-            stream_format=fmt,
-            stream_size=digests.size,
-            stream_sha256=digests.sha256,
-            stream_sha512=digests.sha512,
-        )
-
-    def _store_qcow2(self, image_uuid: str, work: Path, digests: Digests, stop: threading.Event) -> Stored:
-        header = parse_qcow2(read_head(work))
-        raw = self.partial / f"{image_uuid}.converted"
-        qemu_img_convert(work, raw, stop)
-        work.unlink()
-        if raw.stat().st_size != header.virtual_size:
-            raise ImageError(
-                f"qemu-img wrote {raw.stat().st_size} bytes for a qcow2 of virtual size {header.virtual_size}"
-            )
-        packed = self.partial / f"{image_uuid}.zst"
-        stream = compress(raw, packed, stop)
-        raw.unlink()
-        rel = self._publish(packed, image_uuid, ZSTD, stop)
-        return Stored(
-            disk_format=QCOW2,
-            size=digests.size,
-            virtual_size=header.virtual_size,
-            sha256=digests.sha256,
-            sha512=digests.sha512,
-            stream_path=rel,
-            stream_format=ZSTD,
+            stream_format=stream_format,
             stream_size=stream.size,
             stream_sha256=stream.sha256,
             stream_sha512=stream.sha512,
         )
+
+    def _raw(self, image_uuid: str, work: Path, fmt: str, stop: threading.Event) -> Path:
+        """The source's disk bytes as a sparse file: the work file itself for a raw source."""
+        if fmt == RAW:
+            return work
+        if fmt == QCOW2:
+            size = parse_qcow2(read_head(work)).virtual_size
+            raw = self.partial / f"{image_uuid}.converted"
+            qemu_img_convert(work, raw, stop)
+            if raw.stat().st_size != size:
+                raise ImageError(
+                    f"qemu-img wrote {raw.stat().st_size} bytes for a qcow2 of virtual size {size}"
+                )
+        else:
+            raw = self.partial / f"{image_uuid}.decompressed"
+            decompress(work, raw, stop)
+        work.unlink()  # the store's disk holds the source, its raw form and the stream at once otherwise
+        return raw
 
     def _publish(self, path: Path, image_uuid: str, fmt: str, stop: threading.Event) -> str:
         name = f"{image_uuid}{SUFFIX[fmt]}"
@@ -254,26 +245,6 @@ def copy_local(src: Path, dest: Path, stop: threading.Event) -> Digests:
         check_head(head)
         f.seek(0)
         return _copy_stream(f, dest, stop)
-
-
-def extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
-    """(offset, length, has_data) covering [0, size); holes are found with SEEK_DATA / SEEK_HOLE."""
-    pos = 0
-    while pos < size:
-        try:
-            data = min(os.lseek(fd, pos, os.SEEK_DATA), size)
-        except OSError as e:
-            if e.errno != errno.ENXIO:  # EINVAL: the filesystem cannot tell; read it all
-                yield pos, size - pos, True
-                return
-            data = size  # nothing but a hole up to the end
-        if data > pos:
-            yield pos, data - pos, False
-        if data >= size:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
-        yield data, hole - data, True
-        pos = hole
 
 
 def _copy_stream(f: io.FileIO, dest: Path, stop: threading.Event) -> Digests:
@@ -357,38 +328,46 @@ def qemu_img_convert(src: Path, dest: Path, stop: threading.Event) -> None:
         raise ImageError(f"qemu-img could not convert the qcow2 image: {lines[-1]}")
 
 
-def compress(src: Path, dest: Path, stop: threading.Event) -> Digests:
-    """src compressed with zstd (all cores) into dest; returns the compressed stream's digests.
-
-    The holes of the converted image (most of a typical OS image) are fed from memory, not read: on
-    this kind of host, reading a hole costs several times what compressing its zeros does.
-    """
-    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-    size = os.fstat(fd).st_size
-    cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True).compressobj(size=size)
-    digests = Digests()
-    buf = memoryview(bytearray(CHUNK))
-    zeros = memoryview(ZEROS)
-    try:
-        with open(dest, "wb") as out:
-            for offset, length, has_data in extents(fd, size):
-                end = offset + length
-                while offset < end:
-                    _check(stop)
-                    want = min(CHUNK, end - offset)
-                    n = os.preadv(fd, [buf[:want]], offset) if has_data else want
-                    if n == 0:
-                        raise ImageError("the converted image shrank while it was being compressed")
-                    piece = cobj.compress(buf[:n] if has_data else zeros[:n])
-                    digests.update(piece)
-                    out.write(piece)
-                    offset += n
-            tail = cobj.flush()
-            digests.update(tail)
-            out.write(tail)
-    finally:
-        os.close(fd)
-    return digests
+def decompress(src: Path, dest: Path, stop: threading.Event) -> None:
+    """src (zstd, every frame checked first) decompressed into dest, zero blocks left as holes. The
+    data must be a raw image: that is checked on its first bytes, before the rest is decompressed."""
+    with open(src, "rb") as f:
+        check_zstd_frames(f, os.fstat(f.fileno()).st_size)
+        f.seek(0)
+        reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True, read_size=CHUNK)
+        out = _open_new(dest)
+        try:
+            writer = SparseWriter(out)
+            head = b""
+            while chunk := reader.read(CHUNK):
+                _check(stop)
+                if len(head) < HEAD_SIZE:
+                    head += chunk[: HEAD_SIZE - len(head)]
+                    _check_inner(head, final=False)
+                writer.write(chunk)
+            _check_inner(head, final=True)
+            writer.close()
+        except zstandard.ZstdError as e:
+            raise ImageError(f"the zstd data does not decompress: {e}") from None
+        finally:
+            os.close(out)
 
 
-__all__ = ["ImageStore", "SparseWriter", "Stored", "compress", "download", "is_url", "redact_url"]
+def _check_inner(head: bytes, final: bool) -> None:
+    if len(head) < HEAD_SIZE and not final:
+        return
+    inner = sniff(head)
+    if inner != RAW:
+        raise ImageError(f"the zstd data holds a {inner} image; only raw images may be compressed")
+
+
+__all__ = [
+    "ImageStore",
+    "SparseWriter",
+    "Stored",
+    "decompress",
+    "download",
+    "extents",
+    "is_url",
+    "redact_url",
+]

@@ -530,7 +530,7 @@ def test_missing_zstd_program_fails_before_download(
     ("change", "message"),
     [
         ({"url": "ftp://host/x"}, "not an http:// or https:// URL"),
-        ({"format": "qcow2"}, "format 'qcow2' is not one of raw, zstd"),
+        ({"format": "qcow2"}, "format 'qcow2' is not one of raw, zstd, simg, simg\\+zstd"),
         ({"checksum": "abc"}, "is not a sha256 hex digest"),
         ({"checksum_algo": "md5"}, "checksum_algo 'md5'"),
         ({"virtual_size": -1}, "virtual_size -1 is not a byte count"),

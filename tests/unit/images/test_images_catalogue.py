@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from simg_util import expand
 
 from bootforge.db.engine import Database
+from bootforge.db.models import Image
 from bootforge.errors import Conflict, InvalidInput, NotFound
-from bootforge.images.catalogue import ImageCatalogue, cache_name, expected_digest
+from bootforge.images.catalogue import Expected, ImageCatalogue, cache_name, expected_digest, ref_for
 
 MiB = 1 << 20
 
@@ -89,7 +91,7 @@ async def test_add_get_list_delete(catalogue: ImageCatalogue, tmp_path: Path) ->
     assert (await catalogue.get(image.uuid)).name == image.name
     assert [i.name for i in await catalogue.list()] == ["ubuntu-24.04_x86"]
     served = catalogue.root / image.stream_path
-    assert served.read_bytes() == data
+    assert expand(served.read_bytes()) == data
 
     await catalogue.delete("ubuntu-24.04_x86")
     assert not served.exists()
@@ -177,21 +179,24 @@ async def test_resolve_a_catalogue_image(catalogue: ImageCatalogue, tmp_path: Pa
     data = raw_file(tmp_path / "a.img", 2 * MiB)
     image = await catalogue.add("a", str(tmp_path / "a.img"))
     ref = await catalogue.resolve("a", {})
-    assert ref.path == f"images/{image.uuid}.raw"
-    assert (ref.format, ref.size, ref.virtual_size) == ("raw", len(data), len(data))
-    assert (ref.checksum_algo, ref.checksum) == ("sha256", sha256(data))
+    assert ref.path == f"images/{image.uuid}.simg"
+    stream = (catalogue.root / ref.path).read_bytes()
+    assert (ref.format, ref.size, ref.virtual_size) == ("simg", len(stream), len(data))
+    # The agent is given the digest of the bytes it receives: the stream's.
+    assert (ref.checksum_algo, ref.checksum) == ("sha256", sha256(stream))
     assert ref.agent_args("http://10.77.0.1:8080/") == {
-        "url": f"http://10.77.0.1:8080/images/{image.uuid}.raw",
-        "format": "raw",
-        "size": len(data),
+        "url": f"http://10.77.0.1:8080/images/{image.uuid}.simg",
+        "format": "simg",
+        "size": len(stream),
         "virtual_size": len(data),
         "checksum_algo": "sha256",
-        "checksum": sha256(data),
+        "checksum": sha256(stream),
     }
     by_uuid = await catalogue.resolve(
         image.uuid, {"image_os_hash_algo": "sha512", "image_os_hash_value": image.sha512}
     )
-    assert (by_uuid.checksum_algo, by_uuid.checksum) == ("sha512", image.sha512)
+    assert image.sha512 == hashlib.sha512(data).hexdigest()
+    assert (by_uuid.checksum_algo, by_uuid.checksum) == ("sha512", hashlib.sha512(stream).hexdigest())
 
 
 async def test_resolve_unknown_name(catalogue: ImageCatalogue) -> None:
@@ -200,15 +205,53 @@ async def test_resolve_unknown_name(catalogue: ImageCatalogue) -> None:
     assert info.value.field == "instance_info.image_source"
 
 
-async def test_wrong_checksum_of_a_raw_image_is_left_to_the_agent(
+async def test_wrong_checksum_of_a_raw_image_is_refused_naming_both(
     catalogue: ImageCatalogue, tmp_path: Path
 ) -> None:
-    raw_file(tmp_path / "a.img")
+    data = raw_file(tmp_path / "a.img")
     await catalogue.add("a", str(tmp_path / "a.img"))
-    # The served bytes are the original's: the agent checks them against what the operator expects and
-    # fails the deploy naming both digests, before the disk's partition table is written.
-    ref = await catalogue.resolve("a", {"image_checksum": HEX64})
-    assert (ref.checksum_algo, ref.checksum) == ("sha256", HEX64)
+    # The served bytes are a sparse stream, not the original's: the digest the operator gave for the
+    # original is checked here, against the one recorded at import.
+    with pytest.raises(InvalidInput) as info:
+        await catalogue.resolve("a", {"image_checksum": HEX64})
+    assert info.value.message == f"image checksum mismatch for a: expected sha256 {HEX64}, got {sha256(data)}"
+    assert info.value.field == "instance_info.image_checksum"
+    with pytest.raises(
+        InvalidInput, match=f"expected sha512 {HEX128}, got {hashlib.sha512(data).hexdigest()}"
+    ):
+        await catalogue.resolve("a", {"image_os_hash_algo": "sha512", "image_os_hash_value": HEX128})
+
+
+def legacy_image(stream_format: str, disk_format: str) -> Image:
+    """A row as imports made it before sparse streams: the original's bytes served as they were."""
+    return Image(
+        uuid="5d2c7a3e-0000-4000-8000-000000000001",
+        name="old",
+        disk_format=disk_format,
+        size=1000,
+        virtual_size=MiB,
+        sha256="11" * 32,
+        sha512="22" * 64,
+        stream_path="images/5d2c7a3e-0000-4000-8000-000000000001.raw.zst",
+        stream_format=stream_format,
+        stream_size=1000 if disk_format == stream_format else 900,
+        stream_sha256=("11" if disk_format == stream_format else "33") * 32,
+        stream_sha512=("22" if disk_format == stream_format else "44") * 64,
+    )
+
+
+def test_images_imported_before_sparse_streams_resolve_as_before() -> None:
+    for fmt in ("raw", "zstd"):
+        image = legacy_image(fmt, fmt)
+        # The served bytes are the original's: a wrong digest is left to the agent, which checks the
+        # stream and fails the deploy naming both digests before the disk's first MiB is written.
+        ref = ref_for(image, Expected("sha256", HEX64, "instance_info.image_checksum"), "old")
+        assert (ref.format, ref.path, ref.size, ref.checksum) == (fmt, image.stream_path, 1000, HEX64)
+        assert ref_for(image, None, "old").checksum == "11" * 32
+    converted = legacy_image("zstd", "qcow2")  # a qcow2 converted to raw+zstd
+    assert ref_for(converted, Expected("sha512", "22" * 64, "f"), "old").checksum == "44" * 64
+    with pytest.raises(InvalidInput, match=f"expected sha256 {HEX64}, got {'11' * 32}"):
+        ref_for(converted, Expected("sha256", HEX64, "f"), "old")
 
 
 async def test_wrong_checksum_of_a_qcow2_is_refused_naming_both(
@@ -219,14 +262,14 @@ async def test_wrong_checksum_of_a_qcow2_is_refused_naming_both(
     path = tmp_path / "a.qcow2"
     qcow2(path, "8M")
     image = await catalogue.add("q", str(path))
-    assert (image.disk_format, image.stream_format) == ("qcow2", "zstd")
+    assert (image.disk_format, image.stream_format) == ("qcow2", "simg+zstd")
     with pytest.raises(InvalidInput) as info:
         await catalogue.resolve("q", {"image_checksum": HEX64})
     assert info.value.message == f"image checksum mismatch for q: expected sha256 {HEX64}, got {image.sha256}"
     assert info.value.field == "instance_info.image_checksum"
     # The right digest of the ORIGINAL qcow2 passes; the agent checks the converted stream's.
     ref = await catalogue.resolve("q", {"image_checksum": image.sha256})
-    assert (ref.format, ref.checksum) == ("zstd", image.stream_sha256)
+    assert (ref.format, ref.checksum) == ("simg+zstd", image.stream_sha256)
     assert ref.virtual_size == 8 * MiB
 
 
@@ -236,7 +279,8 @@ async def test_url_is_imported_once_then_cached(catalogue: ImageCatalogue, web: 
     first = await catalogue.resolve(url, {})
     second = await catalogue.resolve(url, {"image_checksum": sha256(data)})
     assert web.gets == ["/disk.img"]
-    assert first == second and first.checksum == sha256(data)
+    assert first == second and first.format == "simg"
+    assert first.checksum == sha256((catalogue.root / first.path).read_bytes())
     cached = await catalogue.get(cache_name(url))
     assert cached.source == url and cached.name.startswith("url:")
 
@@ -250,7 +294,7 @@ async def test_url_reimported_when_the_checksum_asked_for_changes(
     new_data = raw_file(web.dir / "disk.img")  # the file behind the URL changed
     ref = await catalogue.resolve(url, {"image_checksum": sha256(new_data)})
     assert web.gets == ["/disk.img", "/disk.img"]
-    assert ref.checksum == sha256(new_data) and ref.path != old.path
+    assert (await catalogue.get(cache_name(url))).sha256 == sha256(new_data) and ref.path != old.path
     assert not (catalogue.root / old.path).exists()
     assert len(await catalogue.list()) == 1
 

@@ -1,4 +1,5 @@
-"""Format detection from content: qcow2 headers, zstd frames, refused formats, digests."""
+"""Format detection from content: qcow2 headers, zstd frames (as imports decompress them), refused formats,
+digests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,8 @@ from bootforge.images.formats import (
     parse_qcow2,
     read_head,
     sniff,
-    zstd_content,
 )
+from bootforge.images.store import decompress
 
 
 def qemu_img(*args: str) -> None:
@@ -140,14 +142,19 @@ def test_archives_and_other_compressors_are_refused(head: bytes, name: str) -> N
         sniff(head)
 
 
-def test_zstd_virtual_size_is_the_decompressed_size(tmp_path: Path) -> None:
+def zstd_content(path: Path) -> bytes:
+    """What the store's import decompresses path to (every frame checked first)."""
+    out = path.with_name(path.name + ".out")
+    decompress(path, out, threading.Event())
+    return out.read_bytes()
+
+
+def test_zstd_decompresses_to_the_image(tmp_path: Path) -> None:
     data = os.urandom(300_000) + bytes(1 << 20) + b"end" + bytes(512 - 3)
     path = tmp_path / "img.zst"
     path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data))
     assert sniff(read_head(path)) == ZSTD
-    content = zstd_content(path)
-    assert content.virtual_size == len(data)
-    assert content.head == data[:4096]
+    assert zstd_content(path) == data
 
 
 def test_zstd_many_frames_and_skippable_frames(tmp_path: Path) -> None:
@@ -157,7 +164,7 @@ def test_zstd_many_frames_and_skippable_frames(tmp_path: Path) -> None:
     path = tmp_path / "multi.zst"
     path.write_bytes(skippable + c.compress(b"a" * 1024) + skippable + c.compress(b"b" * 2048))
     assert sniff(read_head(path)) == ZSTD
-    assert zstd_content(path).virtual_size == 3072
+    assert zstd_content(path) == b"a" * 1024 + b"b" * 2048
 
 
 def test_truncated_zstd_is_refused(tmp_path: Path) -> None:

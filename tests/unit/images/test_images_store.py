@@ -1,4 +1,5 @@
-"""The file side of imports: sparse copies, qcow2 -> raw.zst, URL downloads, refusals and clean-up."""
+"""The file side of imports: sparse copies, the served sparse streams (simg, simg+zstd), URL downloads,
+refusals and clean-up."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from simg_util import chunks, expand
 
 from bootforge.images.formats import Digests, ImageError
-from bootforge.images.store import BLOCK, ImageStore, SparseWriter, extents, redact_url
+from bootforge.images.store import BLOCK, ImageStore, SparseWriter, Stored, extents, redact_url
 
 UUID = "0b7f6a5e-1d2c-4b3a-9f8e-7d6c5b4a3f2e"
 MiB = 1 << 20
@@ -118,38 +120,57 @@ def test_hole_digests_equal_hashing_zeros() -> None:
     )
 
 
-def test_raw_import_keeps_holes_and_records_digests(store: ImageStore, tmp_path: Path) -> None:
+def served_stream(store: ImageStore, stored: Stored) -> bytes:
+    """The served file's bytes, checked against the recorded stream digests."""
+    stream = (store.root / stored.stream_path).read_bytes()
+    assert stored.stream_size == len(stream)
+    assert stored.stream_sha256 == hashlib.sha256(stream).hexdigest()
+    assert stored.stream_sha512 == hashlib.sha512(stream).hexdigest()
+    return stream
+
+
+def unzstd(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read()
+
+
+def test_raw_import_is_served_as_a_sparse_stream(store: ImageStore, tmp_path: Path) -> None:
     needs_sparse_files(tmp_path)
     src = tmp_path / "disk.img"
     data = sparse_image(src)
     stored = store.import_image(UUID, str(src))
-    served = store.root / stored.stream_path
-    assert stored.stream_path == f"images/{UUID}.raw"
-    assert (stored.disk_format, stored.stream_format) == ("raw", "raw")
-    assert stored.size == stored.virtual_size == stored.stream_size == len(data)
-    assert stored.sha256 == stored.stream_sha256 == hashlib.sha256(data).hexdigest()
-    assert stored.sha512 == stored.stream_sha512 == hashlib.sha512(data).hexdigest()
-    assert served.read_bytes() == data
-    # 3 MiB of data in a 64 MiB image: the copy allocates the data, not the holes.
-    assert allocated(served) < 8 * MiB
+    assert stored.stream_path == f"images/{UUID}.simg"
+    assert (stored.disk_format, stored.stream_format) == ("raw", "simg")
+    # sha256/sha512 are the original's; stream_* the served file's.
+    assert stored.size == stored.virtual_size == len(data)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.sha512 == hashlib.sha512(data).hexdigest()
+    stream = served_stream(store, stored)
+    assert expand(stream) == data
+    # 3 MiB of data in a 64 MiB image: the stream carries the data, not the zeros.
+    assert len(stream) < 3 * MiB + 4096
+    assert [kind for kind, _, _ in chunks(stream)[1]] == ["raw", "fill", "raw", "fill", "raw"]
+    assert sorted(p.name for p in store.dir.iterdir()) == [".partial", f"{UUID}.simg"]
     assert list((store.dir / ".partial").iterdir()) == []
 
 
-def test_zstd_is_served_as_given(store: ImageStore, tmp_path: Path) -> None:
-    raw = os.urandom(MiB) + bytes(3 * MiB)
+def test_zstd_is_served_as_a_compressed_sparse_stream(store: ImageStore, tmp_path: Path) -> None:
+    raw = os.urandom(MiB) + bytes(3 * MiB) + os.urandom(4096)
     packed = zstandard.ZstdCompressor(level=3).compress(raw)
     src = tmp_path / "disk.bin"  # the name says nothing; the content does
     src.write_bytes(packed)
     stored = store.import_image(UUID, str(src))
-    assert (stored.disk_format, stored.stream_format) == ("zstd", "zstd")
-    assert stored.stream_path == f"images/{UUID}.raw.zst"
+    assert (stored.disk_format, stored.stream_format) == ("zstd", "simg+zstd")
+    assert stored.stream_path == f"images/{UUID}.simg.zst"
     assert stored.virtual_size == len(raw)
-    assert stored.size == stored.stream_size == len(packed)
-    assert stored.sha256 == stored.stream_sha256 == hashlib.sha256(packed).hexdigest()
-    assert (store.root / stored.stream_path).read_bytes() == packed
+    assert stored.size == len(packed)
+    assert stored.sha256 == hashlib.sha256(packed).hexdigest()
+    assert expand(unzstd(served_stream(store, stored))) == raw
+    assert list((store.dir / ".partial").iterdir()) == []
 
 
-def test_qcow2_becomes_raw_zst_with_the_same_bytes(store: ImageStore, tmp_path: Path) -> None:
+def test_qcow2_becomes_a_compressed_sparse_stream_of_the_same_bytes(
+    store: ImageStore, tmp_path: Path
+) -> None:
     if shutil.which("qemu-img") is None:
         pytest.skip("needs qemu-img (Debian package qemu-utils)")
     raw = tmp_path / "disk.raw"
@@ -162,21 +183,19 @@ def test_qcow2_becomes_raw_zst_with_the_same_bytes(store: ImageStore, tmp_path: 
 
     stored = store.import_image(UUID, str(qcow2))
     served = store.root / stored.stream_path
-    assert (stored.disk_format, stored.stream_format) == ("qcow2", "zstd")
-    assert stored.stream_path == f"images/{UUID}.raw.zst"
+    assert (stored.disk_format, stored.stream_format) == ("qcow2", "simg+zstd")
+    assert stored.stream_path == f"images/{UUID}.simg.zst"
     assert stored.size == len(original) and stored.virtual_size == len(data)
     # sha256/sha512 are the original qcow2's; stream_* the served file's.
     assert stored.sha256 == hashlib.sha256(original).hexdigest()
     assert stored.sha512 == hashlib.sha512(original).hexdigest()
-    packed = served.read_bytes()
-    assert stored.stream_size == len(packed)
-    assert stored.stream_sha256 == hashlib.sha256(packed).hexdigest()
-    assert zstandard.ZstdDecompressor().decompress(packed) == data
+    stream = unzstd(served_stream(store, stored))
+    assert expand(stream) == data
     # The agent's decompressor (the zstd binary) reads it too, when installed.
     if shutil.which("zstd"):
         out = subprocess.run(["zstd", "-dc", str(served)], check=True, capture_output=True).stdout
-        assert out == data
-    assert sorted(p.name for p in store.dir.iterdir()) == [".partial", f"{UUID}.raw.zst"]
+        assert out == stream
+    assert sorted(p.name for p in store.dir.iterdir()) == [".partial", f"{UUID}.simg.zst"]
     assert list((store.dir / ".partial").iterdir()) == []
 
 
@@ -187,7 +206,7 @@ def test_url_import_from_loopback_http(store: ImageStore, http_dir: tuple[Path, 
     stored = store.import_image(UUID, f"{base}/disk.img")
     assert stored.disk_format == "raw" and stored.virtual_size == len(data)
     assert stored.sha256 == hashlib.sha256(data).hexdigest()
-    assert (store.root / stored.stream_path).read_bytes() == data
+    assert expand(served_stream(store, stored)) == data
 
 
 def test_url_errors_name_the_url_without_secrets(store: ImageStore, http_dir: tuple[Path, str]) -> None:
@@ -212,6 +231,8 @@ def test_unreachable_url(store: ImageStore) -> None:
         (b"", "0 bytes"),
         (zstandard.ZstdCompressor().compress(b"QFI\xfb" + bytes(1020)), "holds a qcow2 image"),
         (b"\x1f\x8b\x08" + bytes(1021), "gzip"),
+        (b"\x3a\xff\x26\xed\x01\x00\x00\x00" + bytes(1016), "an Android sparse image.*simg2img"),
+        (zstandard.ZstdCompressor().compress(os.urandom(1000)), "not a whole number of 512-byte sectors"),
     ],
 )
 def test_refused_files_leave_nothing_behind(
