@@ -252,7 +252,12 @@ class TftpServer:
         if self._native_module is not None:
             self._plane = self._native_module.DataPlane()
             self._loop.add_reader(self._plane.fileno(), self._on_native_readable)
-        log.info("TFTP listening on %s port %d", self._address, self.local_address[1])
+        log.info(
+            "TFTP listening on %s port %d (lockstep data phases: %s)",
+            self._address,
+            self.local_address[1],
+            self.dataplane,
+        )
 
     async def aclose(self) -> None:
         self._stop_native()
