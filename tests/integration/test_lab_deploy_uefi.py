@@ -1,6 +1,7 @@
-"""The UEFI path of a deploy: a QEMU VM with OVMF network-boots bootforge's deploy ramdisk, is
-inspected, cleaned and deployed with the UEFI sample OS (GPT, an EFI System Partition, systemd-boot)
-and a config drive, then boots the OS from its disk and prints its user data.
+"""The UEFI path of a deploy: a QEMU VM with OVMF network-boots bootforge's deploy ramdisk (by PXE,
+and by UEFI HTTP boot), is inspected, cleaned and deployed with the UEFI sample OS (GPT, an EFI
+System Partition, systemd-boot) and a config drive, then boots the OS from its disk and prints its
+user data.
 
 For a GPT image the agent moves the backup GPT header to the end of the bigger disk before it
 appends the config drive; OVMF then boots the disk's removable-media loader. Undeploy and a failed
@@ -24,12 +25,13 @@ ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 GiB = 1024**3
 
 
-def test_uefi_deploy_boots_from_disk(make_lab: LabFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("firmware", ["uefi", "uefi-http"])
+def test_uefi_deploy_boots_from_disk(make_lab: LabFactory, tmp_path: Path, firmware: str) -> None:
     missing = missing_tools("uefi")
     if missing:
         pytest.skip(f"needs {', '.join(missing)} to build the UEFI sample OS image")
     image = build_test_os(firmware="uefi")
-    h = make_lab(vms=1, firmware="uefi", memory_mib=768, ramdisk="agent")
+    h = make_lab(vms=1, firmware=firmware, memory_mib=768, ramdisk="agent")
     rec = h.vms[0]
     node = rec.node
     assert node is not None, "the lab enrolls every VM as a node"
@@ -38,6 +40,10 @@ def test_uefi_deploy_boots_from_disk(make_lab: LabFactory, tmp_path: Path) -> No
 
     h.verb(rec, "inspect")
     h.wait_state(rec, "manageable", RAMDISK_TIMEOUT)
+    # The firmware fetched iPXE the way asked: over TFTP after PXE, over HTTP after HTTP boot.
+    fetches = [e["event"] for e in h.history(rec) if e["event"].startswith(("tftp", "http GET /ipxe.efi"))]
+    want = "http GET /ipxe.efi 200" if firmware == "uefi-http" else "tftp ipxe.efi completed"
+    assert any(f.startswith(want) for f in fetches), fetches
     inventory = h.api.get(f"/v1/nodes/{node}/inventory").json()["inventory"]
     assert [d["size"] for d in inventory["disks"]] == [1 * GiB]
     assert rec.mac in [nic["mac_address"] for nic in inventory["interfaces"]]
