@@ -1,13 +1,17 @@
-"""What several agent tests share: a clock they control, skips for missing tools, a loop device."""
+"""What several agent tests share: a clock they control, skips for missing tools, a loop device, an
+HTTP server for images."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +50,49 @@ def attached_loop(backing: Path) -> Iterator[Path]:
         yield device
     finally:
         subprocess.run(["losetup", "-d", str(device)], check=False)
+
+
+MiB = 1 << 20
+
+
+class ImageServer:
+    """Serves the files of a directory on 127.0.0.1; records each request path. `short[name] = n`
+    announces the whole file but sends only n bytes, then closes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[str] = []
+        self.short: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                server.requests.append(name)
+                path = server.root / name
+                if not name or not path.is_file():
+                    self.send_error(404)
+                    return
+                size = path.stat().st_size
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                with open(path, "rb") as f:
+                    left = server.short.get(name, size)
+                    while left > 0 and (block := f.read(min(MiB, left))):
+                        self.wfile.write(block)
+                        left -= len(block)
+                self.close_connection = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # the agent hanging up mid-transfer is what several tests do on purpose
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"

@@ -19,12 +19,11 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_fakes import attached_loop, needs
+from agent_fakes import ImageServer, attached_loop, needs
 
 from bootforge.agent import disks, write
 from bootforge.agent.common import CommandError, Context
@@ -33,60 +32,6 @@ MiB = 1 << 20
 GiB = 1 << 30
 BLOCK = 64 * 1024
 LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
-
-
-class ImageServer:
-    """Serves the files of a directory on 127.0.0.1; records each request path. `short[name] = n`
-    announces the whole file but sends only n bytes, then closes."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.requests: list[str] = []
-        self.short: dict[str, int] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                name = self.path.lstrip("/")
-                server.requests.append(name)
-                path = server.root / name
-                if not name or not path.is_file():
-                    self.send_error(404)
-                    return
-                size = path.stat().st_size
-                self.send_response(200)
-                self.send_header("Content-Length", str(size))
-                self.end_headers()
-                with open(path, "rb") as f:
-                    left = server.short.get(name, size)
-                    while left > 0 and (block := f.read(min(MiB, left))):
-                        self.wfile.write(block)
-                        left -= len(block)
-                self.close_connection = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # the agent hanging up mid-transfer is what several tests do on purpose
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ImageServer]:
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = ImageServer(root)
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 def build_image(path: Path, layout: list[tuple[str, int]], table: str | None = None, seed: int = 1) -> Path:

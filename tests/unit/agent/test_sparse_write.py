@@ -14,17 +14,15 @@ import shutil
 import struct
 import subprocess
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_fakes import attached_loop
+from agent_fakes import ImageServer, attached_loop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_disk_write import (
-    ImageServer,
     PwriteSpy,
     build_image,
     configdrive_iso,
@@ -42,17 +40,6 @@ from bootforge.images.sparse import write_simg
 MiB = 1 << 20
 KiB = 1 << 10
 RAW, FILL, DONT_CARE, CRC32 = 0xCAC1, 0xCAC2, 0xCAC3, 0xCAC4
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ImageServer]:
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = ImageServer(root)
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 def simg(raw: Path, out: Path, compress: bool = False) -> Path:
