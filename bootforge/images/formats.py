@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,12 @@ class ImageError(InvalidInput):
 
     def __init__(self, message: str, field: str = "source") -> None:
         super().__init__(message, field)
+
+
+def check_cancelled(stop: threading.Event) -> None:
+    """Raises at the next step of an import that was cancelled (the catalogue sets `stop`)."""
+    if stop.is_set():
+        raise ImageError("the import was cancelled")
 
 
 @dataclass(frozen=True)
@@ -285,6 +292,7 @@ __all__ = [
     "Digests",
     "ImageError",
     "Qcow2Header",
+    "check_cancelled",
     "check_head",
     "check_zstd_frames",
     "file_digests",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import zstandard
 
-from bootforge.images.formats import SECTOR, Bytes, Digests, ImageError
+from bootforge.images.formats import SECTOR, Bytes, Digests, ImageError, check_cancelled
 
 __all__ = ["BLOCK", "encode", "extents", "write_simg"]
 
@@ -64,11 +64,6 @@ def extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
         pos = hole
 
 
-def _check(stop: threading.Event) -> None:
-    if stop.is_set():
-        raise ImageError("the import was cancelled")
-
-
 def block_size(size: int) -> int:
     if size <= 0 or size % SECTOR:
         raise ImageError(f"the image is {size} bytes, not a whole number of {SECTOR}-byte sectors")
@@ -87,7 +82,7 @@ def data_runs(fd: int, size: int, blk: int, stop: threading.Event) -> array[int]
         pos = max(covered, offset - offset % blk)
         end = min(size, -(-(offset + length) // blk) * blk)
         while pos < end:
-            _check(stop)
+            check_cancelled(stop)
             n = _read(fd, view[: min(CHUNK, end - pos)], pos)
             i = 0
             while i < n:
@@ -140,7 +135,7 @@ def encode(fd: int, size: int, stop: threading.Event) -> Iterator[Bytes]:
     yield FILE_HEADER.pack(MAGIC, 1, 0, FILE_HEADER.size, CHUNK_HEADER.size, blk, size // blk, chunks, 0)
     view = memoryview(bytearray(CHUNK))
     for offset, length, is_data in _pieces(runs, size, blk):
-        _check(stop)
+        check_cancelled(stop)
         if not is_data:
             yield CHUNK_HEADER.pack(FILL, 0, length // blk, CHUNK_HEADER.size + 4) + bytes(4)
             continue

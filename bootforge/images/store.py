@@ -38,6 +38,7 @@ from bootforge.images.formats import (
     ZSTD,
     Digests,
     ImageError,
+    check_cancelled,
     check_head,
     check_zstd_frames,
     parse_qcow2,
@@ -216,14 +217,9 @@ class ImageStore:
         name = f"{image_uuid}{SUFFIX[fmt]}"
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
-        _check(stop)
+        check_cancelled(stop)
         os.replace(path, self.dir / name)
         return f"images/{name}"
-
-
-def _check(stop: threading.Event) -> None:
-    if stop.is_set():
-        raise ImageError("the import was cancelled")
 
 
 def _open_new(path: Path) -> int:
@@ -257,7 +253,7 @@ def _copy_stream(f: io.FileIO, dest: Path, stop: threading.Event) -> Digests:
     try:
         writer = SparseWriter(out)
         for offset, length, has_data in extents(fd, os.fstat(fd).st_size):
-            _check(stop)
+            check_cancelled(stop)
             if not has_data:
                 digests.update_zeros(length)
                 writer.skip(length)
@@ -267,7 +263,7 @@ def _copy_stream(f: io.FileIO, dest: Path, stop: threading.Event) -> Digests:
                 n = os.preadv(fd, [view[: min(CHUNK, end - offset)]], offset)
                 if n == 0:
                     raise ImageError("the source file shrank while it was being imported")
-                _check(stop)
+                check_cancelled(stop)
                 digests.update(view[:n])
                 writer.write(buf if n == CHUNK else buf[:n])
                 offset += n
@@ -293,7 +289,7 @@ def download(url: str, dest: Path, stop: threading.Event) -> Digests:
                     f"downloading {shown} failed: HTTP {response.status_code} {response.reason_phrase}"
                 )
             for chunk in response.iter_bytes(CHUNK):
-                _check(stop)
+                check_cancelled(stop)
                 digests.update(chunk)
                 writer.write(chunk)
         writer.close()
@@ -322,7 +318,7 @@ def qemu_img_convert(src: Path, dest: Path, stop: threading.Event) -> None:
             if stop.is_set():
                 proc.kill()
                 proc.wait()
-                _check(stop)
+                check_cancelled(stop)
     if proc.returncode != 0:
         lines = stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
         raise ImageError(f"qemu-img could not convert the qcow2 image: {lines[-1]}")
@@ -340,7 +336,7 @@ def decompress(src: Path, dest: Path, stop: threading.Event) -> None:
             writer = SparseWriter(out)
             head = b""
             while chunk := reader.read(CHUNK):
-                _check(stop)
+                check_cancelled(stop)
                 if len(head) < HEAD_SIZE:
                     head += chunk[: HEAD_SIZE - len(head)]
                     _check_inner(head, final=False)
