@@ -153,7 +153,6 @@ async def deploy(task: NodeTask) -> None:
         task.set_internal(deploy_steps=steps, deploy_step_index=0, requested_deploy_steps=None)
         if task.driver.deploy.needs_image:
             await prepare_agent_deploy(task)
-        await task.driver.boot.prepare_ramdisk(task)
     if await run_steps(task, "deploy") == base.WAIT:
         await task.transition("wait", release=True)
         return

@@ -57,14 +57,15 @@ async def boot_ramdisk(task: base.Task, why: str) -> None:
         await task.record("agent", f"{why}: the agent is running already (no reboot)")
         return
     task.set_internal(**{AGENT_BOOT: str(uuidlib.uuid4()), AGENT_COMMAND: None})
-    await task.driver.management.set_boot_device(task, "pxe", persistent=False)
+    await task.driver.boot.prepare_ramdisk(task)
     power = task.driver.power
     if await power.get_power_state(task) == base.POWER_ON:
         await power.reboot(task)
     else:
         await power.set_power_state(task, base.POWER_ON)
     task.node.power_state = base.POWER_ON
-    await task.record("agent", f"{why}: network-booting the bootforge ramdisk")
+    how = "network-booting" if task.driver.boot.netboot else f"booting ({task.driver.boot.name})"
+    await task.record("agent", f"{why}: {how} the bootforge ramdisk")
 
 
 async def send_command(task: base.Task, name: str, args: dict[str, Any], what: str) -> str:
@@ -89,12 +90,18 @@ async def leave_ramdisk(task: base.Task, why: str) -> None:
     task.set_internal(**{AGENT_BOOT: None, AGENT_COMMAND: None})
     await task.driver.power.set_power_state(task, base.POWER_OFF)
     task.node.power_state = base.POWER_OFF
+    await task.driver.boot.clean_up_ramdisk(task)
 
 
 class PxeBoot(base.BootInterface):
-    """Network boot from bootforge's own DHCP/TFTP/HTTP servers; the instance boots from its disk."""
+    """Network boot from bootforge's own DHCP/TFTP/HTTP servers; the instance boots from its disk.
+
+    Firmware gets iPXE (over TFTP, or HTTP for UEFI HTTP boot) and iPXE gets the node's script, so
+    `pxe` and `ipxe` boot the same way here; both names exist because Ironic's node definitions use them.
+    """
 
     name = "pxe"
+    netboot = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -122,8 +129,17 @@ class PxeBoot(base.BootInterface):
                     f"driver_info.{key}",
                 )
 
+    async def prepare_ramdisk(self, task: base.Task) -> None:
+        # Once: a machine that reboots itself later (or after a failed deploy) falls back to its
+        # normal order instead of looping into the ramdisk.
+        await task.driver.management.set_boot_device(task, "pxe", persistent=False)
+
     async def prepare_instance(self, task: base.Task) -> None:
         await task.driver.management.set_boot_device(task, "disk", persistent=True)
+
+
+class IpxeBoot(PxeBoot):
+    name = "ipxe"
 
 
 class AgentDeploy(base.DeployInterface):
@@ -161,6 +177,7 @@ class AgentDeploy(base.DeployInterface):
     async def boot_instance(self, task: base.Task) -> base.StepResult:
         """Hand the machine to its disk and watch that it does not come back to the network."""
         task.set_internal(**{AGENT_BOOT: None, AGENT_COMMAND: None, DEPLOY_CONFIGDRIVE: None})
+        await task.driver.boot.clean_up_ramdisk(task)
         await task.driver.boot.prepare_instance(task)
         power = task.driver.power
         await power.set_power_state(task, base.POWER_OFF)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import datetime as dt
+    from pathlib import Path
 
     from bootforge.config import Settings
     from bootforge.db.models import Node, Port
@@ -153,6 +154,27 @@ class PowerInterface(BaseInterface):
         return [POWER_ON, POWER_OFF, REBOOT]
 
 
+@dataclass
+class BmcReport:
+    """What a BMC says about itself, for `validate` and `bootforge node bmc`: read, never changed.
+
+    None means "not known" (the BMC was not asked, or does not say); an empty list means "none".
+    """
+
+    reachable: bool
+    # One line for the operator: "IPMI 2.0 at 10.0.0.5:623, cipher suite 17" or why it failed.
+    detail: str
+    power_state: str | None = None
+    boot_devices: list[str] | None = None
+    boot_modes: list[str] | None = None  # "bios", "uefi"
+    virtual_media: list[str] | None = None  # media types a virtual-media boot can use: "cd", ...
+    secure_boot: bool | None = None  # None: the BMC has no Secure Boot control
+    vendor: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 class ManagementInterface(BaseInterface):
     interface_type = "management"
 
@@ -166,18 +188,74 @@ class ManagementInterface(BaseInterface):
     async def get_boot_device(self, task: Task) -> dict[str, Any]:
         """Return {"boot_device": str | None, "persistent": bool | None}."""
 
+    def get_supported_boot_modes(self, task: Task) -> list[str]:
+        """Boot modes ("bios", "uefi") this interface can switch the machine to; [] if it cannot."""
+        return []
+
+    async def set_boot_mode(self, task: Task, mode: str) -> None:
+        from bootforge.errors import InvalidInput
+
+        raise InvalidInput(
+            f"the {self.name} management interface cannot set the boot mode (asked: {mode})", "boot_mode"
+        )
+
+    async def get_boot_mode(self, task: Task) -> str | None:
+        """The boot mode the machine will boot in, or None if the BMC does not say."""
+        return None
+
+    async def set_secure_boot_state(self, task: Task, enabled: bool) -> None:
+        from bootforge.errors import InvalidInput
+
+        raise InvalidInput(
+            f"the {self.name} management interface cannot turn Secure Boot {'on' if enabled else 'off'}",
+            "secure_boot",
+        )
+
+    async def get_secure_boot_state(self, task: Task) -> bool | None:
+        return None
+
+    async def bmc_report(self, task: Task) -> BmcReport:
+        """Ask the BMC what it offers; a BMC that cannot be reached gives reachable=False, no exception.
+
+        The default asks the power interface, which every hardware type has; drivers with more to say
+        (Redfish: vendor, boot modes, virtual media, Secure Boot) override it.
+        """
+        try:
+            state = await task.driver.power.get_power_state(task)
+        except Exception as exc:
+            return BmcReport(False, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
+        return BmcReport(
+            True,
+            f"{self.name} answers",
+            power_state=state,
+            boot_devices=self.get_supported_boot_devices(task),
+            boot_modes=self.get_supported_boot_modes(task),
+        )
+
 
 class BootInterface(BaseInterface):
+    """How the node boots the bootforge ramdisk and, once deployed, its instance.
+
+    The deploy, inspect and clean flows never pick a boot device themselves: they call
+    `prepare_ramdisk` and then power the machine on (or reboot it), and `prepare_instance` before the
+    power cycle onto the deployed OS. So a network-booting node (`pxe`, `ipxe`) and one booted from a
+    virtual CD (`redfish-virtual-media`) go through the same steps.
+    """
+
     interface_type = "boot"
+    # True when bootforge's own DHCP / TFTP / HTTP boot servers answer this node's network boots with
+    # the ramdisk; False (virtual media) makes them refuse it, so a stray network boot cannot race the
+    # medium the interface inserted.
+    netboot: ClassVar[bool] = False
 
     async def prepare_ramdisk(self, task: Task) -> None:
-        """Make the node's next network boot load the bootforge ramdisk."""
+        """Make the node's next boot load the bootforge ramdisk (boot device, media). Lock held."""
 
     async def clean_up_ramdisk(self, task: Task) -> None:
-        """Undo prepare_ramdisk."""
+        """Undo prepare_ramdisk once the ramdisk is no longer needed (eject media, ...)."""
 
     async def prepare_instance(self, task: Task) -> None:
-        """Make the node boot the deployed instance."""
+        """Make the node boot the deployed instance at its next power on."""
 
     async def clean_up_instance(self, task: Task) -> None:
         """Undo prepare_instance."""
@@ -229,8 +307,27 @@ class _Simple(BaseInterface):
         return None
 
 
+def console_log_path(settings: Settings, node_uuid: str) -> Path:
+    """Where a console interface that captures a machine's serial console appends what it reads."""
+    return settings.state_dir / "console" / f"{node_uuid}.log"
+
+
 class ConsoleInterface(_Simple):
+    """A machine's serial console. Interfaces that capture it write to `console_log_path(task)`."""
+
     interface_type = "console"
+
+    async def start_console(self, task: Task) -> None:
+        from bootforge.errors import InvalidInput
+
+        raise InvalidInput(f"the {self.name} console interface has no console to start", "console_enabled")
+
+    async def stop_console(self, task: Task) -> None:
+        return None
+
+    async def get_console(self, task: Task) -> dict[str, Any]:
+        """Ironic's console info: {"type": ..., "url": ...}, or {} when there is none."""
+        return {}
 
 
 class NetworkInterface(_Simple):

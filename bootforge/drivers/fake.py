@@ -77,6 +77,7 @@ class FakeBoot(_FakeMixin, base.BootInterface):
 class FakeDeploy(_FakeMixin, base.DeployInterface):
     @base.deploy_step(priority=100)
     async def deploy(self, task: Task) -> base.StepResult:
+        await task.driver.boot.prepare_ramdisk(task)
         await self._sleep("deploy")
         return None
 

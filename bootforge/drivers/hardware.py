@@ -47,57 +47,70 @@ class HardwareType:
         return self.interfaces[interface_type][0][0]
 
 
+def plain(cls: type[base.BaseInterface]) -> tuple[str, Factory]:
+    """An implementation that takes no settings, under its own name."""
+    return (cls.name, lambda s: cls())
+
+
+# What a hardware type gets for every interface it does not name: network boot of the bootforge
+# ramdisk, the agent's deploy and inspection, and "none" for the rest. `power` and `management` have
+# no default: they are what a hardware type is about.
+GENERIC: dict[str, list[tuple[str, Factory]]] = {
+    "bios": [plain(base.NoBios)],
+    "boot": [("pxe", agent.PxeBoot), ("ipxe", agent.IpxeBoot)],
+    "console": [plain(base.NoConsole)],
+    "deploy": [("direct", agent.AgentDeploy)],
+    "firmware": [plain(base.NoFirmware)],
+    "inspect": [("agent", agent.AgentInspect), plain(base.NoInspect)],
+    "network": [plain(base.NoopNetwork)],
+    "raid": [plain(base.NoRaid)],
+    "rescue": [plain(base.NoRescue)],
+    "storage": [plain(base.NoopStorage)],
+    "vendor": [plain(base.NoVendor)],
+}
+
+
+def hardware_type(name: str, description: str, **interfaces: list[tuple[str, Factory]]) -> HardwareType:
+    """A hardware type that names only the interfaces it changes; the rest come from GENERIC."""
+    unknown = set(interfaces) - set(INTERFACE_TYPES)
+    if unknown:
+        raise ValueError(f"hardware type {name}: unknown interface types {sorted(unknown)}")
+    missing = {"power", "management"} - set(interfaces)
+    if missing:
+        raise ValueError(f"hardware type {name} must name its {' and '.join(sorted(missing))} interfaces")
+    return HardwareType(name, description, {**GENERIC, **interfaces})
+
+
 def _fake_hardware() -> HardwareType:
     def f(cls: type[Any]) -> tuple[str, Factory]:
         return ("fake", lambda s: cls(s.fake_delays))
 
-    def plain(cls: type[base.BaseInterface]) -> tuple[str, Factory]:
-        return (cls.name, lambda s: cls())
-
-    return HardwareType(
-        name="fake-hardware",
-        description="For tests and benchmarks only: remembers power and boot device, touches no machine.",
-        interfaces={
-            "bios": [f(fake.FakeBios), plain(base.NoBios)],
-            # The agent's interfaces too: a test can run the real agent against a fake machine.
-            "boot": [f(fake.FakeBoot), ("pxe", agent.PxeBoot)],
-            "console": [f(fake.FakeConsole), plain(base.NoConsole)],
-            "deploy": [f(fake.FakeDeploy), ("direct", agent.AgentDeploy)],
-            "firmware": [f(fake.FakeFirmware), plain(base.NoFirmware)],
-            "inspect": [f(fake.FakeInspect), ("agent", agent.AgentInspect), plain(base.NoInspect)],
-            "management": [f(fake.FakeManagement)],
-            "network": [plain(base.NoopNetwork)],
-            "power": [f(fake.FakePower)],
-            "raid": [f(fake.FakeRaid), plain(base.NoRaid)],
-            "rescue": [f(fake.FakeRescue), plain(base.NoRescue)],
-            "storage": [f(fake.FakeStorage), plain(base.NoopStorage)],
-            "vendor": [f(fake.FakeVendor), plain(base.NoVendor)],
-        },
+    return hardware_type(
+        "fake-hardware",
+        "For tests and benchmarks only: remembers power and boot device, touches no machine.",
+        bios=[f(fake.FakeBios), plain(base.NoBios)],
+        # The agent's interfaces too: a test can run the real agent against a fake machine.
+        boot=[f(fake.FakeBoot), ("pxe", agent.PxeBoot)],
+        console=[f(fake.FakeConsole), plain(base.NoConsole)],
+        deploy=[f(fake.FakeDeploy), ("direct", agent.AgentDeploy)],
+        firmware=[f(fake.FakeFirmware), plain(base.NoFirmware)],
+        inspect=[f(fake.FakeInspect), ("agent", agent.AgentInspect), plain(base.NoInspect)],
+        management=[f(fake.FakeManagement)],
+        power=[f(fake.FakePower)],
+        raid=[f(fake.FakeRaid), plain(base.NoRaid)],
+        rescue=[f(fake.FakeRescue), plain(base.NoRescue)],
+        storage=[f(fake.FakeStorage), plain(base.NoopStorage)],
+        vendor=[f(fake.FakeVendor), plain(base.NoVendor)],
     )
 
 
 def _qemu_hardware() -> HardwareType:
-    def plain(cls: type[base.BaseInterface]) -> tuple[str, Factory]:
-        return (cls.name, lambda s: cls())
-
-    return HardwareType(
-        name="qemu",
-        description="QEMU VMs driven over QMP: power, boot device (pxe/disk/cdrom) and firmware mode.",
-        interfaces={
-            "bios": [plain(base.NoBios)],
-            "boot": [("pxe", agent.PxeBoot)],
-            "console": [plain(base.NoConsole)],
-            "deploy": [("direct", agent.AgentDeploy)],
-            "firmware": [plain(base.NoFirmware)],
-            "inspect": [("agent", agent.AgentInspect), plain(base.NoInspect)],
-            "management": [("qemu", lambda s: qemu.QemuManagement())],
-            "network": [plain(base.NoopNetwork)],
-            "power": [("qemu", lambda s: qemu.QemuPower(soft_timeout=s.power_state_change_timeout))],
-            "raid": [plain(base.NoRaid)],
-            "rescue": [plain(base.NoRescue)],
-            "storage": [plain(base.NoopStorage)],
-            "vendor": [plain(base.NoVendor)],
-        },
+    return hardware_type(
+        "qemu",
+        "QEMU VMs driven over QMP: power, boot device (pxe/disk/cdrom) and firmware mode.",
+        boot=[("pxe", agent.PxeBoot)],
+        management=[("qemu", lambda s: qemu.QemuManagement())],
+        power=[("qemu", lambda s: qemu.QemuPower(soft_timeout=s.power_state_change_timeout))],
     )
 
 
