@@ -199,18 +199,10 @@ class NetbootView:
         def url(ref: str) -> str:
             return ref if "://" in ref else f"{e.http_base.rstrip('/')}/{ref.lstrip('/')}"
 
-        args: list[tuple[str, str | None]] = [
-            ("bootforge.api", r.api_url),
-            ("bootforge.node", known.node_uuid),
-            ("BOOTIF", known.mac),
-        ]
-        for word in r.kernel_args:
-            key, sep, value = word.partition("=")
-            args.append((key, value if sep else None))
         return scripts.RamdiskBoot(
             kernel_url=url(known.deploy_kernel or r.kernel),
             initrd_url=url(known.deploy_ramdisk or r.ramdisk),
-            kernel_args=tuple(args),
+            kernel_args=scripts.ramdisk_kernel_args(r.api_url, known.node_uuid, known.mac, r.kernel_args),
             purpose=RAMDISK_PURPOSE.get(known.provision_state, "deploy"),
         )
 

@@ -17,6 +17,7 @@ Rules for this file:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -80,6 +81,28 @@ def _check_count(name: str, value: int, low: int, high: int) -> None:
         raise ScriptError(f"{name} must be in [{low}, {high}], not {value}")
 
 
+KernelArgs = tuple[tuple[str, str | None], ...]
+
+
+def ramdisk_kernel_args(
+    api_url: str, node_uuid: str, mac: str | None, extra: Sequence[str] = (), **more: str
+) -> KernelArgs:
+    """The bootforge ramdisk's kernel parameters, however it boots (network script, virtual CD).
+
+    The agent finds the API and its node from them (bootforge/agent/cmdline.py reads the same
+    names); `extra` are the operator's words ("console=ttyS0,115200n8", "quiet"); `more` adds
+    bootforge.<name>=value parameters (a virtual-media boot's static network, say).
+    """
+    args: list[tuple[str, str | None]] = [("bootforge.api", api_url), ("bootforge.node", node_uuid)]
+    if mac:
+        args.append(("BOOTIF", mac))
+    args += [(f"bootforge.{key}", value) for key, value in more.items()]
+    for word in extra:
+        key, sep, value = word.partition("=")
+        args.append((key, value if sep else None))
+    return tuple(args)
+
+
 @dataclass(frozen=True, slots=True)
 class RamdiskBoot:
     """Boot a kernel and initrd over the network (deploy, inspect, clean or rescue ramdisk)."""
@@ -87,7 +110,7 @@ class RamdiskBoot:
     kernel_url: str
     initrd_url: str
     # Ordered kernel parameters; a None value renders a bare flag ("quiet").
-    kernel_args: tuple[tuple[str, str | None], ...] = ()
+    kernel_args: KernelArgs = ()
     # The name the EFI stub looks for in `initrd=`: Debian's 2019 EFI iPXE has no LoadFile2, so
     # the kernel finds the initrd only through that argument (lab pitfall 6).
     initrd_name: str = "initrd"
