@@ -17,6 +17,7 @@ from typing import Any
 from bootforge.conductor.netboot import BootEndpoints, DbLeaseStore, EventSink, NetbootView, RamdiskSource
 from bootforge.config import Settings
 from bootforge.db.engine import Database
+from bootforge.drivers.hardware import Drivers
 from bootforge.netboot import dhcp, tftp
 from bootforge.netboot.boot import loaders, scripts
 from bootforge.servers.dhcp import DhcpServer
@@ -25,6 +26,10 @@ from bootforge.servers.tftp import TftpEvent, TftpServer
 from bootforge.servers.tftp_workers import TftpWorkers, WorkerSpec
 
 log = logging.getLogger("bootforge.netboot")
+
+# HTTP fetches that are not the machine booting from the network: the agent streaming an image, a
+# BMC fetching a virtual-media ISO. Everything else (loaders, the boot script, kernel, initrd) is.
+NOT_BOOT_PATHS = ("/images/", "/vmedia/")
 
 
 class LoadersFirst:
@@ -89,6 +94,7 @@ class Netboot:
             "dhcp",
             text + (f": {e.detail}" if e.detail else ""),
             "warning" if e.kind in ("dhcp.nak", "dhcp.decline", "dhcp.dropped") else "info",
+            network_boot=e.boot_file is not None,
         )
 
     def on_tftp(self, e: TftpEvent) -> None:
@@ -100,8 +106,13 @@ class Netboot:
             f"(blksize {e.blksize}, windowsize {e.windowsize}, {e.retransmits} retransmits)"
         )
         failed = e.outcome not in ("completed", "size_probe")
+        # Every TFTP fetch of a node is its firmware or boot loader at work.
         self.sink.emit(
-            node, "tftp", text + (f": {e.message}" if e.message else ""), "warning" if failed else "info"
+            node,
+            "tftp",
+            text + (f": {e.message}" if e.message else ""),
+            "warning" if failed else "info",
+            network_boot=True,
         )
 
     def on_http(self, e: HttpFetchEvent) -> None:
@@ -115,10 +126,11 @@ class Netboot:
             "http",
             text + (f" (range {e.range})" if e.range else ""),
             "warning" if e.status >= 400 else "info",
+            network_boot=not e.path.startswith(NOT_BOOT_PATHS),
         )
 
 
-async def start_netboot(settings: Settings, db: Database) -> Netboot | None:
+async def start_netboot(settings: Settings, db: Database, drivers: Drivers | None = None) -> Netboot | None:
     """Start the netboot services the settings switch on; None when all are off."""
     nb = settings.netboot
     if nb.dhcp == "off" and not nb.tftp and not nb.http:
@@ -134,7 +146,8 @@ async def start_netboot(settings: Settings, db: Database) -> Netboot | None:
         ipxe_script_url=f"{http_base}/boot/ipxe?mac={{mac}}",
     )
     ramdisk = RamdiskSource(settings.public_url, nb.deploy_kernel, nb.deploy_ramdisk, tuple(nb.kernel_args))
-    view = NetbootView(db, endpoints, ramdisk)
+    drivers = drivers or Drivers(settings)
+    view = NetbootView(db, endpoints, ramdisk, boots_from_network=drivers.boots_from_network)
     await view.refresh()
     sink = EventSink(db, settings.host)
     netboot = Netboot(view, sink)

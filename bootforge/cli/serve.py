@@ -31,7 +31,11 @@ async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
 
 async def serve(settings: Settings) -> None:
     db, conductor, services = await build(settings)
-    netboot = await start_netboot(settings, db)
+    netboot = await start_netboot(settings, db, conductor.drivers)
+    if netboot is not None:
+        # The view refreshes on its own every few seconds; a state change this conductor makes
+        # reaches it at once (one that another conductor makes waits for the refresh).
+        conductor.state_listeners.append(netboot.view.changed)
     htpasswd = (
         Htpasswd(settings.htpasswd_file)
         if settings.auth_strategy == "http_basic" and settings.htpasswd_file

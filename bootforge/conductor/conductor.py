@@ -57,6 +57,8 @@ class Conductor:
         self._work: dict[int, asyncio.Task[None]] = {}
         self._periodics: list[asyncio.Task[None]] = []
         self._power_failures: dict[int, int] = {}
+        # Called after a node this conductor works on changes provision state (the netboot view).
+        self.state_listeners: list[Callable[[], None]] = []
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -181,6 +183,10 @@ class Conductor:
 
     def agent_wakeup(self, node_id: int) -> None:
         self.agent.wakeup(node_id)
+
+    def state_changed(self) -> None:
+        for listener in self.state_listeners:
+            listener()
 
     async def _fail(self, task: NodeTask, reason: str) -> None:
         node = task.node

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
-import time
 import uuid as uuidlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -68,6 +68,9 @@ class KnownPort:
     boot_mode: str | None
     deploy_kernel: str | None
     deploy_ramdisk: str | None
+    # False when the node's boot interface boots the ramdisk another way (virtual media): then the
+    # network boot script must not hand it the ramdisk as well.
+    network_boot: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,13 @@ class NetbootView:
         endpoints: BootEndpoints | None = None,
         ramdisk: RamdiskSource | None = None,
         refresh_every: float = 2.0,
+        boots_from_network: Callable[[str, str | None], bool] | None = None,
     ) -> None:
         self.db = db
         self.endpoints = endpoints
         self.ramdisk = ramdisk
+        # (driver, boot_interface) -> does that boot interface boot the ramdisk from the network?
+        self.boots_from_network = boots_from_network or (lambda driver, boot: True)
         self.refresh_every = refresh_every
         self.by_mac: dict[str, KnownPort] = {}
         self._wake = asyncio.Event()
@@ -114,6 +120,8 @@ class NetbootView:
                 Node.maintenance,
                 Node.boot_mode,
                 Node.driver_info,
+                Node.driver,
+                Node.boot_interface,
             )
             .join(Node, Node.id == Port.node_id)
             .where(Port.pxe_enabled.is_(True))
@@ -130,8 +138,9 @@ class NetbootView:
                 mode,
                 (info or {}).get("deploy_kernel"),
                 (info or {}).get("deploy_ramdisk"),
+                self.boots_from_network(driver, boot),
             )
-            for mac, uuid, name, state, maint, mode, info in rows
+            for mac, uuid, name, state, maint, mode, info, driver, boot in rows
         }
 
     def changed(self) -> None:
@@ -187,6 +196,11 @@ class NetbootView:
             )
         name = known.node_name or known.node_uuid
         if known.provision_state in RAMDISK_STATES:
+            if not known.network_boot:
+                return refuse(
+                    f"node {name} boots the bootforge ramdisk from virtual media, not from the network: "
+                    "check the BMC's virtual media and the boot order"
+                )
             if self.ramdisk is None or self.endpoints is None:
                 return refuse(f"node {name} needs the bootforge ramdisk but none is configured")
             return self._ramdisk_plan(known, self.ramdisk, self.endpoints)
@@ -279,21 +293,34 @@ class DbLeaseStore:
 
 
 class EventSink:
-    """Buffers netboot events per node UUID and writes them in one transaction every `every` seconds."""
+    """Buffers netboot events per node UUID and writes them in one transaction every `every` seconds.
+
+    Each event keeps the time it was emitted, not the time its batch was written: the hand-off watch
+    and the timeline compare it with the moment a power action was sent.
+    """
 
     def __init__(self, db: Database, host: str, every: float = 0.5, limit: int = 10000) -> None:
         self.db = db
         self.host = host
         self.every = every
         self.limit = limit
-        self.pending: list[tuple[str, str, str, str, float]] = []
+        self.pending: list[tuple[str, str, str, str, dt.datetime, bool]] = []
         self.dropped = 0
 
-    def emit(self, node_uuid: str, event_type: str, message: str, severity: str = "info") -> None:
+    def emit(
+        self,
+        node_uuid: str,
+        event_type: str,
+        message: str,
+        severity: str = "info",
+        *,
+        network_boot: bool = False,
+    ) -> None:
+        """Queue an event; `network_boot` marks a sign that the machine is booting from the network."""
         if len(self.pending) >= self.limit:
             self.dropped += 1  # a storm beyond what the timeline can take: counted, not queued forever
             return
-        self.pending.append((node_uuid, event_type, message, severity, time.time()))
+        self.pending.append((node_uuid, event_type, message, severity, utcnow(), network_boot))
 
     async def flush(self) -> None:
         batch, self.pending = self.pending, []
@@ -306,13 +333,14 @@ class EventSink:
             {
                 "uuid": str(uuidlib.uuid4()),
                 "node_id": ids[u],
-                "created_at": utcnow(),
+                "created_at": when,
                 "severity": sev,
                 "event_type": kind,
                 "event": msg,
                 "conductor": self.host,
+                "network_boot": boot,
             }
-            for u, kind, msg, sev, _ in batch
+            for u, kind, msg, sev, when, boot in batch
             if u in ids
         ]
         if rows:

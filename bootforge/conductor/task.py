@@ -23,14 +23,13 @@ from bootforge.conductor import states
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, AgentSession, Node, NodeEvent, Port, utcnow
 from bootforge.db.queries import is_uuid
+from bootforge.drivers.base import NetworkBoot
 from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
 from bootforge.errors import NodeLocked, NotFound
 
 if TYPE_CHECKING:
     from bootforge.conductor.conductor import Conductor
     from bootforge.config import Settings
-
-NETBOOT_EVENT_TYPES = ("dhcp", "tftp", "http")
 
 
 def locked_message(node: Node, holder: str | None) -> str:
@@ -80,19 +79,20 @@ class NodeTask:
     async def agent_last_seen(self) -> dt.datetime | None:
         return await agent_last_seen(self.conductor.db, self.node)
 
-    async def netboot_events_since(self, since: dt.datetime) -> list[str]:
-        # Netboot events are batched (EventSink): they reach the table within about a second.
+    async def network_boots_since(self, since: dt.datetime) -> list[NetworkBoot]:
+        # Netboot events are batched (EventSink) and reach the table within about a second; each
+        # keeps the time it was emitted.
         async with self.conductor.db.read() as s:
             rows = await s.execute(
-                select(NodeEvent.event)
+                select(NodeEvent.created_at, NodeEvent.event_type, NodeEvent.event)
                 .where(
                     NodeEvent.node_id == self.node.id,
-                    NodeEvent.event_type.in_(NETBOOT_EVENT_TYPES),
+                    NodeEvent.network_boot.is_(True),
                     NodeEvent.created_at >= since,
                 )
-                .order_by(NodeEvent.id)
+                .order_by(NodeEvent.created_at, NodeEvent.id)
             )
-            return [r[0] for r in rows]
+            return [NetworkBoot(_aware(when), kind, text) for when, kind, text in rows]
 
     async def get_ports(self) -> list[Port]:
         if self._ports is None:
@@ -163,6 +163,7 @@ class NodeTask:
         await self.record("provisioning", text, severity)
         if save:
             await self.save()
+            self.conductor.state_changed()
         return new
 
     async def release(self) -> None:

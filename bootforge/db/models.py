@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -196,6 +197,9 @@ class NodeEvent(Base):
     event: Mapped[str] = mapped_column(Text)
     conductor: Mapped[str | None] = mapped_column(String(255))
     user: Mapped[str | None] = mapped_column(String(255))
+    # A sign that the machine network-booted: DHCP offered it a boot file, it fetched over TFTP, or it
+    # fetched a boot script or loader over HTTP. The deploy's hand-off watch looks for these.
+    network_boot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Lease(Base):

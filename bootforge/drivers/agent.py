@@ -29,10 +29,6 @@ AGENT_COMMAND: Final = "agent_command"
 DEPLOY_IMAGE: Final = "deploy_image"
 DEPLOY_CONFIGDRIVE: Final = "deploy_configdrive"
 
-# What the netboot servers put on a node's timeline when its firmware or iPXE boots from the network
-# (DHCP with a boot file, any TFTP transfer, a boot script); the agent's own image download is not one.
-NETBOOT_SIGNS: Final = ("boot=", "tftp ", "/boot/")
-
 
 def netboot_root(settings: Settings) -> Path:
     return settings.netboot.root or settings.state_dir / "boot"
@@ -189,11 +185,11 @@ class AgentDeploy(base.DeployInterface):
         await task.save()
         deadline = asyncio.get_running_loop().time() + window
         while True:
-            seen = [e for e in await task.netboot_events_since(started) if _is_netboot(e)]
+            seen = await task.network_boots_since(started)
             if seen:
                 raise DriverError(
                     "the machine network-booted again after it was handed over to its disk, so its "
-                    f"disk did not boot: {seen[0]}"
+                    f"disk did not boot: {seen[0].text}"
                 )
             if asyncio.get_running_loop().time() >= deadline:
                 break
@@ -250,7 +246,3 @@ class AgentInspect(base.InspectInterface):
 
     async def tear_down_inspection(self, task: base.Task) -> None:
         await leave_ramdisk(task, "inspection done")
-
-
-def _is_netboot(event: str) -> bool:
-    return any(sign in event for sign in NETBOOT_SIGNS)

@@ -36,6 +36,16 @@ POWER_ERROR: Final = "error"
 BOOT_DEVICES: Final = ("pxe", "disk", "cdrom", "bios", "safe", "wanboot")
 
 
+@dataclass(frozen=True)
+class NetworkBoot:
+    """A sign that the machine booted from the network: DHCP offered it a boot file, it fetched over
+    TFTP, or it fetched a loader or boot script over HTTP (netboot events marked `network_boot`)."""
+
+    at: dt.datetime
+    source: str  # "dhcp", "tftp", "http"
+    text: str
+
+
 class Task(Protocol):
     """What a driver sees of the node it works on; the conductor's task implements it."""
 
@@ -57,8 +67,8 @@ class Task(Protocol):
         """When the agent of the node's current ramdisk boot last called, or None if it never did."""
         ...
 
-    async def netboot_events_since(self, since: dt.datetime) -> list[str]:
-        """The node's DHCP/TFTP/HTTP timeline entries since `since`, oldest first."""
+    async def network_boots_since(self, since: dt.datetime) -> list[NetworkBoot]:
+        """Signs on the node's timeline that it booted from the network since `since`, oldest first."""
         ...
 
     async def get_ports(self) -> list[Port]:

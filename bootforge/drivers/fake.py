@@ -70,6 +70,10 @@ class FakeManagement(_FakeMixin, base.ManagementInterface):
 
 
 class FakeBoot(_FakeMixin, base.BootInterface):
+    # As before the boot interface became the seam: bootforge's network boot servers answer a fake
+    # node as they would a pxe one (tests boot real ramdisks on fake-hardware nodes this way).
+    netboot = True
+
     async def prepare_ramdisk(self, task: Task) -> None:
         await self._sleep("boot")
 

@@ -198,14 +198,29 @@ class Drivers:
             )
         return requested
 
+    def boots_from_network(self, driver: str, boot_interface: str | None) -> bool:
+        """Whether a node of `driver` with `boot_interface` boots the ramdisk from bootforge's network
+        boot servers. A type not enabled here, or an unknown interface, says True: the boot script
+        then answers as it always has, and validate() reports the misconfiguration."""
+        hw = self.types.get(driver)
+        if hw is None:
+            return True
+        try:
+            boot = self._instance(hw, "boot", self.resolve(hw, "boot", boot_interface))
+        except InvalidInput:
+            return True
+        return not isinstance(boot, base.BootInterface) or boot.netboot
+
+    def _instance(self, hw: HardwareType, kind: str, name: str) -> base.BaseInterface:
+        key = (hw.name, kind, name)
+        if key not in self._instances:
+            factory = dict(hw.interfaces[kind])[name]
+            self._instances[key] = factory(self.settings)
+        return self._instances[key]
+
     def for_node(self, driver: str, chosen: dict[str, str | None]) -> DriverSet:
         hw = self.get_type(driver)
         interfaces: dict[str, base.BaseInterface] = {}
         for kind in INTERFACE_TYPES:
-            name = self.resolve(hw, kind, chosen.get(kind))
-            key = (hw.name, kind, name)
-            if key not in self._instances:
-                factory = dict(hw.interfaces[kind])[name]
-                self._instances[key] = factory(self.settings)
-            interfaces[kind] = self._instances[key]
+            interfaces[kind] = self._instance(hw, kind, self.resolve(hw, kind, chosen.get(kind)))
         return DriverSet(hw, interfaces)

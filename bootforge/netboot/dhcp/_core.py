@@ -80,7 +80,7 @@ class DhcpCore:
             self.drops[exc.reason] += 1
             events: tuple[NodeEvent, ...] = ()
             if request is not None and exc.reason in _TIMELINE_DROPS:
-                events = self._event(request, "dhcp.dropped", None, exc.reason)
+                events = self._event(request, "dhcp.dropped", None, detail=exc.reason)
             return Outcome(events=events, dropped=exc.reason)
         for reply in outcome.replies:
             self.sent[reply.kind] += 1
@@ -157,13 +157,21 @@ class DhcpCore:
         return decision, client
 
     def _event(
-        self, request: Request, kind: str, ip: bytes | None, detail: str = ""
+        self,
+        request: Request,
+        kind: str,
+        ip: bytes | None,
+        client: ClientInfo | None = None,
+        decision: BootDecision | None = None,
+        detail: str = "",
     ) -> tuple[NodeEvent, ...]:
         node_id = request.reservation.node_id
         if node_id is None:
             return ()
         address = socket.inet_ntoa(ip) if ip is not None else None
-        return (NodeEvent(node_id, request.mac, kind, address, request.interface.name, detail),)
+        detail = detail or _detail(client, decision)
+        boot_file = decision.filename if decision is not None else None
+        return (NodeEvent(node_id, request.mac, kind, address, request.interface.name, detail, boot_file),)
 
     # -- full mode ----------------------------------------------------------------------------
 
@@ -177,7 +185,7 @@ class DhcpCore:
         reply = self._build.offer(request, subnet, yiaddr, decision, client)
         return Outcome(
             replies=(reply,),
-            events=self._event(request, "dhcp.offer", yiaddr, _detail(client, decision)),
+            events=self._event(request, "dhcp.offer", yiaddr, client, decision),
         )
 
     def _pick_address(self, request: Request, subnet: SubnetState, now: float) -> int:
@@ -245,7 +253,7 @@ class DhcpCore:
             replies=(reply,),
             records=(lease.record(),) if durable else (),
             hold=durable,
-            events=self._event(request, "dhcp.ack", ip, _detail(client, decision)),
+            events=self._event(request, "dhcp.ack", ip, client, decision),
         )
 
     def _decline(self, request: Request, now: float) -> Outcome:
@@ -284,7 +292,7 @@ class DhcpCore:
         reply = self._build.proxy(request, M.OFFER, decision, client)
         return Outcome(
             replies=(reply,),
-            events=self._event(request, "dhcp.proxy_offer", None, _detail(client, decision)),
+            events=self._event(request, "dhcp.proxy_offer", None, client, decision),
         )
 
     def _proxy_request(self, request: Request, now: float) -> Outcome:
@@ -293,7 +301,7 @@ class DhcpCore:
         reply = self._build.proxy(request, M.ACK, decision, client)
         return Outcome(
             replies=(reply,),
-            events=self._event(request, "dhcp.proxy_ack", None, _detail(client, decision)),
+            events=self._event(request, "dhcp.proxy_ack", None, client, decision),
         )
 
     def _proxy_boot(self, request: Request) -> tuple[BootDecision, ClientInfo]:

@@ -58,6 +58,8 @@ class NodeEvent:
     ip: str | None
     interface: str
     detail: str = ""
+    # The boot file or URL this exchange offered, when it offered one: the machine is network-booting.
+    boot_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,3 +152,41 @@ async def test_per_node_ramdisk_and_bad_values_never_break_the_script(bf: InProc
     # The newline reaches the script only percent-encoded: no injected line.
     assert "%0A" in script and "\n#!ipxe shell" not in script
     assert script.startswith("#!ipxe") and script.count("#!ipxe") == 1
+
+
+async def test_a_node_booted_from_virtual_media_is_not_handed_the_ramdisk_by_network(bf: InProcess) -> None:
+    mac = "52:54:00:aa:bb:01"
+    uuid = await enrol(bf, mac)
+    await set_state(bf, uuid, "deploying")
+    view = NetbootView(
+        bf.conductor.db,
+        ENDPOINTS,
+        RamdiskSource("http://10.9.0.1:6385", "bootforge/vmlinuz", "bootforge/initrd"),
+        boots_from_network=lambda driver, boot: False,
+    )
+    await view.refresh()
+    script = view.ipxe_script({"mac": mac}, "10.9.0.50")
+    assert "vmlinuz" not in script
+    assert "node n1 boots the bootforge ramdisk from virtual media, not from the network" in script
+
+
+async def test_events_keep_their_emit_time_and_network_boot_mark(bf: InProcess) -> None:
+    import datetime as dt
+
+    from bootforge.conductor.task import NodeTask, load_node
+
+    uuid = await enrol(bf, "52:54:00:aa:bb:01")
+    sink = EventSink(bf.conductor.db, "test")
+    before = dt.datetime.now(dt.UTC)
+    sink.emit(uuid, "dhcp", "dhcp.ack 52:54:00:aa:bb:01: pxe BIOS boot=undionly.kpxe", network_boot=True)
+    sink.emit(uuid, "http", "http GET /images/x.simg 200")  # the agent's image: not a boot
+    emitted = dt.datetime.now(dt.UTC)
+    # Written later than emitted: the timeline keeps when it happened, not when the batch was written.
+    await sink.flush()
+    task = NodeTask(bf.conductor, await load_node(bf.conductor, uuid), None, "test")
+    boots = await task.network_boots_since(before)
+    assert [(b.source, b.text) for b in boots] == [
+        ("dhcp", "dhcp.ack 52:54:00:aa:bb:01: pxe BIOS boot=undionly.kpxe")
+    ]
+    assert before <= boots[0].at <= emitted
+    assert await task.network_boots_since(emitted + dt.timedelta(seconds=1)) == []

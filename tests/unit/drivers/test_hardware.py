@@ -72,3 +72,40 @@ def test_subclass_inherits_and_extends_steps() -> None:
 
     assert {s.name for s in More().steps("deploy")} == {"write_image", "finish"}
     assert {s.name for s in Custom().steps("deploy")} == {"write_image"}
+
+
+def test_a_hardware_type_names_only_what_it_changes() -> None:
+    from bootforge.drivers.hardware import GENERIC, hardware_type
+
+    def power(settings: Settings) -> base.BaseInterface:
+        return Drivers(settings).for_node("fake-hardware", {}).power
+
+    hw = hardware_type("t", "test", power=[("fake", power)], management=[("fake", power)])
+    assert hw.supported("boot") == ["pxe", "ipxe"] and hw.default("deploy") == "direct"
+    assert hw.supported("inspect") == ["agent", "no-inspect"]
+    assert {k for k in GENERIC} | {"power", "management"} == set(INTERFACE_TYPES)
+    with pytest.raises(ValueError, match="management"):
+        hardware_type("t", "test", power=[("fake", power)])
+    with pytest.raises(ValueError, match="unknown interface types"):
+        hardware_type("t", "test", power=[], management=[], flux=[])
+
+
+def test_which_boot_interfaces_boot_the_ramdisk_from_the_network() -> None:
+    drivers = Drivers(Settings())
+    assert drivers.boots_from_network("qemu", None)  # default pxe
+    assert drivers.boots_from_network("fake-hardware", "pxe")
+
+    class NoNetwork(base.BootInterface):
+        name = "no-network"
+
+        def validate(self, task: base.Task) -> None:
+            return None
+
+    hw = drivers.types["fake-hardware"]
+    drivers.types["fake-hardware"] = type(hw)(
+        hw.name, hw.description, {**hw.interfaces, "boot": [("no-network", lambda s: NoNetwork())]}
+    )
+    assert not drivers.boots_from_network("fake-hardware", "no-network")
+    # Unknown types and interfaces keep the old answer; validate() reports them.
+    assert drivers.boots_from_network("no-such-type", None)
+    assert drivers.boots_from_network("qemu", "no-such-boot")
