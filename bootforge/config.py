@@ -134,7 +134,25 @@ class Settings(BaseSettings):
     automated_clean: bool = True
 
     # Periodic work, in seconds. 0 switches a periodic task off.
+    # The pause between the end of one power-sync round and the start of the next (rounds never
+    # overlap). Ironic's sync_power_state_interval is 60 s in its docs, 120 s in its current conf.
     power_sync_interval: float = 60.0
+    # BMCs read at once in a power-sync round. The workers are coroutines, so one that waits on a
+    # silent BMC costs nothing but its place: with more workers than BMCs that hang in a round, a
+    # round lasts about max(power_sync_timeout, nodes / workers x one read). 16 keeps a round of a
+    # rack with a dozen dead BMCs to one timeout (Ironic's 8 threads would need two), while no more
+    # than 16 IPMI sessions are in flight: Ironic's power-sync guide reports client-side UDP loss
+    # with 8 ipmitool workers on large fleets, so this is not raised further by default.
+    power_sync_workers: int = Field(default=16, ge=1, le=1024)
+    # Seconds one power-state read may take; then it counts as a failure (three in a row put the
+    # node in maintenance). A BMC that accepts a connection and never answers holds one worker this
+    # long and nothing else. A healthy BMC answers in well under a second (an iDRAC's Redfish in a
+    # few); Ironic lets ipmitool retry for 60 s (command_retry_timeout), which is what makes its
+    # rounds as long as its interval when BMCs hang.
+    power_sync_timeout: float = Field(default=8.0, gt=0, le=600)
+    # Seconds `bootforge node bmc` (GET /v1/nodes/{ident}/bmc) waits for the BMC's report: several
+    # reads (Redfish: system, manager, virtual media, Secure Boot), so longer than one read.
+    bmc_report_timeout: float = Field(default=30.0, gt=0, le=600)
     timeout_check_interval: float = 15.0
     conductor_heartbeat_interval: float = 10.0
     conductor_offline_after: float = 60.0

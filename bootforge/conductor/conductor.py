@@ -12,9 +12,10 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states, work
@@ -43,6 +44,37 @@ WAIT_TIMEOUT_SETTING = {
 }
 
 POWER_SYNC_FAILURES_TO_MAINTENANCE = 3
+# The fault bootforge sets with the maintenance it puts a node in when its BMC stops answering; only
+# that maintenance is lifted by a later good read.
+POWER_FAILURE = "power failure"
+POWER_FAILURE_REASON = "power state could not be read"
+
+
+@dataclass
+class PowerSyncRound:
+    """What one power-sync round did (logged, and returned to whoever called it)."""
+
+    nodes: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    changed: int = 0
+    to_maintenance: int = 0
+    lifted: int = 0
+    seconds: float = 0.0
+    # Seconds each good read took, for the percentiles in the log line.
+    latencies: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lat = sorted(self.latencies)
+        reads = f"{len(lat)} read"
+        if lat:
+            p50, p95 = (lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 for q in (0.5, 0.95))
+            reads += f" (p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {lat[-1] * 1000:.0f} ms)"
+        return (
+            f"{self.nodes} nodes in {self.seconds:.2f} s: {reads}, {self.failed} failed "
+            f"({self.timed_out} timed out), {self.changed} changed, {self.to_maintenance} to "
+            f"maintenance, {self.lifted} out of maintenance"
+        )
 
 
 class Conductor:
@@ -56,7 +88,10 @@ class Conductor:
         self._images: ImageCatalogue | None = None
         self._work: dict[int, asyncio.Task[None]] = {}
         self._periodics: list[asyncio.Task[None]] = []
+        # Consecutive failed power reads per node id, in memory: a restarted conductor counts
+        # again from zero (a node already in maintenance stays there, that is in the database).
         self._power_failures: dict[int, int] = {}
+        self._power_round = asyncio.Lock()
         # Called after a node this conductor works on changes provision state (the netboot view).
         self.state_listeners: list[Callable[[], None]] = []
 
@@ -358,72 +393,140 @@ class Conductor:
                 f"'{node.provision_state}' after {limit:g} s: {agent}",
             )
 
-    async def sync_power_states(self) -> None:
-        """Read every idle node's power state; record changes made outside bootforge."""
+    async def sync_power_states(self) -> PowerSyncRound:
+        """One round: read the power state of every idle node through its BMC.
+
+        Changes made outside bootforge are recorded; a node whose BMC failed
+        POWER_SYNC_FAILURES_TO_MAINTENANCE reads in a row goes into maintenance (fault "power
+        failure"), and is read again every round, so the first good read lifts that maintenance.
+        At most `power_sync_workers` reads are in flight, each cut off after `power_sync_timeout`;
+        a second caller waits for the running round to end (rounds never overlap).
+        """
+        async with self._power_round:
+            return await self._power_round_run()
+
+    async def _power_round_run(self) -> PowerSyncRound:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         async with self.db.read() as s:
             nodes = list(
                 (
                     await s.scalars(
                         select(Node).where(
                             Node.reservation.is_(None),
-                            Node.maintenance.is_(False),
                             Node.provision_state != states.ENROLL,
+                            or_(Node.maintenance.is_(False), Node.fault == POWER_FAILURE),
                         )
                     )
                 ).all()
             )
-        gate = asyncio.Semaphore(8)
+        nodes = [n for n in nodes if n.driver in self.drivers.types]
+        # Failing BMCs first (as Ironic): the longest reads start first, so they overlap the quick
+        # ones instead of trailing after them.
+        nodes.sort(key=lambda n: -self._power_failures.get(n.id, 0))
+        result = PowerSyncRound(nodes=len(nodes))
+        gate = asyncio.Semaphore(self.settings.power_sync_workers)
 
         async def one(node: Node) -> None:
-            async with gate:
-                await self._sync_power(node)
+            try:
+                await self._sync_power(node, gate, result)
+            except Exception:
+                # A database error on one node must not end the round for the others.
+                log.exception("power sync of node %s failed", node.uuid)
 
-        await asyncio.gather(*(one(n) for n in nodes if n.driver in self.drivers.types))
+        await asyncio.gather(*(one(n) for n in nodes))
+        # Forget nodes that are gone (deleted, taken by another conductor's work, ...).
+        seen = {n.id for n in nodes}
+        self._power_failures = {k: v for k, v in self._power_failures.items() if k in seen}
+        result.seconds = loop.time() - started
+        if nodes:
+            log.info("power sync: %s", result.summary())
+        return result
 
-    async def _sync_power(self, node: Node) -> None:
-        task = NodeTask(self, node, [], "power sync")
-        try:
-            actual = await task.driver.power.get_power_state(task)
-        except Exception as exc:
-            failures = self._power_failures.get(node.id, 0) + 1
-            self._power_failures[node.id] = failures
-            if failures >= POWER_SYNC_FAILURES_TO_MAINTENANCE:
-                await self._power_failure_maintenance(node, f"{type(exc).__name__}: {exc}")
-            return
+    async def _sync_power(self, node: Node, gate: asyncio.Semaphore, result: PowerSyncRound) -> None:
+        timeout = self.settings.power_sync_timeout
+        async with gate:
+            began = asyncio.get_running_loop().time()
+            deadline = asyncio.timeout(timeout)
+            try:
+                task = NodeTask(self, node, [], "power sync")
+                async with deadline:
+                    actual = await task.driver.power.get_power_state(task)
+            except Exception as exc:
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    reason = f"the BMC did not answer within {timeout:g} s (power_sync_timeout)"
+                    result.timed_out += 1
+                else:
+                    reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+                result.failed += 1
+                await self._power_read_failed(node, reason, result)
+                return
+            result.latencies.append(asyncio.get_running_loop().time() - began)
         self._power_failures.pop(node.id, None)
-        if actual == node.power_state:
-            return
+        lift = node.maintenance and node.fault == POWER_FAILURE
+        if actual != node.power_state or lift:
+            await self._power_read(task, actual, lift, result)
+        await task.flush()  # what the driver recorded while reading
+
+    async def _power_read(self, task: NodeTask, actual: str, lift: bool, result: PowerSyncRound) -> None:
+        """Write what a good read found: a changed power state, the end of power-failure maintenance."""
+        node = task.node
+        idle = (Node.id == node.id, Node.reservation.is_(None))
         async with self.db.write() as s:
-            result = await s.execute(
-                update(Node)
-                .where(Node.id == node.id, Node.reservation.is_(None), Node.power_state == node.power_state)
-                .values(power_state=actual)
-            )
+            changed = lifted = 0
+            if actual != node.power_state:
+                r = await s.execute(
+                    update(Node).where(*idle, Node.power_state == node.power_state).values(power_state=actual)
+                )
+                changed = r.rowcount  # type: ignore[attr-defined]
+            if lift:
+                # Only the maintenance bootforge set: an operator who changed the reason since owns it.
+                r = await s.execute(
+                    update(Node)
+                    .where(
+                        *idle,
+                        Node.maintenance.is_(True),
+                        Node.fault == POWER_FAILURE,
+                        Node.maintenance_reason.startswith(POWER_FAILURE_REASON),
+                    )
+                    .values(maintenance=False, maintenance_reason=None, fault=None)
+                )
+                lifted = r.rowcount  # type: ignore[attr-defined]
             await s.commit()
-        if result.rowcount == 1:  # type: ignore[attr-defined]
+        if changed:
+            result.changed += 1
             await task.record(
                 "power",
                 f"power state changed outside bootforge: {node.power_state} -> {actual}",
                 severity="warning",
             )
-        await task.flush()  # also what the driver recorded while reading
+        if lifted:
+            result.lifted += 1
+            await task.record("maintenance", f"maintenance unset: the BMC answers again ({actual})")
 
-    async def _power_failure_maintenance(self, node: Node, reason: str) -> None:
+    async def _power_read_failed(self, node: Node, reason: str, result: PowerSyncRound) -> None:
+        failures = self._power_failures.get(node.id, 0) + 1
+        self._power_failures[node.id] = failures
+        # A node already in power-failure maintenance has nothing new to say until it answers.
+        if failures < POWER_SYNC_FAILURES_TO_MAINTENANCE or node.maintenance:
+            return
         async with self.db.write() as s:
-            await s.execute(
+            r = await s.execute(
                 update(Node)
-                .where(Node.id == node.id, Node.reservation.is_(None))
+                .where(Node.id == node.id, Node.reservation.is_(None), Node.maintenance.is_(False))
                 .values(
                     maintenance=True,
-                    fault="power failure",
-                    maintenance_reason=f"power state could not be read {POWER_SYNC_FAILURES_TO_MAINTENANCE} "
-                    f"times in a row: {reason}",
+                    fault=POWER_FAILURE,
+                    maintenance_reason=f"{POWER_FAILURE_REASON} {failures} times in a row: {reason}",
                 )
             )
+            if r.rowcount == 1:  # type: ignore[attr-defined]
+                text = f"maintenance set: {POWER_FAILURE_REASON} {failures} times in a row: {reason}"
+                await s.execute(
+                    insert(NODE_EVENTS), [event_row(node.id, "maintenance", text, "error", self.host)]
+                )
+                result.to_maintenance += 1
             await s.commit()
-        task = NodeTask(self, node, [], "power sync")
-        await task.record("power", f"maintenance: {reason}", "error")
-        await task.flush()
 
     async def trim_events(self) -> None:
         """Keep the newest `node_events_keep` events per node, in one statement (one short lock)."""
