@@ -33,7 +33,7 @@ from bootforge.drivers.agent import AGENT_BOOT, AGENT_COMMAND
 from bootforge.errors import BootforgeError, Conflict, InvalidInput, NodeLocked, NotAuthorized, NotFound
 
 if TYPE_CHECKING:
-    from bootforge.conductor.conductor import Conductor
+    from bootforge.conductor.context import ConductorContext
 
 log = logging.getLogger("bootforge.agent")
 
@@ -50,7 +50,7 @@ def token_hash(token: str) -> str:
 
 
 class AgentService:
-    def __init__(self, conductor: Conductor) -> None:
+    def __init__(self, conductor: ConductorContext) -> None:
         self.conductor = conductor
         self.db = conductor.db
         self._wakeups: dict[int, asyncio.Event] = {}

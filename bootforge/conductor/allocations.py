@@ -21,12 +21,12 @@ from bootforge.db.queries import is_uuid
 from bootforge.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from bootforge.conductor.conductor import Conductor
+    from bootforge.conductor.context import ConductorContext
     from bootforge.conductor.task import NodeTask
 
 
 class AllocationService:
-    def __init__(self, conductor: Conductor) -> None:
+    def __init__(self, conductor: ConductorContext) -> None:
         self.conductor = conductor
 
     @property

@@ -17,7 +17,7 @@ from bootforge.db.queries import is_uuid
 from bootforge.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from bootforge.conductor.conductor import Conductor
+    from bootforge.conductor.context import ConductorContext
 
 MAC_RE = re.compile(r"^([0-9a-f]{2})([:-]?)([0-9a-f]{2})(\2[0-9a-f]{2}){4}$")
 
@@ -69,7 +69,7 @@ NEW_PORT: dict[str, Any] = {
 
 
 class PortService:
-    def __init__(self, conductor: Conductor) -> None:
+    def __init__(self, conductor: ConductorContext) -> None:
         self.conductor = conductor
         self.db = conductor.db
         self._inserts = BatchInserter(
@@ -243,7 +243,7 @@ class PortService:
 
 
 class PortgroupService:
-    def __init__(self, conductor: Conductor) -> None:
+    def __init__(self, conductor: ConductorContext) -> None:
         self.conductor = conductor
         self.db = conductor.db
 

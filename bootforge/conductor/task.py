@@ -28,7 +28,7 @@ from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
 from bootforge.errors import NodeLocked, NotFound
 
 if TYPE_CHECKING:
-    from bootforge.conductor.conductor import Conductor
+    from bootforge.conductor.context import ConductorContext
     from bootforge.config import Settings
 
 
@@ -61,7 +61,9 @@ class NodeTask:
     whoever records without saving afterwards calls `flush()`.
     """
 
-    def __init__(self, conductor: Conductor, node: Node, ports: list[Port] | None, purpose: str) -> None:
+    def __init__(
+        self, conductor: ConductorContext, node: Node, ports: list[Port] | None, purpose: str
+    ) -> None:
         self.conductor = conductor
         self.node = node
         self._ports = ports
@@ -174,7 +176,7 @@ class NodeTask:
         await self.save()
 
 
-async def load_node(conductor: Conductor, ident: str) -> Node:
+async def load_node(conductor: ConductorContext, ident: str) -> Node:
     async with conductor.db.read() as s:
         node: Node | None = await s.scalar(_by_ident(ident))
     if node is None:
@@ -187,13 +189,13 @@ def _by_ident(ident: str) -> Any:
     return select(Node).where(column == ident)
 
 
-async def load_ports(conductor: Conductor, node_id: int) -> list[Port]:
+async def load_ports(conductor: ConductorContext, node_id: int) -> list[Port]:
     async with conductor.db.read() as s:
         return list((await s.scalars(select(Port).where(Port.node_id == node_id))).all())
 
 
 async def reserve(
-    conductor: Conductor,
+    conductor: ConductorContext,
     node: Node,
     values: dict[str, Any] | None = None,
     expect_state: str | None = None,
@@ -233,7 +235,7 @@ async def reserve(
 
 
 @asynccontextmanager
-async def acquire(conductor: Conductor, ident: str, purpose: str) -> AsyncIterator[NodeTask]:
+async def acquire(conductor: ConductorContext, ident: str, purpose: str) -> AsyncIterator[NodeTask]:
     """Exclusive lock for a short synchronous action (boot device, patch); released on exit."""
     node = await load_node(conductor, ident)
     await reserve(conductor, node)
@@ -244,7 +246,7 @@ async def acquire(conductor: Conductor, ident: str, purpose: str) -> AsyncIterat
         await task.release()
 
 
-async def shared_task(conductor: Conductor, ident: str, purpose: str) -> NodeTask:
+async def shared_task(conductor: ConductorContext, ident: str, purpose: str) -> NodeTask:
     """A task without the lock, for reads such as validate or boot device get."""
     node = await load_node(conductor, ident)
     return NodeTask(conductor, node, None, purpose)
