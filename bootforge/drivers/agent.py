@@ -225,6 +225,9 @@ class AgentDeploy(base.DeployInterface):
         task.set_internal(
             **{AGENT_BOOT: None, AGENT_COMMAND: None, DEPLOY_IMAGE: None, DEPLOY_CONFIGDRIVE: None}
         )
+        # A deploy that failed with the ramdisk still booted (a virtual CD still inserted) is undone
+        # here, when the node is torn down: the medium must not outlive the deployment.
+        await task.driver.boot.clean_up_ramdisk(task)
 
 
 class AgentInspect(base.InspectInterface):
