@@ -385,6 +385,56 @@ def node_power(
     console.print(f"{names[target]} requested for {ident}")
 
 
+@node_app.command("bmc")
+def node_bmc(
+    ident: str,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole answer as JSON")] = False,
+) -> None:
+    """Ask the node's BMC, now: do its credentials work, and what does it offer? Exit 1 if it cannot."""
+    api = Api(url)
+    # The server bounds the BMC's answer (bmc_report_timeout); wait a little longer than it may.
+    api.http.timeout = httpx.Timeout(660)
+    r = api.call("GET", f"/v1/nodes/{ident}/bmc")
+    if as_json:
+        console.print_json(json.dumps(r))
+    else:
+        _print_bmc(r)
+    if not r["reachable"]:
+        raise typer.Exit(1)
+
+
+def _print_bmc(r: dict[str, Any]) -> None:
+    ifaces = r.get("interfaces") or {}
+    console.print(
+        f"node {escape(str(r.get('name') or r['node_uuid']))} ({r['node_uuid']}), driver {r['driver']}, "
+        f"power {ifaces.get('power')}, management {ifaces.get('management')}"
+    )
+    if not r["reachable"]:
+        err.print(f"[red]BMC not usable:[/red] {escape(str(r['detail']))}")
+        return
+    console.print(f"[green]BMC answers:[/green] {escape(str(r['detail']))}  ({r['seconds']:.2f} s)")
+
+    def listed(v: list[str] | None) -> str:
+        return "(not known)" if v is None else ", ".join(v) or "none"
+
+    secure = r.get("secure_boot")
+    table = Table("", "", show_header=False)
+    for label, value in (
+        ("Power state", r.get("power_state") or "(not known)"),
+        ("Boot devices", listed(r.get("boot_devices"))),
+        ("Boot modes", listed(r.get("boot_modes"))),
+        ("Virtual media", listed(r.get("virtual_media"))),
+        ("Secure Boot", "no control" if secure is None else ("on" if secure else "off")),
+        ("Vendor", r.get("vendor") or "(not known)"),
+        ("Model", r.get("model") or "(not known)"),
+        ("Firmware", r.get("firmware") or "(not known)"),
+        *((str(k), json.dumps(v) if isinstance(v, dict | list) else str(v)) for k, v in r["extra"].items()),
+    ):
+        table.add_row(label, escape(value))
+    console.print(table)
+
+
 @node_app.command("delete")
 def node_delete(ident: str, url: UrlOpt = DEFAULT_URL) -> None:
     """Remove a node (enroll, manageable, available or in maintenance)."""

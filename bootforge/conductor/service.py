@@ -6,10 +6,12 @@ conditional UPDATE, answers (the API returns 202), and leaves the rest to the co
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid as uuidlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import jsonpatch
@@ -125,6 +127,18 @@ NEW_NODE.update(
         )
     }
 )
+
+
+@dataclass
+class BmcCheck:
+    """The answer of NodeService.bmc_check: the node, its power/management validation, the report."""
+
+    node: Node
+    # The interfaces asked, by name: {"power": "ipmitool", "management": "ipmitool"}.
+    interfaces: dict[str, str]
+    validation: dict[str, dict[str, Any]]
+    report: base.BmcReport
+    seconds: float
 
 
 class NodeService:
@@ -442,6 +456,48 @@ class NodeService:
             else:
                 result[kind] = {"result": True, "reason": None}
         return result
+
+    async def bmc_check(self, ident: str) -> BmcCheck:
+        """What the node's BMC says about itself (`bootforge node bmc`), before anything is deployed.
+
+        A read: no lock is taken, nothing is changed. Power and management are validated first, and a
+        node whose driver_info cannot work is reported without contacting anything. The BMC's
+        answer is bounded by settings.bmc_report_timeout; a BMC that does not give it in time, or
+        cannot be reached, gives reachable=False with the reason, not an error.
+        """
+        task = await shared_task(self.conductor, ident, "bmc check")
+        validation: dict[str, dict[str, Any]] = {}
+        for kind in ("power", "management"):
+            try:
+                task.driver.interfaces[kind].validate(task)
+            except InvalidInput as e:
+                validation[kind] = {"result": False, "reason": e.message}
+            else:
+                validation[kind] = {"result": True, "reason": None}
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        invalid = [f"{k}: {v['reason']}" for k, v in validation.items() if not v["result"]]
+        if invalid:
+            report = base.BmcReport(
+                False, "not contacted, driver_info does not validate: " + "; ".join(invalid)
+            )
+        else:
+            report = await self._bmc_report(task)
+        interfaces = {k: task.driver.interfaces[k].name for k in ("power", "management")}
+        return BmcCheck(task.node, interfaces, validation, report, loop.time() - began)
+
+    async def _bmc_report(self, task: NodeTask) -> base.BmcReport:
+        timeout = self.conductor.settings.bmc_report_timeout
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                return await task.driver.management.bmc_report(task)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                return base.BmcReport(
+                    False, f"the BMC did not answer within {timeout:g} s (bmc_report_timeout)"
+                )
+            return base.BmcReport(False, f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
 
     async def set_maintenance(self, ident: str, on: bool, reason: str | None) -> None:
         node = await load_node(self.conductor, ident)

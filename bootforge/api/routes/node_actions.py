@@ -1,7 +1,11 @@
 """/v1/nodes/{ident}/...: states, provisioning and power verbs, boot device, validate, maintenance,
-traits, history, and the node's ports, port groups and allocation."""
+traits, history, and the node's ports, port groups and allocation; and bootforge's own /bmc check."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
@@ -140,6 +144,50 @@ async def supported_boot_devices(request: Request, ident: str) -> JSON:
 @router.get("/validate")
 async def validate(request: Request, ident: str) -> JSON:
     return JSON(await ctx(request).services.nodes.validate(ident))
+
+
+@router.get("/bmc")
+async def bmc_check(request: Request, ident: str) -> JSON:
+    """bootforge's own resource (Ironic has none): what the node's BMC offers, asked now.
+
+    Answers 200 whether or not the BMC could be reached (`reachable` says); a read, so it takes no
+    lock. Whatever the driver put in its messages, driver_info's secrets never leave in the answer.
+    """
+    check = await ctx(request).services.nodes.bmc_check(ident)
+    node = check.node
+    body = {
+        "node_uuid": node.uuid,
+        "name": node.name,
+        "driver": node.driver,
+        "interfaces": check.interfaces,
+        "validation": check.validation,
+        **asdict(check.report),
+        "seconds": round(check.seconds, 3),
+    }
+    return JSON(_without_secrets(body, _secret_values(node.driver_info)))
+
+
+def _secret_values(info: Mapping[str, Any]) -> list[str]:
+    found: list[str] = []
+    for k, v in info.items():
+        if isinstance(v, Mapping):
+            found += _secret_values(v)
+        elif v and isinstance(v, str | int) and any(m in k.lower() for m in views.SECRET_MARKERS):
+            found.append(str(v))
+    # Longest first, so a secret that contains another is masked whole.
+    return sorted(found, key=len, reverse=True)
+
+
+def _without_secrets(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, views.MASK)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _without_secrets(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_secrets(v, secrets) for v in value]
+    return value
 
 
 @router.put("/maintenance", status_code=202)
