@@ -45,9 +45,17 @@ def up(
     ramdisk: Annotated[
         str, typer.Option(help="agent: the deploy ramdisk; probe: a boot-chain check only")
     ] = "agent",
+    bmc: Annotated[
+        str,
+        typer.Option(
+            help="qemu: bootforge drives the VMs over QMP; ipmi / redfish: each VM sits behind an "
+            "emulated BMC (pyghmi's IPMI server, sushy-tools' Redfish emulator) and is enrolled with "
+            "that driver"
+        ),
+    ] = "qemu",
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
-    """Create the lab: namespace + bridge, bootforge serve on it, N VMs enrolled as qemu nodes."""
+    """Create the lab: namespace + bridge, bootforge serve on it, N VMs enrolled as nodes."""
     try:
         lab = Lab.up(
             directory,
@@ -58,6 +66,7 @@ def up(
             start,
             say=lambda m: console.print(f"  {m}"),
             ramdisk=ramdisk,
+            bmc=bmc,
         )
     except (LabError, NetnsError, QemuError, RamdiskError, AgentRamdiskError) as e:
         raise _fail(e) from None
@@ -66,6 +75,11 @@ def up(
     console.print(
         f"API: {lab.state.url} on this host (forwarded into the lab, where it is {lab.state.api_in_lab})"
     )
+    if lab.state.bmc != "qemu":
+        console.print(
+            f"BMCs ({lab.state.bmc}, in the lab only): user admin, password {lab.state.bmc_password}; "
+            "`bootforge lab status` lists them"
+        )
     console.print("Use it with:")
     console.print("  export " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, soft_wrap=True)
     console.print("  bootforge node list    bootforge node events lab-vm1    bootforge lab status")
@@ -95,9 +109,11 @@ def status(
     except LabError as e:
         raise _fail(e) from None
     rows = lab.status(lines)
-    table = Table("VM", "Firmware", "MAC", "Node", "Power", "Provision state")
+    table = Table("VM", "Firmware", "MAC", "Node", "BMC", "Power", "Provision state")
     for r in rows:
-        table.add_row(r["name"], r["firmware"], r["mac"], r["node"] or "", r["power"], r["provision"])
+        table.add_row(
+            r["name"], r["firmware"], r["mac"], r["node"] or "", r["bmc"], r["power"], r["provision"]
+        )
     console.print(f"lab in {lab.dir}: API {lab.state.url}, namespace {lab.state.netns}")
     console.print(table)
     for r in rows:

@@ -6,7 +6,11 @@ Layout of a lab (all of it inside its own network namespace, ``bflab-<pid>-<n>-n
 * ``bootforge serve`` (started with ``ip netns exec``), its API on 10.77.0.1:6385 where the VMs'
   ramdisks reach it, DHCP (full, or proxy next to dnsmasq), TFTP and HTTP boot on ``br0``;
 * VMs are *owned* qemu nodes (driver_info ``qemu_command`` = their definition file), so bootforge
-  itself starts them on power on and ends them on power off;
+  itself starts them on power on and ends them on power off; or, with ``bmc="ipmi"`` / ``"redfish"``,
+  each VM sits behind an emulated BMC bootforge did not write the protocol side of (pyghmi's IPMI
+  server, one process per VM: bootforge.lab.ipmi_bmc; sushy-tools' Redfish emulator, one process for
+  all VMs: bootforge.lab.redfish_bmc), listening on the bridge address inside the namespace, and the
+  nodes are enrolled with the ``ipmi`` or ``redfish`` driver: bootforge never touches them over QMP;
 * with ``dhcp="proxy"``, dnsmasq hands out addresses only, from a second namespace
   (``...-dhcp``) joined to the bridge by a veth: a separate DHCP server, as on a real network.
 
@@ -25,6 +29,7 @@ namespaces, deletes the namespaces (the bridge and taps go with them) and remove
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -40,13 +45,18 @@ from typing import Any
 import bcrypt
 import httpx
 
-from bootforge.lab import netns, procs, ramdisk
+from bootforge.lab import netns, procs, ramdisk, redfish_bmc
 from bootforge.lab import qemu as vm
 from bootforge.ramdisk import build as build_agent_ramdisk
 
-__all__ = ["FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
+__all__ = ["BMCS", "FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
 
 FIRMWARES = ("bios", "uefi", "uefi-http")
+# What powers and boots the VMs: bootforge's qemu driver over QMP, or an emulated BMC per VM.
+BMCS = ("qemu", "ipmi", "redfish")
+BMC_USER = "admin"
+REDFISH_PORT = 8443
+IPMI_FIRST_PORT = 6230  # VM i's BMC listens on IPMI_FIRST_PORT + i
 # agent: bootforge's deploy ramdisk (inspect, clean, deploy for real); probe: a busybox ramdisk that
 # only proves the boot chain reaches the API (quick to build; the network boot tests use it).
 RAMDISKS = ("agent", "probe")
@@ -74,6 +84,7 @@ class VmRecord:
     tap: str
     dir: str
     node: str | None = None
+    bmc: str | None = None  # e.g. "redfish https://10.77.0.1:8443/redfish/v1/Systems/<uuid>"
 
     @property
     def path(self) -> Path:
@@ -108,6 +119,8 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)
     host_port: int = 0
     password: str = ""
+    bmc: str = "qemu"
+    bmc_password: str = ""
     pids: dict[str, int] = field(default_factory=dict)
     vms: list[VmRecord] = field(default_factory=list)
 
@@ -181,7 +194,7 @@ def serve_config(state: LabState, boot_root: Path) -> str:
         'auth_strategy = "http_basic"',
         f'htpasswd_file = "{d / "serve" / "htpasswd"}"',
         f'host = "{state.prefix}conductor"',
-        'enabled_hardware_types = ["qemu"]',
+        f"enabled_hardware_types = {json.dumps(sorted({'qemu', state.bmc}))}",
         "power_sync_interval = 10",
         "",
         # A lab VM runs inspect -> clean -> deploy in one ramdisk boot, as an operator would want for
@@ -261,6 +274,7 @@ class Lab:
         start: bool = True,
         say: Callable[[str], None] = lambda _: None,
         ramdisk: str = "agent",
+        bmc: str = "qemu",
     ) -> Lab:
         """Build a lab in `directory` (which must not hold one); on failure, remove what was made."""
         directory = directory.resolve()
@@ -272,10 +286,12 @@ class Lab:
             raise LabError(f"ramdisk must be one of {', '.join(RAMDISKS)}, not {ramdisk!r}")
         if not 1 <= vms <= 99:
             raise LabError("--vms must be between 1 and 99")
+        if bmc not in BMCS:
+            raise LabError(f"bmc must be one of {', '.join(BMCS)}, not {bmc!r}")
         plan = firmware_plan(vms, firmware)
-        _preflight(plan, dhcp)
+        _preflight(plan, dhcp, bmc)
         directory.mkdir(parents=True, exist_ok=True)
-        state = LabState(str(directory), netns.unique_prefix(PREFIX_BASE), dhcp)
+        state = LabState(str(directory), netns.unique_prefix(PREFIX_BASE), dhcp, bmc=bmc)
         state.save()
         lab = cls(directory, state)
         try:
@@ -309,11 +325,16 @@ class Lab:
         self._start_forwarder()
         say(f"waiting for the API ({self.state.api_in_lab} in the lab, {self.state.url} on this host)")
         self._wait_ready()
+        for rec in self.state.vms:
+            self._write_vm(rec, memory_mib)
+        if self.state.bmc != "qemu":
+            say(f"starting {self.state.bmc} BMCs on {ADDRESS} in the lab")
+            self._start_bmcs()
         with self.client() as api:
             for rec in self.state.vms:
-                self._write_vm(rec, memory_mib)
                 self._enrol(api, rec)
-                say(f"enrolled {rec.name} ({rec.firmware}, {rec.mac}) as node {rec.node}")
+                via = f" behind {rec.bmc}" if rec.bmc else ""
+                say(f"enrolled {rec.name} ({rec.firmware}, {rec.mac}) as node {rec.node}{via}")
             if start:
                 for rec in self.state.vms:
                     self.power(api, rec, "power on")
@@ -413,12 +434,97 @@ class Lab:
             timeout=60,
         )
 
-    def _enrol(self, api: httpx.Client, rec: VmRecord) -> None:
-        body = {
-            "driver": "qemu",
-            "name": f"lab-{rec.name}",
-            "driver_info": {"qemu_qmp_socket": str(rec.qmp_socket), "qemu_command": str(rec.definition)},
+    # --- BMCs ---------------------------------------------------------------------------------
+
+    def _start_bmcs(self) -> None:
+        self.state.bmc_password = secrets.token_urlsafe(12)
+        self.state.save()
+        bmc_dir = self.dir / "bmc"
+        bmc_dir.mkdir(parents=True, exist_ok=True)
+        if self.state.bmc == "redfish":
+            self._start_redfish(bmc_dir)
+        else:
+            for i, rec in enumerate(self.state.vms):
+                self._start_ipmi(rec, IPMI_FIRST_PORT + i)
+        logs = [self.dir / f"{key}.log" for key in self.state.pids if key.startswith("bmc-")]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not all(_said_ready(log) for log in logs):
+            self._check_alive([k for k in self.state.pids if k.startswith("bmc-")])
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"the BMCs did not start within {READY_TIMEOUT:.0f} s; see {self.dir}/bmc-*.log"
+                )
+            time.sleep(0.1)
+
+    def _start_redfish(self, bmc_dir: Path) -> None:
+        cert, key = redfish_bmc.make_tls(bmc_dir, ADDRESS)
+        htpasswd = bmc_dir / "htpasswd"
+        redfish_bmc.make_htpasswd(htpasswd, self.state.bmc_password, BMC_USER)
+        systems = []
+        for rec in self.state.vms:
+            uuid = redfish_bmc.system_uuid(rec.definition)
+            systems.append(
+                redfish_bmc.SystemConfig(
+                    name=rec.name,
+                    uuid=uuid,
+                    definition=rec.definition,
+                    qmp_socket=rec.qmp_socket,
+                    state_dir=bmc_dir / rec.name,
+                )
+            )
+            rec.bmc = f"redfish https://{ADDRESS}:{REDFISH_PORT}/redfish/v1/Systems/{uuid}"
+        config = redfish_bmc.BmcConfig(
+            address=ADDRESS,
+            port=REDFISH_PORT,
+            cert=cert,
+            key=key,
+            htpasswd=htpasswd,
+            state_dir=bmc_dir / "redfish",
+            systems=systems,
+        )
+        path = bmc_dir / "redfish.json"
+        path.write_text(config.model_dump_json(indent=2))
+        argv = ["ip", "netns", "exec", self.state.netns, sys.executable, "-m", "bootforge.lab.redfish_bmc"]
+        self._spawn("bmc-redfish", [*argv, "--config", str(path)], self.dir / "bmc-redfish.log")
+
+    def _start_ipmi(self, rec: VmRecord, port: int) -> None:
+        argv = ["ip", "netns", "exec", self.state.netns, sys.executable, "-m", "bootforge.lab.ipmi_bmc"]
+        argv += ["--address", ADDRESS, "--port", str(port), "--username", BMC_USER]
+        argv += ["--password", self.state.bmc_password, "--qmp-socket", str(rec.qmp_socket)]
+        argv += ["--qemu-command", str(rec.definition), "--serial-log", str(rec.console)]
+        rec.bmc = f"ipmi {ADDRESS}:{port}"
+        self._spawn(f"bmc-{rec.name}", argv, self.dir / f"bmc-{rec.name}.log")
+
+    def _check_alive(self, keys: list[str]) -> None:
+        for key in keys:
+            pid = self.state.pids.get(key)
+            if pid is not None and procs.exited(pid):
+                log = self.dir / f"{key}.log"
+                tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                raise LabError(f"{key} exited while the lab was starting:\n{tail}")
+
+    def _driver(self, rec: VmRecord) -> tuple[str, dict[str, Any]]:
+        """The driver a VM is enrolled with and its driver_info."""
+        if self.state.bmc == "qemu":
+            return "qemu", {"qemu_qmp_socket": str(rec.qmp_socket), "qemu_command": str(rec.definition)}
+        assert rec.bmc is not None
+        kind, where = rec.bmc.split(" ", 1)
+        if kind == "ipmi":
+            host, port = where.rsplit(":", 1)
+            info: dict[str, Any] = {"ipmi_address": host, "ipmi_port": int(port)}
+            return "ipmi", info | {"ipmi_username": BMC_USER, "ipmi_password": self.state.bmc_password}
+        address, system = where.split("/redfish/v1/Systems/", 1)
+        return "redfish", {
+            "redfish_address": address,
+            "redfish_system_id": f"/redfish/v1/Systems/{system}",
+            "redfish_username": BMC_USER,
+            "redfish_password": self.state.bmc_password,
+            "redfish_verify_ca": str(self.dir / "bmc" / "bmc-cert.pem"),
         }
+
+    def _enrol(self, api: httpx.Client, rec: VmRecord) -> None:
+        driver, info = self._driver(rec)
+        body = {"driver": driver, "name": f"lab-{rec.name}", "driver_info": info}
         node = _ok(api.post("/v1/nodes", json=body), 201)
         rec.node = str(node["uuid"])
         self.state.save()
@@ -522,6 +628,7 @@ class Lab:
                     "power": node.get("power_state")
                     or ("process running" if running else "off (no process)"),
                     "provision": node.get("provision_state", "?"),
+                    "bmc": rec.bmc or "qemu (QMP, by bootforge)",
                     "reservation": node.get("reservation"),
                     "console": tail(rec.console, console_lines),
                 }
@@ -553,9 +660,22 @@ def _ok(response: httpx.Response, status: int) -> Any:
     return response.json() if response.content else None
 
 
-def _preflight(plan: list[str], dhcp: str) -> None:
+def _said_ready(log: Path) -> bool:
+    """The BMC processes print one line once they listen ("ready <port>", "redfish-bmc: ...")."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+    return any(line.startswith(("ready ", "redfish-bmc: ")) for line in text.splitlines())
+
+
+def _preflight(plan: list[str], dhcp: str, bmc: str = "qemu") -> None:
     """Name every missing piece before anything is created."""
     netns.check_available()
+    module = {"redfish": "sushy_tools", "ipmi": "pyghmi"}.get(bmc)
+    if module is not None and importlib.util.find_spec(module) is None:
+        extra = " (pip install 'bootforge[lab]')" if bmc == "redfish" else ""
+        raise LabError(f"--bmc {bmc} needs the Python package {module}{extra}")
     missing = [b for b in (vm.DEFAULT_BINARY, "qemu-img", "apt-get", "dpkg-deb") if shutil.which(b) is None]
     if dhcp == "proxy" and shutil.which("dnsmasq") is None:
         missing.append("dnsmasq (Debian package dnsmasq-base)")
