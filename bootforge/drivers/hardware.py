@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootforge.config import Settings
-from bootforge.drivers import agent, base, fake, qemu
+from bootforge.drivers import agent, base, fake, qemu, vmedia
 from bootforge.errors import InvalidInput, NotFound
 
 INTERFACE_TYPES = (
@@ -108,7 +108,7 @@ def _qemu_hardware() -> HardwareType:
     return hardware_type(
         "qemu",
         "QEMU VMs driven over QMP: power, boot device (pxe/disk/cdrom) and firmware mode.",
-        boot=[("pxe", agent.PxeBoot)],
+        boot=[("pxe", agent.PxeBoot), ("virtual-media", vmedia.QemuVirtualMedia)],
         management=[("qemu", lambda s: qemu.QemuManagement())],
         power=[("qemu", lambda s: qemu.QemuPower(soft_timeout=s.power_state_change_timeout))],
     )

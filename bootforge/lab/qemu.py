@@ -97,6 +97,8 @@ class VmDefinition(BaseModel):
     boot_mode: Literal["bios", "uefi"] = "bios"
     accel: Literal["auto", "tcg", "kvm"] = "auto"
     disks: list[Disk] = []
+    # An empty CD drive (id "cdrom"): virtual-media boot inserts its ISO over QMP.
+    cdrom: bool = False
     nics: list[Nic] = []
     serial_log: Path | None = None
     # Where the VM's own files live (OVMF variable store); defaults to the definition's directory.
@@ -219,6 +221,9 @@ def build_argv(defn: VmDefinition, accel: str, firmware: Firmware) -> list[str]:
         argv += ["-chardev", chardev, "-serial", "chardev:serial0"]
     for i, disk in enumerate(defn.disks):
         argv += _disk_args(i, disk)
+    if defn.cdrom:
+        drive = "if=none,id=cdrom-drive,media=cdrom,readonly=on"
+        argv += ["-drive", drive, "-device", "ide-cd,drive=cdrom-drive,id=cdrom"]
     for i, nic in enumerate(defn.nics):
         argv += _nic_args(i, nic)
     return argv + list(defn.extra_args)

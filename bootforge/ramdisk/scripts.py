@@ -4,8 +4,9 @@
 slow boot shows where its time went. Steps: mount the kernel file systems; load the modules of the
 devices present (PCI and virtio modaliases through busybox modprobe and modules.alias, repeated
 because loading virtio_pci makes the virtio devices appear); find the NIC whose MAC is BOOTIF; DHCP on
-it (udhcpc retries forever, then stays in the background to renew); then run the agent, restarted 5 s
-after it exits, forever (PID 1 must not exit).
+it (udhcpc retries forever, then stays in the background to renew), or set the static addresses a
+virtual-media boot passes as ``bootforge.net=`` (bootforge_agent.netconfig) instead; then run the
+agent, restarted 5 s after it exits, forever (PID 1 must not exit).
 """
 
 from __future__ import annotations
@@ -92,8 +93,17 @@ fi
 say "NIC $ifc ($mac)"
 ip link set lo up
 ip link set "$ifc" up
-# Without -n/-b udhcpc retries until it has a lease, then forks and renews it in the background.
-udhcpc -i "$ifc" -s /etc/udhcpc.script -t 3 -T 1 -A 1 -V bootforge-ramdisk
+static=""
+case " $(cat /proc/cmdline) " in *" bootforge.net="*) static=1 ;; esac
+# A virtual-media boot on a network without DHCP: the addresses are on the kernel command line
+# (bootforge_agent/netconfig.py reads them); if they cannot be set up, DHCP is the fallback.
+if [ -n "$static" ] && python3 -m bootforge_agent.netconfig; then
+  :
+else
+  [ -n "$static" ] && say "static network failed; trying DHCP"
+  # Without -n/-b udhcpc retries until it has a lease, then forks and renews it in the background.
+  udhcpc -i "$ifc" -s /etc/udhcpc.script -t 3 -T 1 -A 1 -V bootforge-ramdisk
+fi
 say "network up: $(cat /run/ipv4 2>/dev/null)"
 # The agent's inventory must list every disk: wait for the storage drivers.
 wait $storage
