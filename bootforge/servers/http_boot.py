@@ -9,14 +9,20 @@ which uvicorn picks when it is installed.
 
 Rules:
   1. Only GET and HEAD, no request bodies, request heads bounded by max_request_bytes (h11
-     answers 431 past it); every read has the idle timeout, every wait for writability the send
-     timeout, so a stalled client costs one socket for a bounded time.
-  2. Paths are percent-decoded, then normalized with the TFTP rules (no "..", leading "/"
+     answers 431 past it). A request head must arrive whole within head_timeout of its first
+     byte (of the connection, for the first request), however it trickles in; a kept-alive
+     connection may wait idle_timeout for its next request; every wait for writability has the
+     send timeout. So a stalled or slow client costs one socket for a bounded time.
+  2. Connections are capped per client address and in total. When every slot is taken, the
+     connection that has been reading a request head the longest is dropped for the newcomer:
+     slow heads from many addresses cannot lock boot clients out (slowloris).
+  3. Paths are percent-decoded, then normalized with the TFTP rules (no "..", leading "/"
      stripped); the resolved file must stay under the root and the last component is opened
-     with O_NOFOLLOW. Whatever is refused is a 404, never a 500.
-  3. Dynamic routes (the iPXE script, grub.cfg) come from an injected BootScripts; published
+     with O_NOFOLLOW. Whatever is refused is a 404 (414 for a name no file system can hold),
+     never a 500. Range headers are parsed without int() on unbounded digit strings.
+  4. Dynamic routes (the iPXE script, grub.cfg) come from an injected BootScripts; published
      loaders come from an explicit name -> absolute path map (bootforge.netboot.boot.loaders).
-  4. Every request ends with one HttpFetchEvent for the node's timeline; the product maps the
+  5. Every request ends with one HttpFetchEvent for the node's timeline; the product maps the
      client address or the `mac` query parameter to a node.
 """
 
@@ -26,6 +32,7 @@ import asyncio
 import contextlib
 import email.utils
 import errno
+import functools
 import http
 import logging
 import os
@@ -63,6 +70,11 @@ EventSink = Callable[["HttpFetchEvent"], None]
 _RECV = 65536
 _SENDFILE_MAX = 1 << 30  # per os.sendfile call; the kernel sends what the socket buffer takes
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
+# Longer numbers are past any file offset; int() is not asked (it refuses 4,300+ digits anyway).
+_RANGE_DIGITS = 19
+_HUGE = 10**_RANGE_DIGITS
+_NAME_MAX = 255  # bytes in one path component (Linux NAME_MAX)
+_PATH_MAX = 1024  # bytes in a decoded path: far beyond any boot artifact's name
 _CONTENT_TYPES = {
     ".efi": "application/efi",
     ".signed": "application/efi",  # Debian names signed EFI binaries *.efi.signed
@@ -126,7 +138,9 @@ class HttpFetchEvent:
 @dataclass(slots=True)
 class HttpBootCounters:
     connections: int = 0
-    rejected_connections: int = 0  # over max_connections
+    rejected_connections: int = 0  # over max_connections, nobody to evict
+    rejected_per_client: int = 0  # over max_connections_per_client
+    evicted: int = 0  # connections still reading a head, dropped to make room (rule 2)
     requests: int = 0
     files: int = 0
     scripts: int = 0
@@ -134,7 +148,9 @@ class HttpBootCounters:
     unsatisfiable: int = 0
     not_found: int = 0
     bad_requests: int = 0  # malformed or refused by h11, bodies, unknown methods
-    timeouts: int = 0
+    timeouts: int = 0  # idle between requests, or a response the client stopped reading
+    head_timeouts: int = 0  # request heads not whole within head_timeout
+    too_long: int = 0  # 414: a path (part) longer than any file name
     socket_errors: int = 0
     script_errors: int = 0
     event_errors: int = 0
@@ -145,9 +161,13 @@ class HttpBootCounters:
 @dataclass(frozen=True, slots=True)
 class HttpBootConfig:
     max_request_bytes: int = 8192
-    idle_timeout: float = 30.0
+    idle_timeout: float = 30.0  # a kept-alive connection waiting for its next request
+    head_timeout: float = 10.0  # a whole request head, from its first byte (rule 1)
     send_timeout: float = 60.0
     max_connections: int = 1024
+    # Firmware, iPXE and the agent use one or two connections at a time; a BMC fetching virtual
+    # media a few more.
+    max_connections_per_client: int = 16
     ipxe_path: str = "/boot/ipxe"
     grub_paths: tuple[str, ...] = ("/boot/grub.cfg", "/grub/grub.cfg")
     backlog: int = 1024
@@ -170,17 +190,25 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     if not first:
         if not last:
             return None
-        suffix = int(last)
+        suffix = _offset(last)
         if suffix == 0 or size == 0:
             raise Unsatisfiable
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _offset(first)
+    end = _offset(last) if last else size - 1
     if last and end < start:
         return None
     if start >= size:
         raise Unsatisfiable
     return start, min(end, size - 1)
+
+
+def _offset(digits: str) -> int:
+    """A byte position; every number of more than 19 digits is the same "past any end" value,
+    which orders them correctly against file sizes (below 2**63) and against each other except
+    huge-against-huge, where a range is unsatisfiable (or all of the file) either way."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _RANGE_DIGITS else _HUGE
 
 
 def content_type(path: str) -> str:
@@ -193,6 +221,14 @@ class _NotFound(Exception):
 
 class _BadRequest(Exception):
     pass
+
+
+class _TooLong(Exception):
+    pass
+
+
+class _HeadTimeout(Exception):
+    """A request head did not arrive whole within head_timeout."""
 
 
 @dataclass(slots=True)
@@ -246,6 +282,11 @@ class HttpBootServer:
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._per_client: dict[str, int] = {}
+        # Connections waiting for or reading a request head, oldest first (dicts keep insertion
+        # order): the ones to drop when every slot is taken (rule 2).
+        self._heads: dict[asyncio.Task[None], None] = {}
+        self._evicted: set[asyncio.Task[None]] = set()  # cancelled, not yet finished
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -305,23 +346,56 @@ class HttpBootServer:
                 log.warning("HTTP boot: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            if len(self._connections) >= self.config.max_connections:
-                self.counters.rejected_connections += 1
+            client = (str(peer[0]), int(peer[1]))
+            if not self._admit(client[0]):
                 sock.close()
                 continue
             self.counters.connections += 1
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = asyncio.create_task(self._serve(sock, (str(peer[0]), int(peer[1]))))
+            task = asyncio.create_task(self._serve(sock, client))
             self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+            self._heads[task] = None
+            self._per_client[client[0]] = self._per_client.get(client[0], 0) + 1
+            task.add_done_callback(functools.partial(self._forget, client[0]))
+
+    def _admit(self, address: str) -> bool:
+        """Whether a new connection from `address` may be served, making room if need be (rule 2)."""
+        if self._per_client.get(address, 0) >= self.config.max_connections_per_client:
+            self.counters.rejected_per_client += 1
+            return False
+        if len(self._connections) - len(self._evicted) < self.config.max_connections:
+            return True
+        if not self._heads:
+            self.counters.rejected_connections += 1
+            return False
+        oldest = next(iter(self._heads))
+        del self._heads[oldest]
+        self._evicted.add(oldest)
+        oldest.cancel()
+        self.counters.evicted += 1
+        return True
+
+    def _forget(self, address: str, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        self._heads.pop(task, None)
+        self._evicted.discard(task)
+        left = self._per_client.get(address, 1) - 1
+        if left > 0:
+            self._per_client[address] = left
+        else:
+            self._per_client.pop(address, None)
 
     async def _serve(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_request_bytes)
+        first = True
         try:
-            while await self._one_exchange(conn, sock, peer):
+            while await self._one_exchange(conn, sock, peer, first):
                 conn.start_next_cycle()
+                first = False
+        except _HeadTimeout:
+            self.counters.head_timeouts += 1
         except TimeoutError:
             self.counters.timeouts += 1
         except OSError:
@@ -333,11 +407,16 @@ class HttpBootServer:
         finally:
             sock.close()
 
-    async def _one_exchange(self, conn: h11.Connection, sock: socket.socket, peer: tuple[str, int]) -> bool:
+    async def _one_exchange(
+        self, conn: h11.Connection, sock: socket.socket, peer: tuple[str, int], first: bool
+    ) -> bool:
         """Read one request and answer it; True when the connection can carry another."""
         exchange = _Exchange(peer, time.monotonic())
+        task = asyncio.current_task()
         try:
-            request = await self._read_request(conn, sock)
+            if task is not None and not first:
+                self._heads[task] = None  # waiting for a head again: the newest such
+            request = await self._read_request(conn, sock, first)
         except h11.RemoteProtocolError as exc:
             self.counters.bad_requests += 1
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -345,6 +424,9 @@ class HttpBootServer:
                 await self._send_simple(conn, sock, exchange, exc.error_status_hint, b"bad request\n")
                 self._report(exchange)
             return False
+        finally:
+            if task is not None:
+                self._heads.pop(task, None)
         if request is None:
             return False
         self.counters.requests += 1
@@ -354,13 +436,33 @@ class HttpBootServer:
             self._report(exchange)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
-    async def _read_request(self, conn: h11.Connection, sock: socket.socket) -> h11.Request | None:
-        """The next request head, or None when the client closed (cleanly) between requests."""
+    async def _read_request(
+        self, conn: h11.Connection, sock: socket.socket, first: bool
+    ) -> h11.Request | None:
+        """The next request head, or None when the client closed (cleanly) between requests.
+
+        Every read waits idle_timeout at most, and the head as a whole has head_timeout from its
+        first byte (from the start of the connection for the first request): a client that sends
+        a byte now and then cannot hold the connection for longer (rule 1)."""
+        loop = self._loop_()
+        head_deadline: float | None = None
+        if first or conn.trailing_data[0]:
+            head_deadline = loop.time() + self.config.head_timeout
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                async with asyncio.timeout(self.config.idle_timeout):
-                    data = await self._loop_().sock_recv(sock, _RECV)
+                idle_deadline = loop.time() + self.config.idle_timeout
+                if head_deadline is None or idle_deadline <= head_deadline:
+                    async with asyncio.timeout_at(idle_deadline):
+                        data = await loop.sock_recv(sock, _RECV)
+                else:
+                    try:
+                        async with asyncio.timeout_at(head_deadline):
+                            data = await loop.sock_recv(sock, _RECV)
+                    except TimeoutError:
+                        raise _HeadTimeout from None
+                if data and head_deadline is None:
+                    head_deadline = loop.time() + self.config.head_timeout
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
@@ -403,6 +505,9 @@ class HttpBootServer:
         except _BadRequest:
             self.counters.bad_requests += 1
             await self._send_simple(conn, sock, exchange, 400, b"bad request\n")
+        except _TooLong:
+            self.counters.too_long += 1
+            await self._send_simple(conn, sock, exchange, 414, b"path too long\n")
         except _NotFound:
             self.counters.not_found += 1
             await self._send_simple(conn, sock, exchange, 404, b"not found\n")
@@ -415,6 +520,10 @@ class HttpBootServer:
             query = dict(parse_qsl(raw_query, keep_blank_values=True, max_num_fields=32))
         except (UnicodeDecodeError, ValueError):
             raise _BadRequest from None
+        encoded = path.encode()
+        if len(encoded) > _PATH_MAX or any(len(part) > _NAME_MAX for part in encoded.split(b"/")):
+            exchange.path = path[:80] + "..."  # the timeline does not need the rest
+            raise _TooLong
         exchange.path, exchange.query = path, query
         return path, query
 
@@ -454,7 +563,9 @@ class HttpBootServer:
         try:
             fd = os.open(real, flags)
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EACCES, errno.ENOTDIR, errno.EISDIR):
+            if exc.errno in (
+                errno.ENOENT, errno.ELOOP, errno.EACCES, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG
+            ):  # fmt: skip
                 raise _NotFound from None
             raise
         info = os.fstat(fd)
