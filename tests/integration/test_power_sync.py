@@ -1,4 +1,4 @@
-"""Power-state sync at fleet scale, in-process on SQLite: workers, per-BMC timeouts, maintenance.
+"""Power-state sync at fleet scale, in-process on SQLite and PostgreSQL: workers, timeouts, maintenance.
 
 A test-only hardware type stands in for the BMCs: what each node's "BMC" answers is set per node
 name in `Bmcs`, and can be a power state, a failure, or a hang (a read that never returns, as a
@@ -100,16 +100,22 @@ def _hardware(bmcs: Bmcs) -> hardware.HardwareType:
 async def _bf(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bmcs: Bmcs, **overrides: Any
 ) -> AsyncIterator[InProcess]:
+    """SQLite, unless overrides carry a database_url."""
     monkeypatch.setitem(hardware.HARDWARE_TYPES, TEST_TYPE, lambda: _hardware(bmcs))
     overrides.setdefault("enabled_hardware_types", ["fake-hardware", TEST_TYPE])
     async for x in in_process(tmp_path, **overrides):
         yield x
 
 
-@pytest.fixture
-async def bf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bmcs: Bmcs) -> AsyncIterator[InProcess]:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def bf(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bmcs: Bmcs
+) -> AsyncIterator[InProcess]:
     """Rounds run when the test calls them; a hung read is given up after 0.5 s."""
-    async for x in _bf(tmp_path, monkeypatch, bmcs, power_sync_timeout=0.5, power_sync_workers=8):
+    overrides: dict[str, Any] = {"power_sync_timeout": 0.5, "power_sync_workers": 8}
+    if request.param == "postgresql":
+        overrides["database_url"] = request.getfixturevalue("postgres_fresh_url")
+    async for x in _bf(tmp_path, monkeypatch, bmcs, **overrides):
         yield x
 
 
