@@ -15,7 +15,8 @@ GIL), a C thread per transfer (tftpd-hpa's own shape: a process per transfer) 0.
 client and 1.0x-1.4x at 16-64, with a third less server CPU. Requests, negotiation, windowsize
 > 1 (3.3x-4.6x of tftpd-hpa from here: one GSO send per window), netascii, virtual files and
 size probes stay here, and so does all of lockstep with dataplane="python" or when a thread
-cannot be made. The rest of this docstring is the Python data path.
+cannot be made. netascii is converted as it is sent (netboot.tftp.NetasciiReadable), so a
+transfer holds no copy of its file. The rest of this docstring is the Python data path.
 
 Lockstep TFTP is one small datagram each way per block, so the cost per ACK decides throughput.
 The transfer sockets sit in one epoll set of our own, and the loop watches only that set's fd:
@@ -125,6 +126,7 @@ class TftpCounters:
     unexpected: int = 0  # TFTP packets other than RRQ/WRQ on the request port
     duplicate_requests: int = 0  # a retransmitted RRQ for a transfer already running
     overloaded: int = 0  # requests dropped because max_transfers were running
+    client_limited: int = 0  # requests dropped: max_transfers_per_client of that address running
     foreign_tid: int = 0  # datagrams on a transfer port from someone else (answered ERROR 5)
     dropped: int = 0  # datagrams a transfer had no use for
     stale_acks: int = 0
@@ -169,6 +171,9 @@ class TftpServer:
     over them by the client's address and port, so a retransmitted RRQ reaches the same one.
     `dataplane` picks who runs the data phase of lockstep transfers from real files: "native"
     (the C extension; an error if it is not built), "python", or "auto" (native when built).
+    `max_transfers` bounds the transfers running at once and `max_transfers_per_client` those of
+    one client address (firmware and boot loaders fetch one file at a time): requests past either
+    are dropped and counted, and the client's retransmitted RRQ is served once a slot frees.
     """
 
     def __init__(
@@ -182,6 +187,7 @@ class TftpServer:
         on_event: EventSink | None = None,
         socket_factory: SocketFactory | None = None,
         max_transfers: int = 1024,
+        max_transfers_per_client: int = 16,
         gso: bool = True,
         reuse_port: bool = False,
         dataplane: DataPlaneChoice = "auto",
@@ -201,6 +207,8 @@ class TftpServer:
         self._on_event = on_event
         self._socket_factory: SocketFactory = socket_factory or socket.socket
         self._max_transfers = max_transfers
+        self._max_per_client = max_transfers_per_client
+        self._per_client: dict[str, int] = {}  # client address -> transfers running
         self._gso = gso
         self._reuse_port = reuse_port
         self._sessions: dict[tuple[tuple[object, ...], bytes], _Session] = {}
@@ -331,6 +339,9 @@ class TftpServer:
         if len(self._sessions) >= self._max_transfers:
             self.counters.overloaded += 1
             return
+        if self._per_client.get(str(client[0]), 0) >= self._max_per_client:
+            self.counters.client_limited += 1
+            return
         self.counters.requests += 1
         self._start_session(key, request, client, local)
 
@@ -354,6 +365,8 @@ class TftpServer:
         transfer = TftpTransfer(request, self._source, peer, self.config)
         session = _Session(key, sock, transfer)
         self._sessions[key] = session
+        address = str(client[0])
+        self._per_client[address] = self._per_client.get(address, 0) + 1
         self._send(session, transfer.begin(self._loop.time()))
         if transfer.result is not None:
             self._end(session)
@@ -534,11 +547,20 @@ class TftpServer:
             # Their sockets and files stay open (a thread still uses them) and so does the plane.
             log.error("TFTP: %d native transfers did not stop; their descriptors are leaked", left)
             for session in self._native_sessions.values():
-                self._sessions.pop(session.key, None)
+                if self._sessions.pop(session.key, None) is not None:
+                    self._release_client(session)
             self._native_sessions.clear()
             _stuck.append(plane)
             return
         plane.close()
+
+    def _release_client(self, session: _Session) -> None:
+        address = str(session.client[0])
+        left = self._per_client.get(address, 1) - 1
+        if left > 0:
+            self._per_client[address] = left
+        else:
+            self._per_client.pop(address, None)
 
     # -- timers ---------------------------------------------------------------------------------
 
@@ -560,6 +582,7 @@ class TftpServer:
     def _end(self, session: _Session, *, cancelled: bool = False) -> None:
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
+            self._release_client(session)
         if session.timer is not None:
             session.timer.cancel()
             session.timer = None

@@ -14,12 +14,17 @@
 #      the transfer maps those to ERROR 1 and ERROR 2.
 #   4. Readers are scatter readers (readinto_at takes a list of buffers, like os.preadv) because
 #      the transfer fills a whole window of DATA payloads with one call and no allocation.
+#   5. netascii is converted as it is read (NetasciiReadable), never a whole file at a time: a
+#      transfer holds one converted chunk and an index of 8 bytes per chunk of the file, however
+#      large the file and however many clients ask for it.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import stat
+from array import array
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -29,6 +34,7 @@ __all__ = [
     "FileReadable",
     "FileSource",
     "FileSystemSource",
+    "NetasciiReadable",
     "PathRefused",
     "Readable",
     "VirtualFiles",
@@ -136,6 +142,78 @@ class FileReadable:
 def netascii_encode(data: bytes) -> bytes:
     """RFC 764 line endings: CR becomes CR NUL, then LF becomes CR LF."""
     return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+
+
+class NetasciiReadable:
+    """Another Readable as RFC 764 netascii, converted chunk by chunk as it is read (rule 5).
+
+    The converted size (what tsize announces, and what says which block is the last) is counted
+    at construction in one pass over the file, a chunk at a time; the pass also records where each
+    chunk of the file starts in the converted stream, so a read at any offset converts only the
+    chunks it touches. The conversion is byte for byte (CR -> CR NUL, LF -> CR LF, nothing else
+    changes), so a chunk converts the same on its own as inside the whole file. A file whose
+    chunks no longer convert to the counted lengths (it changed) reads as an OSError. Takes
+    ownership of `inner`: close() closes it, and so does a failed construction.
+    """
+
+    def __init__(self, inner: Readable, chunk: int = 16 * 1024) -> None:
+        self._inner = inner
+        self._chunk = chunk
+        self._cached_index = -1
+        self._cached = b""
+        try:
+            # starts[i]: where chunk i begins in the converted stream; starts[-1]: its size.
+            self._starts = starts = array("Q", [0])
+            size = 0
+            for offset in range(0, inner.size, chunk):
+                data = inner.read_at(offset, chunk)
+                if len(data) != min(chunk, inner.size - offset):
+                    raise OSError(errno.EIO, "file changed while reading")
+                size += len(data) + data.count(b"\r") + data.count(b"\n")
+                starts.append(size)
+        except BaseException:
+            inner.close()
+            raise
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        buffer = bytearray(max(0, min(n, self._size - offset)))
+        got = self.readinto_at([memoryview(buffer)], offset)
+        return bytes(buffer[:got])
+
+    def readinto_at(self, buffers: Sequence[memoryview], offset: int) -> int:
+        total, position = 0, offset
+        for buf in buffers:
+            filled, wanted = 0, len(buf)
+            while filled < wanted and position < self._size:
+                index = bisect.bisect_right(self._starts, position) - 1
+                chunk = self._converted(index)
+                at = position - self._starts[index]
+                piece = chunk[at : at + wanted - filled]
+                buf[filled : filled + len(piece)] = piece
+                filled += len(piece)
+                position += len(piece)
+            total += filled
+            if filled < wanted:
+                break
+        return total
+
+    def _converted(self, index: int) -> memoryview:
+        if index != self._cached_index:
+            self._cached_index = -1
+            data = netascii_encode(self._inner.read_at(index * self._chunk, self._chunk))
+            if len(data) != self._starts[index + 1] - self._starts[index]:
+                raise OSError(errno.EIO, "file changed while reading")
+            self._cached, self._cached_index = data, index
+        return memoryview(self._cached)
+
+    def close(self) -> None:
+        self._cached, self._cached_index = b"", -1
+        self._inner.close()
 
 
 class FileSystemSource:

@@ -55,12 +55,11 @@ from ._packets import (
     parse_packet,
 )
 from ._source import (
-    BytesReadable,
     ClientAddress,
     FileReadable,
     FileSource,
+    NetasciiReadable,
     Readable,
-    netascii_encode,
     normalize_path,
 )
 
@@ -119,7 +118,9 @@ class TransferConfig:
     max_windowsize: int = 64
     timeout: float = 1.0  # seconds before a retransmission unless the client's option says else
     max_retries: int = 5  # consecutive timeouts without progress before giving up
-    max_netascii_size: int = 16 * 1024 * 1024  # netascii is converted in memory
+    # netascii is converted as it is sent, but its size is counted by reading the file once at the
+    # request (on the caller's thread): this bounds that read.
+    max_netascii_size: int = 16 * 1024 * 1024
     # Bytes read ahead per file read (rounded to whole windows, at least one window): one pread
     # per ~20 lockstep blocks instead of one per ACK, for 32 KiB of memory per transfer.
     readahead: int = 32 * 1024
@@ -461,20 +462,15 @@ class TftpTransfer:
         except Exception as exc:  # a failing virtual-file hook must not take the server down
             return Outcome.READ_ERROR, ErrorCode.NOT_DEFINED, f"cannot open: {type(exc).__name__}"
         if self.request.mode == "netascii":
-            converted = self._to_netascii(readable)
-            if converted is None:
+            if readable.size > self.config.max_netascii_size:
+                readable.close()
                 return Outcome.ILLEGAL, ErrorCode.ILLEGAL_OPERATION, "file too large for netascii"
-            readable = converted
+            try:
+                readable = NetasciiReadable(readable)  # closes it if it fails
+            except OSError:
+                return Outcome.READ_ERROR, ErrorCode.NOT_DEFINED, _CHANGED
         self._readable = readable
         return None
-
-    def _to_netascii(self, readable: Readable) -> Readable | None:
-        try:
-            if readable.size > self.config.max_netascii_size:
-                return None
-            return BytesReadable(netascii_encode(readable.read_at(0, readable.size)))
-        finally:
-            readable.close()
 
     def _allocate(self) -> None:
         # The views are made once and reused; every slot's opcode is written here, once.
