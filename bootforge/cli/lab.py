@@ -40,7 +40,13 @@ def up(
     vms: Annotated[int, typer.Option("--vms", help="how many VMs")] = 3,
     firmware: Annotated[str, typer.Option(help="bios, uefi (OVMF PXE), uefi-http or mixed")] = "bios",
     memory: Annotated[int, typer.Option(help="MiB per VM")] = 512,
-    dhcp: Annotated[str, typer.Option(help="full: bootforge leases; proxy: dnsmasq leases")] = "full",
+    dhcp: Annotated[
+        str,
+        typer.Option(
+            help="full: bootforge leases; proxy: dnsmasq leases; off: no DHCP at all (the VMs boot the "
+            "ramdisk from virtual media with static addresses)"
+        ),
+    ] = "full",
     start: Annotated[bool, typer.Option(help="power the VMs on through the API")] = True,
     ramdisk: Annotated[
         str, typer.Option(help="agent: the deploy ramdisk; probe: a boot-chain check only")

@@ -12,7 +12,10 @@ Layout of a lab (all of it inside its own network namespace, ``bflab-<pid>-<n>-n
   all VMs: bootforge.lab.redfish_bmc), listening on the bridge address inside the namespace, and the
   nodes are enrolled with the ``ipmi`` or ``redfish`` driver: bootforge never touches them over QMP;
 * with ``dhcp="proxy"``, dnsmasq hands out addresses only, from a second namespace
-  (``...-dhcp``) joined to the bridge by a veth: a separate DHCP server, as on a real network.
+  (``...-dhcp``) joined to the bridge by a veth: a separate DHCP server, as on a real network;
+* with ``dhcp="off"`` nothing answers DHCP on the bridge at all: each VM gets an empty CD drive and is
+  enrolled with a virtual-media boot interface and a static ``network_data`` (VM i at
+  10.77.0.<10+i>), so its ramdisk boots from an ISO and configures its address itself.
 
 How the host reaches the API: the API listens on the bridge address inside the namespace, so it
 is not on loopback and must use HTTP basic auth (bootforge refuses ``noauth`` off loopback); the
@@ -52,6 +55,9 @@ from bootforge.ramdisk import build as build_agent_ramdisk
 __all__ = ["BMCS", "FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
 
 FIRMWARES = ("bios", "uefi", "uefi-http")
+# full: bootforge's DHCP leases; proxy: dnsmasq leases, bootforge answers boots; off: no DHCP at all.
+DHCP_MODES = ("full", "proxy", "off")
+STATIC_BASE = 10  # with dhcp "off", VM i (from 1) has the static address 10.77.0.<STATIC_BASE + i>
 # What powers and boots the VMs: bootforge's qemu driver over QMP, or an emulated BMC per VM.
 BMCS = ("qemu", "ipmi", "redfish")
 BMC_USER = "admin"
@@ -185,9 +191,28 @@ def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str) -> dict[str, 
     }
 
 
+def static_network_data(rec: VmRecord) -> dict[str, Any]:
+    """The VM's static address as Ironic's network_data (OpenStack network_data.json)."""
+    address = f"10.77.0.{STATIC_BASE + int(rec.name.removeprefix('vm'))}"
+    return {
+        "links": [{"id": "nic0", "type": "phy", "ethernet_mac_address": rec.mac}],
+        "networks": [
+            {
+                "id": "lab",
+                "type": "ipv4",
+                "link": "nic0",
+                "ip_address": address,
+                "netmask": "255.255.255.0",
+                "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": ADDRESS}],
+            }
+        ],
+        "services": [{"type": "dns", "address": ADDRESS}],
+    }
+
+
 def serve_config(state: LabState, boot_root: Path) -> str:
     d = Path(state.dir)
-    dhcp = "full" if state.dhcp == "full" else "proxy"
+    dhcp = state.dhcp if state.dhcp in ("full", "off") else "proxy"
     lines = [
         f'state_dir = "{d / "serve"}"',
         f'listen = "{ADDRESS}:{API_PORT}"',
@@ -280,8 +305,8 @@ class Lab:
         directory = directory.resolve()
         if (directory / STATE_FILE).exists():
             raise LabError(f"a lab already exists in {directory}: run `bootforge lab down` first")
-        if dhcp not in ("full", "proxy"):
-            raise LabError(f"dhcp must be full or proxy, not {dhcp!r}")
+        if dhcp not in DHCP_MODES:
+            raise LabError(f"dhcp must be one of {', '.join(DHCP_MODES)}, not {dhcp!r}")
         if ramdisk not in RAMDISKS:
             raise LabError(f"ramdisk must be one of {', '.join(RAMDISKS)}, not {ramdisk!r}")
         if not 1 <= vms <= 99:
@@ -426,7 +451,10 @@ class Lab:
 
     def _write_vm(self, rec: VmRecord, memory_mib: int) -> None:
         rec.path.mkdir(parents=True, exist_ok=True)
-        rec.definition.write_text(json.dumps(vm_definition(rec, memory_mib, self.state.netns), indent=2))
+        definition = vm_definition(rec, memory_mib, self.state.netns)
+        if self._virtual_media():
+            definition["cdrom"] = True  # where the virtual-media boot interface inserts its ISO
+        rec.definition.write_text(json.dumps(definition, indent=2))
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", str(rec.disk), "1G"],
             check=True,
@@ -525,15 +553,23 @@ class Lab:
     def _enrol(self, api: httpx.Client, rec: VmRecord) -> None:
         driver, info = self._driver(rec)
         body = {"driver": driver, "name": f"lab-{rec.name}", "driver_info": info}
+        if self._virtual_media():
+            body |= {"boot_interface": "virtual-media", "network_data": static_network_data(rec)}
         node = _ok(api.post("/v1/nodes", json=body), 201)
         rec.node = str(node["uuid"])
         self.state.save()
         _ok(api.post("/v1/ports", json={"node_uuid": rec.node, "address": rec.mac}), 201)
         _ok(api.put(f"/v1/nodes/{rec.node}/states/provision", json={"target": "manage"}), 202)
         self.wait_node(api, rec, lambda n: n["provision_state"] == "manageable" and not n["reservation"])
-        # What a network boot interface does before it boots a node: the NIC first, for good.
-        boot = {"boot_device": "pxe", "persistent": True}
+        # What a network boot interface does before it boots a node: the NIC first, for good. A
+        # virtual-media node never boots from the network: its disk, until a CD is inserted.
+        device = "disk" if self._virtual_media() else "pxe"
+        boot = {"boot_device": device, "persistent": True}
         _ok(api.put(f"/v1/nodes/{rec.node}/management/boot_device", json=boot), 204)
+
+    def _virtual_media(self) -> bool:
+        """Nodes boot the ramdisk from a virtual CD (the lab runs no DHCP); qemu driver only so far."""
+        return self.state.dhcp == "off" and self.state.bmc == "qemu"
 
     # --- operations on nodes ------------------------------------------------------------------
 
