@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, exists, func, insert, or_, select, update
+from sqlalchemy import case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states, work
 from bootforge.conductor.agent import AgentService
 from bootforge.conductor.allocations import AllocationService
+from bootforge.conductor.netboot import NETBOOT_EVENT_TYPES
 from bootforge.conductor.task import NodeTask, age, agent_last_seen, event_row, reserve
 from bootforge.config import Settings
 from bootforge.db.engine import Database
@@ -529,11 +530,24 @@ class Conductor:
             await s.commit()
 
     async def trim_events(self) -> None:
-        """Keep the newest `node_events_keep` events per node, in one statement (one short lock)."""
-        ranked = select(
-            NodeEvent.id,
-            func.row_number().over(partition_by=NodeEvent.node_id, order_by=NodeEvent.id.desc()).label("n"),
-        ).subquery()
+        """Keep the newest `node_events_keep` netboot events and as many other events per node, in one
+        statement (one short lock); state changes ("provisioning") are never trimmed.
+
+        Netboot events are the ones a stranger on the provisioning network can cause (rate-limited by
+        the EventSink, still many): trimmed apart, they never push the rest of a node's history out.
+        State changes grow only with the node's own lifecycle, and are what "what happened to this
+        node" is answered from."""
+        kind = case((NodeEvent.event_type.in_(NETBOOT_EVENT_TYPES), 1), else_=0)
+        ranked = (
+            select(
+                NodeEvent.id,
+                func.row_number()
+                .over(partition_by=(NodeEvent.node_id, kind), order_by=NodeEvent.id.desc())
+                .label("n"),
+            )
+            .where(NodeEvent.event_type != "provisioning")
+            .subquery()
+        )
         old = select(ranked.c.id).where(ranked.c.n > self.settings.node_events_keep)
         async with self.db.write() as s:
             await s.execute(delete(NodeEvent).where(NodeEvent.id.in_(old)))

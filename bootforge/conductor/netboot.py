@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -292,20 +293,59 @@ class DbLeaseStore:
             await s.commit()
 
 
+# The event types the netboot services write through the EventSink (cli.netboot): what anyone on the
+# provisioning network can cause for a node, trimmed apart from the rest of its history.
+NETBOOT_EVENT_TYPES = ("dhcp", "tftp", "http")
+
+
+@dataclass(slots=True)
+class _Window:
+    """One node's events of one source in the current rate-limit window."""
+
+    started: float
+    written: int = 0
+    suppressed: int = 0
+    first: dt.datetime | None = None  # emit times of the first and last suppressed event
+    last: dt.datetime | None = None
+    network_boot: bool = False  # some suppressed event was a sign of a network boot
+
+
 class EventSink:
     """Buffers netboot events per node UUID and writes them in one transaction every `every` seconds.
 
     Each event keeps the time it was emitted, not the time its batch was written: the hand-off watch
     and the timeline compare it with the moment a power action was sent.
+
+    Anyone on the provisioning network can make netboot events for a node (an HTTP fetch with its
+    MAC in the query, a DHCP packet with its MAC), so they are rate-limited: at most `burst` per
+    node and source (event type: dhcp, tftp, http) in each `window` seconds are written. The rest
+    are counted (`suppressed`) and summed up in one warning per node, source and window, written
+    once the window ended, dated at the first event it stands for, and marked network_boot if any
+    of them was: the hand-off watch still sees a machine that network-booted during a flood.
     """
 
-    def __init__(self, db: Database, host: str, every: float = 0.5, limit: int = 10000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        host: str,
+        every: float = 0.5,
+        limit: int = 10000,
+        *,
+        burst: int = 20,
+        window: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
         self.host = host
         self.every = every
         self.limit = limit
+        self.burst = burst
+        self.window = window
         self.pending: list[tuple[str, str, str, str, dt.datetime, bool]] = []
         self.dropped = 0
+        self.suppressed = 0  # events over the rate limit, summed up instead of written
+        self._clock = clock
+        self._windows: dict[tuple[str, str], _Window] = {}
 
     def emit(
         self,
@@ -317,12 +357,51 @@ class EventSink:
         network_boot: bool = False,
     ) -> None:
         """Queue an event; `network_boot` marks a sign that the machine is booting from the network."""
+        now, when = self._clock(), utcnow()
+        key = (node_uuid, event_type)
+        window = self._windows.get(key)
+        if window is None or now - window.started >= self.window:
+            if window is not None:
+                self._summarize(key, window)
+            window = self._windows[key] = _Window(now)
+        if window.written >= self.burst:
+            self.suppressed += 1
+            window.suppressed += 1
+            window.first = window.first or when
+            window.last = when
+            window.network_boot |= network_boot
+            return
+        window.written += 1
+        self._queue(node_uuid, event_type, message, severity, when, network_boot)
+
+    def _queue(
+        self, node_uuid: str, event_type: str, message: str, severity: str, when: dt.datetime, boot: bool
+    ) -> None:
         if len(self.pending) >= self.limit:
             self.dropped += 1  # a storm beyond what the timeline can take: counted, not queued forever
             return
-        self.pending.append((node_uuid, event_type, message, severity, utcnow(), network_boot))
+        self.pending.append((node_uuid, event_type, message, severity, when, boot))
+
+    def _summarize(self, key: tuple[str, str], window: _Window) -> None:
+        if not window.suppressed or window.first is None or window.last is None:
+            return
+        node_uuid, event_type = key
+        text = (
+            f"{window.suppressed} more {event_type} events of this node were not recorded between "
+            f"{window.first:%H:%M:%S} and {window.last:%H:%M:%S} UTC: at most {self.burst} per "
+            f"{self.window:g} s are (rate limit)"
+        )
+        self._queue(node_uuid, event_type, text, "warning", window.first, window.network_boot)
+
+    def _close_windows(self) -> None:
+        """Sum up the windows that ended and forget them, so the map holds only busy keys."""
+        now = self._clock()
+        ended = [key for key, w in self._windows.items() if now - w.started >= self.window]
+        for key in ended:
+            self._summarize(key, self._windows.pop(key))
 
     async def flush(self) -> None:
+        self._close_windows()
         batch, self.pending = self.pending, []
         if not batch:
             return

@@ -1,4 +1,4 @@
-"""Event retention keeps the newest N events of every node and nothing else."""
+"""Event retention keeps the newest N events of every node and nothing else, besides its state changes."""
 
 from sqlalchemy import func, select
 from support.service import InProcess
@@ -17,6 +17,9 @@ async def test_trim_keeps_the_newest_per_node(bf: InProcess) -> None:
     await bf.conductor.trim_events()
     for i, uuid in enumerate(uuids):
         events = (await bf.client.get(f"/v1/nodes/{uuid}/history")).json()["history"]
-        assert [e["event"] for e in events] == [f"maintenance set: r{i}{j}" for j in (2, 3, 4)]
+        # State changes ("created in enroll") are never trimmed.
+        assert [e["event"] for e in events] == ["created in enroll"] + [
+            f"maintenance set: r{i}{j}" for j in (2, 3, 4)
+        ]
     async with bf.conductor.db.read() as s:
-        assert await s.scalar(select(func.count()).select_from(NodeEvent)) == 6
+        assert await s.scalar(select(func.count()).select_from(NodeEvent)) == 8
