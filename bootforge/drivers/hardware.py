@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootforge.config import Settings
-from bootforge.drivers import agent, base, fake, qemu, vmedia
+from bootforge.drivers import agent, base, fake, qemu, redfish, vmedia
 from bootforge.errors import InvalidInput, NotFound
 
 INTERFACE_TYPES = (
@@ -118,6 +118,7 @@ def _qemu_hardware() -> HardwareType:
 HARDWARE_TYPES: dict[str, Callable[[], HardwareType]] = {
     "fake-hardware": _fake_hardware,
     "qemu": _qemu_hardware,
+    "redfish": redfish.hardware,
 }
 
 
