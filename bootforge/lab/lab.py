@@ -57,6 +57,8 @@ __all__ = ["BMCS", "FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
 FIRMWARES = ("bios", "uefi", "uefi-http")
 # full: bootforge's DHCP leases; proxy: dnsmasq leases, bootforge answers boots; off: no DHCP at all.
 DHCP_MODES = ("full", "proxy", "off")
+# With dhcp "off": the virtual-media boot interface per BMC (IPMI has no virtual media).
+VMEDIA_BOOT = {"qemu": "virtual-media", "redfish": "redfish-virtual-media"}
 STATIC_BASE = 10  # with dhcp "off", VM i (from 1) has the static address 10.77.0.<STATIC_BASE + i>
 # What powers and boots the VMs: bootforge's qemu driver over QMP, or an emulated BMC per VM.
 BMCS = ("qemu", "ipmi", "redfish")
@@ -313,6 +315,11 @@ class Lab:
             raise LabError("--vms must be between 1 and 99")
         if bmc not in BMCS:
             raise LabError(f"bmc must be one of {', '.join(BMCS)}, not {bmc!r}")
+        if dhcp == "off" and bmc not in VMEDIA_BOOT:
+            raise LabError(
+                f"--dhcp off boots the VMs from virtual media, which --bmc {bmc} does not offer: "
+                f"use --bmc {' or '.join(VMEDIA_BOOT)}"
+            )
         plan = firmware_plan(vms, firmware)
         _preflight(plan, dhcp, bmc)
         directory.mkdir(parents=True, exist_ok=True)
@@ -452,8 +459,8 @@ class Lab:
     def _write_vm(self, rec: VmRecord, memory_mib: int) -> None:
         rec.path.mkdir(parents=True, exist_ok=True)
         definition = vm_definition(rec, memory_mib, self.state.netns)
-        if self._virtual_media():
-            definition["cdrom"] = True  # where the virtual-media boot interface inserts its ISO
+        if self._vmedia_boot() == "virtual-media":
+            definition["cdrom"] = True  # where the qemu virtual-media interface inserts its ISO
         rec.definition.write_text(json.dumps(definition, indent=2))
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", str(rec.disk), "1G"],
@@ -553,8 +560,9 @@ class Lab:
     def _enrol(self, api: httpx.Client, rec: VmRecord) -> None:
         driver, info = self._driver(rec)
         body = {"driver": driver, "name": f"lab-{rec.name}", "driver_info": info}
-        if self._virtual_media():
-            body |= {"boot_interface": "virtual-media", "network_data": static_network_data(rec)}
+        vmedia = self._vmedia_boot()
+        if vmedia:
+            body |= {"boot_interface": vmedia, "network_data": static_network_data(rec)}
         node = _ok(api.post("/v1/nodes", json=body), 201)
         rec.node = str(node["uuid"])
         self.state.save()
@@ -563,13 +571,13 @@ class Lab:
         self.wait_node(api, rec, lambda n: n["provision_state"] == "manageable" and not n["reservation"])
         # What a network boot interface does before it boots a node: the NIC first, for good. A
         # virtual-media node never boots from the network: its disk, until a CD is inserted.
-        device = "disk" if self._virtual_media() else "pxe"
+        device = "disk" if self._vmedia_boot() else "pxe"
         boot = {"boot_device": device, "persistent": True}
         _ok(api.put(f"/v1/nodes/{rec.node}/management/boot_device", json=boot), 204)
 
-    def _virtual_media(self) -> bool:
-        """Nodes boot the ramdisk from a virtual CD (the lab runs no DHCP); qemu driver only so far."""
-        return self.state.dhcp == "off" and self.state.bmc == "qemu"
+    def _vmedia_boot(self) -> str | None:
+        """The boot interface of nodes that boot the ramdisk from a virtual CD (the lab runs no DHCP)."""
+        return VMEDIA_BOOT.get(self.state.bmc) if self.state.dhcp == "off" else None
 
     # --- operations on nodes ------------------------------------------------------------------
 
