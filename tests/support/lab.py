@@ -265,13 +265,14 @@ class LabFactory:
         memory_mib: int = 512,
         dhcp: str = "full",
         ramdisk: str = "probe",
+        bmc: str = "qemu",
     ) -> LabHandle:
         reason = lab_unavailable_reason(firmware, dhcp)
         if reason is not None:
             pytest.skip(reason)
         directory = self.root / f"lab{len(self.labs)}"
         try:
-            lab = Lab.up(directory, vms, firmware, memory_mib, dhcp, start=False, ramdisk=ramdisk)
+            lab = Lab.up(directory, vms, firmware, memory_mib, dhcp, start=False, ramdisk=ramdisk, bmc=bmc)
         except LabError as e:
             pytest.fail(f"lab up failed: {e}")
         self.labs.append(lab)
