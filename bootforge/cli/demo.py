@@ -40,6 +40,9 @@ def demo(
     firmware: Annotated[
         str, typer.Option(help="bios, uefi (OVMF PXE), uefi-http or mixed (one of each in turn)")
     ] = "mixed",
+    bmc: Annotated[
+        str, typer.Option(help="qemu (QMP), or each VM behind an emulated ipmi or redfish BMC")
+    ] = "qemu",
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """VMs network-boot bootforge's ramdisk, are inspected, cleaned and deployed with an OS, live."""
@@ -51,7 +54,7 @@ def demo(
         console.print("  building the sample OS images (cached after the first time)")
         images = {kind: sample_os.build_test_os(firmware=kind) for kind in IMAGES}
         lab = Lab.up(
-            directory, vms, firmware, 768, "full", start=False, say=lambda m: console.print(f"  {m}")
+            directory, vms, firmware, 768, "full", start=False, say=lambda m: console.print(f"  {m}"), bmc=bmc
         )
     except (LabError, NetnsError, QemuError, RamdiskError, AgentRamdiskError, sample_os.TestOsError) as e:
         console.print(f"[red]demo:[/red] {escape(str(e))}")
