@@ -53,6 +53,47 @@ class AgentSettings(BaseModel):
     lldp_wait: float = Field(default=3.0, ge=0, le=60)
 
 
+class IpmiSettings(BaseModel):
+    """The `ipmi` hardware type (pyghmi)."""
+
+    # Outer limit on one BMC call, above pyghmi's own retries (a BMC that never answers makes
+    # pyghmi give up after about 5 s): the caller gets a DriverError naming the BMC by then.
+    timeout: float = Field(default=15.0, gt=0)
+    # Threads that run pyghmi calls; a BMC that never answers holds one until pyghmi gives up.
+    workers: int = Field(default=16, ge=1, le=512)
+    # A BMC's session is reused for calls less than this many seconds apart, else logged out and
+    # opened anew (BMCs drop idle sessions, often after 60 s). 0: a session per call.
+    session_idle: float = Field(default=20.0, ge=0)
+    # Seconds between power-state reads while waiting for a power change to show.
+    power_poll_interval: float = Field(default=1.0, gt=0)
+    # A node's SOL console log is rotated to <log>.1 when it would grow past this many bytes.
+    console_log_max_bytes: int = Field(default=8 << 20, ge=4096)
+
+
+class ApiLimits(BaseModel):
+    """What one API request may carry; beyond it the answer is 413 (body), 431 (headers) or 400 (JSON).
+
+    Checked before a body is read whole (Content-Length) and while it is read (chunked), so a client
+    costs the server at most a limit's worth of memory.
+    """
+
+    max_body_bytes: int = Field(default=1 << 20, ge=4096)
+    # PUT /v1/nodes/{node}/states/provision carries the config drive (a gzipped, base64-encoded ISO;
+    # bootforge builds ISOs of up to 64 MiB, as Ironic accepts).
+    max_provision_body_bytes: int = Field(default=(64 << 20) + (64 << 10), ge=4096)
+    # The agent's reports carry the inspection inventory (tens of KiB; LLDP data on many ports more).
+    max_agent_body_bytes: int = Field(default=8 << 20, ge=4096)
+    max_headers: int = Field(default=100, ge=10)
+    # The request target and every header name and value, together.
+    max_header_bytes: int = Field(default=32 << 10, ge=1024)
+    # Objects and lists nested deeper than this in a JSON body are refused (Ironic's documents
+    # nest a few levels; the JSON encoder gives up at 254).
+    max_json_depth: int = Field(default=32, ge=4, le=200)
+    # Each top-level field of a JSON body (a node's extra, driver_info, ...; a JSON-PATCH value), as
+    # JSON: Ironic's columns for them hold 64 KiB. The config drive has the provision body's limit.
+    max_json_field_bytes: int = Field(default=64 << 10, ge=1024)
+
+
 class SubnetSettings(BaseModel):
     """A subnet bootforge's DHCP server leases addresses in (full mode)."""
 
@@ -128,6 +169,7 @@ class Settings(BaseSettings):
 
     auth_strategy: Literal["noauth", "http_basic"] = "noauth"
     htpasswd_file: Path | None = None
+    api_limits: ApiLimits = ApiLimits()
 
     enabled_hardware_types: list[str] = ["qemu", "fake-hardware"]
     default_resource_class: str | None = None
@@ -165,6 +207,7 @@ class Settings(BaseSettings):
     node_events_keep: int = 500
 
     fake_delays: FakeDelays = FakeDelays()
+    ipmi: IpmiSettings = IpmiSettings()
     agent: AgentSettings = AgentSettings()
     netboot: NetbootSettings = NetbootSettings()
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootforge.config import Settings
-from bootforge.drivers import agent, base, fake, qemu, redfish, vmedia
+from bootforge.drivers import agent, base, fake, ipmi, qemu, redfish, vmedia
 from bootforge.errors import InvalidInput, NotFound
 
 INTERFACE_TYPES = (
@@ -114,11 +114,29 @@ def _qemu_hardware() -> HardwareType:
     )
 
 
+def _ipmi_hardware() -> HardwareType:
+    """Ironic's interface names ("ipmitool"), implemented with pyghmi, not the ipmitool binary."""
+    return hardware_type(
+        "ipmi",
+        "Servers behind an IPMI 2.0 (lanplus) BMC, through pyghmi: power, boot device, SOL console.",
+        console=[("ipmitool-sol", ipmi.IpmiConsole), plain(base.NoConsole)],
+        management=[("ipmitool", ipmi.IpmiManagement)],
+        power=[("ipmitool", ipmi.IpmiPower)],
+    )
+
+
+def _with_virtual_media(hw: HardwareType) -> HardwareType:
+    """A BMC type that offers virtual media boots the ramdisk from a virtual CD too."""
+    boot = [*hw.interfaces["boot"], ("redfish-virtual-media", vmedia.RedfishVirtualMedia)]
+    return HardwareType(hw.name, hw.description, {**hw.interfaces, "boot": boot})
+
+
 # The explicit registry: every hardware type bootforge knows, by name.
 HARDWARE_TYPES: dict[str, Callable[[], HardwareType]] = {
     "fake-hardware": _fake_hardware,
+    "ipmi": _ipmi_hardware,
     "qemu": _qemu_hardware,
-    "redfish": redfish.hardware,
+    "redfish": lambda: _with_virtual_media(redfish.hardware()),
 }
 
 
