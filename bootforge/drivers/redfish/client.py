@@ -96,6 +96,10 @@ class SecureBootState:
     current: str | None  # SecureBootCurrentBoot: Enabled / Disabled, what this boot did
 
 
+# Services (address, user) where auth "auto" found no usable SessionService and basic auth worked:
+# later clients skip the login attempt (one request less per operation, e.g. per power sync).
+_basic_works: set[tuple[str, str]] = set()
+
 # Sessions bootforge holds per BMC, for BMCs with a session limit (quirks.session_limit).
 _slots: dict[tuple[int, str], asyncio.Semaphore] = {}
 
@@ -142,15 +146,14 @@ def bmc_message(resp: httpx.Response) -> str:
     err = body.get("error", body)
     if not isinstance(err, dict):
         return ""
-    infos = err.get("@Message.ExtendedInfo") or []
-    messages = [
-        str(i.get("Message") or i.get("MessageId"))
-        for i in infos
-        if isinstance(i, dict) and (i.get("Message") or i.get("MessageId"))
-    ]
+    infos = [i for i in err.get("@Message.ExtendedInfo") or [] if isinstance(i, dict)]
+    messages = [str(i["Message"]) for i in infos if i.get("Message")]
     if messages:
         return "; ".join(messages)
-    return str(err.get("message") or "")
+    # Some services (sushy-emulator) put only a MessageId in ExtendedInfo and the words in message.
+    ids = ", ".join(str(i["MessageId"]) for i in infos if i.get("MessageId"))
+    text = str(err.get("message") or "")
+    return f"{text} ({ids})" if text and ids else text or ids
 
 
 class RedfishClient:
@@ -180,6 +183,8 @@ class RedfishClient:
         self._root: dict[str, Any] = {}
         self._system_path: str | None = None
         self._system: Resource | None = None
+        # The system document was read after the last change bootforge made (PATCH/POST/DELETE).
+        self._fresh = False
         self._manager: Resource | None = None
         self._slot: asyncio.Semaphore | None = None
         self.quirks = q.DEFAULT.quirks
@@ -257,6 +262,8 @@ class RedfishClient:
                 hdrs["X-Auth-Token"] = self._token
             elif auth and self._basic:
                 basic = httpx.BasicAuth(self.info.username, self.info.password)
+            if method != "GET":
+                self._fresh = False
             content = None
             if body is not None:
                 content = json.dumps(body).encode()
@@ -414,11 +421,23 @@ class RedfishClient:
         if early.session_limit:
             self._slot = _slot(self.info.address, early.session_limit)
             await self._wait_slot(deadline)
-        if self.info.auth_type != "basic":
+        remembered = (self.info.address, self.info.username)
+        if self.info.auth_type == "session" or (
+            self.info.auth_type == "auto" and remembered not in _basic_works
+        ):
             await self._login(deadline)
-        if not self._root:
-            self._root = (await self._get(ROOT, deadline)).doc
-        await self._find_system(deadline)
+        else:
+            self._basic = True
+        try:
+            if not self._root:
+                self._root = (await self._get(ROOT, deadline)).doc
+            await self._find_system(deadline)
+        except RedfishError as e:
+            if e.status == 401:
+                _basic_works.discard(remembered)
+            raise
+        if self._basic and self.info.auth_type == "auto":
+            _basic_works.add(remembered)
         await self._select_quirks()
 
     async def _wait_slot(self, deadline: float) -> None:
@@ -475,6 +494,7 @@ class RedfishClient:
         if self.info.system_id:
             self._system = await self._get(self.info.system_id, deadline)
             self._system_path = self._system.path
+            self._fresh = True
             return
         collection = _odata_id(self._root.get("Systems")) or f"{ROOT}Systems"
         members = [m for m in ((await self._get(collection, deadline)).doc.get("Members") or [])]
@@ -489,6 +509,7 @@ class RedfishClient:
             )
         self._system_path = paths[0]
         self._system = await self._get(paths[0], deadline)
+        self._fresh = True
 
     async def _select_quirks(self) -> None:
         doc = self.system_doc
@@ -511,9 +532,12 @@ class RedfishClient:
         """The ComputerSystem as last read."""
         return self._system.doc if self._system else {}
 
-    async def system(self) -> Resource:
-        """Read the ComputerSystem again."""
-        self._system = await self._get(self.system_path)
+    async def system(self, refresh: bool = True) -> Resource:
+        """The ComputerSystem, read again unless `refresh` is False and nothing changed since the
+        last read (a power read right after connect costs no second request)."""
+        if refresh or not self._fresh or self._system is None:
+            self._system = await self._get(self.system_path)
+            self._fresh = True
         return self._system
 
     async def manager(self) -> Resource | None:
@@ -532,9 +556,10 @@ class RedfishClient:
 
     # -- power ------------------------------------------------------------------------------------
 
-    async def power_state(self) -> str | None:
-        """PowerState as the BMC says it: On, Off, PoweringOn, PoweringOff (None: not reported)."""
-        state = (await self.system()).doc.get("PowerState")
+    async def power_state(self, refresh: bool = False) -> str | None:
+        """PowerState as the BMC says it: On, Off, PoweringOn, PoweringOff (None: not reported).
+        Without `refresh`, the system as read at connect (or since) serves if nothing changed."""
+        state = (await self.system(refresh)).doc.get("PowerState")
         return str(state) if state is not None else None
 
     async def reset_types(self) -> tuple[str, ...] | None:
@@ -583,7 +608,7 @@ class RedfishClient:
         """Poll PowerState until it is `target`; False if it is not within `timeout` seconds."""
         deadline = self._now() + timeout
         while True:
-            if await self.power_state() == target:
+            if await self.power_state(refresh=True) == target:
                 return True
             if self._now() + self.poll_interval > deadline:
                 return False

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bootforge.drivers.redfish import RedfishClient, RedfishError, parse_driver_info
+from bootforge.drivers.redfish import client as client_module
 from bootforge.drivers.redfish.info import RedfishInfo
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "redfish"
@@ -200,6 +201,12 @@ class FakeBmc:
         return error(404, f"No action at {path}")
 
 
+@pytest.fixture(autouse=True)
+def fresh_auth_memory() -> None:
+    """Every test starts without the client's memory of which services work with basic auth."""
+    client_module._basic_works.clear()
+
+
 def _merge(doc: dict[str, Any], patch: dict[str, Any]) -> None:
     for key, value in patch.items():
         if isinstance(value, dict) and isinstance(doc.get(key), dict):
@@ -223,11 +230,15 @@ async def test_session_login_is_used_and_deleted_on_close() -> None:
     assert bmc.tokens == {}
 
 
-async def test_no_session_service_falls_back_to_basic_auth() -> None:
+async def test_no_session_service_falls_back_to_basic_auth_and_remembers() -> None:
     bmc = FakeBmc("generic-two-systems", sessions=False)
-    async with bmc.client(redfish_system_id="437XR1138R2") as client:
-        assert client.system_path == "/redfish/v1/Systems/437XR1138R2"
+    for _ in range(3):
+        async with bmc.client(redfish_system_id="437XR1138R2") as client:
+            assert client.system_path == "/redfish/v1/Systems/437XR1138R2"
+            assert await client.power_state() == "Off"  # as read at connect: no second GET
     assert any(r.headers.get("Authorization", "").startswith("Basic ") for r in bmc.sent("GET"))
+    assert len(bmc.sent("POST", "/Sessions")) == 1  # later clients go straight to basic auth
+    assert len(bmc.sent("GET", "/437XR1138R2")) == 3
 
 
 async def test_session_only_refuses_a_service_without_sessions() -> None:
@@ -380,7 +391,7 @@ async def test_busy_bmc_is_waited_for_then_answers(status: int) -> None:
     bmc = FakeBmc("dell-idrac9", rules=[busy_first(2, status)])
     async with bmc.client() as client:
         assert await client.power_state() == "Off"
-    assert len(bmc.sent("GET", "System.Embedded.1")) == 4  # 2 busy at connect, then 2 answers
+    assert len(bmc.sent("GET", "System.Embedded.1")) == 3  # 2 busy at connect, then the answer
 
 
 async def test_busy_past_the_deadline_is_a_named_error() -> None:

@@ -8,12 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
-from test_redfish_client import FakeBmc, _merge, error
+from test_redfish_client import FakeBmc, _merge, error, fresh_auth_memory
 
 from bootforge.drivers.redfish import RedfishError
 from bootforge.drivers.redfish import quirks as q
 
 ISO = "http://192.0.2.1:8080/vmedia/node.iso"
+__all__ = ["fresh_auth_memory"]  # the autouse fixture, imported to apply here too
 
 
 @pytest.mark.parametrize(
