@@ -933,6 +933,8 @@ class RedfishClient:
         manager = await self.manager()
         boot = self.boot_state(doc)
         modes = boot.allowed_modes or (("UEFI", "Legacy") if boot.mode is not None else ())
+        if not self.quirks.boot_mode_writable:
+            modes = (boot.mode,) if boot.mode else ()  # the one it is in: Redfish cannot switch it
         media: list[str] = []
         with suppress(RedfishError):
             for vm in await self.virtual_media():
