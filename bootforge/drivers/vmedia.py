@@ -256,9 +256,9 @@ class _VirtualMediaBase(base.BootInterface):
     async def _boot_mac(self, task: base.Task, net: netconfig.StaticNet | None) -> str | None:
         """The MAC the agent looks its node up by (BOOTIF): a PXE-enabled port's, else the first
         static interface's."""
-        ports = await task.get_ports()
-        for port in sorted(ports, key=lambda p: (not p.pxe_enabled, p.address)):
-            return port.address.lower()
+        ports = sorted(await task.get_ports(), key=lambda p: (not p.pxe_enabled, p.address))
+        if ports:
+            return ports[0].address.lower()
         return net.interfaces[0].mac if net else None
 
     def _remove_isos(self, task: base.Task) -> None:

@@ -68,4 +68,13 @@ def test_deploy_from_virtual_media_without_dhcp(make_lab: LabFactory, firmware: 
     events = [e["event"] for e in h.history(rec)]
     assert any("virtual media: ejected" in e for e in events), events
     # The ISO was served from the netboot root while it was needed and is gone now.
-    assert list((Path(h.lab.state.dir) / "boot" / "vmedia").glob("*.iso")) == []
+    isos = Path(h.lab.state.dir) / "boot" / "vmedia"
+    assert list(isos.glob("*.iso")) == []
+
+    # undeploy: the CD goes into the running VM, which reboots into the ramdisk to clean its disk
+    since = console_offset(rec)
+    h.verb(rec, "deleted")
+    h.wait_state(rec, "available", RAMDISK_TIMEOUT)
+    wait_console(rec, f"bootforge-netconfig: static eth0 ({rec.mac}): {address}/24", 5, since)
+    # Fast track keeps that ramdisk running for the next operation, so its ISO stays until it is left.
+    assert len(list(isos.glob(f"{rec.node}-*.iso"))) == 1
