@@ -18,8 +18,9 @@ from bootforge.agent import netconfig
 from bootforge.agent.netconfig import Interface, Route, StaticNet
 from bootforge.config import Settings
 from bootforge.drivers import base, qemu, vmedia
+from bootforge.drivers.hardware import Drivers
 from bootforge.drivers.vmedia import QemuVirtualMedia, RedfishVirtualMedia, kernel_cmdline, static_network
-from bootforge.errors import InvalidInput
+from bootforge.errors import DriverError, InvalidInput
 from bootforge.images import bootiso
 from bootforge.lab import qemu as vm
 
@@ -291,3 +292,26 @@ async def test_redfish_virtual_media_inserts_the_iso_url_and_ejects(settings: Se
     assert media.calls[-1] == ("eject", "cd")
     assert management.calls[-1] == ("disk", True)
     assert not list((settings.netboot.root / vmedia.VMEDIA_DIR).iterdir())  # type: ignore[operator]
+
+
+def test_the_bmc_types_offer_virtual_media_boot_and_it_is_not_a_network_boot(settings: Settings) -> None:
+    drivers = Drivers(settings.model_copy(update={"enabled_hardware_types": ["qemu", "redfish"]}))
+    assert "virtual-media" in drivers.get_type("qemu").supported("boot")
+    assert "redfish-virtual-media" in drivers.get_type("redfish").supported("boot")
+    qemu_set = drivers.for_node("qemu", {"boot": "virtual-media"})
+    redfish_set = drivers.for_node("redfish", {"boot": "redfish-virtual-media"})
+    assert isinstance(qemu_set.boot, QemuVirtualMedia) and not qemu_set.boot.netboot
+    assert isinstance(redfish_set.boot, RedfishVirtualMedia) and not redfish_set.boot.netboot
+
+
+def test_the_cd_drive_the_definition_named_wins_over_qemus_default_one() -> None:
+    blocks = [
+        {"device": "ide2-cd0", "qdev": "/machine/unattached/device[23]", "removable": True},
+        {"device": "disk0-drive", "qdev": "/machine/peripheral/disk0/virtio-backend", "removable": False},
+        {"device": "cdrom-drive", "qdev": "cdrom", "removable": True},
+    ]
+    assert vmedia._cd_drive(blocks, Path("/q")) == blocks[2]
+    assert vmedia._drive_ref(blocks[2]) == {"id": "cdrom"}
+    assert vmedia._drive_ref({"device": "ide2-cd0"}) == {"device": "ide2-cd0"}
+    with pytest.raises(DriverError, match="no CD drive"):
+        vmedia._cd_drive([blocks[1]], Path("/q"))
