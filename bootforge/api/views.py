@@ -2,7 +2,8 @@
 
 Each resource has a table of its fields with the microversion that introduced them: a client asking
 for an older version sees exactly the fields it knows. Secrets are masked here, the one place every
-response passes through.
+response passes through, by the rule of bootforge.masking (secret-named keys at any depth, through
+lists too).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from urllib.parse import urlencode
 
 from bootforge.api.versions import Version
 from bootforge.errors import InvalidInput
-
-MASK = "******"
-SECRET_MARKERS = ("password", "secret", "token", "_key", "passphrase")
-INSTANCE_SECRETS = {"configdrive", "rescue_password", "image_url"}
+from bootforge.masking import INSTANCE_SECRETS as INSTANCE_SECRETS
+from bootforge.masking import MASK as MASK
+from bootforge.masking import SECRET_MARKERS as SECRET_MARKERS
+from bootforge.masking import is_secret_key as is_secret_key
+from bootforge.masking import mask_node_field, mask_tree
 
 # field -> minor version that introduced it (all are 1.x)
 NODE_FIELDS: dict[str, int] = {
@@ -167,16 +169,11 @@ def list_fields(
 
 
 def mask_secrets(info: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Secret-named keys masked at any depth: driver_info may nest a BMC's settings in an object."""
+    """Secret-named keys masked at any depth, through objects and lists (bootforge.masking)."""
     if not info:
         return {}
-    out: dict[str, Any] = {}
-    for k, v in info.items():
-        if v and any(m in k.lower() for m in SECRET_MARKERS):
-            out[k] = MASK
-        else:
-            out[k] = mask_secrets(v) if isinstance(v, Mapping) else v
-    return out
+    masked: dict[str, Any] = mask_tree(info)
+    return masked
 
 
 def _links(base: str, kind: str, ident: str) -> list[dict[str, str]]:
@@ -191,14 +188,7 @@ def node(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields:
-        value = row.get(f)
-        if f == "driver_info":
-            value = mask_secrets(value)
-        elif f == "instance_info":
-            value = {k: (MASK if k in INSTANCE_SECRETS and v else v) for k, v in (value or {}).items()}
-        elif f == "driver_internal_info":
-            value = {k: v for k, v in (value or {}).items() if "token" not in k}
-        out[f] = value
+        out[f] = mask_node_field(f, row.get(f))
     if links:
         uuid = row["uuid"]
         out["links"] = _links(base, "nodes", uuid)

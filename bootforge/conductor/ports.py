@@ -6,10 +6,10 @@ import re
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
-import jsonpatch
 from sqlalchemy import insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from bootforge.conductor import patching
 from bootforge.conductor.task import event_row, load_node
 from bootforge.db.batch import BatchInserter
 from bootforge.db.models import NODE_EVENTS, PORTS, Node, Port, Portgroup, utcnow
@@ -350,20 +350,8 @@ class PortgroupService:
 
 
 def _apply(doc: dict[str, Any], patch: list[dict[str, Any]], allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(patch, list) or not patch:
-        raise InvalidInput("the body must be a non-empty JSON-PATCH list", "patch")
-    for i, op in enumerate(patch):
-        if not isinstance(op, dict) or "path" not in op or "op" not in op:
-            raise InvalidInput(f"patch[{i}] must have 'op' and 'path'", "patch")
-        top = str(op["path"]).lstrip("/").split("/")[0]
-        if top not in allowed:
-            raise InvalidInput(
-                f"Cannot update field {op['path']!r}: it does not exist or is read-only", op["path"]
-            )
-    try:
-        patched: dict[str, Any] = jsonpatch.apply_patch(doc, patch)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
-        raise InvalidInput(f"Invalid JSON-PATCH: {e}", "patch") from None
+    ops = patching.check_ops(patch, ("add", "replace", "remove", "test", "move", "copy"), allowed)
+    patched = patching.apply(doc, ops)
     for key in doc:
         patched.setdefault(key, None)
     return {k: v for k, v in patched.items() if v != doc.get(k)}

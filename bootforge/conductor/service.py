@@ -14,11 +14,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import jsonpatch
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bootforge.conductor import states, work
+from bootforge.conductor import patching, states, work
 from bootforge.conductor.conductor import Conductor
 from bootforge.conductor.task import (
     NodeTask,
@@ -45,6 +44,7 @@ from bootforge.db.queries import is_uuid
 from bootforge.drivers import base
 from bootforge.drivers.hardware import INTERFACE_TYPES
 from bootforge.errors import Conflict, Forbidden, InvalidInput, NodeLocked, NotFound
+from bootforge.masking import mask_node_field
 
 NAME_RE = re.compile(r"^[A-Za-z0-9\-._~]+$")
 TRAIT_RE = re.compile(r"^[A-Z0-9_]+$")
@@ -102,6 +102,8 @@ STRING_FIELDS = {
     *(f"{k}_interface" for k in INTERFACE_TYPES),
 }
 BOOL_FIELDS = {"maintenance", "protected", "retired"}
+# Columns the database refuses NULL in (JSON fields become {} instead).
+NOT_NULL_FIELDS = {c.name for c in Node.__table__.columns if not c.nullable} & PATCHABLE
 
 
 # Every column of a new node that the request does not set: the row create() returns is complete.
@@ -193,6 +195,12 @@ class NodeService:
         for field in set(JSON_FIELDS) & set(values):
             if values[field] is not None and not isinstance(values[field], dict):
                 raise InvalidInput(f"{field} must be an object", field)
+        for field in (NOT_NULL_FIELDS - set(JSON_FIELDS)) & set(values):
+            if values[field] is None:
+                # Removing a field with a default resets it; one without (driver) cannot go.
+                if NEW_NODE.get(field) is None:
+                    raise InvalidInput(f"{field} cannot be removed or set to null", field)
+                values[field] = NEW_NODE[field]
         if values.get("automated_clean") is not None and not isinstance(values["automated_clean"], bool):
             raise InvalidInput("automated_clean must be true, false or null", "automated_clean")
         if values.get("chassis_uuid") is not None:
@@ -246,27 +254,16 @@ class NodeService:
 
     @staticmethod
     def _apply_patch(doc: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
-        if not isinstance(patch, list) or not patch:
-            raise InvalidInput("the body must be a non-empty JSON-PATCH list", "patch")
-        for i, op in enumerate(patch):
-            if not isinstance(op, dict) or "path" not in op or "op" not in op:
-                raise InvalidInput(f"patch[{i}] must have 'op' and 'path'", "patch")
-            if op["op"] not in ("add", "replace", "remove", "test"):
-                raise InvalidInput(f"patch[{i}]: unsupported op {op['op']!r}", "patch")
-            top = str(op["path"]).lstrip("/").split("/")[0]
-            if top not in doc:
-                raise InvalidInput(
-                    f"Cannot update field {op['path']!r}: it does not exist or is read-only", op["path"]
-                )
-            if op["op"] == "remove" and str(op["path"]).count("/") == 1:
+        patch = patching.check_ops(patch, ("add", "replace", "remove", "test"), doc)
+        for op in patch:
+            path = op["path"]
+            top = path.lstrip("/").split("/")[0]
+            if op["op"] == "remove" and path.count("/") == 1:
                 # Removing a top-level field resets it (to empty for JSON fields, null otherwise).
                 doc[top] = {} if top in JSON_FIELDS else None
-        try:
-            patched = jsonpatch.apply_patch(
-                doc, [p for p in patch if not (p["op"] == "remove" and str(p["path"]).count("/") == 1)]
-            )
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
-            raise InvalidInput(f"Invalid JSON-PATCH: {e}", "patch") from None
+        rest = [p for p in patch if not (p["op"] == "remove" and p["path"].count("/") == 1)]
+        # A `test` sees what GET shows (secrets masked): no patch can confirm a guessed password.
+        patched = patching.apply(doc, rest, view=mask_node_field) if rest else dict(doc)
         originals = {f: doc.get(f) for f in doc}
         return {k: v for k, v in patched.items() if v != originals.get(k) or k in _removed(patch)}
 

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from bootforge.api import views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
+from bootforge.conductor import patching
 from bootforge.conductor.task import load_node
 from bootforge.db.models import Allocation, Node
 from bootforge.db.queries import page_rows, parse_page
@@ -84,7 +85,7 @@ async def create_allocation(request: Request) -> JSON:
 async def patch_allocation(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 57)
-    patch = await json_body(request, list)
+    patch = patching.check_ops(await json_body(request, list), ("add", "replace", "remove"), PATCHABLE)
     values: dict[str, Any] = {}
     for op in patch:
         field = str(op.get("path", "")).lstrip("/").split("/")[0]
