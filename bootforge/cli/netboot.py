@@ -147,9 +147,15 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
     )
     ramdisk = RamdiskSource(settings.public_url, nb.deploy_kernel, nb.deploy_ramdisk, tuple(nb.kernel_args))
     drivers = drivers or Drivers(settings)
-    view = NetbootView(db, endpoints, ramdisk, boots_from_network=drivers.boots_from_network)
-    await view.refresh()
     sink = EventSink(db, settings.host)
+    view = NetbootView(
+        db,
+        endpoints,
+        ramdisk,
+        boots_from_network=drivers.boots_from_network,
+        on_refusal=lambda node, why: sink.emit(node, "boot", why, "warning"),
+    )
+    await view.refresh()
     netboot = Netboot(view, sink)
     netboot.tasks += [asyncio.create_task(view.run()), asyncio.create_task(sink.run())]
     found = loaders.find_loaders(loaders.loader_names_for_arches())

@@ -26,7 +26,7 @@ from sqlalchemy import delete, insert, select, update
 from bootforge.conductor import states, work
 from bootforge.conductor.netboot import RAMDISK_STATES
 from bootforge.conductor.ports import NEW_PORT
-from bootforge.conductor.task import NodeTask, event_row, load_node, reserve
+from bootforge.conductor.task import NodeTask, event_row, give_back, load_node, reserve
 from bootforge.db.models import NODE_EVENTS, PORTS, AgentSession, Node, NodeInventory, Port, utcnow
 from bootforge.db.queries import is_uuid
 from bootforge.drivers.agent import AGENT_BOOT, AGENT_COMMAND
@@ -42,6 +42,14 @@ FINAL = ("succeeded", "failed")
 # track, the stable states an agent idles in between operations.
 FAST_TRACK_STATES = frozenset({states.MANAGEABLE, states.AVAILABLE})
 PROGRESS_EVENT_EVERY = 30.0
+# What every refused lookup answers (see AgentService.lookup), and how often a node's timeline is
+# told the reason (per reason): strangers can ask as often as they like.
+LOOKUP_REFUSED = (
+    "bootforge does not expect an agent at these addresses now; the reason, if the addresses are "
+    "a node's, is on that node's timeline"
+)
+LOOKUP_EVENT_EVERY = 60.0
+MAX_LOOKUP_ADDRESSES = 64
 GiB = 1024**3
 
 
@@ -55,16 +63,25 @@ class AgentService:
         self.db = conductor.db
         self._wakeups: dict[int, asyncio.Event] = {}
         self._progress_logged: dict[int, float] = {}
+        self._refusals_logged: dict[tuple[int, str], float] = {}
 
     # --- the agent's calls ------------------------------------------------------------------------
 
     async def lookup(self, addresses: list[str], node_ident: str | None, client: str) -> dict[str, Any]:
+        """The node these MACs belong to and a fresh token, if that node expects an agent now.
+
+        The caller is not authenticated, so every refusal reads the same (LOOKUP_REFUSED) whether or
+        not a node has these MACs: it must not tell a stranger which node a MAC is, nor its state.
+        The operator finds the reason on the node's timeline.
+        """
         node = await self._find(addresses, node_ident)
+        if node is None:
+            raise NotFound(LOOKUP_REFUSED)
         boot = node.driver_internal_info.get(AGENT_BOOT)
         if not boot or not self._expects_agent(node):
-            raise NotFound(
-                f"node {node.uuid} is {node.provision_state}: bootforge does not expect an agent on it now"
-            )
+            why = f"the node is {node.provision_state}: bootforge does not expect an agent on it now"
+            await self._refused(node, f"agent lookup from {client} refused: {why}")
+            raise NotFound(LOOKUP_REFUSED)
         token = secrets.token_urlsafe(32)
         now = utcnow()
         row = {
@@ -83,8 +100,8 @@ class AgentService:
             current = await s.scalar(select(AgentSession.boot_id).where(AgentSession.node_id == node.id))
             if current == boot:
                 raise Conflict(
-                    f"the agent token of node {node.uuid} was already issued for this boot; "
-                    "reboot the node into the ramdisk to get a new one"
+                    "the agent token for these addresses was already issued for this boot; "
+                    "reboot the machine into the ramdisk to get a new one"
                 )
             # One row per node, replaced by each boot: delete + insert works the same on both databases.
             await s.execute(delete(AgentSession).where(AgentSession.node_id == node.id))
@@ -146,6 +163,7 @@ class AgentService:
             result = body.get("result")
             if not isinstance(result, dict):
                 raise InvalidInput("a succeeded command needs a 'result' object", "result")
+            check_result(command["name"], result)
             values["result"] = result
             events.append(self._event(node, "agent", f"{command['name']} succeeded{_result_text(result)}"))
         else:
@@ -186,8 +204,19 @@ class AgentService:
         task.set_internal(**{AGENT_COMMAND: None})
         try:
             await self._take_result(task, command, session)
-        except BootforgeError as exc:
-            await task.transition("fail", error=exc.message, release=True)
+        except Exception as exc:
+            # Whatever went wrong (a result another conductor stored unchecked, a bug), the node
+            # fails with the reason and its lock goes back: never a node locked until a restart.
+            if isinstance(exc, BootforgeError):
+                reason = exc.message
+            else:
+                log.exception("node %s: taking the agent's %s result failed", task.node_uuid, command["name"])
+                reason = f"taking the agent's {command['name']} result failed: {type(exc).__name__}: {exc}"
+            try:
+                await task.transition("fail", error=reason, release=True)
+            except Exception:
+                log.exception("node %s: saving the failure failed; releasing the lock", task.node_uuid)
+                await give_back(task)
         return True
 
     async def _take_result(self, task: NodeTask, command: dict[str, Any], session: AgentSession) -> None:
@@ -195,6 +224,8 @@ class AgentService:
         if session.command_status == "failed":
             await task.transition("fail", error=f"the agent's {name} failed: {session.error}", release=True)
             return
+        # Checked again here: the report may have been taken by a conductor that did not check it.
+        check_result(name, session.result)
         if name == "inspect":
             await self._store_inventory(task, session.result)
             task.node.inspection_finished_at = utcnow()
@@ -267,25 +298,39 @@ class AgentService:
             return True
         return self.conductor.settings.agent.fast_track and node.provision_state in FAST_TRACK_STATES
 
-    async def _find(self, addresses: list[str], node_ident: str | None) -> Node:
+    async def _find(self, addresses: list[str], node_ident: str | None) -> Node | None:
+        """The one node with a port for these MACs (and named `node_ident`, if given), or None."""
         macs = [a.strip().lower() for a in addresses if a.strip()]
         if not macs:
             raise InvalidInput("addresses must name at least one MAC address", "addresses")
+        if len(macs) > MAX_LOOKUP_ADDRESSES:
+            raise InvalidInput(f"addresses may name at most {MAX_LOOKUP_ADDRESSES} MACs", "addresses")
         async with self.db.read() as s:
             node_ids = set((await s.scalars(select(Port.node_id).where(Port.address.in_(macs)))).all())
         if node_ident:
-            node = await load_node(self.conductor, node_ident)
-            if node.id not in node_ids:
-                raise NotFound(f"node {node_ident} has no port with any of the MACs {', '.join(macs)}")
-            return node
+            try:
+                node = await load_node(self.conductor, node_ident)
+            except NotFound:
+                return None
+            return node if node.id in node_ids else None
         if len(node_ids) != 1:
-            found = "no node" if not node_ids else "several nodes"
-            raise NotFound(f"{found} with a port for {', '.join(macs)}")
+            return None
         async with self.db.read() as s:
-            found_node = await s.get(Node, node_ids.pop())
-        if found_node is None:
-            raise NotFound(f"the node with a port for {', '.join(macs)} was just deleted")
-        return found_node
+            found: Node | None = await s.get(Node, node_ids.pop())
+        return found
+
+    async def _refused(self, node: Node, text: str) -> None:
+        """Put a refused lookup on the node's timeline, at most once per LOOKUP_EVENT_EVERY per reason."""
+        key = (node.id, text.split(": ", 1)[-1])
+        now = time.monotonic()
+        if now - self._refusals_logged.get(key, -LOOKUP_EVENT_EVERY) < LOOKUP_EVENT_EVERY:
+            return
+        if len(self._refusals_logged) > 10_000:
+            self._refusals_logged.clear()
+        self._refusals_logged[key] = now
+        async with self.db.write() as s:
+            await s.execute(insert(NODE_EVENTS), [self._event(node, "agent", text, "warning")])
+            await s.commit()
 
     async def _authorize(self, ident: str, token: str | None) -> tuple[Node, AgentSession]:
         if not is_uuid(ident):
@@ -314,6 +359,58 @@ class AgentService:
 
     def _event(self, node: Node, kind: str, text: str, severity: str = "info") -> dict[str, Any]:
         return event_row(node.id, kind, text, severity, self.conductor.host)
+
+
+# The parts of an inspection inventory bootforge reads, with their types (None is allowed for each):
+# {field: type} for objects, [{...}] for lists of objects.
+INVENTORY_SHAPE: dict[str, Any] = {
+    "cpu": {"count": int, "architecture": str},
+    "memory": {"physical_mb": int, "total": int},
+    "disks": [{"name": str, "size": int}],
+    "interfaces": [{"name": str, "mac_address": str}],
+    "boot": {"pxe_interface": str, "current_boot_mode": str},
+}
+RESULT_SHAPE: dict[str, Any] = {"root_device": str, "disks": [{"name": str}]}
+
+
+def check_result(command: str, result: dict[str, Any]) -> None:
+    """A command's result has the types the conductor reads from it, or InvalidInput naming the field."""
+    _check_shape(result, RESULT_SHAPE, "result")
+    for key in ("bytes_written", "bytes_zeroed"):
+        _check_type(result.get(key), int, f"result.{key}")
+    _check_type(result.get("seconds"), int | float, "result.seconds")
+    if command == "inspect":
+        inventory = result.get("inventory")
+        if not isinstance(inventory, dict):
+            raise InvalidInput("an inspect result needs an 'inventory' object", "result.inventory")
+        _check_shape(inventory, INVENTORY_SHAPE, "result.inventory")
+        _check_type(result.get("plugin_data"), dict, "result.plugin_data")
+
+
+def _check_shape(value: dict[str, Any], shape: dict[str, Any], where: str) -> None:
+    for key, expected in shape.items():
+        item = value.get(key)
+        if item is None:
+            continue
+        here = f"{where}.{key}"
+        if isinstance(expected, dict):
+            _check_type(item, dict, here)
+            _check_shape(item, expected, here)
+        elif isinstance(expected, list):
+            _check_type(item, list, here)
+            for i, element in enumerate(item):
+                _check_type(element, dict, f"{here}[{i}]")
+                _check_shape(element, expected[0], f"{here}[{i}]")
+        else:
+            _check_type(item, expected, here)
+
+
+def _check_type(value: Any, expected: Any, where: str) -> None:
+    names = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
+    # bool is an int to Python, never to an inventory.
+    if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+        wanted = names.get(expected, "a number")
+        raise InvalidInput(f"{where} must be {wanted}, not {type(value).__name__}", where)
 
 
 def inventory_properties(inventory: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:

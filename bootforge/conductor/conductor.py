@@ -178,6 +178,8 @@ class Conductor:
 
     def spawn(self, task: NodeTask, fn: Work, *args: Any) -> None:
         """Run `fn(task, *args)` in the background; the node's lock is released when it ends."""
+        # Whoever spawns holds the lock (taken with reserve, perhaps after the task was made).
+        task.exclusive = True
         job = asyncio.create_task(self._run(task, fn, args), name=f"{fn.__name__}:{task.node.uuid}")
         self._work[task.node.id] = job
         node_id = task.node.id
@@ -188,6 +190,15 @@ class Conductor:
             del self._work[node_id]
 
     async def _run(self, task: NodeTask, fn: Work, args: tuple[Any, ...]) -> None:
+        """Run one piece of work and make sure the node's lock comes back, whatever happens.
+
+        Work releases the lock itself (with the state change that ends it) or hands it to the next
+        job it spawns; if it raises, it is failed here with the reason; if even that cannot be saved
+        (the database refuses the node's row), the failure is written without the node's pending
+        changes; and work that ends still holding the lock has it released. The one exit that keeps
+        the lock is cancellation by a stopping conductor: the next start resumes the node.
+        """
+        job = asyncio.current_task()
         try:
             await fn(task, *args)
         except asyncio.CancelledError:
@@ -195,14 +206,33 @@ class Conductor:
         except Exception as exc:
             reason = exc.message if isinstance(exc, BootforgeError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, BootforgeError):
-                log.exception("%s failed on node %s", fn.__name__, task.node.uuid)
-            await self._fail(task, f"{fn.__name__} failed: {reason}")
-        # Events recorded after the work's last save (there should be none) are not dropped.
-        await task.flush()
+                log.exception("%s failed on node %s", fn.__name__, task.node_uuid)
+            try:
+                await self._fail(task, f"{fn.__name__} failed: {reason}")
+            except Exception:
+                log.exception("node %s: saving the failure of %s failed", task.node_uuid, fn.__name__)
+                # The node object holds what the database refused; it is not used again.
+                await self._fail_unsaved(task, f"{fn.__name__} failed: {reason}")
+                return
+        if task.exclusive and self._work.get(task.node_id) is job:
+            # Neither released nor handed to another job: a bug in the work, not a reason to keep
+            # the node locked until a restart.
+            log.error("%s ended on node %s holding its lock; releasing it", fn.__name__, task.node_uuid)
+            try:
+                await task.release()
+            except Exception:
+                log.exception("node %s: releasing after %s failed", task.node_uuid, fn.__name__)
+                await self._fail_unsaved(task, f"{fn.__name__} ended with changes that could not be saved")
+                return
+        try:
+            # Events recorded after the work's last save (there should be none) are not dropped.
+            await task.flush()
+        except Exception:
+            log.exception("node %s: writing the last events of %s failed", task.node_uuid, fn.__name__)
         if task.node.provision_state in states.WAIT_STATES:
             # The agent may have reported before the node reached its wait state.
             try:
-                await self.agent.resume(task.node.id)
+                await self.agent.resume(task.node_id)
             except Exception:
                 # The periodic timeout check tries again; the node stays in its wait state meanwhile.
                 log.exception("resuming node %s after its agent's report failed", task.node.uuid)
@@ -233,6 +263,34 @@ class Conductor:
             node.last_error = reason
             await task.record("error", reason, severity="error")
             await task.release()
+
+    async def _fail_unsaved(self, task: NodeTask, reason: str) -> None:
+        """Fail the node and release it from what the database holds, dropping the task's pending
+        changes: used when saving them is what failed."""
+        async with self.db.write() as s:
+            old = await s.scalar(
+                select(Node.provision_state).where(Node.id == task.node_id, Node.reservation == self.host)
+            )
+            values: dict[str, Any] = {"reservation": None, "target_power_state": None, "last_error": reason}
+            text = reason
+            if old is not None and (old, "fail") in states.TRANSITIONS:
+                new = states.advance(old, "fail")
+                values.update(
+                    provision_state=new,
+                    target_provision_state=states.target_of(new),
+                    provision_updated_at=utcnow(),
+                )
+                text = f"{old} -> {new} (fail): {reason}"
+            if old is not None:
+                held = (Node.id == task.node_id, Node.reservation == self.host)
+                await s.execute(update(Node).where(*held).values(**values))
+                await s.execute(
+                    insert(NODE_EVENTS), [event_row(task.node_id, "provisioning", text, "error", self.host)]
+                )
+            await s.commit()
+        task.exclusive = False
+        if old is not None:
+            self.state_changed()
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait for all background work to finish (tests and graceful shutdown)."""

@@ -44,6 +44,15 @@ RAMDISK_PURPOSE = {
     states.RESCUEWAIT: "rescue",
 }
 
+# What a refused boot script says, whoever asks: the same for an unknown MAC and for a node with
+# nothing to boot, so the script tells a stranger neither which node a MAC is nor its state.
+REFUSED = (
+    "nothing to boot for this machine now (unknown MAC, or not in a state that boots from the "
+    "network); the reason is on the timeline of the node"
+)
+# Seconds between two timeline events for the same refusal of the same node.
+REFUSAL_EVENT_EVERY = 60.0
+
 # States in which a machine is expected to network-boot bootforge's ramdisk.
 RAMDISK_STATES = frozenset(
     {
@@ -101,8 +110,13 @@ class NetbootView:
         ramdisk: RamdiskSource | None = None,
         refresh_every: float = 2.0,
         boots_from_network: Callable[[str, str | None], bool] | None = None,
+        on_refusal: Callable[[str, str], None] | None = None,
     ) -> None:
         self.db = db
+        # (node UUID, reason): where a refused node's reason goes (its timeline), since the script
+        # itself, served to anyone who asks with the MAC, does not say it.
+        self.on_refusal = on_refusal
+        self._refusals_told: dict[tuple[str, str], float] = {}
         self.endpoints = endpoints
         self.ramdisk = ramdisk
         # (driver, boot_interface) -> does that boot interface boot the ramdisk from the network?
@@ -189,12 +203,14 @@ class NetbootView:
         known = self.by_mac.get(mac)
 
         def refuse(why: str) -> scripts.RefuseBoot:
-            return scripts.RefuseBoot(why, scripts.with_attempt(script_url, attempt), attempt=attempt)
+            # Anyone on the provisioning network can ask with any MAC: the script reads the same for
+            # every refusal, and the reason goes to the node's timeline.
+            if known is not None:
+                self._tell_refusal(known.node_uuid, why)
+            return scripts.RefuseBoot(REFUSED, scripts.with_attempt(script_url, attempt), attempt=attempt)
 
         if known is None:
-            return refuse(
-                f"bootforge does not know {mac or 'this machine'}: enrol it with a port for its MAC"
-            )
+            return refuse("unknown MAC")
         name = known.node_name or known.node_uuid
         if known.provision_state in RAMDISK_STATES:
             if not known.network_boot:
@@ -221,6 +237,20 @@ class NetbootView:
             purpose=RAMDISK_PURPOSE.get(known.provision_state, "deploy"),
         )
 
+    def _tell_refusal(self, node_uuid: str, why: str) -> None:
+        """The reason a node was refused a boot, to its timeline; once per reason per REFUSAL_EVENT_EVERY
+        (iPXE asks again every few seconds, and anyone may ask with the node's MAC)."""
+        if self.on_refusal is None:
+            return
+        now = time.monotonic()
+        key = (node_uuid, why)
+        if now - self._refusals_told.get(key, -REFUSAL_EVENT_EVERY) < REFUSAL_EVENT_EVERY:
+            return
+        if len(self._refusals_told) > 10_000:
+            self._refusals_told.clear()
+        self._refusals_told[key] = now
+        self.on_refusal(node_uuid, f"boot script refused: {why}")
+
     def ipxe_script(self, query: Mapping[str, str], client_ip: str) -> str:
         url = self.endpoints.ipxe_script_url.format(mac=query.get("mac", "")) if self.endpoints else ""
         return scripts.render_ipxe(self._safe_plan(query, url))
@@ -236,9 +266,10 @@ class NetbootView:
         except scripts.ScriptError as e:
             # A node whose settings cannot go into a script must not break the boot server.
             log.error("cannot render a boot script for %s: %s", query.get("mac"), e)
-            return scripts.RefuseBoot(
-                f"boot settings of this node are invalid: {e}", scripts.with_attempt(script_url, 1)
-            )
+            known = self.by_mac.get((query.get("mac") or "").lower())
+            if known is not None:
+                self._tell_refusal(known.node_uuid, f"the node's boot settings are invalid: {e}")
+            return scripts.RefuseBoot(REFUSED, scripts.with_attempt(script_url, 1))
 
 
 def _firmware(query: Mapping[str, str], known: KnownPort) -> Firmware:

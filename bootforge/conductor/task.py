@@ -11,6 +11,7 @@ The lock is held from the API call that starts an action until the action's back
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid as uuidlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,8 @@ from bootforge.errors import NodeLocked, NotFound
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
     from bootforge.config import Settings
+
+log = logging.getLogger("bootforge.conductor")
 
 
 def locked_message(node: Node, holder: str | None) -> str:
@@ -66,6 +69,10 @@ class NodeTask:
     ) -> None:
         self.conductor = conductor
         self.node = node
+        # Kept apart from `node`: after a save the database refused, the object is expired and
+        # detached, and reading its attributes raises; these are what releasing the lock needs.
+        self.node_id: int = node.id
+        self.node_uuid: str = node.uuid
         self._ports = ports
         self.purpose = purpose
         self._events: list[dict[str, Any]] = []
@@ -236,14 +243,51 @@ async def reserve(
 
 @asynccontextmanager
 async def acquire(conductor: ConductorContext, ident: str, purpose: str) -> AsyncIterator[NodeTask]:
-    """Exclusive lock for a short synchronous action (boot device, patch); released on exit."""
+    """Exclusive lock for a short synchronous action (boot device, patch); released on every exit.
+
+    An action that raises has its changes to the node dropped (nothing half-saved; what it recorded
+    is kept); changes the database refuses on release are dropped too. Either way the lock goes back.
+    """
     node = await load_node(conductor, ident)
     await reserve(conductor, node)
     task = NodeTask(conductor, node, None, purpose)
     try:
         yield task
-    finally:
+    except BaseException:
+        await give_back(task)
+        raise
+    try:
         await task.release()
+    except BaseException:
+        await give_back(task)
+        raise
+
+
+async def give_back(task: NodeTask) -> None:
+    """Release the task's lock without saving the node's pending changes (they may be what failed).
+
+    The events recorded so far are written first; a failure to write them is logged, and the lock is
+    released all the same.
+    """
+    try:
+        await task.flush()
+    except Exception:
+        log.exception("node %s: the events of %r could not be written", task.node_uuid, task.purpose)
+    await unlock(task.conductor, task.node_id)
+    task.exclusive = False
+
+
+async def unlock(conductor: ConductorContext, node_id: int) -> bool:
+    """Clear the node's lock if this conductor holds it, in one UPDATE of that column alone."""
+    async with conductor.db.write() as s:
+        result = await s.execute(
+            update(Node)
+            .where(Node.id == node_id, Node.reservation == conductor.host)
+            .values(reservation=None, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        await s.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def shared_task(conductor: ConductorContext, ident: str, purpose: str) -> NodeTask:

@@ -150,7 +150,8 @@ def test_a_machine_boots_its_chain_from_bootforge_serve(served: Any, tmp_path: P
         ["curl", "-sS", f"http://10.213.0.1:8080/boot/ipxe?mac={client.mac}&platform=efi"], check=True
     ).stdout
     assert script.startswith("#!ipxe")
-    assert "node rack1-node1 is enroll: nothing to boot until it is deployed" in script
+    # The script says neither whose MAC it is nor the node's state; the node's timeline does.
+    assert "nothing to boot for this machine now" in script and "rack1-node1" not in script
 
     # Netboot events are written in batches every 0.5 s.
     by_type: dict[str, list[str]] = {}
@@ -159,12 +160,13 @@ def test_a_machine_boots_its_chain_from_bootforge_serve(served: Any, tmp_path: P
         by_type = {}
         for e in history:
             by_type.setdefault(e["event_type"], []).append(e["event"])
-        if {"dhcp", "tftp"} <= set(by_type) and len(by_type.get("http", [])) > probes:
+        if {"dhcp", "tftp", "boot"} <= set(by_type) and len(by_type.get("http", [])) > probes:
             break
         time.sleep(0.2)
     assert any("dhcp.ack" in t and lease["ip"] in t for t in by_type["dhcp"]), by_type
     assert any("tftp ipxe.efi completed" in t for t in by_type["tftp"]), by_type
     assert len(by_type["http"]) > probes and "http GET /boot/ipxe 200" in by_type["http"][-1], by_type
+    assert any("node rack1-node1 is enroll: nothing to boot" in t for t in by_type["boot"]), by_type
 
 
 def test_unknown_machines_are_ignored(served: Any, tmp_path: Path) -> None:
