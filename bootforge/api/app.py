@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bootforge.api import versions
 from bootforge.api.auth import Htpasswd
 from bootforge.api.deps import Services
+from bootforge.api.limits import RequestLimits
 from bootforge.api.responses import JSON, error_body, error_response
 from bootforge.api.routes import agent, allocations, images, node_actions, nodes, ports, root
 from bootforge.errors import BootforgeError, NotAcceptable, NotAuthorized
@@ -116,5 +117,7 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
         log.exception("unexpected error")
         return JSON(error_body(f"Internal error: {type(exc).__name__}"), status_code=500)
 
+    # Added first, so it runs inside IronicMiddleware: its 413/431 answers carry Ironic's headers.
+    app.add_middleware(RequestLimits, limits=services.settings.api_limits)
     app.add_middleware(IronicMiddleware, htpasswd=htpasswd)
     return app

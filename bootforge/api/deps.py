@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from bootforge.api.limits import check_json
 from bootforge.api.versions import MIN, Version
 from bootforge.conductor.allocations import AllocationService
 from bootforge.conductor.conductor import Conductor
@@ -58,7 +59,11 @@ def require(c: Ctx, minor: int) -> None:
         raise NotFound(f"The resource could not be found at API version {c.version} (needs 1.{minor}).")
 
 
-async def json_body(request: Request, kind: type = dict) -> Any:
+async def json_body(request: Request, kind: type = dict, *, large: tuple[str, ...] = ()) -> Any:
+    """The request's JSON body, of type `kind`, within the JSON limits (limits.check_json).
+
+    `large` names fields bounded only by the route's body limit (the config drive).
+    """
     raw = await request.body()
     if not raw:
         raise InvalidInput("The request body is empty; a JSON document is expected", "body")
@@ -68,4 +73,6 @@ async def json_body(request: Request, kind: type = dict) -> Any:
         raise InvalidInput(f"The request body is not valid JSON: {e}", "body") from None
     if not isinstance(body, kind):
         raise InvalidInput(f"The request body must be a JSON {'object' if kind is dict else 'list'}", "body")
+    services: Services = request.app.state.services
+    check_json(body, services.settings.api_limits, large)
     return body

@@ -37,8 +37,13 @@ def parse(raw: str | None) -> Version:
     if text.lower() == "latest":
         return MAX
     major, sep, minor = text.partition(".")
-    if not sep or not major.isdigit() or not minor.isdigit():
-        raise NotAcceptable(f"Invalid value for X-OpenStack-Ironic-API-Version header: {raw!r}")
+    # Checked as text: int() of thousands of digits raises (or takes time) on its own.
+    if not sep or not _number(major) or not _number(minor):
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+        raise NotAcceptable(
+            f"Invalid value for the X-OpenStack-Ironic-API-Version (or OpenStack-API-Version) header: "
+            f"{shown!r}; expected MAJOR.MINOR such as {MAX}"
+        )
     version = Version(int(major), int(minor))
     if not MIN <= version <= MAX:
         raise NotAcceptable(
@@ -46,6 +51,10 @@ def parse(raw: str | None) -> Version:
             f"The supported version range is: [{MIN}, {MAX}]."
         )
     return version
+
+
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 6
 
 
 def from_headers(legacy: str | None, standard: str | None) -> Version:

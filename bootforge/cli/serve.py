@@ -11,17 +11,18 @@ import uvicorn
 from bootforge.api.app import create_app
 from bootforge.api.auth import Htpasswd
 from bootforge.api.deps import Services
+from bootforge.api.limits import limited_protocol
 from bootforge.cli.netboot import start_netboot
 from bootforge.conductor.conductor import Conductor
 from bootforge.config import Settings
-from bootforge.db.engine import Database
+from bootforge.db.engine import Database, private_dir
 
 log = logging.getLogger("bootforge")
 
 
 async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
     """Open the database (migrating it to the newest schema) and start the conductor."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir)
     db = Database(settings.database_url)
     await db.migrate()
     conductor = Conductor(settings, db)
@@ -43,10 +44,14 @@ async def serve(settings: Settings) -> None:
     )
     app = create_app(services, htpasswd)
     host, port = settings.listen_host_port
+    # httptools bounds neither the number nor the size of header fields; this protocol does (431).
+    protocol = limited_protocol(settings.api_limits)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=protocol or "h11",
+        h11_max_incomplete_event_size=settings.api_limits.max_header_bytes,
         log_level=settings.log_level,
         access_log=False,
         lifespan="off",

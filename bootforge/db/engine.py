@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import logging
 import os
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 from bootforge.db import sqlite_inline
+
+log = logging.getLogger("bootforge.db")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -36,7 +41,7 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     if is_sqlite(url):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_file(Path(path))
         # One writer connection per process: writers queue in asyncio for it, never in SQLite's busy
         # handler (which sleeps in steps of up to 100 ms). Readers get a pool of their own.
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 120} if writer else {}
@@ -49,6 +54,48 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
             event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and its parents) with mode 0700, or tighten it to 0700 if others can enter it.
+
+    For bootforge's state directory: it holds the database (BMC passwords), console logs and images.
+    """
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode passes through the umask; chmod does not
+        return
+    _tighten(path, 0o700)
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Make the SQLite database at `path` readable by its owner only, before SQLite opens it.
+
+    SQLite creates the -wal, -shm and -journal files with the mode of the database file, so a
+    database created here with 0600 keeps all of them 0600 whatever the umask; files a bootforge
+    before this one left readable by others are tightened (logged). A new directory for it is 0700.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal", ".migrate-lock"):
+        sibling = path.with_name(path.name + suffix)
+        if sibling.exists():
+            _tighten(sibling, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & 0o077:
+        os.chmod(path, current & mode)
+        log.warning(
+            "%s was readable by others (mode %04o): now %04o; it holds BMC credentials",
+            path,
+            current,
+            current & mode,
+        )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

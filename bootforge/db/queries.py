@@ -38,18 +38,29 @@ class Page:
     filters: list[Any] = field(default_factory=list)
 
 
+def parse_limit(params: dict[str, str]) -> int | None:
+    """The `limit` query parameter, capped at MAX_LIMIT (0: MAX_LIMIT); None when not given.
+
+    Checked as text first: a value of thousands of digits is refused before int() spends time on it
+    (or raises its own error), and none reaches the database's integer.
+    """
+    raw = params.get("limit")
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+        raise InvalidInput(
+            f"Invalid limit {shown!r}: must be a non-negative integer of at most 9 digits "
+            f"(values over {MAX_LIMIT} mean {MAX_LIMIT})",
+            "limit",
+        )
+    return min(int(text), MAX_LIMIT) or MAX_LIMIT
+
+
 def parse_page(params: dict[str, str], sortable: set[str]) -> Page:
     page = Page()
-    if "limit" in params:
-        try:
-            page.limit = int(params["limit"])
-        except ValueError:
-            raise InvalidInput(f"Invalid limit {params['limit']!r}: must be an integer", "limit") from None
-        if page.limit < 0:
-            raise InvalidInput("Value must be a non-negative integer", "limit")
-        page.limit = min(page.limit, MAX_LIMIT) or MAX_LIMIT
-    else:
-        page.limit = MAX_LIMIT
+    page.limit = parse_limit(params) or MAX_LIMIT
     page.marker = params.get("marker")
     page.sort_key = params.get("sort_key", "id")
     if page.sort_key not in sortable:

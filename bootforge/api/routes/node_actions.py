@@ -18,6 +18,7 @@ from bootforge.api.routes.ports import list_portgroups, list_ports
 from bootforge.conductor import states
 from bootforge.conductor.task import load_node
 from bootforge.db.models import NodeEvent, NodeInventory, Port, Portgroup
+from bootforge.db.queries import parse_limit
 from bootforge.errors import InvalidInput, NotFound
 
 router = APIRouter(prefix="/v1/nodes/{ident}")
@@ -69,7 +70,7 @@ async def get_states(request: Request, ident: str) -> JSON:
 @router.put("/states/provision")
 async def set_provision_state(request: Request, ident: str) -> Response:
     c = ctx(request)
-    body = await json_body(request)
+    body = await json_body(request, large=("configdrive",))
     verb = body.get("target")
     if (
         not isinstance(verb, str)
@@ -266,7 +267,7 @@ async def history(request: Request, ident: str) -> JSON:
     require(c, 78)
     node = await load_node(c.services.conductor, ident)
     detail = c.params.get("detail", "").lower() in ("true", "1")
-    limit = int(c.params["limit"]) if c.params.get("limit", "").isdigit() else None
+    limit = parse_limit(c.params)
     stmt = select(NodeEvent).where(NodeEvent.node_id == node.id).order_by(NodeEvent.id)
     if c.params.get("marker"):
         async with c.services.conductor.db.read() as s:
