@@ -187,11 +187,19 @@ class Task:
     """What the Redfish interfaces use of a conductor task."""
 
     driver_info: dict[str, Any]
+    driver_internal_info: dict[str, Any] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
 
     @property
     def node(self) -> Any:
         return self
+
+    def set_internal(self, **values: Any) -> None:
+        for key, value in values.items():
+            if value is None:
+                self.driver_internal_info.pop(key, None)
+            else:
+                self.driver_internal_info[key] = value
 
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self.events.append(f"{event_type}: {message}")

@@ -26,6 +26,12 @@ cancellable, has one deadline per operation, and its requests can be asserted in
 httpx.MockTransport. What sushy gives for free (session/basic fallback, AllowableValues, vmedia under
 System or Manager, ETag retry, vendor workarounds) is written here, the vendor parts as data in
 quirks.py, each row citing where its fact comes from.
+
+The driver itself, as a power sync would use it: 200 concurrent RedfishPower.get_power_state calls,
+each opening its own client (service root, system, no session service: basic auth; 3 requests
+without redfish_system_id, 2 with), TLS to the same loopback fake BMC: 1.3 s wall / 0.65 s CPU when
+it answers at once, 2.0-2.3 s wall when every answer takes 0.5 s. A new TLS connection per operation
+is most of that CPU; a BMC with sessions costs 2 requests more (login, logout) per operation.
 """
 
 from __future__ import annotations

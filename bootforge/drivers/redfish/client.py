@@ -245,9 +245,10 @@ class RedfishClient:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         auth: bool = True,
+        relogin: bool = True,
     ) -> httpx.Response:
         """One request, repeated while the BMC is busy and once after a lost session, by `deadline`."""
-        relogged = False
+        relogged = not relogin
         while True:
             remaining = deadline - self._now()
             if remaining <= 0:
@@ -481,7 +482,8 @@ class RedfishClient:
             if self._session_path and self._token:
                 deadline = self._now() + min(self.info.timeout, 5.0)
                 with suppress(RedfishError):
-                    await self._send("DELETE", self._session_path, deadline)
+                    # No new login if the BMC already dropped the session: that one would leak.
+                    await self._send("DELETE", self._session_path, deadline, relogin=False)
         finally:
             self._token = None
             self._session_path = None

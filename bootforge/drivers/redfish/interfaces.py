@@ -12,7 +12,7 @@ from typing import Any
 
 from bootforge.drivers import base
 from bootforge.drivers.base import BmcReport, Task
-from bootforge.drivers.redfish.client import BOOT_TARGETS, PowerAction, RedfishClient
+from bootforge.drivers.redfish.client import BOOT_TARGETS, PowerAction, RedfishClient, RedfishError
 from bootforge.drivers.redfish.info import PROPERTIES, RedfishInfo, parse_driver_info
 from bootforge.errors import InvalidInput
 
@@ -34,6 +34,10 @@ _ACTIONS: dict[str, PowerAction] = {
 _DEVICES = {d: BOOT_TARGETS[d] for d in ("pxe", "disk", "cdrom", "bios")}
 _DEVICES_BACK = {"Pxe": "pxe", "Hdd": "disk", "Cd": "cdrom", "UsbCd": "cdrom", "BiosSetup": "bios"}
 _MODES = {"uefi": "UEFI", "bios": "Legacy"}
+# driver_internal_info: a persistent boot device the BMC would only take as "Once"; the power
+# interface sets it again before every power on (what Ironic does: Continuous is gone from newer
+# Redfish schemas and some BMCs refuse it, ironic redfish/management.py _set_boot_device).
+ONCE_AGAIN = "redfish_boot_device"
 _MODES_BACK = {v: k for k, v in _MODES.items()}
 
 
@@ -69,7 +73,18 @@ class RedfishPower(_RedfishBase, base.PowerInterface):
         if action is None:
             raise InvalidInput(f"the redfish power interface does not support {state!r}", "target")
         started = time.monotonic()
+        again = task.node.driver_internal_info.get(ONCE_AGAIN)
         async with self.client(task) as bmc:
+            if again in _DEVICES and action in ("on", "reboot", "soft_reboot"):
+                try:
+                    await bmc.set_boot(_DEVICES[again], persistent=False)
+                except RedfishError as e:
+                    await task.record(
+                        "management",
+                        f"could not set boot device {again} again before {state}; the BMC's boot order "
+                        f"decides: {e.message}",
+                        "warning",
+                    )
             notes = await bmc.set_power(action, timeout or self.power_timeout)
             where = bmc.info.address
         if notes:
@@ -111,10 +126,27 @@ class RedfishManagement(_RedfishBase, base.ManagementInterface):
                 f"supported: {', '.join(_DEVICES)}",
                 "boot_device",
             )
+        task.set_internal(**{ONCE_AGAIN: None})
         async with self.client(task) as bmc:
-            await bmc.set_boot(target, persistent=persistent)
+            try:
+                await bmc.set_boot(target, persistent=persistent)
+            except RedfishError as e:
+                if not persistent or e.status != 400:
+                    raise
+                # A BMC that refuses Continuous: boot once from it now, and again at each power on.
+                await bmc.set_boot(target, persistent=False)
+                task.set_internal(**{ONCE_AGAIN: device})
+                await task.record(
+                    "management",
+                    f"the BMC refused a persistent boot device ({e.message}); {device} is set once and "
+                    "again before every power on",
+                    "warning",
+                )
 
     async def get_boot_device(self, task: Task) -> dict[str, Any]:
+        again = task.node.driver_internal_info.get(ONCE_AGAIN)
+        if again in _DEVICES:
+            return {"boot_device": again, "persistent": True}
         async with self.client(task) as bmc:
             boot = await bmc.get_boot()
         if boot.enabled == "Disabled" or boot.target in (None, "None"):

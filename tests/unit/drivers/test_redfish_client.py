@@ -259,8 +259,17 @@ async def test_an_expired_session_is_renewed_once() -> None:
     bmc = FakeBmc("lenovo-xcc")
     async with bmc.client() as client:
         bmc.tokens.clear()  # the BMC dropped every session
-        assert await client.power_state() == "Off"
+        assert await client.power_state(refresh=True) == "Off"
     assert len(bmc.sent("POST", "/Sessions")) == 2
+
+
+async def test_closing_a_session_the_bmc_dropped_opens_no_new_one() -> None:
+    bmc = FakeBmc("dell-idrac9")
+    async with bmc.client() as client:
+        await client.power_state(refresh=True)
+        bmc.tokens.clear()
+    assert len(bmc.sent("POST", "/Sessions")) == 1 and bmc.tokens == {}
+    assert [r.url.path for r in bmc.sent("DELETE")] == ["/redfish/v1/SessionService/Sessions/1"]
 
 
 async def test_wrong_password_is_a_named_401_without_the_password() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
-from test_redfish_client import ADDRESS, PASSWORD, USER, FakeBmc, fresh_auth_memory
+from test_redfish_client import ADDRESS, PASSWORD, USER, FakeBmc, error, fresh_auth_memory
 
 from bootforge.config import Settings
 from bootforge.drivers import base
@@ -23,11 +24,19 @@ DRIVER_INFO = {"redfish_address": ADDRESS, "redfish_username": USER, "redfish_pa
 @dataclass
 class Task:
     driver_info: dict[str, Any] = field(default_factory=lambda: dict(DRIVER_INFO))
+    driver_internal_info: dict[str, Any] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
 
     @property
     def node(self) -> Any:
         return self
+
+    def set_internal(self, **values: Any) -> None:
+        for key, value in values.items():
+            if value is None:
+                self.driver_internal_info.pop(key, None)
+            else:
+                self.driver_internal_info[key] = value
 
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self.events.append(message)
@@ -118,3 +127,33 @@ async def test_bmc_report() -> None:
     assert not bad.reachable and "HTTP 401" in bad.detail and "nope" not in bad.detail
     invalid = await management.bmc_report(Task(driver_info={}))  # type: ignore[arg-type]
     assert not invalid.reachable and "redfish_address is required" in invalid.detail
+
+
+async def test_a_bmc_refusing_continuous_gets_once_again_before_each_power_on() -> None:
+    def no_continuous(fake: FakeBmc, request: httpx.Request, body: Any) -> httpx.Response | None:
+        if (
+            request.method == "PATCH"
+            and (body or {}).get("Boot", {}).get("BootSourceOverrideEnabled") == "Continuous"
+        ):
+            return error(
+                400,
+                "The value Continuous for BootSourceOverrideEnabled is not supported",
+                "Base.1.8.PropertyValueNotInList",
+            )
+        return None
+
+    bmc = FakeBmc("openbmc", rules=[no_continuous])
+    power, management = interfaces(bmc)
+    task: Any = Task()
+    await management.set_boot_device(task, "disk", persistent=True)
+    assert task.driver_internal_info == {"redfish_boot_device": "disk"}
+    assert await management.get_boot_device(task) == {"boot_device": "disk", "persistent": True}
+    assert "refused a persistent boot device" in task.events[0]
+    bmc.system()["Boot"].update(
+        BootSourceOverrideEnabled="Disabled", BootSourceOverrideTarget="None"
+    )  # booted once
+    await power.set_power_state(task, base.POWER_ON)
+    boot = bmc.system()["Boot"]
+    assert (boot["BootSourceOverrideTarget"], boot["BootSourceOverrideEnabled"]) == ("Hdd", "Once")
+    await management.set_boot_device(task, "pxe", persistent=False)  # a new choice replaces it
+    assert task.driver_internal_info == {}
