@@ -235,6 +235,7 @@ class VmSystem:
         self.config = config
         self.base = vm.load_definition(config.definition)
         self.lock = threading.RLock()
+        self._resets = 0
         self.power = QemuPower(qmp_timeout=qmp_timeout)
         self.management = QemuManagement(qmp_timeout=qmp_timeout)
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +311,7 @@ class VmSystem:
         from sushy_tools import error
 
         with self.lock:
+            self._resets += 1  # a pending GracefulRestart gives way to any later reset
             on = self.power_state() == "On"
             if reset_type in ("On", "ForceOn"):
                 if not on:
@@ -330,7 +332,8 @@ class VmSystem:
                 if not on:
                     raise error.Conflict(f"{self.config.name} is off: GracefulRestart needs it on")
                 self._qmp("system_powerdown")
-                threading.Thread(target=self._on_when_off, args=(graceful_timeout,), daemon=True).start()
+                args = (graceful_timeout, self._resets)
+                threading.Thread(target=self._on_when_off, args=args, daemon=True).start()
             elif reset_type == "Nmi":
                 if not on:
                     raise error.Conflict(f"{self.config.name} is off: no NMI to inject")
@@ -356,13 +359,16 @@ class VmSystem:
         self.state["started_mode"] = self.state["boot_mode"]
         self._save()
 
-    def _on_when_off(self, timeout: float) -> None:
-        """After GracefulRestart: power on once the guest has shut down, unless it ignores the button."""
+    def _on_when_off(self, timeout: float, reset: int) -> None:
+        """After GracefulRestart: power on once the guest has shut down, unless it ignores the button
+        or another reset (a ForceOff, say) came in meanwhile."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(0.5)
             try:
                 with self.lock:
+                    if self._resets != reset:
+                        return
                     if self.power_state() == "Off":
                         self._power_on()
                         return

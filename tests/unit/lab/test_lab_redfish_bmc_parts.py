@@ -149,6 +149,19 @@ def test_systems_driver_identities(tmp_path: Path) -> None:
     assert driver.get_total_cpus(config.uuid) == 1 and driver.get_total_memory(config.uuid) == 0.5
 
 
+def test_resets_that_need_a_running_vm_are_refused_while_off(tmp_path: Path) -> None:
+    config = system_config(tmp_path)
+    driver = QmpSystemsDriver([VmSystem(config)])
+    for reset_type in ("GracefulRestart", "Nmi"):
+        with pytest.raises(sushy_error.Conflict, match="vm1 is off"):
+            driver.set_power_state(config.uuid, reset_type)
+    with pytest.raises(sushy_error.BadRequest, match="PowerCycle"):
+        driver.set_power_state(config.uuid, "PowerCycle")
+    driver.set_power_state(config.uuid, "ForceOff")  # already off: nothing to do
+    driver.set_power_state(config.uuid, "GracefulShutdown")
+    assert driver.get_power_state(config.uuid) == "Off"
+
+
 def test_boot_override_once_comes_from_the_request_and_survives_a_bmc_restart(tmp_path: Path) -> None:
     flask = pytest.importorskip("flask")
     config = system_config(tmp_path)
