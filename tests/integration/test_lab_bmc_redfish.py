@@ -291,3 +291,29 @@ def test_virtual_media_boot_mode_and_refusals(redfish_vm: RedfishVm, tmp_path: P
     status, text, _ = r.curl("PATCH", r.url + "/SecureBoot", {"SecureBootEnable": True})
     assert status == 501, text
     r.reset("ForceOff")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # sushy's own imports
+def test_sushy_ironics_client_drives_the_vm(redfish_vm: RedfishVm) -> None:
+    sushy = pytest.importorskip("sushy", reason="needs sushy (the test extra)")
+    r = redfish_vm
+    conn = sushy.Sushy(r.root, username="admin", password=PASSWORD, verify=str(r.cert))
+    system = conn.get_system(f"/redfish/v1/Systems/{r.uuid}")
+    assert system.name == "rf1" and system.power_state == sushy.PowerState.OFF
+    allowed = system.get_allowed_reset_system_values()
+    assert {sushy.ResetType.ON, sushy.ResetType.FORCE_OFF, sushy.ResetType.FORCE_RESTART} <= set(allowed)
+
+    system.set_system_boot_options(sushy.BootSource.PXE, enabled=sushy.BootSourceOverrideEnabled.CONTINUOUS)
+    system.set_system_boot_options(sushy.BootSource.HDD, enabled=sushy.BootSourceOverrideEnabled.ONCE)
+    since = r.console_size()
+    system.reset_system(sushy.ResetType.ON)
+    assert qmp(r.qmp, "query-status")["status"] == "running"
+    assert first_boot(r.wait_console("Booting from ROM", since)) == "Booting from Hard Disk"
+    system.refresh()
+    assert system.power_state == sushy.PowerState.ON
+    assert system.boot.target == sushy.BootSource.PXE  # the one-time disk is spent
+    assert system.boot.mode == sushy.BootSourceOverrideMode.LEGACY
+
+    system.reset_system(sushy.ResetType.FORCE_OFF)
+    system.refresh()
+    assert system.power_state == sushy.PowerState.OFF and r.qemu_pid() is None
