@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
@@ -100,6 +101,49 @@ class SecureBootState:
 # later clients skip the login attempt (one request less per operation, e.g. per power sync).
 _basic_works: set[tuple[str, str]] = set()
 
+
+@dataclass
+class _Pooled:
+    """A Redfish session kept for the next client of the same BMC and credentials."""
+
+    info: RedfishInfo
+    transport: httpx.AsyncBaseTransport | None  # how the client that logged in reached the BMC
+    token: str
+    session_path: str | None
+    root: dict[str, Any]
+    idle_since: float
+    users: int = 0
+
+
+# (event loop, BMC address, user, password digest, CA) -> its kept session.
+_pool: dict[tuple[int, str, str, str, str], _Pooled] = {}
+
+
+def _pool_key(info: RedfishInfo) -> tuple[int, str, str, str, str]:
+    digest = hashlib.sha256(info.password.encode()).hexdigest()
+    return (id(asyncio.get_running_loop()), info.address, info.username, digest, str(info.verify_ca))
+
+
+async def close_idle_sessions(older_than: float = 0.0) -> int:
+    """Log out of kept sessions (of this event loop) no client is using and that have been idle for
+    `older_than` seconds; returns how many. For shutdown, and for a periodic sweep."""
+    loop = asyncio.get_running_loop()
+    closed = 0
+    for key, entry in list(_pool.items()):
+        if key[0] != id(loop) or entry.users or loop.time() - entry.idle_since < older_than:
+            continue
+        del _pool[key]
+        await _logout(entry)
+        closed += 1
+    return closed
+
+
+async def _logout(entry: _Pooled) -> None:
+    client = RedfishClient(entry.info, transport=entry.transport)
+    client._token, client._session_path = entry.token, entry.session_path
+    await client.close()
+
+
 # Sessions bootforge holds per BMC, for BMCs with a session limit (quirks.session_limit).
 _slots: dict[tuple[int, str], asyncio.Semaphore] = {}
 
@@ -166,10 +210,17 @@ class RedfishClient:
         transport: httpx.AsyncBaseTransport | None = None,
         poll_interval: float = 1.0,
         task_timeout: float = 300.0,
+        session_idle: float = 0.0,
     ) -> None:
         self.info = info
         self.poll_interval = poll_interval
         self.task_timeout = task_timeout
+        # 0: log in per client and delete the session on close. > 0: keep the session for the
+        # next client of this BMC (and credentials) for up to that many idle seconds, as Ironic's
+        # session cache does; a kept session the BMC dropped is replaced after its 401.
+        self.session_idle = session_idle
+        self._pooled: _Pooled | None = None
+        self._transport = transport
         self._http = httpx.AsyncClient(
             base_url=info.address,
             verify=info.ssl_context(),
@@ -412,6 +463,18 @@ class RedfishClient:
 
     async def connect(self) -> None:
         deadline = self._deadline()
+        if self.session_idle > 0 and self.info.auth_type != "basic":
+            entry = await self._take_pooled()
+            if entry is not None:
+                self._pooled = entry
+                self._token, self._session_path, self._root = entry.token, entry.session_path, entry.root
+                try:
+                    await self._find_system(deadline)
+                except BaseException:
+                    self._leave_pool(broken=True)
+                    raise
+                await self._select_quirks()
+                return
         try:
             self._root = (await self._get(ROOT, deadline, auth=False)).doc
         except RedfishError as e:
@@ -476,9 +539,50 @@ class RedfishClient:
         # auto: no usable SessionService (absent, refused): basic auth, as the service allows.
         self._basic = True
 
+    async def _take_pooled(self) -> _Pooled | None:
+        key = _pool_key(self.info)
+        entry = _pool.get(key)
+        if entry is None:
+            return None
+        if entry.users == 0 and self._now() - entry.idle_since > self.session_idle:
+            del _pool[key]
+            await _logout(entry)  # idle too long: the BMC may have dropped it; start afresh
+            return None
+        entry.users += 1
+        return entry
+
+    def _leave_pool(self, broken: bool = False) -> None:
+        """Give the session back to the pool, or (broken, or nothing to give) leave it to close()."""
+        key = _pool_key(self.info)
+        entry, self._pooled = self._pooled, None
+        if entry is not None:
+            entry.users -= 1
+            if broken or not self._token:
+                if _pool.get(key) is entry:
+                    del _pool[key]  # nobody else picks it up
+                if entry.users > 0:
+                    self._token = self._session_path = None  # still in use: not ours to delete
+                return
+            # A re-login during this client's work may have replaced the session: keep the live one.
+            entry.token, entry.session_path = self._token, self._session_path
+            entry.idle_since = self._now()
+            self._token = self._session_path = None
+            return
+        if broken or not self._token or not self._root or key in _pool:
+            return
+        _pool[key] = _Pooled(
+            self.info, self._transport, self._token, self._session_path, self._root, self._now()
+        )
+        self._token = self._session_path = None
+
     async def close(self) -> None:
-        """Delete the session (if any) and close the connections; never raises."""
+        """Keep the session for the next client (session_idle > 0) or delete it, and close the
+        connections; never raises."""
         try:
+            if self.session_idle > 0 and self._token is not None and self._system_path is not None:
+                self._leave_pool()
+            elif self._pooled is not None:
+                self._leave_pool(broken=True)
             if self._session_path and self._token:
                 deadline = self._now() + min(self.info.timeout, 5.0)
                 with suppress(RedfishError):

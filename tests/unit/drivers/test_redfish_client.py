@@ -89,10 +89,15 @@ class FakeBmc:
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
-    def client(self, **info: Any) -> RedfishClient:
+    def client(self, session_idle: float = 0.0, **info: Any) -> RedfishClient:
         driver_info = {"redfish_address": ADDRESS, "redfish_username": USER, "redfish_password": PASSWORD}
         driver_info.update(info)
-        return RedfishClient(parse_driver_info(driver_info), transport=self.transport(), poll_interval=0.01)
+        return RedfishClient(
+            parse_driver_info(driver_info),
+            transport=self.transport(),
+            poll_interval=0.01,
+            session_idle=session_idle,
+        )
 
     # -- the service --
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -203,8 +208,10 @@ class FakeBmc:
 
 @pytest.fixture(autouse=True)
 def fresh_auth_memory() -> None:
-    """Every test starts without the client's memory of which services work with basic auth."""
+    """Every test starts without the client's memory of which services work with basic auth, and
+    without kept sessions."""
     client_module._basic_works.clear()
+    client_module._pool.clear()
 
 
 def _merge(doc: dict[str, Any], patch: dict[str, Any]) -> None:
@@ -270,6 +277,58 @@ async def test_closing_a_session_the_bmc_dropped_opens_no_new_one() -> None:
         bmc.tokens.clear()
     assert len(bmc.sent("POST", "/Sessions")) == 1 and bmc.tokens == {}
     assert [r.url.path for r in bmc.sent("DELETE")] == ["/redfish/v1/SessionService/Sessions/1"]
+
+
+async def test_kept_sessions_serve_the_next_clients_and_are_closed_on_request() -> None:
+    bmc = FakeBmc("hpe-ilo5")
+    for _ in range(3):
+        async with bmc.client(session_idle=60) as client:
+            assert await client.power_state() == "Off"
+    assert len(bmc.sent("POST", "/Sessions")) == 1 and bmc.sent("DELETE") == []
+    assert len(bmc.sent("GET", "/redfish/v1/")) == 1  # the service root is kept with the session
+    assert len(bmc.sent("GET", "/Systems/1")) == 3  # one request per later operation
+    assert await client_module.close_idle_sessions() == 1
+    assert bmc.tokens == {} and [r.url.path for r in bmc.sent("DELETE")] == [
+        "/redfish/v1/SessionService/Sessions/1"
+    ]
+
+
+async def test_a_kept_session_the_bmc_dropped_is_replaced() -> None:
+    bmc = FakeBmc("lenovo-xcc")
+    async with bmc.client(session_idle=60):
+        pass
+    bmc.tokens.clear()  # the BMC restarted
+    async with bmc.client(session_idle=60) as client:
+        assert await client.power_state(refresh=True) == "Off"
+    assert len(bmc.sent("POST", "/Sessions")) == 2
+    assert list(bmc.tokens) == ["token-2"]
+    assert [e.token for e in client_module._pool.values()] == ["token-2"]
+
+
+async def test_a_session_idle_too_long_is_closed_and_replaced() -> None:
+    bmc = FakeBmc("dell-idrac9")
+    async with bmc.client(session_idle=60):
+        pass
+    for entry in client_module._pool.values():
+        entry.idle_since -= 61
+    async with bmc.client(session_idle=60):
+        pass
+    assert [r.url.path for r in bmc.sent("DELETE")] == ["/redfish/v1/SessionService/Sessions/1"]
+    assert list(bmc.tokens) == ["token-2"]
+
+
+async def test_concurrent_clients_share_one_kept_session() -> None:
+    bmc = FakeBmc("lenovo-xcc")
+    async with bmc.client(session_idle=60):
+        pass
+
+    async def one() -> str | None:
+        async with bmc.client(session_idle=60) as client:
+            return await client.power_state(refresh=True)
+
+    assert await asyncio.gather(*(one() for _ in range(5))) == ["Off"] * 5
+    assert len(bmc.sent("POST", "/Sessions")) == 1 and len(bmc.tokens) == 1
+    assert [e.users for e in client_module._pool.values()] == [0]
 
 
 async def test_wrong_password_is_a_named_401_without_the_password() -> None:
