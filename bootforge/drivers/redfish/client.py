@@ -3,7 +3,8 @@
 API (for the power and management interfaces here, and for the redfish-virtual-media boot interface):
 open a client with the node's driver_info, `async with RedfishClient.from_driver_info(node.driver_info)
 as bmc:`, which reads the service root, logs in (a Redfish session, or basic auth), finds the
-ComputerSystem and selects the vendor's quirks; leaving the block deletes the session. Then:
+ComputerSystem and selects the vendor's quirks; leaving the block deletes the session (or, with
+`session_idle`, keeps it for the next client of the same BMC and credentials). Then:
 `power_state()`, `set_power("on"|"off"|"soft_off"|"reboot"|"soft_reboot", timeout)`, `set_boot(target,
 persistent=, mode=, http_boot_uri=)` and `get_boot()`, `secure_boot()` / `set_secure_boot(bool)`,
 `find_virtual_media(kind="cd")`, `insert_media(url, kind="cd")`, `eject_media(kind="cd")` and

@@ -227,5 +227,6 @@ class RedfishManagement(_RedfishBase, base.ManagementInterface):
                 "reset_types": facts["reset_types"],
                 "http_boot_uri": facts["http_boot_uri"],
                 "quirks": facts["quirks"],
+                "secure_boot_current": None if secure is None else secure.current,
             },
         )
