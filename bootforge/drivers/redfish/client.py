@@ -890,7 +890,12 @@ class RedfishClient:
             return  # a future-state object applies at the next boot; the system still shows the old value
         after = self.boot_state((await self.system()).doc)
         # Some BMCs answer 2xx and keep the old value (bmc-toolbox/bmclib#459): check what stuck.
-        if mode is not None and after.mode is not None and after.mode != mode:
+        if (
+            mode is not None
+            and after.mode is not None
+            and after.mode != mode
+            and not quirks.boot_mode_at_next_boot
+        ):
             raise RedfishError(
                 f"{where} accepted boot mode {mode} but reads back {after.mode}", None, self.system_path
             )

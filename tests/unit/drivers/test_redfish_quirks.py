@@ -83,6 +83,19 @@ async def test_idrac_boot_mode_and_target_go_in_separate_patches() -> None:
     assert (boot["BootSourceOverrideMode"], boot["BootSourceOverrideTarget"]) == ("Legacy", "Pxe")
 
 
+async def test_idrac_staged_boot_mode_is_not_held_against_it() -> None:
+    def stage_mode(fake: FakeBmc, request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.method == "PATCH" and "BootSourceOverrideMode" in (body or {}).get("Boot", {}):
+            return httpx.Response(204)  # accepted for the next boot; the system still reads UEFI
+        return None
+
+    bmc = FakeBmc("dell-idrac9", rules=[stage_mode])
+    async with bmc.client() as client:
+        await client.set_boot("Pxe", persistent=False, mode="Legacy")
+    assert bmc.system()["Boot"]["BootSourceOverrideMode"] == "UEFI"
+    assert len(bmc.sent("PATCH")) == 2
+
+
 async def test_without_the_quirk_the_same_bmc_refuses_the_combined_patch() -> None:
     bmc = FakeBmc("generic-two-systems", sessions=False, rules=[refuse_mode_with_other_boot_keys])
     async with bmc.client(redfish_system_id="437XR1138R2") as client:
