@@ -20,7 +20,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["INSTANCE_SECRETS", "MASK", "SECRET_MARKERS", "is_secret_key", "mask_node_field", "mask_tree"]
+__all__ = [
+    "INSTANCE_SECRETS",
+    "MASK",
+    "SECRET_MARKERS",
+    "is_secret_key",
+    "mask_node_field",
+    "mask_tree",
+    "redact",
+    "secret_values",
+]
 
 MASK: Final = "******"
 SECRET_MARKERS: Final = (
@@ -69,4 +78,47 @@ def mask_node_field(field: str, value: Any) -> Any:
     if field == "driver_internal_info":
         # The agent's token is dropped, as Ironic does; anything else secret-named is masked.
         return mask_tree({k: v for k, v in (value or {}).items() if "token" not in k})
+    return value
+
+
+def secret_values(value: Any) -> list[str]:
+    """Every value mask_tree would hide, as text, longest first (so a secret that contains another is
+    replaced whole): what a driver's free-form message must not quote."""
+    found: list[str] = []
+
+    def leaves(item: Any) -> None:
+        if isinstance(item, Mapping):
+            for v in item.values():
+                leaves(v)
+        elif isinstance(item, list | tuple):
+            for v in item:
+                leaves(v)
+        elif _set(item) and not isinstance(item, bool):
+            found.append(str(item))
+
+    def walk(item: Any) -> None:
+        if isinstance(item, Mapping):
+            for k, v in item.items():
+                if is_secret_key(k):
+                    leaves(v)
+                else:
+                    walk(v)
+        elif isinstance(item, list | tuple):
+            for v in item:
+                walk(v)
+
+    walk(value)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def redact(value: Any, secrets: list[str]) -> Any:
+    """`value` with each of `secrets` replaced by MASK in every string, at any depth."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, Mapping):
+        return {k: redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, secrets) for v in value]
     return value

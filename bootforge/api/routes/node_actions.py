@@ -3,14 +3,13 @@ traits, history, and the node's ports, port groups and allocation; and bootforge
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
 from starlette.responses import Response
 
+from bootforge import masking
 from bootforge.api import views
 from bootforge.api.deps import ctx, json_body, require
 from bootforge.api.responses import JSON
@@ -165,30 +164,8 @@ async def bmc_check(request: Request, ident: str) -> JSON:
         **asdict(check.report),
         "seconds": round(check.seconds, 3),
     }
-    return JSON(_without_secrets(body, _secret_values(node.driver_info)))
-
-
-def _secret_values(info: Mapping[str, Any]) -> list[str]:
-    found: list[str] = []
-    for k, v in info.items():
-        if isinstance(v, Mapping):
-            found += _secret_values(v)
-        elif v and isinstance(v, str | int) and any(m in k.lower() for m in views.SECRET_MARKERS):
-            found.append(str(v))
-    # Longest first, so a secret that contains another is masked whole.
-    return sorted(found, key=len, reverse=True)
-
-
-def _without_secrets(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, views.MASK)
-        return value
-    if isinstance(value, Mapping):
-        return {k: _without_secrets(v, secrets) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_without_secrets(v, secrets) for v in value]
-    return value
+    # The same rule as the node's masking (bootforge.masking): lists, *_credentials, *key, ...
+    return JSON(masking.redact(body, masking.secret_values(node.driver_info)))
 
 
 @router.put("/maintenance", status_code=202)
