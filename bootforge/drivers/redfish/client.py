@@ -448,6 +448,10 @@ class RedfishClient:
             if not body:
                 return
             etag = res.etag or ("*" if self.quirks.if_match == "required" else None)
+            if attempt == 2 and etag and etag.startswith("W/"):
+                # If-Match compares strongly, so a compliant BMC never matches the weak ETag it
+                # handed out; some accept it anyway, the rest get the strong form (as sushy does).
+                etag = etag[2:]
             headers = {"If-Match": etag} if etag else None
             resp = await self._send("PATCH", path, deadline, body=body, headers=headers)
             if resp.status_code == 412 and attempt == 1:

@@ -501,6 +501,24 @@ async def test_patch_sends_if_match_and_retries_once_after_412() -> None:
     assert bmc.system()["Boot"]["BootSourceOverrideTarget"] == "Pxe"
 
 
+async def test_a_weak_etag_is_sent_strong_after_a_412() -> None:
+    def weak_tags(fake: FakeBmc, request: httpx.Request, body: Any) -> httpx.Response | None:
+        path = request.url.path
+        if request.method == "GET" and path == fake.system_path:
+            response = fake._get(path)
+            response.headers["ETag"] = "W/" + fake.etag(path)
+            return response
+        if request.method == "PATCH" and request.headers.get("If-Match", "").startswith("W/"):
+            return error(412, "The If-Match precondition failed", "Base.1.8.PreconditionFailed")
+        return None
+
+    bmc = FakeBmc("hpe-ilo5", rules=[weak_tags])
+    async with bmc.client() as client:
+        await client.set_boot("Pxe", persistent=False)
+    assert [p.headers["If-Match"] for p in bmc.sent("PATCH")] == ['W/"0"', '"0"']
+    assert bmc.system()["Boot"]["BootSourceOverrideTarget"] == "Pxe"
+
+
 async def test_a_second_412_is_an_error_with_the_bmc_message() -> None:
     def always_412(fake: FakeBmc, request: httpx.Request, body: Any) -> httpx.Response | None:
         if request.method == "PATCH":
