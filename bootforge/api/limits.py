@@ -19,6 +19,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bootforge.api.responses import error_response
+from bootforge.conductor.patching import check_field, depth
 from bootforge.config import ApiLimits
 from bootforge.errors import BootforgeError, InvalidInput
 
@@ -139,48 +140,17 @@ def check_json(body: Any, limits: ApiLimits, large: Iterable[str] = ()) -> None:
         return
     exempt = set(large)
     for name, value in fields:
-        if not isinstance(value, dict | list):
-            if isinstance(value, str) and name not in exempt and len(value) > limits.max_json_field_bytes:
-                raise _field_too_large(name, len(value), limits)
+        if name in exempt:
+            # Bounded by the route's body limit alone; its depth still counts.
+            if isinstance(value, dict | list) and depth(value, limits.max_json_depth) > limits.max_json_depth:
+                check_field(name, value, limits)
             continue
-        depth = _depth(value, limits.max_json_depth)
-        if depth > limits.max_json_depth:
-            raise InvalidInput(
-                f"{name} is nested more than {limits.max_json_depth} levels deep "
-                "(setting api_limits.max_json_depth)",
-                name,
-            )
-        if name not in exempt:
-            size = len(orjson.dumps(value))
-            if size > limits.max_json_field_bytes:
-                raise _field_too_large(name, size, limits)
+        check_field(name, value, limits)
 
 
 def _op_name(i: int, op: Any) -> str:
     path = op.get("path") if isinstance(op, dict) else None
     return str(path)[:200] if isinstance(path, str) else f"patch[{i}]"
-
-
-def _field_too_large(name: str, size: int, limits: ApiLimits) -> InvalidInput:
-    return InvalidInput(
-        f"{name} is {size} bytes as JSON; the limit is {limits.max_json_field_bytes} "
-        "(setting api_limits.max_json_field_bytes)",
-        name,
-    )
-
-
-def _depth(value: Any, stop: int) -> int:
-    """Nesting depth of objects and lists in `value` ({} is 1), counted up to stop + 1 without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > stop:
-            return deepest
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
-    return deepest
 
 
 def limited_protocol(limits: ApiLimits) -> type[Any] | None:

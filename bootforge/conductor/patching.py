@@ -16,10 +16,12 @@ from typing import Any
 
 import jsonpatch
 import jsonpointer
+import orjson
 
+from bootforge.config import ApiLimits
 from bootforge.errors import InvalidInput
 
-__all__ = ["View", "apply", "check_ops"]
+__all__ = ["View", "apply", "check_field", "check_ops", "depth"]
 
 # (top-level field, its value) -> what a client reading the resource sees of it
 View = Callable[[str, Any], Any]
@@ -50,8 +52,17 @@ def check_ops(patch: Any, allowed_ops: Collection[str], fields: Collection[str])
     return patch
 
 
-def apply(doc: Mapping[str, Any], patch: list[dict[str, Any]], view: View | None = None) -> dict[str, Any]:
-    """A patched copy of `doc`; `patch` must have passed check_ops."""
+def apply(
+    doc: Mapping[str, Any],
+    patch: list[dict[str, Any]],
+    view: View | None = None,
+    limits: ApiLimits | None = None,
+) -> dict[str, Any]:
+    """A patched copy of `doc`; `patch` must have passed check_ops.
+
+    With `limits`, each field the patch touched is checked as a whole afterwards (check_field): ops
+    that are each small can still build a field too deep or too large together.
+    """
     current: dict[str, Any] = copy.deepcopy(dict(doc))
     for i, op in enumerate(patch):
         target = current
@@ -69,7 +80,51 @@ def apply(doc: Mapping[str, Any], patch: list[dict[str, Any]], view: View | None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
             why = _why(target, op)
             raise InvalidInput(f"patch[{i}]: cannot {op['op']} {_where(op)}: {why}", op["path"]) from None
+    if limits is not None:
+        for field in {jsonpointer.unescape(op["path"][1:].split("/")[0]) for op in patch}:
+            check_field(field, current.get(field), limits)
     return current
+
+
+def check_field(name: str, value: Any, limits: ApiLimits) -> None:
+    """A JSON value within the depth and size limits, or InvalidInput naming `name`."""
+    if isinstance(value, str):
+        if len(value) > limits.max_json_field_bytes:
+            raise _too_large(name, len(value), limits)
+        return
+    if not isinstance(value, dict | list):
+        return
+    if depth(value, limits.max_json_depth) > limits.max_json_depth:
+        raise InvalidInput(
+            f"{name} is nested more than {limits.max_json_depth} levels deep "
+            "(setting api_limits.max_json_depth)",
+            name,
+        )
+    size = len(orjson.dumps(value))
+    if size > limits.max_json_field_bytes:
+        raise _too_large(name, size, limits)
+
+
+def _too_large(name: str, size: int, limits: ApiLimits) -> InvalidInput:
+    return InvalidInput(
+        f"{name} is {size} bytes as JSON; the limit is {limits.max_json_field_bytes} "
+        "(setting api_limits.max_json_field_bytes)",
+        name,
+    )
+
+
+def depth(value: Any, stop: int) -> int:
+    """Nesting depth of objects and lists in `value` ({} is 1), counted up to stop + 1 without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > stop:
+            return deepest
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 def _where(op: Mapping[str, Any]) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor import patching
 from bootforge.conductor.task import event_row, load_node
+from bootforge.config import ApiLimits
 from bootforge.db.batch import BatchInserter
 from bootforge.db.models import NODE_EVENTS, PORTS, Node, Port, Portgroup, utcnow
 from bootforge.db.queries import is_uuid
@@ -194,7 +195,7 @@ class PortService:
     async def update(self, port_uuid: str, patch: list[dict[str, Any]]) -> Port:
         port = await self.get(port_uuid)
         doc = await self.patch_doc(port)
-        changed = _apply(doc, patch, PORT_PATCHABLE)
+        changed = _apply(doc, patch, PORT_PATCHABLE, self.conductor.settings.api_limits)
         values = await self._checked(changed, port)
         if "address" in values and values["address"] != port.address:
             existing = await self.by_address(values["address"])
@@ -323,7 +324,7 @@ class PortgroupService:
             "extra": group.extra,
             "standalone_ports_supported": group.standalone_ports_supported,
         }
-        changed = _apply(doc, patch, PORTGROUP_FIELDS - {"uuid"})
+        changed = _apply(doc, patch, PORTGROUP_FIELDS - {"uuid"}, self.conductor.settings.api_limits)
         values = await self._checked(changed)
         async with self.db.write() as s:
             await self._unique(
@@ -349,9 +350,11 @@ class PortgroupService:
             await s.commit()
 
 
-def _apply(doc: dict[str, Any], patch: list[dict[str, Any]], allowed: set[str]) -> dict[str, Any]:
+def _apply(
+    doc: dict[str, Any], patch: list[dict[str, Any]], allowed: set[str], limits: ApiLimits
+) -> dict[str, Any]:
     ops = patching.check_ops(patch, ("add", "replace", "remove", "test", "move", "copy"), allowed)
-    patched = patching.apply(doc, ops)
+    patched = patching.apply(doc, ops, limits=limits)
     for key in doc:
         patched.setdefault(key, None)
     return {k: v for k, v in patched.items() if v != doc.get(k)}

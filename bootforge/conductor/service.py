@@ -28,6 +28,7 @@ from bootforge.conductor.task import (
     reserve,
     shared_task,
 )
+from bootforge.config import ApiLimits
 from bootforge.db.batch import BatchInserter
 from bootforge.db.models import (
     NODE_EVENTS,
@@ -237,7 +238,7 @@ class NodeService:
             node = task.node
             doc = {f: getattr(node, f, None) for f in PATCHABLE if f != "chassis_uuid"}
             doc["chassis_uuid"] = None
-            changed = self._apply_patch(doc, patch)
+            changed = self._apply_patch(doc, patch, self.conductor.settings.api_limits)
             self._check_patch_rules(node, changed)
             values = self._checked_values(changed, node) if changed else {}
             if "name" in changed and changed["name"] and changed["name"] != node.name:
@@ -253,7 +254,7 @@ class NodeService:
         return node
 
     @staticmethod
-    def _apply_patch(doc: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
+    def _apply_patch(doc: dict[str, Any], patch: list[dict[str, Any]], limits: ApiLimits) -> dict[str, Any]:
         patch = patching.check_ops(patch, ("add", "replace", "remove", "test"), doc)
         for op in patch:
             path = op["path"]
@@ -263,7 +264,7 @@ class NodeService:
                 doc[top] = {} if top in JSON_FIELDS else None
         rest = [p for p in patch if not (p["op"] == "remove" and p["path"].count("/") == 1)]
         # A `test` sees what GET shows (secrets masked): no patch can confirm a guessed password.
-        patched = patching.apply(doc, rest, view=mask_node_field) if rest else dict(doc)
+        patched = patching.apply(doc, rest, view=mask_node_field, limits=limits) if rest else dict(doc)
         originals = {f: doc.get(f) for f in doc}
         return {k: v for k, v in patched.items() if v != originals.get(k) or k in _removed(patch)}
 

@@ -109,6 +109,26 @@ async def test_deep_json_in_a_patch_is_refused_naming_the_path(api: Api) -> None
     assert (await api.get(node["uuid"]))["extra"] == {}
 
 
+async def test_a_patch_cannot_build_deep_or_huge_json_one_op_at_a_time(api: Api) -> None:
+    node = await api.node()
+    path = "/extra/x" + "/a" * 25
+    ops = [
+        {"op": "add", "path": "/extra/x", "value": deep(25)},
+        {"op": "add", "path": path, "value": deep(25)},
+    ]
+    r = await patch(api, node["uuid"], *ops)
+    assert r.status_code == 400, r.text
+    assert "extra" in fault(r) and "levels" in fault(r)
+    ops = [{"op": "add", "path": f"/extra/k{i}", "value": "v" * 1000} for i in range(100)]
+    r = await patch(api, node["uuid"], *ops)
+    assert r.status_code == 400, r.text
+    assert "extra" in fault(r) and "bytes" in fault(r)
+    assert (await api.get(node["uuid"]))["extra"] == {}
+    port = await api.port(node["uuid"], "52:54:00:12:34:57")
+    r = await api.c.patch(f"/v1/ports/{port['uuid']}", json=ops)
+    assert r.status_code == 400 and "extra" in fault(r)
+
+
 async def test_json_deep_enough_for_real_documents_is_accepted(api: Api) -> None:
     node = await api.node(extra=deep(20))
     assert (await api.c.get("/v1/nodes/detail")).status_code == 200
