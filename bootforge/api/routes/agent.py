@@ -40,6 +40,8 @@ async def next_command(request: Request, ident: str) -> Response:
 @router.post("/v1/nodes/{ident}/agent/command/{command_id}")
 async def report(request: Request, ident: str, command_id: str) -> JSON:
     c = ctx(request)
-    body = await json_body(request)
+    # An inspection inventory can pass the per-field limit (many disks, NICs, LLDP data): the
+    # route's own body limit (api_limits.max_agent_body_bytes) bounds it.
+    body = await json_body(request, large=("result",))
     await c.services.conductor.agent.report(ident, request.headers.get(TOKEN_HEADER), command_id, body)
     return JSON({"accepted": True})

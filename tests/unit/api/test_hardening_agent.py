@@ -104,3 +104,15 @@ async def test_a_stored_result_the_conductor_cannot_use_fails_the_node_and_unloc
     assert node["reservation"] is None
     assert node["provision_state"] == "inspect failed"
     assert "cpu" in node["last_error"]
+
+
+async def test_a_large_inventory_is_accepted_up_to_the_agent_route_limit(agent_api: Api) -> None:
+    """More than the 64 KiB a node field may hold: inventories with many disks and NICs are."""
+    api = agent_api
+    uuid, token, command = await inspecting(api)
+    disks = [{"name": f"/dev/sd{i}", "size": 10 * 1024**3, "serial": "S" * 200} for i in range(400)]
+    r = await post(
+        api, uuid, token, command, {"status": "succeeded", "result": {"inventory": {**GOOD, "disks": disks}}}
+    )
+    assert r.status_code == 200, r.text
+    assert (await api.get(uuid))["provision_state"] == "manageable"
