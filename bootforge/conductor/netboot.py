@@ -338,7 +338,7 @@ class _Window:
     suppressed: int = 0
     first: dt.datetime | None = None  # emit times of the first and last suppressed event
     last: dt.datetime | None = None
-    network_boot: bool = False  # some suppressed event was a sign of a network boot
+    boot_at: dt.datetime | None = None  # the first suppressed sign of a network boot
 
 
 class EventSink:
@@ -351,8 +351,9 @@ class EventSink:
     MAC in the query, a DHCP packet with its MAC), so they are rate-limited: at most `burst` per
     node and source (event type: dhcp, tftp, http) in each `window` seconds are written. The rest
     are counted (`suppressed`) and summed up in one warning per node, source and window, written
-    once the window ended, dated at the first event it stands for, and marked network_boot if any
-    of them was: the hand-off watch still sees a machine that network-booted during a flood.
+    once the window ended, marked network_boot and dated at the first one if any of them was a
+    network boot (else at the first event): the hand-off watch still sees a machine that
+    network-booted during a flood.
     """
 
     def __init__(
@@ -400,7 +401,8 @@ class EventSink:
             window.suppressed += 1
             window.first = window.first or when
             window.last = when
-            window.network_boot |= network_boot
+            if network_boot and window.boot_at is None:
+                window.boot_at = when
             return
         window.written += 1
         self._queue(node_uuid, event_type, message, severity, when, network_boot)
@@ -419,10 +421,13 @@ class EventSink:
         node_uuid, event_type = key
         text = (
             f"{window.suppressed} more {event_type} events of this node were not recorded between "
-            f"{window.first:%H:%M:%S} and {window.last:%H:%M:%S} UTC: at most {self.burst} per "
-            f"{self.window:g} s are (rate limit)"
+            f"{window.first:%H:%M:%S} and {window.last:%H:%M:%S} UTC (rate limit: {self.burst} per "
+            f"{self.window:g} s per node and source)"
         )
-        self._queue(node_uuid, event_type, text, "warning", window.first, window.network_boot)
+        # Dated at the first network boot it stands for, if any: the hand-off watch compares that
+        # time with the moment the machine was powered onto its disk.
+        when = window.boot_at or window.first
+        self._queue(node_uuid, event_type, text, "warning", when, window.boot_at is not None)
 
     def _close_windows(self) -> None:
         """Sum up the windows that ended and forget them, so the map holds only busy keys."""
