@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import logging
 import threading
 import time
 import weakref
@@ -86,6 +87,7 @@ _ALGO_OFFSETS: Final = (16, 24, 32)
 _SUITE_ALGOS: Final = {(3, 4, 1): 17, (1, 1, 1): 3}
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _invalid(key: str, why: str) -> InvalidInput:
@@ -302,8 +304,9 @@ class IpmiClient:
         except BaseException:
             lock.release()
             raise
-        # The lock follows the thread, not this coroutine: released when pyghmi returns.
-        fut.add_done_callback(lambda _: lock.release())
+        # The lock follows the thread, not this coroutine: released when pyghmi returns. The
+        # result of a call the caller gave up on is read here, so asyncio does not log it as lost.
+        fut.add_done_callback(lambda f: _release(lock, f))
         try:
             return await asyncio.wait_for(asyncio.shield(fut), max(deadline - loop.time(), 0.01))
         except TimeoutError:
@@ -365,6 +368,12 @@ class IpmiClient:
         for c in cached:
             _logout(c.command)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _release(lock: asyncio.Lock, fut: asyncio.Future[Any]) -> None:
+    lock.release()
+    if not fut.cancelled():
+        fut.exception()
 
 
 def open_command(info: IpmiInfo) -> Any:
@@ -696,7 +705,11 @@ class _SolPump:
                 if self._active <= 0:
                     self._thread = None
                     return
-            pyghmi_session.Session.wait_for_rsp(timeout=0.5)
+            try:
+                pyghmi_session.Session.wait_for_rsp(timeout=0.5)
+            except Exception as e:  # a bad packet must not end SOL capture for every node
+                log.warning("SOL: pyghmi failed handling a packet: %s: %s", type(e).__name__, e)
+                time.sleep(0.1)
 
 
 _pump = _SolPump()

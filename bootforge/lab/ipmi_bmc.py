@@ -445,6 +445,14 @@ class VirtualBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def is_active(self) -> bool:
         return True  # the console stays open across power states, as on a real BMC
 
+    def activate_payload(self, request: dict[str, Any], session: Any) -> None:
+        super().activate_payload(request, session)
+        if self.sol is not None:
+            # pyghmi's server console sends up to 256 characters per packet, but the client acks
+            # with a one-byte "accepted character count": pyghmi's client fails on a 256-byte
+            # packet (ValueError building the ack) and the console stalls. 255 fits.
+            self.sol.maxoutcount = 255
+
     def _console_input(self, data: Any) -> None:
         if isinstance(data, bytes | bytearray):
             self.machine.write_console(bytes(data))

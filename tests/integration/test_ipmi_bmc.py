@@ -149,10 +149,10 @@ async def tool_bootflags(port: int) -> tuple[str | None, bool, bool]:
     return device, "all future boots" in out, "BIOS EFI boot" in out
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+async def wait_for(predicate: Any, timeout: float = 10.0, what: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
+        assert time.monotonic() < deadline, f"condition not met in time: {what() if what else ''}"
         await asyncio.sleep(0.05)
 
 
@@ -451,9 +451,9 @@ async def test_sol_console_capture(
     # its serial port arrives in the log.
     await ds.management.set_boot_device(task, "pxe")
     await ds.power.set_power_state(task, base.POWER_ON)
-    await wait_for(lambda: logged(b"power on, booting from pxe (uefi)\r\n"))
+    await wait_for(lambda: logged(b"power on, booting from pxe (uefi)\r\n"), what=path.read_bytes)
     await ds.power.set_power_state(task, base.SOFT_POWER_OFF)
-    await wait_for(lambda: logged(b"ACPI power button: shutting down\r\n"))
+    await wait_for(lambda: logged(b"ACPI power button: shutting down\r\n"), what=path.read_bytes)
 
     await console.stop_console(task)
     assert await console.get_console(task) == {}
@@ -465,7 +465,7 @@ async def test_sol_console_capture(
     # A second start appends to the same log.
     await console.start_console(task)
     await ds.power.reboot(task)
-    await wait_for(lambda: counted(path, b"power on, booting from", 2))
+    await wait_for(lambda: counted(path, b"power on, booting from", 2), what=path.read_bytes)
 
 
 async def counted(path: Path, text: bytes, times: int) -> bool:
