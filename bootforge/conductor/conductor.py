@@ -107,6 +107,7 @@ class Conductor:
             (s.timeout_check_interval, self.check_wait_timeouts),
             (s.timeout_check_interval, self.take_over_orphans),
             (s.power_sync_interval, self.sync_power_states),
+            (60.0, self.drivers.sweep),
             (3600.0, self.trim_events),
         ):
             if interval > 0:
@@ -123,6 +124,7 @@ class Conductor:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.drivers.close()
         async with self.db.write() as s:
             await s.execute(
                 update(ConductorRow).where(ConductorRow.hostname == self.host).values(online=False)

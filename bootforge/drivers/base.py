@@ -135,6 +135,15 @@ class BaseInterface(abc.ABC):
         """driver_info keys this interface reads, each with a description (shown by `driver properties`)."""
         return {}
 
+    async def sweep(self) -> None:
+        """Periodic: release what this interface keeps between operations and nobody used for a while
+        (kept BMC sessions). Called by the conductor about once a minute."""
+        return None
+
+    async def close(self) -> None:
+        """Conductor shutdown: release everything kept between operations (log out of BMCs)."""
+        return None
+
     @abc.abstractmethod
     def validate(self, task: Task) -> None:
         """Raise InvalidInput if the node's configuration cannot work; never touch the hardware."""

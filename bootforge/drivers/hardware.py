@@ -6,6 +6,7 @@ A node names its hardware type in `driver`, and may pick another supported imple
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from bootforge.config import Settings
 from bootforge.drivers import agent, base, fake, ipmi, qemu, redfish, vmedia
 from bootforge.errors import InvalidInput, NotFound
+
+log = logging.getLogger("bootforge.drivers")
 
 INTERFACE_TYPES = (
     "bios",
@@ -236,6 +239,20 @@ class Drivers:
             factory = dict(hw.interfaces[kind])[name]
             self._instances[key] = factory(self.settings)
         return self._instances[key]
+
+    async def sweep(self) -> None:
+        await self._each("sweep")
+
+    async def close(self) -> None:
+        await self._each("close")
+
+    async def _each(self, method: str) -> None:
+        # One failing interface (a BMC that refuses a logout) must not keep the others from theirs.
+        for iface in list(self._instances.values()):
+            try:
+                await getattr(iface, method)()
+            except Exception:
+                log.exception("%s of the %s %s interface failed", method, iface.name, iface.interface_type)
 
     def for_node(self, driver: str, chosen: dict[str, str | None]) -> DriverSet:
         hw = self.get_type(driver)

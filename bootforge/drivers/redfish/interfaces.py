@@ -14,7 +14,13 @@ from typing import Any
 
 from bootforge.drivers import base
 from bootforge.drivers.base import BmcReport, Task
-from bootforge.drivers.redfish.client import BOOT_TARGETS, PowerAction, RedfishClient, RedfishError
+from bootforge.drivers.redfish.client import (
+    BOOT_TARGETS,
+    PowerAction,
+    RedfishClient,
+    RedfishError,
+    close_idle_sessions,
+)
 from bootforge.drivers.redfish.info import PROPERTIES, RedfishInfo, parse_driver_info
 from bootforge.errors import InvalidInput
 
@@ -69,6 +75,12 @@ class _RedfishBase:
     def client(self, task: Task) -> RedfishClient:
         """A client for the node's BMC; use it as `async with`."""
         return self._factory(parse_driver_info(task.node.driver_info))
+
+    async def sweep(self) -> None:
+        await close_idle_sessions(older_than=SESSION_IDLE)
+
+    async def close(self) -> None:
+        await close_idle_sessions()
 
 
 class RedfishPower(_RedfishBase, base.PowerInterface):

@@ -109,3 +109,22 @@ def test_which_boot_interfaces_boot_the_ramdisk_from_the_network() -> None:
     # Unknown types and interfaces keep the old answer; validate() reports them.
     assert drivers.boots_from_network("no-such-type", None)
     assert drivers.boots_from_network("qemu", "no-such-boot")
+
+
+async def test_close_and_sweep_reach_every_interface_even_past_a_failing_one() -> None:
+    drivers = Drivers(Settings())
+    ds = drivers.for_node("fake-hardware", {})
+    seen: list[str] = []
+
+    async def boom() -> None:
+        seen.append("power")
+        raise RuntimeError("BMC refused the logout")
+
+    async def fine() -> None:
+        seen.append("management")
+
+    ds.power.close = boom  # type: ignore[method-assign]
+    ds.management.close = fine  # type: ignore[method-assign]
+    await drivers.close()
+    assert sorted(seen) == ["management", "power"]
+    await drivers.sweep()  # the default sweep does nothing and raises nothing
