@@ -292,12 +292,21 @@ async def serve_main(args: argparse.Namespace) -> None:
     config = TransferConfig(max_windowsize=64)
     profile = cProfile.Profile() if args.profile else None
     source_args = {"root": args.root}
+    # Every load client here shares one address, where a fleet's machines have one each: the
+    # per-address transfer bound (netboot.tftp_max_transfers_per_client, 16 by default) is set to
+    # its largest allowed value, so the cases model N machines instead of throttling one address.
+    per_client = 4096
     spec = WorkerSpec(args.address, 69, "bootforge.servers.tftp_workers:filesystem_source", source_args,
                       config, log_level=logging.ERROR, uvloop=args.uvloop,
-                      dataplane=args.dataplane)  # fmt: skip
+                      dataplane=args.dataplane, max_transfers_per_client=per_client)  # fmt: skip
     reuse = args.procs > 1
     async with TftpServer(
-        FileSystemSource(args.root), args.address, config=config, reuse_port=reuse, dataplane=args.dataplane
+        FileSystemSource(args.root),
+        args.address,
+        config=config,
+        reuse_port=reuse,
+        dataplane=args.dataplane,
+        max_transfers_per_client=per_client,
     ) as server:
         workers = TftpWorkers(spec, args.procs - 1)
         if reuse:

@@ -127,6 +127,9 @@ class NetbootSettings(BaseModel):
     # against tftpd-hpa's lockstep throughput: native 0.9x-1.1x at 1 client and 1.0x-1.4x at
     # 16-64, python 0.8x-1.0x (bench/netboot_tftp.py --bf-dataplane).
     tftp_dataplane: Literal["auto", "native", "python"] = "auto"
+    # TFTP transfers one client address may run at once; more are dropped and counted. A machine's
+    # firmware fetches one file at a time; the bound keeps one address from holding every slot.
+    tftp_max_transfers_per_client: int = Field(default=16, ge=1, le=4096)
     http: bool = False
     http_port: int = 8080
     # Where boot artifacts live (kernels, initrds, images); loaders come from Debian's packages.

@@ -209,6 +209,7 @@ async def _start_tftp(
         on_event=netboot.on_tftp,
         reuse_port=workers,
         dataplane=nb.tftp_dataplane,
+        max_transfers_per_client=nb.tftp_max_transfers_per_client,
     )
     await server.start()
     netboot.servers.append(server)
@@ -220,6 +221,7 @@ async def _start_tftp(
             source_args={"found": found, "root": str(root), "bootstrap": bootstrap},
             config=server.config,
             dataplane=nb.tftp_dataplane,
+            max_transfers_per_client=nb.tftp_max_transfers_per_client,
             log_level=logging.getLogger("bootforge").getEffectiveLevel(),
         )
         pool = TftpWorkers(spec, nb.tftp_workers - 1, on_event=netboot.on_tftp)

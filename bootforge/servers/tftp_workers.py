@@ -55,6 +55,7 @@ class WorkerSpec:
     log_level: int = logging.INFO
     uvloop: bool = False
     dataplane: DataPlaneChoice = "auto"  # TftpServer's: who runs lockstep data phases
+    max_transfers_per_client: int = 16  # TftpServer's, per worker process
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "config": dataclasses.asdict(self.config)})
@@ -234,6 +235,7 @@ async def _serve(spec: WorkerSpec, source: FileSource, channel: socket.socket) -
         on_event=lambda e: send({"event": dataclasses.asdict(e)}),
         reuse_port=True,
         dataplane=spec.dataplane,
+        max_transfers_per_client=spec.max_transfers_per_client,
     )
     async with server:
         send({"ready": True})
