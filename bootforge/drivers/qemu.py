@@ -51,10 +51,12 @@ __all__ = [
     "QemuInfo",
     "QemuManagement",
     "QemuPower",
+    "VmGone",
     "classify_device",
     "parse_driver_info",
     "plan_order",
     "power_state_from_status",
+    "start_process",
 ]
 
 PROPERTIES = {
@@ -162,8 +164,8 @@ def plan_order(devices: list[BootDevice], first: str) -> dict[str, int]:
     return {d.path: i + 1 for i, d in enumerate(ordered)}
 
 
-class _Gone(Exception):
-    """The VM process is not there (no socket, connection refused, or it hung up)."""
+class VmGone(Exception):
+    """No QEMU process answers on the VM's QMP socket (never started, ended, or hung up)."""
 
 
 class _Session:
@@ -182,7 +184,7 @@ class _Session:
         except TimeoutError:
             raise DriverError(f"QMP {cmd} on {self.socket}: no answer within {self.timeout:.0f} s") from None
         except (ExecInterruptedError, EOFError, OSError, QMPError) as e:
-            raise _Gone(f"QMP {cmd} on {self.socket}: connection lost ({type(e).__name__})") from None
+            raise VmGone(f"QMP {cmd} on {self.socket}: connection lost ({type(e).__name__})") from None
 
     async def reset(self) -> None:
         """system_reset, returning once QEMU has reset (and so recomputed the firmware boot order)."""
@@ -224,7 +226,7 @@ async def _negotiate(client: QMPClient, sock: socket.socket, path: Path, timeout
         await asyncio.wait_for(client.connect(sock), timeout)
     except ConnectError as e:
         if isinstance(e.exc, EOFError | ConnectionResetError):
-            raise _Gone(f"QEMU at {path} hung up") from None
+            raise VmGone(f"QEMU at {path} hung up") from None
         raise DriverError(f"cannot connect to QMP socket {path}: {e}") from None
     except TimeoutError:
         # A QMP socket serves one client at a time: a second one waits for the greeting.
@@ -242,7 +244,7 @@ async def _unix_connect(path: Path) -> socket.socket:
         await asyncio.get_running_loop().sock_connect(sock, str(path))
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
-        raise _Gone(f"no QEMU at {path}") from None
+        raise VmGone(f"no QEMU at {path}") from None
     except OSError as e:
         sock.close()
         raise DriverError(f"cannot connect to QMP socket {path}: {e.strerror}") from None
@@ -257,7 +259,7 @@ def _dicts(value: object) -> list[dict[str, Any]]:
 
 @asynccontextmanager
 async def qmp_session(path: Path, timeout: float = QMP_TIMEOUT) -> AsyncIterator[_Session]:
-    """Connect to a VM's QMP socket; raise _Gone if no QEMU listens there."""
+    """Connect to a VM's QMP socket; raise VmGone if no QEMU listens there."""
     client = QMPClient("bootforge")
     sock = await _unix_connect(path)
     try:
@@ -318,7 +320,7 @@ class _QemuBase:
         try:
             async with qmp_session(info.qmp_socket, self.qmp_timeout) as s:
                 reply = await s.run("query-status")
-        except _Gone:
+        except VmGone:
             return None
         if not isinstance(reply, dict) or not isinstance(reply.get("status"), str):
             raise DriverError(f"unexpected query-status reply from {info.qmp_socket}: {reply!r}")
@@ -330,7 +332,7 @@ class _QemuBase:
         try:
             async with qmp_session(info.qmp_socket, self.qmp_timeout) as s:
                 yield s
-        except _Gone as e:
+        except VmGone as e:
             raise DriverError(f"cannot {doing}: the VM is not running ({e})") from None
 
 
@@ -393,12 +395,7 @@ class QemuPower(_QemuBase, base.PowerInterface):
                 f"cannot power on: no QEMU process answers on {info.qmp_socket} and driver_info has no "
                 "qemu_command to start one"
             )
-        assert info.pid_file is not None  # parse_driver_info always sets one for owned VMs
-        try:
-            argv = await asyncio.to_thread(_start_argv, info)
-            await vm.spawn_daemon(argv + vm.control_args(info.qmp_socket, info.pid_file), START_TIMEOUT)
-        except vm.QemuError as e:
-            raise DriverError(f"cannot power on: {e}") from None
+        await start_process(info, "cannot power on")
 
     async def _hard_off(self, info: QemuInfo) -> None:
         status = await self._status(info)
@@ -415,7 +412,7 @@ class QemuPower(_QemuBase, base.PowerInterface):
         try:
             async with qmp_session(info.qmp_socket, self.qmp_timeout) as s:
                 await s.run("quit")
-        except (_Gone, DriverError):
+        except (VmGone, DriverError):
             pass  # already gone, or QMP hangs: the pid is ended below either way
         if pid is None:
             if await self._wait_status(info, lambda st: st is None, QUIT_GRACE):
@@ -454,6 +451,18 @@ class QemuPower(_QemuBase, base.PowerInterface):
                 return False
             await asyncio.sleep(SOFT_POLL)
         return True
+
+
+async def start_process(info: QemuInfo, doing: str) -> None:
+    """Start an owned VM's QEMU process, paused (a `cont` or the power-on reset runs it); the
+    DriverError starts with `doing`. Used by power on, and by virtual media to get a CD drive."""
+    if info.pid_file is None:
+        raise DriverError(f"{doing}: driver_info has no qemu_command, so bootforge may not start the VM")
+    try:
+        argv = await asyncio.to_thread(_start_argv, info)
+        await vm.spawn_daemon(argv + vm.control_args(info.qmp_socket, info.pid_file), START_TIMEOUT)
+    except vm.QemuError as e:
+        raise DriverError(f"{doing}: {e}") from None
 
 
 def _start_argv(info: QemuInfo) -> list[str]:

@@ -21,7 +21,6 @@ ramdisk, so a stray network boot cannot race the CD.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import time
 import uuid as uuidlib
@@ -339,7 +338,7 @@ class QemuVirtualMedia(_VirtualMediaBase):
                     "read-only-mode": "read-only",
                 }
                 await s.run("blockdev-change-medium", args)
-        except qemu._Gone as e:
+        except qemu.VmGone as e:
             self._remove_isos(task)
             raise DriverError(f"cannot insert the virtual-media ISO: the VM is not running ({e})") from None
         except BaseException:
@@ -356,11 +355,7 @@ class QemuVirtualMedia(_VirtualMediaBase):
         pid = vm.read_pid(info.pid_file)
         if pid is not None and vm.pid_alive(pid):
             return
-        try:
-            argv = await asyncio.to_thread(qemu._start_argv, info)
-            await vm.spawn_daemon(argv + vm.control_args(info.qmp_socket, info.pid_file), qemu.START_TIMEOUT)
-        except vm.QemuError as e:
-            raise DriverError(f"cannot start the VM (paused) to insert the virtual-media ISO: {e}") from None
+        await qemu.start_process(info, "cannot start the VM (paused) to insert the virtual-media ISO")
 
     async def clean_up_ramdisk(self, task: base.Task) -> None:
         info = qemu.parse_driver_info(task.node.driver_info)
@@ -371,7 +366,7 @@ class QemuVirtualMedia(_VirtualMediaBase):
                     # force: a guest that locked the tray (a mounted CD) must not keep the medium.
                     await s.run("eject", {**_drive_ref(drive), "force": True})
                     await task.record("boot", "virtual media: ejected")
-        except qemu._Gone:
+        except qemu.VmGone:
             pass  # no VM process: no medium (a powered-off owned VM has no drive state at all)
         finally:
             self._remove_isos(task)
