@@ -174,7 +174,9 @@ class Settings(BaseSettings):
     htpasswd_file: Path | None = None
     api_limits: ApiLimits = ApiLimits()
 
-    enabled_hardware_types: list[str] = ["qemu", "fake-hardware"]
+    # Hardware types this conductor drives; a node of another type is refused (and left to a conductor
+    # that has it). fake-hardware is for tests and benchmarks.
+    enabled_hardware_types: list[str] = ["ipmi", "redfish", "qemu", "fake-hardware"]
     default_resource_class: str | None = None
     automated_clean: bool = True
 

@@ -23,7 +23,9 @@ async def test_drivers_list_show_and_properties(api: Api) -> None:
     r = await api.c.get("/v1/drivers/fake-hardware/properties")
     assert r.status_code == 200 and isinstance(r.json(), dict)
     r = await api.c.get("/v1/drivers/ipmi")
-    assert r.status_code == 404 and "ipmi" in fault(r)
+    assert r.status_code == 200 and r.json()["default_power_interface"] == "ipmitool"
+    r = await api.c.get("/v1/drivers/idrac")
+    assert r.status_code == 404 and "idrac" in fault(r)
 
 
 async def test_validate_reports_per_interface(api: Api) -> None:
