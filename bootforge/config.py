@@ -56,8 +56,8 @@ class AgentSettings(BaseModel):
 class IpmiSettings(BaseModel):
     """The `ipmi` hardware type (pyghmi)."""
 
-    # Outer limit on one BMC call, above pyghmi's own retries (a BMC that never answers makes
-    # pyghmi give up after about 5 s): the caller gets a DriverError naming the BMC by then.
+    # Outer limit on one BMC call, above the driver's own (a BMC that never answers fails its
+    # probe after 3 s; pyghmi gives up on a session after about 5 s): a DriverError by then.
     timeout: float = Field(default=15.0, gt=0)
     # Threads that run pyghmi calls; a BMC that never answers holds one until pyghmi gives up.
     workers: int = Field(default=16, ge=1, le=512)

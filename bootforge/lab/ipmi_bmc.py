@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
+import pyghmi.ipmi.private.serversession as pyghmi_serversession
 import pyghmi.ipmi.private.session as pyghmi_session
 
 from bootforge.drivers import base, qemu
@@ -361,10 +362,39 @@ class QemuMachine(Machine):
         self._thread.join(5)
 
 
+class _ServerSession(pyghmi_serversession.ServerSession):  # type: ignore[misc]
+    """pyghmi's server-side session, fixed for many BMCs (ports) in one process.
+
+    A client socket that already has a session here and sends a new sessionless request (the
+    first packet of a login, which pyghmi's client sends from a socket it shares between up to 64
+    BMCs) makes pyghmi forget every session of that client address on *every* port of the process,
+    then route the next packets of those sessions as sessionless ones, where they fail (and
+    `process_pktqueue` raises AttributeError: a ServerSession has no sessionless_data). Here only
+    this BMC's session of that address is forgotten, and stray sessionless packets go to the BMC.
+    """
+
+    def _handle_ipmi_packet(self, data: Any, sockaddr: Any = None, qent: Any = None) -> Any:
+        if qent is not None and len(data) > 13 and data[4] in (0, 2) and bytes(data[5:13]) == bytes(8):
+            ports = pyghmi_session.Session.bmc_handlers.get(sockaddr, {})
+            if ports.get(self.bmc.port) is self:
+                del ports[self.bmc.port]
+                if not ports:
+                    del pyghmi_session.Session.bmc_handlers[sockaddr]
+            self.bmc.pktqueue.append(qent)
+            self.bmc.process_pktqueue()
+            return None
+        return super()._handle_ipmi_packet(data, sockaddr, qent)
+
+    def sessionless_data(self, data: Any, sockaddr: Any) -> None:
+        self.bmc.sessionless_data(data, sockaddr)
+
+
 class VirtualBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     """One IPMI endpoint (address, port, one user) in front of one Machine."""
 
     def __init__(self, machine: Machine, username: str, password: str, address: str, port: int) -> None:
+        # The server creates its sessions through this module attribute (emulator process only).
+        pyghmi_serversession.ServerSession = _ServerSession
         super().__init__({username: password}, port=port, address=address)
         # pyghmi keys server sessions by self.port and matches it against the socket's port, so a
         # port picked by the kernel (0) must be written back.
@@ -472,7 +502,10 @@ class VirtualBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
 def serve(bmcs: Sequence[VirtualBmc], stop: threading.Event, poll: float = 0.05) -> None:
     """Run pyghmi's server loop for `bmcs` (all of them: pyghmi has one loop per process) until stop."""
     while not stop.is_set():
-        pyghmi_session.Session.wait_for_rsp(timeout=poll)
+        try:
+            pyghmi_session.Session.wait_for_rsp(timeout=poll)
+        except Exception:  # one bad packet must not end every BMC of the process
+            log.exception("pyghmi failed handling a packet")
         for bmc in bmcs:
             try:
                 bmc.pump_console()
