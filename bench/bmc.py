@@ -599,6 +599,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=30.0, help="power_sync_interval of the serve process")
     p.add_argument("--workers", type=int, help="power_sync_workers (default: bootforge's)")
     p.add_argument("--timeout", type=float, help="power_sync_timeout (default: bootforge's)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="another setting of the serve process (a JSON value; dotted sections: ipmi.session_idle=120)",
+    )
     p.add_argument("--bmc-procs", type=int, default=2, help="emulator processes serving the BMCs")
     p.add_argument("--concurrency", type=int, default=16, help="API requests in flight while enrolling")
     p.add_argument("--bootforge-bin", type=Path, default=Path(PYTHON).parent / "bootforge")
@@ -631,7 +637,24 @@ def write_config(args: argparse.Namespace, driver: str, path: Path) -> dict[str,
         values["power_sync_workers"] = args.workers
     if args.timeout:
         values["power_sync_timeout"] = args.timeout
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    for item in args.set or []:
+        key, _, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *sections, name = key.strip().split(".")
+        table = values
+        for section in sections:
+            table = table.setdefault(section, {})
+        table[name] = value
+    top = "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if not isinstance(v, dict))
+    tables = "".join(
+        f"[{k}]\n" + "".join(f"{n} = {json.dumps(x)}\n" for n, x in v.items())
+        for k, v in values.items()
+        if isinstance(v, dict)
+    )
+    path.write_text(top + tables)
     return values
 
 
@@ -656,7 +679,9 @@ async def run(args: argparse.Namespace, work: Path) -> int:
         print(f"bootforge power sync over {len(fleet.names)} nodes: {bmcs.describe()}")
         print(
             f"settings: power_sync_interval {s.power_sync_interval:g} s, power_sync_workers "
-            f"{s.power_sync_workers}, power_sync_timeout {s.power_sync_timeout:g} s (the rest: defaults)"
+            f"{s.power_sync_workers}, power_sync_timeout {s.power_sync_timeout:g} s"
+            + (f", {', '.join(args.set)}" if args.set else "")
+            + " (the rest: defaults)"
         )
         serve_cpu, bmc_cpu = CpuSampler([server.proc.pid]), CpuSampler(bmcs.pids())
         samplers += [serve_cpu, bmc_cpu]
