@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import socket
@@ -237,25 +238,44 @@ class _Session(pyghmi_session.Session):  # type: ignore[misc]
 
 # -- pyghmi's lost wake-up --------------------------------------------------------------------------
 
-# A thread waiting for a BMC's reply registers with pyghmi's I/O thread (session._io_wait), which
-# wakes it only for packets that arrive *after* that registration. A reply that comes back before
-# (a fast BMC, loopback) sits in the session's queue until the retransmit timer fires: measured
-# against the emulated BMC, 55 of 300 power-status calls took 0.5-1 s instead of 0.4 ms. So waits
-# for a BMC's reply are cut into slices of WAKEUP_SLICE seconds; pyghmi's loops re-check their queue
-# and deadlines after every wake-up, so a short slice changes nothing but the latency (after the
-# fix: 300 of 300 below 2 ms). The same race hits the undirected waits of a login (a login's
-# packets may be handled by whichever thread polls pyghmi's loop): 200 concurrent logins with 16
-# workers sometimes stalled for more than 8 s; sliced, they did not in repeated runs.
+# A thread waiting for a BMC's reply registers with pyghmi's I/O thread (session._io_wait) and then
+# waits on an event *without a timeout* until that thread sets it. Two ways this goes wrong:
+# * a reply that arrives before the registration wakes nobody, so the waiter sleeps until its
+#   retransmit timer: measured against the emulated BMC, 55 of 300 power-status calls took 0.5-1 s
+#   instead of 0.4 ms;
+# * a wake-up the I/O thread misses is never made up: with 200 emulated BMCs in one process and
+#   16 concurrent workers, some runs left threads (client and BMC server alike) waiting for good,
+#   so a worker and its BMC's lock were lost for the life of the process.
+# So `_io_wait` is replaced by one that registers the same way but waits at most WAKEUP_SLICE
+# seconds. pyghmi's callers loop until their reply, deadline or retransmit timer, re-checking their
+# queues after every wake-up, so an early return costs a loop turn, never a reply (after the fix:
+# 300 of 300 calls below 2 ms). This is the second patch point into pyghmi 1.6's private session
+# module, and like the first one it is checked by the tests against the emulated BMC.
 WAKEUP_SLICE: Final = 0.02
-_pyghmi_io_wait = pyghmi_session._io_wait
 
 
-def _sliced_io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> Any:
-    return _pyghmi_io_wait(min(timeout, WAKEUP_SLICE), myaddr, evq)
+def _bounded_io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> None:
+    evt = threading.Event()
+    if evq is not None:
+        evq.append(evt)  # pyghmi sets these when a command ends, to wake queued callers
+    wait = max(0.0, min(timeout, WAKEUP_SLICE))
+    deadline = pyghmi_session._monotonic_time() + wait
+    pyghmi_session.ioqueue.append((deadline, evt, myaddr))
+    if deadline < pyghmi_session.selectdeadline and pyghmi_session.iosockets:
+        # The I/O thread sleeps in select() until its own deadline: a datagram to itself wakes it
+        # to take our (earlier) deadline into account, as pyghmi does.
+        own = pyghmi_session.iosockets[0]
+        with contextlib.suppress(OSError):
+            own.sendto(b"\x01", (pyghmi_session.myself, own.getsockname()[1]))
+    evt.wait(wait)
 
 
-if getattr(pyghmi_session._io_wait, "__name__", "") != "_sliced_io_wait":
-    pyghmi_session._io_wait = _sliced_io_wait
+def install_pyghmi_fixes() -> None:
+    """Install the bounded wait into pyghmi (idempotent; the emulated BMC calls it too)."""
+    pyghmi_session._io_wait = _bounded_io_wait
+
+
+install_pyghmi_fixes()
 
 
 # -- the client: thread pool, per-BMC locks, sessions, timeouts -------------------------------------

@@ -44,6 +44,7 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
+import faulthandler
 import logging
 import queue
 import signal
@@ -59,7 +60,7 @@ import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.serversession as pyghmi_serversession
 import pyghmi.ipmi.private.session as pyghmi_session
 
-from bootforge.drivers import base, qemu
+from bootforge.drivers import base, ipmi, qemu
 from bootforge.drivers.base import Task
 from bootforge.errors import BootforgeError
 
@@ -395,6 +396,8 @@ class VirtualBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def __init__(self, machine: Machine, username: str, password: str, address: str, port: int) -> None:
         # The server creates its sessions through this module attribute (emulator process only).
         pyghmi_serversession.ServerSession = _ServerSession
+        # pyghmi's server waits like its client does, and loses wake-ups the same way.
+        ipmi.install_pyghmi_fixes()
         super().__init__({username: password}, port=port, address=address)
         # pyghmi keys server sessions by self.port and matches it against the socket's port, so a
         # port picked by the kernel (0) must be written back.
@@ -561,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             b.close()
         return 1
     stop = threading.Event()
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack to stderr
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print("ready " + " ".join(str(b.port) for b in bmcs), flush=True)
