@@ -509,6 +509,7 @@ class Conductor:
         async with gate:
             began = asyncio.get_running_loop().time()
             deadline = asyncio.timeout(timeout)
+            task: NodeTask | None = None
             try:
                 task = NodeTask(self, node, [], "power sync")
                 async with deadline:
@@ -521,6 +522,8 @@ class Conductor:
                     reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
                 result.failed += 1
                 await self._power_read_failed(node, reason, result)
+                if task is not None:
+                    await task.flush()  # what the driver recorded before it failed
                 return
             result.latencies.append(asyncio.get_running_loop().time() - began)
         self._power_failures.pop(node.id, None)
