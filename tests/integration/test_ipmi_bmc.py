@@ -385,21 +385,28 @@ async def test_slow_power_change_times_out_with_a_named_error(drivers: Drivers, 
         stop(proc)
 
 
-async def test_many_bmcs_in_one_process(settings: Settings, ipmitool: str) -> None:
+async def test_many_bmcs_in_one_process(tmp_path: Path, ipmitool: str) -> None:
+    """40 BMCs in one process, read concurrently by one client (whose pyghmi shares a socket between
+    BMCs): logins and reads on cached sessions all answer, quickly, with each BMC's own state."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         first = s.getsockname()[1]
-    proc, ports = start_bmc("--port", str(first), "--count", "8")
+    count = 40
+    proc, ports = start_bmc("--port", str(first), "--count", str(count))
     try:
-        assert ports == list(range(first, first + 8))
+        assert ports == list(range(first, first + count))
+        settings = Settings(state_dir=tmp_path, enabled_hardware_types=["ipmi"], ipmi={"workers": 8})
         power = Drivers(settings).for_node("ipmi", {}).power
         tasks = [task_for(settings, {"ipmi_address": "127.0.0.1", "ipmi_port": p, "ipmi_username": USER,
                                      "ipmi_password": PASSWORD}) for p in ports]  # fmt: skip
-        await power.set_power_state(tasks[3], base.POWER_ON)
-        states = await asyncio.gather(*(power.get_power_state(t) for t in tasks))
-        assert states == [base.POWER_ON if p == ports[3] else base.POWER_OFF for p in ports]
-        assert await tool_power(ports[3]) == base.POWER_ON
-        assert await tool_power(ports[4]) == base.POWER_OFF
+        await tool(ports[3], "power", "on")
+        want = [base.POWER_ON if p == ports[3] else base.POWER_OFF for p in ports]
+        for _ in range(3):  # logins, then cached sessions
+            started = time.monotonic()
+            assert await asyncio.gather(*(power.get_power_state(t) for t in tasks)) == want
+            assert time.monotonic() - started < 3
+        await power.set_power_state(tasks[4], base.POWER_ON)
+        assert await tool_power(ports[4]) == base.POWER_ON
     finally:
         stop(proc)
 
