@@ -81,6 +81,7 @@ PROPERTIES: Final = {
     "unset asks for ADMINISTRATOR and accepts OPERATOR if the BMC refuses it.",
 }
 CIPHER_SUITES: Final = (17, 3)
+LOGIN_RESTARTS: Final = 3
 PRIV_LEVELS: Final = {"ADMINISTRATOR": 4, "OPERATOR": 3, "USER": 2}
 # bootforge boot device -> pyghmi name (IPMI boot device selector), and back.
 _TO_PYGHMI: Final = {"pxe": "network", "disk": "hd", "cdrom": "optical", "bios": "setup", "safe": "safe"}
@@ -205,6 +206,7 @@ class _Session(pyghmi_session.Session):  # type: ignore[misc]
             self.bf_suites = suites
             self.bf_index = 0
             self.bf_refused: list[str] = []
+            self.bf_restarts = 0
         super().__init__(*args, **kwargs)
 
     @property
@@ -215,6 +217,28 @@ class _Session(pyghmi_session.Session):  # type: ignore[misc]
         # pyghmi proposes suite 17 when attemptedhash is 256 and suite 3 when it is 1.
         self.attemptedhash = 256 if self.cipher_suite == 17 else 1
         return super()._open_rmcpplus_request()
+
+    def _relog(self) -> Any:
+        # pyghmi restarts a login whose RAKP step timed out, and resets the retry timer each time,
+        # so a BMC that silently drops RAKP message 1 (pyghmi's own server does, for an unknown
+        # user name) kept a login going forever. Give up after LOGIN_RESTARTS restarts in a row.
+        if self.sessioncontext != "ESTABLISHED":
+            self.bf_restarts += 1
+            if self.bf_restarts > LOGIN_RESTARTS:
+                step = {"EXPECTINGRAKP2": "RAKP message 2", "EXPECTINGRAKP4": "RAKP message 4"}
+                waited = step.get(self.sessioncontext, "the next login step")
+                self.onlogon(
+                    {
+                        "error": f"no answer to the login: waited for {waited} through "
+                        f"{LOGIN_RESTARTS} restarts (a BMC that does not know the user name may stay silent)"
+                    }
+                )
+                return None
+        return super()._relog()
+
+    def _req_priv_level(self) -> Any:
+        self.bf_restarts = 0  # RAKP done: the BMC knows us
+        return super()._req_priv_level()
 
     def _got_rmcp_response(self, data: Any) -> Any:
         if self.sessioncontext == "OPENSESSION" and len(data) >= 2 and data[0] == self.rmcptag:

@@ -495,3 +495,19 @@ async def test_silent_bmc_fails_its_probe(black_hole: int, drivers: Drivers, set
         f"IPMI power status at 127.0.0.1:{black_hole} failed: "
         "no answer to Get Channel Authentication Capabilities (3 tries in 3 s)"
     )
+
+
+async def test_unknown_user_is_a_named_error(bmc: Bmc, drivers: Drivers, settings: Settings) -> None:
+    # pyghmi's BMC server drops RAKP message 1 for a user it does not know; pyghmi's client used to
+    # restart that login forever.
+    power = drivers.for_node("ipmi", {}).power
+    task = task_for(settings, bmc.info(ipmi_username="nobody"))
+    started = time.monotonic()
+    with pytest.raises(DriverError) as e:
+        await power.get_power_state(task)
+    assert time.monotonic() - started < 6
+    assert e.value.message == (
+        f"IPMI power status at 127.0.0.1:{bmc.port} failed: no answer to the login: waited for RAKP "
+        "message 2 through 3 restarts (a BMC that does not know the user name may stay silent)"
+    )
+    assert await power.get_power_state(task_for(settings, bmc.info())) == base.POWER_OFF
