@@ -15,8 +15,8 @@ Sessions are cached per BMC and reused for `ipmi.session_idle` seconds (0: a ses
 Measured through this driver against the lab's emulated BMC on loopback (2 shared cores): a
 power-status call takes 1.5 ms (median) on a cached session and 5.2 ms with a session opened and
 closed around it; the cache also spares the BMC, many of which allow only a handful of sessions.
-Before a login the BMC is probed with one sessionless request on a socket of its own (`probe`), so
-a BMC that never answers fails in 3 s without entering pyghmi's shared machinery.
+Before each call the BMC is probed with one sessionless request on a socket of its own (`probe`),
+so a BMC that never answers fails in 3 s without entering pyghmi's shared machinery.
 
 Cipher suites. pyghmi proposes cipher suite 17 (SHA-256) and falls back to 3 (SHA-1) only if the
 BMC rejects the proposal; a BMC that answers the proposal with other algorithms (pyghmi's own BMC
@@ -378,6 +378,10 @@ class IpmiClient:
             raise DriverError(f"IPMI {doing} at {info.target} failed: {_describe(e, info)}") from None
 
     def _run(self, info: IpmiInfo, fn: Callable[[Any], T]) -> T:
+        # Probed on every call, not only before a login: a BMC that went silent under a cached
+        # session held pyghmi (and this worker, and the BMC's lock) for 28 s before it gave up;
+        # the probe fails in 3 s and costs one round trip to a BMC that answers.
+        probe(info)
         cmd = self._command(info)
         try:
             result = fn(cmd)
@@ -436,11 +440,10 @@ def _release(lock: asyncio.Lock, fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-# Before a login, one sessionless request (Get Channel Authentication Capabilities, which every
-# IPMI 2.0 BMC answers) on a socket of our own. pyghmi runs every login of the process through one
-# shared event loop whose callbacks run in whichever thread polls it: measured with 200 emulated
-# BMCs and 16 workers, 1 silent BMC cost its own node only, but 10 silent ones stalled the logins of
-# 89 answering BMCs past an 8 s limit. A BMC that does not answer the probe never enters pyghmi.
+# Before each call, one sessionless request (Get Channel Authentication Capabilities, which every
+# IPMI 2.0 BMC answers) on a socket of our own. A silent BMC then costs a worker 3 s, not pyghmi's
+# 5 s for a login or 28 s for a command on a cached session (measured), and never enters pyghmi's
+# shared event loop, whose callbacks run in whichever thread polls it.
 PROBE_TRIES: Final = (0.5, 1.0, 1.5)  # seconds to wait for the answer to each try
 
 
@@ -483,8 +486,7 @@ class _Unreachable(Exception):
 
 
 def open_command(info: IpmiInfo) -> Any:
-    """Log in to the BMC (blocking) and return a pyghmi Command on that session."""
-    probe(info)
+    """Log in to the BMC (blocking; probe() it first) and return a pyghmi Command on that session."""
     priv = PRIV_LEVELS[info.priv_level] if info.priv_level else None
     user, password = _credentials(info)
     sess = _Session(

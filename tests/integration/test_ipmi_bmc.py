@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -511,3 +512,19 @@ async def test_unknown_user_is_a_named_error(bmc: Bmc, drivers: Drivers, setting
         "message 2 through 3 restarts (a BMC that does not know the user name may stay silent)"
     )
     assert await power.get_power_state(task_for(settings, bmc.info())) == base.POWER_OFF
+
+
+async def test_bmc_silent_under_a_cached_session(bmc: Bmc, drivers: Drivers, settings: Settings) -> None:
+    power = drivers.for_node("ipmi", {}).power
+    task = task_for(settings, bmc.info())
+    assert await power.get_power_state(task) == base.POWER_OFF  # the session is cached now
+    bmc.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DriverError) as e:
+            await power.get_power_state(task)
+        assert time.monotonic() - started < 4
+        assert "no answer to Get Channel Authentication Capabilities" in e.value.message
+    finally:
+        bmc.proc.send_signal(signal.SIGCONT)
+    assert await power.get_power_state(task) == base.POWER_OFF
