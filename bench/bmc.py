@@ -74,7 +74,8 @@ ROUND_RE = re.compile(
     r"(?P<nodes>\d+) nodes in (?P<seconds>[\d.]+) s: (?P<read>\d+) read"
     r"(?: \(p50 (?P<p50>\d+) ms, p95 (?P<p95>\d+) ms, max (?P<max>\d+) ms\))?, "
     r"(?P<failed>\d+) failed \((?P<timed_out>\d+) timed out\), (?P<changed>\d+) changed, "
-    r"(?P<to_maint>\d+) to maintenance, (?P<lifted>\d+) out of maintenance$"
+    r"(?P<to_maint>\d+) to maintenance, (?P<lifted>\d+) out of maintenance"
+    r"(?:; first failure: (?P<first>.*))?$"
 )
 
 # Ironic's defaults, as documented (openstack/ironic): ironic/conf/conductor.py, ironic/conf/ipmi.py,
@@ -104,6 +105,7 @@ class Round:
     changed: int
     to_maint: int
     lifted: int
+    first: str | None = None  # the round's first failure, as the conductor logged it
     cpu_s: float = 0.0
     bmc_cpu_s: float = 0.0
     flipped_on: int = 0
@@ -505,6 +507,7 @@ def read_rounds(log: Path, after: dt.datetime) -> list[Round]:
             changed=int(g["changed"]),
             to_maint=int(g["to_maint"]),
             lifted=int(g["lifted"]),
+            first=g["first"],
         )
         if r.started >= after:
             found.append(r)

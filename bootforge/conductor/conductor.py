@@ -64,6 +64,8 @@ class PowerSyncRound:
     seconds: float = 0.0
     # Seconds each good read took, for the percentiles in the log line.
     latencies: list[float] = field(default_factory=list)
+    # The first failure of the round, "<node>: <reason>", so the log line says what went wrong.
+    first_failure: str | None = None
 
     def summary(self) -> str:
         lat = sorted(self.latencies)
@@ -75,6 +77,7 @@ class PowerSyncRound:
             f"{self.nodes} nodes in {self.seconds:.2f} s: {reads}, {self.failed} failed "
             f"({self.timed_out} timed out), {self.changed} changed, {self.to_maintenance} to "
             f"maintenance, {self.lifted} out of maintenance"
+            + (f"; first failure: {self.first_failure}" if self.first_failure else "")
         )
 
 
@@ -521,6 +524,8 @@ class Conductor:
                 else:
                     reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
                 result.failed += 1
+                result.first_failure = result.first_failure or f"{node.name or node.uuid}: {reason}"
+                log.debug("power sync: node %s: %s", node.uuid, reason)
                 await self._power_read_failed(node, reason, result)
                 if task is not None:
                     await task.flush()  # what the driver recorded before it failed

@@ -17,3 +17,12 @@ def test_summary_gives_counts_and_read_latency_percentiles() -> None:
 def test_summary_without_a_good_read() -> None:
     r = PowerSyncRound(nodes=1, failed=1, seconds=0.5)
     assert r.summary().startswith("1 nodes in 0.50 s: 0 read, 1 failed")
+
+
+def test_summary_names_the_first_failure() -> None:
+    r = PowerSyncRound(
+        nodes=2, failed=1, seconds=0.5, first_failure="n1: DriverError: BMC at 10.0.0.5 refused"
+    )
+    assert r.summary().endswith(
+        "0 out of maintenance; first failure: n1: DriverError: BMC at 10.0.0.5 refused"
+    )
