@@ -24,7 +24,7 @@ from bootforge.conductor import states
 from bootforge.conductor.conductor import POWER_FAILURE, PowerSyncRound
 from bootforge.drivers import hardware
 
-pytestmark = pytest.mark.slow  # ~20 s: silent reads wait out their timeouts
+pytestmark = pytest.mark.slow  # 20-40 s: silent reads wait out their timeouts
 
 PASSWORD = "sync-secret"
 TIMEOUT = 2.0
@@ -138,12 +138,12 @@ async def test_a_silent_bmc_goes_to_maintenance_and_comes_back(
     assert PASSWORD not in n["maintenance_reason"]
     assert (await node(bf, "steady"))["maintenance"] is False
 
-    # A BMC answers on that port again: the next good read lifts the maintenance. (The driver may
-    # still be giving up on the silent session, so a round or two can fail first.)
+    # A BMC answers on that port again: the next good read lifts the maintenance. (The driver is
+    # still giving up on the session the old BMC had, which measured up to ~20 s of failed rounds.)
     bmcs.append(await asyncio.to_thread(Bmc, tmp_path / "flaky-again.log", flaky.port))
-    for _ in range(10):
-        if (await sync(bf)).lifted:
-            break
+    deadline = asyncio.get_running_loop().time() + 60
+    while not (await sync(bf)).lifted:
+        assert asyncio.get_running_loop().time() < deadline, "the BMC answering again was not noticed in 60 s"
     n = await node(bf, "flaky")
     assert (n["maintenance"], n["fault"], n["maintenance_reason"]) == (False, None, None)
     r = await bf.client.get("/v1/nodes/flaky/history")
