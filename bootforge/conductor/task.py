@@ -24,7 +24,7 @@ from bootforge.conductor import states
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, AgentSession, Node, NodeEvent, Port, utcnow
 from bootforge.db.queries import is_uuid
-from bootforge.drivers.base import NetworkBoot
+from bootforge.drivers.base import NetworkBoot, updated_internal
 from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
 from bootforge.errors import NodeLocked, NotFound
 
@@ -132,13 +132,7 @@ class NodeTask:
             self.conductor.agent_wakeup(self.node.id)
 
     def set_internal(self, **values: Any) -> None:
-        info = dict(self.node.driver_internal_info)
-        for key, value in values.items():
-            if value is None:
-                info.pop(key, None)
-            else:
-                info[key] = value
-        self.node.driver_internal_info = info
+        self.node.driver_internal_info = updated_internal(self.node.driver_internal_info, values)
 
     async def transition(
         self,

@@ -12,7 +12,7 @@ continues outside the conductor (the ramdisk agent) and a callback will resume i
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeVar
 
@@ -34,6 +34,18 @@ SOFT_REBOOT: Final = "soft rebooting"
 POWER_ERROR: Final = "error"
 
 BOOT_DEVICES: Final = ("pxe", "disk", "cdrom", "bios", "safe", "wanboot")
+
+
+def updated_internal(info: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """driver_internal_info with `values` applied: a None value removes its key. A new dict, since
+    JSON columns track assignment, not changes made in place."""
+    updated = dict(info)
+    for key, value in values.items():
+        if value is None:
+            updated.pop(key, None)
+        else:
+            updated[key] = value
+    return updated
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ import pyghmi.ipmi.private.serversession as pyghmi_serversession
 import pyghmi.ipmi.private.session as pyghmi_session
 
 from bootforge.drivers import base, ipmi, qemu
-from bootforge.drivers.base import Task
+from bootforge.drivers.base import Task, updated_internal
 from bootforge.errors import BootforgeError
 
 __all__ = ["BootFlags", "Machine", "MemoryMachine", "QemuMachine", "VirtualBmc", "main", "serve"]
@@ -227,13 +227,7 @@ class _BmcTask:
         self.node = _BmcNode(driver_info)
 
     def set_internal(self, **values: Any) -> None:
-        info = dict(self.node.driver_internal_info)
-        for key, value in values.items():
-            if value is None:
-                info.pop(key, None)
-            else:
-                info[key] = value
-        self.node.driver_internal_info = info
+        self.node.driver_internal_info = updated_internal(self.node.driver_internal_info, values)
 
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         log.info("%s: %s", event_type, message)

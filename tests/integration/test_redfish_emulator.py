@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from bootforge.drivers import base
+from bootforge.drivers.base import updated_internal
 from bootforge.drivers.redfish import RedfishClient, RedfishManagement, RedfishPower
 from bootforge.errors import DriverError
 
@@ -195,11 +196,7 @@ class Task:
         return self
 
     def set_internal(self, **values: Any) -> None:
-        for key, value in values.items():
-            if value is None:
-                self.driver_internal_info.pop(key, None)
-            else:
-                self.driver_internal_info[key] = value
+        self.driver_internal_info = updated_internal(self.driver_internal_info, values)
 
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self.events.append(f"{event_type}: {message}")

@@ -10,6 +10,7 @@ import pytest
 
 from bootforge.config import Settings
 from bootforge.drivers import agent, base
+from bootforge.drivers.base import updated_internal
 from bootforge.errors import DriverError
 
 
@@ -80,13 +81,7 @@ class FakeTask:
         self.events: list[str] = []
 
     def set_internal(self, **values: Any) -> None:
-        info = dict(self.node.driver_internal_info)
-        for k, v in values.items():
-            if v is None:
-                info.pop(k, None)
-            else:
-                info[k] = v
-        self.node.driver_internal_info = info
+        self.node.driver_internal_info = updated_internal(self.node.driver_internal_info, values)
 
     async def agent_last_seen(self) -> dt.datetime | None:
         return None

@@ -11,6 +11,7 @@ from test_redfish_client import ADDRESS, PASSWORD, USER, FakeBmc, error, fresh_a
 
 from bootforge.config import Settings
 from bootforge.drivers import base
+from bootforge.drivers.base import updated_internal
 from bootforge.drivers.hardware import Drivers
 from bootforge.drivers.redfish import RedfishClient, RedfishManagement, RedfishPower
 from bootforge.drivers.redfish.info import RedfishInfo
@@ -32,11 +33,7 @@ class Task:
         return self
 
     def set_internal(self, **values: Any) -> None:
-        for key, value in values.items():
-            if value is None:
-                self.driver_internal_info.pop(key, None)
-            else:
-                self.driver_internal_info[key] = value
+        self.driver_internal_info = updated_internal(self.driver_internal_info, values)
 
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self.events.append(message)

@@ -18,6 +18,7 @@ from bootforge.agent import netconfig
 from bootforge.agent.netconfig import Interface, Route, StaticNet
 from bootforge.config import Settings
 from bootforge.drivers import base, qemu, vmedia
+from bootforge.drivers.base import updated_internal
 from bootforge.drivers.hardware import Drivers
 from bootforge.drivers.vmedia import QemuVirtualMedia, RedfishVirtualMedia, kernel_cmdline, static_network
 from bootforge.errors import DriverError, InvalidInput
@@ -136,9 +137,7 @@ class Task:
         self.events: list[str] = []
 
     def set_internal(self, **values: Any) -> None:
-        info = dict(self.node.driver_internal_info)
-        info.update(values)
-        self.node.driver_internal_info = {k: v for k, v in info.items() if v is not None}
+        self.node.driver_internal_info = updated_internal(self.node.driver_internal_info, values)
 
     async def get_ports(self) -> list[Any]:
         return [SimpleNamespace(address=MAC, pxe_enabled=True)]
