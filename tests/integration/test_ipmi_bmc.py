@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.processes import start_ipmi_bmc, stop_process
 
 from bootforge.config import Settings
 from bootforge.drivers import base, ipmi
@@ -71,36 +71,14 @@ class Bmc:
 
 
 def start_bmc(*extra: str) -> tuple[subprocess.Popen[str], list[int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bootforge.lab.ipmi_bmc", "--machine", "memory", "--username", USER,
-         "--password", PASSWORD, *extra],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "ready PORT ..." once every BMC listens; EOF if it failed
-    if not line.startswith("ready "):
-        stop(proc)
-        pytest.fail(f"the emulated BMC did not start: {line!r}")
-    return proc, [int(p) for p in line.split()[1:]]
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
+    return start_ipmi_bmc(USER, PASSWORD, "--machine", "memory", *extra)
 
 
 @pytest.fixture
 def bmc() -> Iterator[Bmc]:
     proc, ports = start_bmc("--port", "0")
     yield Bmc(ports[0], proc)
-    stop(proc)
+    stop_process(proc)
 
 
 @pytest.fixture
@@ -272,7 +250,7 @@ async def test_explicit_cipher_suite(bmc: Bmc, drivers: Drivers, settings: Setti
         assert f"127.0.0.1:{ports[0]}" in e.value.message
         assert "cipher suite 17: the BMC chose cipher suite 3 instead" in e.value.message
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 async def test_wrong_password_is_a_named_error(bmc: Bmc, drivers: Drivers, settings: Settings) -> None:
@@ -366,7 +344,7 @@ async def test_soft_power_off_ignored_ends_in_hard_off(drivers: Drivers, setting
             ("power", "the machine ignored the ACPI soft power off for 1 s; powering off hard", "warning")
         ]
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 async def test_slow_power_change_times_out_with_a_named_error(drivers: Drivers, tmp_path: Path) -> None:
@@ -383,12 +361,13 @@ async def test_slow_power_change_times_out_with_a_named_error(drivers: Drivers, 
         assert e.value.message == f"IPMI power on at 127.0.0.1:{ports[0]}: still not power on after 1 s"
         await power.set_power_state(task, base.POWER_ON, timeout=10)  # the delayed action lands
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 async def test_many_bmcs_in_one_process(tmp_path: Path, ipmitool: str) -> None:
     """40 BMCs in one process, read concurrently by one client (whose pyghmi shares a socket between
-    BMCs): logins and reads on cached sessions all answer, quickly, with each BMC's own state."""
+    BMCs): logins and reads on cached sessions all answer, each with its BMC's own state. (How fast
+    is bench/bmc.py's to say, not a test's.)"""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         first = s.getsockname()[1]
@@ -403,13 +382,11 @@ async def test_many_bmcs_in_one_process(tmp_path: Path, ipmitool: str) -> None:
         await tool(ports[3], "power", "on")
         want = [base.POWER_ON if p == ports[3] else base.POWER_OFF for p in ports]
         for _ in range(3):  # logins, then cached sessions
-            started = time.monotonic()
             assert await asyncio.gather(*(power.get_power_state(t) for t in tasks)) == want
-            assert time.monotonic() - started < 3
         await power.set_power_state(tasks[4], base.POWER_ON)
         assert await tool_power(ports[4]) == base.POWER_ON
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 async def test_concurrent_calls_to_one_bmc_are_serialised(

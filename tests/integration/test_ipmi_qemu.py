@@ -13,13 +13,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.processes import start_ipmi_bmc, stop_process
 
 from bootforge.config import Settings
 from bootforge.drivers import base
@@ -64,26 +63,14 @@ def vm_files(tmp_path: Path) -> Iterator[dict[str, Path]]:
 
 @pytest.fixture
 def bmc_port(vm_files: dict[str, Path]) -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bootforge.lab.ipmi_bmc", "--port", "0", "--username", USER,
-         "--password", PASSWORD, "--qmp-socket", str(vm_files["qmp"]),
-         "--qemu-command", str(vm_files["defn"]), "--serial-log", str(vm_files["serial"])],
-        stdout=subprocess.PIPE,
-        text=True,
+    proc, ports = start_ipmi_bmc(
+        USER, PASSWORD, "--port", "0", "--qmp-socket", str(vm_files["qmp"]),
+        "--qemu-command", str(vm_files["defn"]), "--serial-log", str(vm_files["serial"]),
     )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
     try:
-        assert line.startswith("ready "), f"the emulated BMC did not start: {line!r}"
-        yield int(line.split()[1])
+        yield ports[0]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_process(proc)
 
 
 async def tool(port: int, *args: str) -> str:

@@ -10,12 +10,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from support.processes import start_ipmi_bmc, stop_process
 from support.service import BOOTFORGE, LATEST, Served, served
 
 from bootforge.drivers import hardware
@@ -85,20 +85,11 @@ def ipmi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def ipmi_bmc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """pyghmi's BMC server on a free loopback port; its port."""
     log = tmp_path_factory.mktemp("ipmi-bmc") / "bmc.log"
-    argv = [sys.executable, "-m", "bootforge.lab.ipmi_bmc", "--machine", "memory", "--port", "0"]
-    argv += ["--username", "admin", "--password", PASSWORD]
-    with log.open("wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
+    proc, ports = start_ipmi_bmc("admin", PASSWORD, "--machine", "memory", "--port", "0", log=log)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()  # "ready <port>", or EOF if it died
-        assert line.startswith("ready "), f"ipmi_bmc did not start: {log.read_text()[-1000:]}"
-        yield int(line.split()[1])
+        yield ports[0]
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 def test_an_ipmi_bmc_that_answers(ipmi_server: Served, ipmi_bmc: int) -> None:

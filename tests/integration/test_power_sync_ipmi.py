@@ -12,12 +12,12 @@ import asyncio
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.processes import start_ipmi_bmc, stop_process
 from support.service import InProcess, in_process
 
 from bootforge.conductor import states
@@ -34,23 +34,11 @@ class Bmc:
     """One `bootforge.lab.ipmi_bmc --machine memory` process on 127.0.0.1."""
 
     def __init__(self, log: Path, port: int = 0) -> None:
-        argv = [sys.executable, "-m", "bootforge.lab.ipmi_bmc", "--machine", "memory", "--port", str(port)]
-        argv += ["--username", "admin", "--password", PASSWORD]
-        with log.open("ab") as err:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()  # "ready <port>", or EOF if it died
-        if not line.startswith("ready "):
-            self.stop()
-            raise AssertionError(f"ipmi_bmc did not start: {log.read_text()[-1000:]}")
-        self.port = int(line.split()[1])
+        args = ("--machine", "memory", "--port", str(port))
+        self.proc, (self.port,) = start_ipmi_bmc("admin", PASSWORD, *args, log=log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stop_process(self.proc)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.processes import stop_process
 
 from bootforge.drivers import base
 from bootforge.drivers.base import updated_internal
@@ -174,12 +175,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
             time.sleep(0.2)
         yield Emulator(url, cert, proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
