@@ -78,6 +78,7 @@ def test_network_boot_then_disk_boot(make_lab: LabFactory, firmware: str, tmp_pa
     assert h.node(rec)["power_state"] == "power off"
 
     h.set_boot_device(rec, "disk")  # once: the next boot only
+    h.timeline_fence(rec)  # the ramdisk's own DHCP exchanges are all written before the count
     dhcp_before = len(h.history(rec, "dhcp"))
     since = console_offset(rec)
     start = time.monotonic()
@@ -91,7 +92,7 @@ def test_network_boot_then_disk_boot(make_lab: LabFactory, firmware: str, tmp_pa
     before_disk = console.split("UEFI Misc Device" if firmware != "bios" else DISK_MARKER)[0]
     for network_sign in ("iPXE initialising", "Start PXE", "Start HTTP", "Booting from ROM"):
         assert network_sign not in before_disk, network_sign
-    time.sleep(1.0)  # the timeline is written in 0.5 s batches: let any DHCP event land
+    h.timeline_fence(rec)  # any DHCP from this boot is written by now
     assert len(h.history(rec, "dhcp")) == dhcp_before
     h.power(rec, "power off")
 

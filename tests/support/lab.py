@@ -125,6 +125,15 @@ class LabHandle:
                 chunks.append(data)
         return b"".join(chunks).decode(errors="replace")
 
+    def timeline_fence(self, rec: VmRecord, timeout: float = 30.0) -> None:
+        """Return once every netboot event emitted so far is on the node's timeline.
+
+        The test causes one more (a boot-script fetch) and waits for it to show: the server writes
+        events in the order they were emitted, so everything before the fence has landed too."""
+        before = len(self.history(rec, "http"))
+        self.boot_script(rec)
+        wait_until(lambda: len(self.history(rec, "http")) > before, timeout, f"{rec.name}'s timeline fence")
+
     def wait_boot_script(self, rec: VmRecord, text: str, timeout: float = 30.0) -> None:
         # The netboot view refreshes from the database every few seconds.
         wait_until(lambda: text in self.boot_script(rec), timeout, f"{rec.name}'s boot script says {text!r}")
