@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bootforge.api import versions
-from bootforge.api.auth import Htpasswd
+from bootforge.api.auth import Htpasswd, TooManyFailures
 from bootforge.api.deps import Services
 from bootforge.api.limits import RequestLimits
 from bootforge.api.responses import JSON, error_body, error_response
@@ -52,8 +52,11 @@ class IronicMiddleware:
             )
             path = scope["path"]
             if self.htpasswd is not None and path not in PUBLIC_PATHS and not AGENT_PATH.match(path):
-                scope.setdefault("state", {})["user"] = self.htpasswd.check(headers.get("authorization"))
-        except (NotAcceptable, NotAuthorized) as exc:
+                client = scope.get("client")
+                scope.setdefault("state", {})["user"] = await self.htpasswd.authenticate(
+                    headers.get("authorization"), client[0] if client else ""
+                )
+        except (NotAcceptable, NotAuthorized, TooManyFailures) as exc:
             await _send_error(exc, scope, receive, send, request_id)
             return
         scope.setdefault("state", {})["version"] = version
@@ -80,6 +83,8 @@ async def _send_error(
     response.headers["X-OpenStack-Ironic-API-Minimum-Version"] = str(versions.MIN)
     response.headers["X-OpenStack-Ironic-API-Maximum-Version"] = str(versions.MAX)
     response.headers["X-OpenStack-Request-Id"] = request_id
+    if isinstance(exc, TooManyFailures):
+        response.headers["Retry-After"] = str(exc.retry_after)
     await response(scope, receive, send)
 
 

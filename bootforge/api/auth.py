@@ -1,30 +1,120 @@
 """HTTP basic authentication against an htpasswd file of bcrypt hashes (Ironic's standalone mode).
 
-bcrypt is deliberately slow (tens of milliseconds per check), so a verified (user, password) pair is
-remembered, keyed by a SHA-256 of the pair, until the file changes.
+bcrypt is deliberately slow (tens of milliseconds per check) and the API shares its event loop with
+DHCP, TFTP and the conductor, so:
+- checks run on a small thread pool of their own, never on the loop, and never more than two at once;
+- a verified (user, password) pair is remembered for a short while, under an HMAC of the pair keyed
+  by a random per-process secret (the password itself is never kept), until the file changes;
+- a client address with too many failed checks in a window is refused (429) without a check, by a
+  table bounded in size, so guessing costs the guesser time and a stranger cannot grow the table.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import hmac
+import math
 import os
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bcrypt
 
-from bootforge.errors import NotAuthorized
+from bootforge.errors import BootforgeError, NotAuthorized
+
+CACHE_TTL = 30.0  # seconds a verified login is remembered
+CACHE_SIZE = 1024  # verified logins remembered at once
+MAX_FAILURES = 10  # failed checks per client address ...
+FAILURE_WINDOW = 60.0  # ... in this many seconds before the address is refused until the window ends
+MAX_CLIENTS = 4096  # client addresses the failure table tracks at once
+
+# Shared by every Htpasswd: the bound is on CPU spent hashing, whichever file is checked.
+_BCRYPT = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bootforge-bcrypt")
+
+
+class TooManyFailures(BootforgeError):
+    http_status = 429
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(f"Too many failed logins from this address; try again in {self.retry_after} s.")
+
+
+class FailureLimiter:
+    """Failed checks per client address in fixed windows, for at most `max_clients` addresses.
+
+    The table is kept in window-start order, so expired windows sit at its front: making room drops
+    those first and then the oldest window, which is the nearest to expiring anyway.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = MAX_FAILURES,
+        window: float = FAILURE_WINDOW,
+        max_clients: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_clients = max_clients
+        self._clock = clock
+        self._table: dict[str, tuple[float, int]] = {}  # address -> (window start, failures)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until `client` may be checked again; 0 when it may be now."""
+        entry = self._table.get(client)
+        if entry is None:
+            return 0.0
+        start, count = entry
+        left = start + self.window - self._clock()
+        return left if count >= self.max_failures and left > 0 else 0.0
+
+    def failed(self, client: str) -> None:
+        now = self._clock()
+        entry = self._table.get(client)
+        if entry is not None and now - entry[0] < self.window:
+            self._table[client] = (entry[0], entry[1] + 1)
+            return
+        self._table.pop(client, None)
+        while self._table:
+            oldest, (start, _) = next(iter(self._table.items()))
+            if now - start < self.window and len(self._table) < self.max_clients:
+                break
+            del self._table[oldest]
+        self._table[client] = (now, 1)
 
 
 class Htpasswd:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        cache_ttl: float = CACHE_TTL,
+        cache_size: int = CACHE_SIZE,
+        failures: FailureLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
-        self._mtime = -1.0
+        self.cache_ttl = cache_ttl
+        self.cache_size = cache_size
+        self.failures = failures if failures is not None else FailureLimiter(clock=clock)
+        self._clock = clock
+        self._mtime = -1
+        self._generation = 0
         self._users: dict[str, bytes] = {}
-        self._verified: set[bytes] = set()
+        self._verified: dict[bytes, float] = {}  # HMAC of user and password -> expiry
+        self._secret = secrets.token_bytes(32)
 
     def _reload(self) -> None:
-        mtime = os.stat(self.path).st_mtime
+        mtime = os.stat(self.path).st_mtime_ns
         if mtime == self._mtime:
             return
         users: dict[str, bytes] = {}
@@ -36,10 +126,14 @@ class Htpasswd:
             if digest.startswith(("$2y$", "$2b$", "$2a$")):
                 # htpasswd -B writes $2y$, which the bcrypt library reads as $2b$.
                 users[user] = b"$2b$" + digest[4:].encode()
-        self._users, self._verified, self._mtime = users, set(), mtime
+        self._users, self._verified, self._mtime = users, {}, mtime
+        self._generation += 1
 
-    def check(self, authorization: str | None) -> str:
-        """The user name for a valid `Authorization: Basic ...` header; NotAuthorized otherwise."""
+    async def authenticate(self, authorization: str | None, client: str) -> str:
+        """The user name for a valid `Authorization: Basic ...` header from `client` (its address).
+
+        NotAuthorized for missing or wrong credentials, TooManyFailures while `client` is refused.
+        """
         if not authorization or not authorization.lower().startswith("basic "):
             raise NotAuthorized("Authentication required: use HTTP basic authentication.")
         try:
@@ -47,11 +141,33 @@ class Htpasswd:
         except (ValueError, UnicodeDecodeError):
             raise NotAuthorized("Malformed HTTP basic authorization header.") from None
         self._reload()
-        key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
-        if key in self._verified:
-            return user
+        key = hmac.new(self._secret, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        now = self._clock()
+        expiry = self._verified.get(key)
+        if expiry is not None:
+            if now < expiry:
+                # Served even to a refused address: it costs no bcrypt check and the login is right.
+                return user
+            del self._verified[key]
+        wait = self.failures.retry_after(client)
+        if wait > 0:
+            raise TooManyFailures(wait)
         digest = self._users.get(user)
-        if digest is None or not bcrypt.checkpw(password.encode(), digest):
+        generation = self._generation
+        ok = digest is not None and await asyncio.get_running_loop().run_in_executor(
+            _BCRYPT, bcrypt.checkpw, password.encode(), digest
+        )
+        if not ok:
+            self.failures.failed(client)
             raise NotAuthorized("Invalid user name or password.")
-        self._verified.add(key)
+        if generation == self._generation:  # the file did not change during the check
+            self._remember(key)
         return user
+
+    def _remember(self, key: bytes) -> None:
+        now = self._clock()
+        if len(self._verified) >= self.cache_size:
+            self._verified = {k: t for k, t in self._verified.items() if t > now}
+        while len(self._verified) >= self.cache_size:
+            del self._verified[next(iter(self._verified))]
+        self._verified[key] = now + self.cache_ttl
