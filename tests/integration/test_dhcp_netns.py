@@ -5,6 +5,7 @@ the server namespace; the clients run as processes inside theirs."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import socket
 import stat
@@ -111,6 +112,12 @@ async def run_in(host: Host, argv: list[str], timeout: float = 30) -> Any:
     return await asyncio.to_thread(host.ns.run, argv, check=False, timeout=timeout)
 
 
+def udp_listening(host: Host, port: int) -> bool:
+    """Whether a socket in the host's namespace is bound to UDP `port` (a DHCP server or relay ready)."""
+    done = host.ns.run(["ss", "-H", "-uln", f"sport = :{port}"], check=False, timeout=10)
+    return bool(done.stdout.strip())
+
+
 async def wait_for(predicate: Callable[[], bool], seconds: float = 20.0) -> bool:
     for _ in range(int(seconds * 10)):
         if predicate():
@@ -181,8 +188,9 @@ async def test_relayed_exchange_through_dhcrelay(netns_relayed_lan: RelayedSubne
     events: list[NodeEvent] = []
     async for server, _ in serve(seg.lan, Mode.FULL, reservations(seg.client), events):
         argv = [dhcrelay, "-d", "-4", "-a", "-iu", "eth0", "-id", "eth1", str(SERVER)]
-        popen_logged(Host(seg.relay, "eth0", "", None), argv, tmp_path / "dhcrelay.log")
-        await asyncio.sleep(1.0)  # dhcrelay opens its sockets
+        relay = Host(seg.relay, "eth0", "", None)
+        popen_logged(relay, argv, tmp_path / "dhcrelay.log")
+        assert await wait_for(functools.partial(udp_listening, relay, 67)), "dhcrelay did not bind port 67"
         argv = [busybox, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "6", "-T", "1",
                 "-s", str(env_script(out))]  # fmt: skip
         result = await run_in(seg.client, argv)
@@ -252,7 +260,7 @@ async def test_proxy_answers_pxe_client_while_dnsmasq_leases(netns_lan: Lan, tmp
     client = ScriptedPxeClient(netns_lan.client)
     events: list[NodeEvent] = []
     async for server, _ in serve(netns_lan, Mode.PROXY, reservations(netns_lan.client), events):
-        await asyncio.sleep(0.5)  # dnsmasq binds
+        assert await wait_for(lambda: udp_listening(site, 67)), "dnsmasq did not bind port 67"
         await client.broadcast(client.message(0x1111, {53: b"\x01", 57: b"\x05\xc0"}))
         offers = await client.collect(client.sock, 0x1111, 5.0, want=2)
         by_server = {bytes(o.options[54]): o for o in offers}

@@ -193,7 +193,8 @@ def test_serve_with_tftp_workers_ties_every_transfer_to_the_node(served: Any, tm
     lan, boot, log = served
     node = api(lan, "POST", "/v1/nodes", {"driver": "fake-hardware", "name": "rack1-node1"})
     api(lan, "POST", "/v1/ports", {"node_uuid": node["uuid"], "address": lan.client.mac})
-    time.sleep(2.5)  # the netboot view refreshes every 2 s
+    # The netboot view learns the new port at its next refresh (every 2 s); until then bootforge's
+    # DHCP ignores the MAC, and udhcpc's own retries (5, 1 s apart) wait for it.
     ip = lease(lan, tmp_path)
     lan.client.ns.ip("addr", "add", f"{ip}/24", "dev", "eth0")
     for i in range(16):  # one curl each: a fresh source port, so the kernel picks a listener anew
@@ -202,10 +203,16 @@ def test_serve_with_tftp_workers_ties_every_transfer_to_the_node(served: Any, tm
         assert done.returncode == 0, done.stderr
         assert out.read_bytes() == (boot / "blob.bin").read_bytes()
 
-    time.sleep(1.0)  # netboot events are written in batches every 0.5 s
-    history = api(lan, "GET", f"/v1/nodes/{node['uuid']}/history?detail=true")["history"]
-    tftp = [e["event"] for e in history if e["event_type"] == "tftp"]
-    assert sum("tftp blob.bin completed: 100000 bytes" in t for t in tftp) == 16, tftp
+    def completed() -> list[str]:
+        history = api(lan, "GET", f"/v1/nodes/{node['uuid']}/history?detail=true")["history"]
+        tftp = [e["event"] for e in history if e["event_type"] == "tftp"]
+        return [t for t in tftp if "tftp blob.bin completed: 100000 bytes" in t]
+
+    # Netboot events are written in batches every 0.5 s: wait for the 16 transfers to land.
+    deadline = time.monotonic() + 30
+    while len(completed()) < 16 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(completed()) == 16, completed()
     assert len(worker_pids(log)) == 1
     served_by_worker = [
         line for line in log.read_text().splitlines() if "tftp worker" in line and "blob.bin" in line
