@@ -6,12 +6,15 @@ catalogue, and takes every node through the product's whole path: inspect (the V
 ramdisk and its agent reports the hardware), provide (disks cleaned), deploy (the agent streams the
 image and a config drive with user data to the disk, the VM is handed over to its disk and boots it).
 It shows each node's state, latest timeline event and console line as they change, then keeps the API
-up for the user to explore until Ctrl-C, when it removes everything it made.
+up for the user to explore until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), when it removes
+everything it made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -22,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bootforge.cli.lab import DEFAULT_DIR, DirOpt
+from bootforge.cli.signals import Interrupted, exit_code, interrupt_on_signals
 from bootforge.lab import sample_os
 from bootforge.lab.lab import Lab, LabError
 from bootforge.lab.netns import NetnsError
@@ -46,6 +50,14 @@ def demo(
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """VMs network-boot bootforge's ramdisk, are inspected, cleaned and deployed with an OS, live."""
+    try:
+        with interrupt_on_signals():
+            _run(vms, firmware, bmc, directory)
+    except KeyboardInterrupt as e:  # while building: Lab.up has removed what it made
+        raise typer.Exit(exit_code(e)) from None
+
+
+def _run(vms: int, firmware: str, bmc: str, directory: Path) -> None:
     console.print("[bold]bootforge demo[/bold]: building a virtual rack (Ctrl-C removes it)")
     try:
         missing = sorted(set(sample_os.missing_tools("bios")) | set(sample_os.missing_tools("uefi")))
@@ -59,6 +71,7 @@ def demo(
     except (LabError, NetnsError, QemuError, RamdiskError, AgentRamdiskError, sample_os.TestOsError) as e:
         console.print(f"[red]demo:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
+    interrupted: BaseException | None = None
     try:
         with lab.client(timeout=120) as api:
             for kind, name in IMAGES.items():
@@ -92,14 +105,23 @@ def demo(
             )  # fmt: skip
             _explain(lab)
             _watch(lab, api, until=lambda rows: False, title="deployed: the consoles show the sample OS")
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as e:
+        interrupted = e
     except (LabError, httpx.HTTPError) as e:
-        console.print(f"[red]demo:[/red] {escape(str(e))}")
+        _say(f"[red]demo:[/red] {escape(str(e))}")
     finally:
-        console.print("\nremoving the lab ...")
+        _say("\nremoving the lab ...")
         for item in lab.down():
-            console.print(f"  removed {item}")
+            _say(f"  removed {item}")
+    # Ctrl-C is the demo's usual end; SIGTERM and SIGHUP report the signal, as a shell expects.
+    if isinstance(interrupted, Interrupted):
+        raise typer.Exit(exit_code(interrupted))
+
+
+def _say(message: str) -> None:
+    # After SIGHUP the terminal may be gone (EIO); what is left to do is removing the lab.
+    with contextlib.suppress(OSError):
+        console.print(message)
 
 
 def _step(

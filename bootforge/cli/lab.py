@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bootforge.cli.signals import exit_code, interrupt_on_signals
 from bootforge.lab.lab import Lab, LabError, LabState
 from bootforge.lab.netns import NetnsError
 from bootforge.lab.qemu import QemuError
@@ -61,19 +63,28 @@ def up(
     ] = "qemu",
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
-    """Create the lab: namespace + bridge, bootforge serve on it, N VMs enrolled as nodes."""
+    """Create the lab: namespace + bridge, bootforge serve on it, N VMs enrolled as nodes.
+
+    Interrupted while building (Ctrl-C, SIGTERM, SIGHUP), it removes what it made; once up, the lab
+    stays until `bootforge lab down`.
+    """
     try:
-        lab = Lab.up(
-            directory,
-            vms,
-            firmware,
-            memory,
-            dhcp,
-            start,
-            say=lambda m: console.print(f"  {m}"),
-            ramdisk=ramdisk,
-            bmc=bmc,
-        )
+        with interrupt_on_signals():
+            lab = Lab.up(
+                directory,
+                vms,
+                firmware,
+                memory,
+                dhcp,
+                start,
+                say=lambda m: console.print(f"  {m}"),
+                ramdisk=ramdisk,
+                bmc=bmc,
+            )
+    except KeyboardInterrupt as e:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            err.print("lab up interrupted: removed what it had made")
+        raise typer.Exit(exit_code(e)) from None
     except (LabError, NetnsError, QemuError, RamdiskError, AgentRamdiskError) as e:
         raise _fail(e) from None
     env = lab.env()
