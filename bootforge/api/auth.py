@@ -91,6 +91,12 @@ class FailureLimiter:
             del self._table[oldest]
         self._table[client] = (now, 1)
 
+    def forgive(self, client: str) -> None:
+        """Take back one failure counted for a check that then succeeded."""
+        entry = self._table.get(client)
+        if entry is not None and entry[1] > 0:
+            self._table[client] = (entry[0], entry[1] - 1)
+
 
 class Htpasswd:
     def __init__(
@@ -154,12 +160,14 @@ class Htpasswd:
             raise TooManyFailures(wait)
         digest = self._users.get(user)
         generation = self._generation
+        # Counted as failed before the check, so a burst of concurrent guesses is limited too.
+        self.failures.failed(client)
         ok = digest is not None and await asyncio.get_running_loop().run_in_executor(
             _BCRYPT, bcrypt.checkpw, password.encode(), digest
         )
         if not ok:
-            self.failures.failed(client)
             raise NotAuthorized("Invalid user name or password.")
+        self.failures.forgive(client)
         if generation == self._generation:  # the file did not change during the check
             self._remember(key)
         return user

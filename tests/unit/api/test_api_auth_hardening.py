@@ -211,3 +211,25 @@ async def test_limited_address_is_refused_without_a_bcrypt_check(
     assert caught.value.retry_after > 0
     assert len(counted) == 2
     assert await h.authenticate(_basic("admin", "pw"), "b") == "admin"  # another address
+
+
+async def test_a_concurrent_burst_of_guesses_is_limited(secured: httpx.AsyncClient) -> None:
+    """Guesses in flight count: a burst sent at once does not get past the limit before any fails."""
+    burst = [secured.get("/v1/nodes", auth=("admin", f"guess{i}")) for i in range(3 * auth.MAX_FAILURES)]
+    codes = [r.status_code for r in await asyncio.gather(*burst)]
+    assert codes.count(401) == auth.MAX_FAILURES
+    assert codes.count(429) == 2 * auth.MAX_FAILURES
+
+
+async def test_successful_checks_do_not_count_as_failures(tmp_path: Path) -> None:
+    path = tmp_path / "htpasswd"
+    _write(path, b"pw")
+    clock = Clock()
+    h = Htpasswd(
+        path, cache_ttl=0, failures=FailureLimiter(max_failures=2, window=60, clock=clock), clock=clock
+    )
+    for _ in range(5):
+        assert await h.authenticate(_basic("admin", "pw"), "a") == "admin"
+    with pytest.raises(NotAuthorized):
+        await h.authenticate(_basic("admin", "nope"), "a")
+    assert h.failures.retry_after("a") == 0
