@@ -68,6 +68,12 @@ async def test_two_servers_with_reuse_port_share_one_port(root: Path) -> None:
             await TftpServer(source, "127.0.0.1", port=port).start()
         async with TftpServer(source, "127.0.0.1", port=port, reuse_port=True) as second:
             got = await fetch_many(port, "blob.bin")
+            # A client is done once it sent its last ACK; the server counts the transfer when that
+            # ACK arrives (the native data plane reports it through the loop): wait for both.
+            deadline = asyncio.get_running_loop().time() + 10
+            while first.counters.completed + second.counters.completed < FETCHES:
+                assert asyncio.get_running_loop().time() < deadline, (first.counters, second.counters)
+                await asyncio.sleep(0.01)
     assert got == [(root / "blob.bin").read_bytes()] * FETCHES
     assert first.counters.completed > 0 and second.counters.completed > 0
     assert first.counters.completed + second.counters.completed == FETCHES
