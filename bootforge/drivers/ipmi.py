@@ -208,6 +208,11 @@ class _Session(pyghmi_session.Session):  # type: ignore[misc]
             self.bf_index = 0
             self.bf_refused: list[str] = []
             self.bf_restarts = 0
+            self.bf_handed_back = False
+        else:
+            # pyghmi handed back a session it already had for this BMC and these credentials: one
+            # another IpmiClient keeps, maybe to a BMC that has since restarted (see _session_answers).
+            self.bf_handed_back = True
         super().__init__(*args, **kwargs)
 
     @property
@@ -410,10 +415,13 @@ class IpmiClient:
             sess = cached.command.ipmi_session
             # A session carrying an SOL console is kept alive by the console's keepalives.
             fresh = time.monotonic() - cached.used < self.session_idle or sess.sol_handler is not None
-            if cached.credentials == info.credentials and fresh and sess.logged and not sess.broken:
+            usable = cached.credentials == info.credentials and fresh and sess.logged and not sess.broken
+            if usable and _session_answers(sess):
                 with self._sessions_lock:
                     self._sessions[info.key] = cached
                 return cached.command
+            if usable:
+                log.info("IPMI %s: the BMC no longer knows the kept session; logging in again", info.target)
             _logout(cached.command)
         cmd = open_command(info)
         if self.session_idle > 0:
@@ -498,6 +506,17 @@ def open_command(info: IpmiInfo) -> Any:
         privlevel=priv,
         suites=info.cipher_suites,
     )
+    if getattr(sess, "bf_handed_back", False) and not _session_answers(sess):
+        log.info("IPMI %s: the BMC no longer knows pyghmi's live session; logging in again", info.target)
+        _logout_session(sess)  # out of pyghmi's registry: the next _Session is a new login
+        sess = _Session(
+            bmc=info.address,
+            userid=user,
+            password=password,
+            port=info.port,
+            privlevel=priv,
+            suites=info.cipher_suites,
+        )
     # pyghmi's Command looks up the live session for this BMC and these credentials: ours.
     cmd = pyghmi_command.Command(
         bmc=info.address, userid=user, password=password, port=info.port, privlevel=priv
@@ -506,6 +525,48 @@ def open_command(info: IpmiInfo) -> Any:
         _logout(cmd)
         raise DriverError(f"IPMI session to {info.target} was lost while it was being set up")
     return cmd
+
+
+# A BMC that restarted (or a new BMC on the same address and port) does not know the sessions of
+# the old one and drops their packets, as the IPMI spec lets it. pyghmi then retransmits for ~8 s
+# and logs in again, and the command resent on the new login waited another ~10 s (measured
+# against the emulated BMC restarted on its port: 18-19 s, past the default 15 s timeout), so a
+# kept session, or one that pyghmi hands back from its process-wide registry, answers one Get
+# Device ID first, sent once and waited for SESSION_CHECK_WAIT seconds outside pyghmi's retry
+# machinery. Measured on loopback (300 power-status calls on a kept session, 2 shared cores): the
+# median went from 0.96 to 1.26 ms; a forgotten session is replaced by a new login after
+# SESSION_CHECK_WAIT (1.0 s in all, instead of 18 s).
+SESSION_CHECK_WAIT: Final = 1.0
+
+
+def _session_answers(sess: Any) -> bool:
+    """Whether the BMC still knows this logged-in session (blocking, at most SESSION_CHECK_WAIT)."""
+    answered = threading.Event()
+    replies: list[Any] = []
+
+    def got(reply: Any) -> None:
+        replies.append(reply)
+        answered.set()
+
+    try:
+        # retry=False: no retransmit, no relogin; with a callback pyghmi returns at once and leaves
+        # incommand and evq to the caller.
+        sess.raw_command(netfn=6, command=1, retry=False, callback=got)
+    except pyghmi_exc.IpmiException:
+        return False
+    deadline = time.monotonic() + SESSION_CHECK_WAIT
+    try:
+        while not answered.is_set() and time.monotonic() < deadline:
+            pyghmi_session.Session.wait_for_rsp(timeout=min(0.05, max(deadline - time.monotonic(), 0)))
+    finally:
+        sess.incommand = False
+        while sess.evq:
+            sess.evq.popleft().set()
+    if not replies:
+        sess.lastpayload = None  # never resend the unanswered check
+        return False
+    # Any reply, even an error code, came inside the session: the BMC knows it.
+    return not sess.broken
 
 
 def _credentials(info: IpmiInfo) -> tuple[bytes, bytes]:
@@ -517,10 +578,14 @@ def _credentials(info: IpmiInfo) -> tuple[bytes, bytes]:
 
 def _logout(cmd: Any) -> None:
     """End a Command's session, unless an SOL console rides on it (stop_console ends that)."""
-    if getattr(cmd.ipmi_session, "sol_handler", None) is not None:
+    _logout_session(cmd.ipmi_session)
+
+
+def _logout_session(sess: Any) -> None:
+    if getattr(sess, "sol_handler", None) is not None:
         return
     try:
-        cmd.ipmi_session.logout()
+        sess.logout()
     except Exception:  # the BMC may be gone; the session is forgotten either way
         return
 

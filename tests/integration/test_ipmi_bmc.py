@@ -505,3 +505,30 @@ async def test_bmc_silent_under_a_cached_session(bmc: Bmc, drivers: Drivers, set
     finally:
         bmc.proc.send_signal(signal.SIGCONT)
     assert await power.get_power_state(task) == base.POWER_OFF
+
+
+@pytest.mark.parametrize("second_client", [False, True], ids=["kept-session", "session-per-call-client"])
+async def test_bmc_restarted_on_its_port(tmp_path: Path, second_client: bool) -> None:
+    """A new BMC on the port of a stopped one does not know the old one's sessions: neither the
+    client that kept one nor another client, to which pyghmi hands the same session from its
+    process-wide registry, may wait on it (it took 18 s; OS port reuse made this a flaky test)."""
+    proc, ports = start_bmc("--port", "0")
+    try:
+        settings = Settings(state_dir=tmp_path, enabled_hardware_types=["ipmi"], ipmi={"timeout": 10})
+        power = Drivers(settings).for_node("ipmi", {}).power
+        info = {"ipmi_address": "127.0.0.1", "ipmi_port": ports[0], "ipmi_username": USER,
+                "ipmi_password": PASSWORD}  # fmt: skip
+        await power.set_power_state(task_for(settings, info), base.POWER_ON)  # the session is kept
+        stop_process(proc)
+        proc, _ = start_bmc("--port", str(ports[0]))  # a new machine, powered off
+        if second_client:
+            settings = Settings(
+                state_dir=tmp_path, enabled_hardware_types=["ipmi"], ipmi={"timeout": 10, "session_idle": 0}
+            )
+            power = Drivers(settings).for_node("ipmi", {}).power
+        started = time.monotonic()
+        assert await power.get_power_state(task_for(settings, info)) == base.POWER_OFF
+        assert time.monotonic() - started < 3
+        assert await power.get_power_state(task_for(settings, info)) == base.POWER_OFF
+    finally:
+        stop_process(proc)
