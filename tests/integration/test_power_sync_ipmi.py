@@ -126,8 +126,8 @@ async def test_a_silent_bmc_goes_to_maintenance_and_comes_back(
     assert PASSWORD not in n["maintenance_reason"]
     assert (await node(bf, "steady"))["maintenance"] is False
 
-    # A BMC answers on that port again: the next good read lifts the maintenance. (The driver is
-    # still giving up on the session the old BMC had, which measured up to ~20 s of failed rounds.)
+    # A BMC answers on that port again: the next good read lifts the maintenance. (The driver finds
+    # out within a second that the new BMC does not know the old session, and logs in again.)
     bmcs.append(await asyncio.to_thread(Bmc, tmp_path / "flaky-again.log", flaky.port))
     deadline = asyncio.get_running_loop().time() + 60
     while not (await sync(bf)).lifted:
