@@ -498,18 +498,9 @@ def open_command(info: IpmiInfo) -> Any:
     """Log in to the BMC (blocking; probe() it first) and return a pyghmi Command on that session."""
     priv = PRIV_LEVELS[info.priv_level] if info.priv_level else None
     user, password = _credentials(info)
-    sess = _Session(
-        bmc=info.address,
-        userid=user,
-        password=password,
-        port=info.port,
-        privlevel=priv,
-        suites=info.cipher_suites,
-    )
-    if getattr(sess, "bf_handed_back", False) and not _session_answers(sess):
-        log.info("IPMI %s: the BMC no longer knows pyghmi's live session; logging in again", info.target)
-        _logout_session(sess)  # out of pyghmi's registry: the next _Session is a new login
-        sess = _Session(
+
+    def login() -> Any:
+        return _Session(
             bmc=info.address,
             userid=user,
             password=password,
@@ -517,6 +508,12 @@ def open_command(info: IpmiInfo) -> Any:
             privlevel=priv,
             suites=info.cipher_suites,
         )
+
+    sess = login()
+    if getattr(sess, "bf_handed_back", False) and not _session_answers(sess):
+        log.info("IPMI %s: the BMC no longer knows pyghmi's live session; logging in again", info.target)
+        _logout_session(sess)  # out of pyghmi's registry: the next _Session is a new login
+        sess = login()
     # pyghmi's Command looks up the live session for this BMC and these credentials: ours.
     cmd = pyghmi_command.Command(
         bmc=info.address, userid=user, password=password, port=info.port, privlevel=priv
