@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from support.guestfwd import guest_forward
 
 from bootforge.lab.qemu import detect_accel
 from bootforge.ramdisk import DEFAULT_CACHE, BuildResult, RamdiskError, build
@@ -51,19 +51,6 @@ NVME_BYTES = 80 * 2**20
 SATA_BYTES = 96 * 2**20
 MEMORY_MIB = 1024
 TIMEOUT = 120.0  # TCG on a busy 2-core machine: generous, never a measurement
-
-RELAY = r"""
-import os, socket, sys, threading
-# stdin/stdout are QEMU's end of one guest TCP connection; relay it to the test server.
-up = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-def guest_to_server():
-    while data := os.read(0, 65536):
-        up.sendall(data)
-    up.shutdown(socket.SHUT_WR)
-threading.Thread(target=guest_to_server, daemon=True).start()
-while data := up.recv(65536):
-    os.write(1, data)
-"""
 
 
 @dataclass
@@ -196,8 +183,8 @@ class Serial:
         return "\n".join(line for _, line in self.lines)
 
 
-def qemu_argv(r: BuildResult, node: str, port: int, disks: Path, relay: Path) -> list[str]:
-    forward = f"guestfwd=tcp:10.0.2.100:6385-cmd:{sys.executable} {relay} {port}"
+def qemu_argv(r: BuildResult, node: str, port: int, disks: Path) -> list[str]:
+    forward = guest_forward(disks, port)
     args = f"console=ttyS0 bootforge.api={API} bootforge.node={node} BOOTIF={MAC}"
     return [
         QEMU, "-machine", "q35", "-accel", detect_accel(), "-smp", "2", "-m", str(MEMORY_MIB),
@@ -232,12 +219,10 @@ def test_agent_boots_looks_up_and_inspects(
     for name, size in (("virtio", DISK_BYTES), ("nvme", NVME_BYTES), ("sata", SATA_BYTES)):
         with (tmp_path / f"{name}.raw").open("wb") as f:
             f.truncate(size)
-    relay = tmp_path / "relay.py"
-    relay.write_text(RELAY)
     serial = Serial()
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        qemu_argv(ramdisk, c.node, port, tmp_path, relay),
+        qemu_argv(ramdisk, c.node, port, tmp_path),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     reader = threading.Thread(target=serial.read, args=(proc.stdout,), daemon=True)

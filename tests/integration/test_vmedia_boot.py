@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from support.guestfwd import guest_forward
 
 from bootforge.agent.netconfig import Interface, StaticNet
 from bootforge.drivers.vmedia import kernel_cmdline
@@ -40,19 +40,6 @@ MAC = "52:54:00:b0:07:0c"
 API = "http://10.0.2.100:6385"
 ADDRESS = "10.0.2.77"  # not in the range of QEMU's own DHCP server (10.0.2.15 ...)
 TIMEOUT = 240.0  # TCG on a busy 2-core machine: generous, never a measurement
-
-# Each guest connection runs one relay process (guestfwd's cmd: form) to the stand-in on the host.
-RELAY = r"""
-import os, socket, sys, threading
-up = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-def guest_to_server():
-    while data := os.read(0, 65536):
-        up.sendall(data)
-    up.shutdown(socket.SHUT_WR)
-threading.Thread(target=guest_to_server, daemon=True).start()
-while data := up.recv(65536):
-    os.write(1, data)
-"""
 
 
 class Lookups:
@@ -152,10 +139,8 @@ def test_the_iso_boots_without_network_boot_and_the_agent_reaches_the_api(
         f"\nISO: {iso.size / 2**20:.1f} MiB (EFI image {iso.efi_image_size / 2**20:.1f} MiB)"
         f" built in {iso.seconds:.2f} s"
     )
-    relay = tmp_path / "relay.py"
-    relay.write_text(RELAY)
     serial = tmp_path / "serial.log"
-    forward = f"guestfwd=tcp:10.0.2.100:6385-cmd:{sys.executable} {relay} {port}"
+    forward = guest_forward(tmp_path, port)
     argv = [
         QEMU, "-machine", "q35", "-accel", detect_accel(), "-m", "768",
         "-nodefaults", "-display", "none", "-vga", "none", "-serial", f"file:{serial}",
