@@ -9,7 +9,6 @@ The fake driver applies power changes 1-11 s after the request, so power tests w
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import http.server
 import json
 import shutil
@@ -32,6 +31,7 @@ from bootforge.drivers import base
 from bootforge.drivers.base import updated_internal
 from bootforge.drivers.redfish import RedfishClient, RedfishManagement, RedfishPower
 from bootforge.errors import DriverError
+from bootforge.lab.redfish_bmc import make_tls
 
 pytestmark = pytest.mark.slow
 
@@ -44,41 +44,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 @dataclass
@@ -132,7 +97,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     import bcrypt
 
     work = tmp_path_factory.mktemp("sushy")
-    cert, key = _self_signed(work)
+    cert, key = make_tls(work, "127.0.0.1", days=1)  # the lab BMC's: its own CA, for this address
     # Cost 4: the emulator checks the hash on every request; a higher cost only burns CPU here.
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     (work / "htpasswd").write_text(f"{USER}:{hashed}\n")
