@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from support.guestfwd import guest_forward
+from support.guestfwd import JsonHandler, guest_forward
 
 from bootforge.lab.qemu import detect_accel
 from bootforge.ramdisk import DEFAULT_CACHE, BuildResult, RamdiskError, build
@@ -69,20 +69,8 @@ class Conductor:
 def _handler(c: Conductor) -> type[BaseHTTPRequestHandler]:
     command = {"id": "cmd-inspect-1", "name": "inspect", "args": {"lldp_wait": 0.5}}
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(JsonHandler):
         timeout = 60  # an idle keep-alive connection does not hold its thread forever
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _reply(self, status: int, body: Any = None) -> None:
-            data = json.dumps(body).encode() if body is not None else b""
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def _authorised(self) -> bool:
             if self.headers.get("X-Agent-Token") == c.token:

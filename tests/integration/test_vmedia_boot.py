@@ -10,7 +10,6 @@ the lookup is printed (not asserted: shared machine).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -21,11 +20,10 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from support.guestfwd import guest_forward
+from support.guestfwd import JsonHandler, guest_forward
 
 from bootforge.agent.netconfig import Interface, StaticNet
 from bootforge.drivers.vmedia import kernel_cmdline
@@ -49,20 +47,8 @@ class Lookups:
 
 
 def _handler(found: Lookups, node: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(JsonHandler):
         timeout = 30
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _reply(self, status: int, body: Any = None) -> None:
-            data = json.dumps(body).encode() if body is not None else b""
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)

@@ -7,8 +7,11 @@ the ramdisk in a VM with no bridge: the agent reaches a stand-in API on the host
 
 from __future__ import annotations
 
+import json
 import sys
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 RELAY = r"""
 import os, socket, sys, threading
@@ -29,3 +32,20 @@ def guest_forward(work: Path, port: int, guest_address: str = "10.0.2.100", gues
     relay = work / "relay.py"
     relay.write_text(RELAY)
     return f"guestfwd=tcp:{guest_address}:{guest_port}-cmd:{sys.executable} {relay} {port}"
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Base of the stand-in APIs the guest's agent talks to: quiet, keep-alive, JSON replies."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _reply(self, status: int, body: Any = None) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
