@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     host: str = Field(default_factory=socket.gethostname)
     conductor_group: str = ""
 
+    # The secret key (bootforge/keys.py) for secrets at rest and agent boot tokens; created on first
+    # start if missing. Back it up with the database; every conductor of one fleet needs the same file.
+    # Empty: <state_dir>/secret.key.
+    secret_key_file: Path | None = None
+
     auth_strategy: Literal["noauth", "http_basic"] = "noauth"
     htpasswd_file: Path | None = None
     api_limits: ApiLimits = ApiLimits()
@@ -247,6 +252,10 @@ class Settings(BaseSettings):
         if self.auth_strategy == "http_basic" and self.htpasswd_file and not self.htpasswd_file.is_file():
             raise ValueError(f"htpasswd_file {self.htpasswd_file} does not exist or is not a file")
         return self
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.secret_key_file or self.state_dir / "secret.key"
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
