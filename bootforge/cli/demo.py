@@ -26,10 +26,10 @@ from rich.table import Table
 
 from bootforge.cli.lab import DEFAULT_DIR, DirOpt
 from bootforge.cli.signals import Interrupted, exit_code, interrupt_on_signals
+from bootforge.drivers.qemu_machine import QemuError
 from bootforge.lab import sample_os
 from bootforge.lab.lab import Lab, LabError
 from bootforge.lab.netns import NetnsError
-from bootforge.lab.qemu import QemuError
 from bootforge.lab.ramdisk import RamdiskError
 from bootforge.ramdisk import RamdiskError as AgentRamdiskError
 

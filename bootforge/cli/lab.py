@@ -13,9 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from bootforge.cli.signals import exit_code, interrupt_on_signals
+from bootforge.drivers.qemu_machine import QemuError
 from bootforge.lab.lab import Lab, LabError, LabState
 from bootforge.lab.netns import NetnsError
-from bootforge.lab.qemu import QemuError
 from bootforge.lab.ramdisk import RamdiskError
 from bootforge.ramdisk import RamdiskError as AgentRamdiskError
 

@@ -41,9 +41,9 @@ from typing import Any
 from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError
 
 from bootforge.drivers import base
+from bootforge.drivers import qemu_machine as vm
 from bootforge.drivers.base import Task
 from bootforge.errors import DriverError, InvalidInput
-from bootforge.lab import qemu as vm
 
 __all__ = [
     "PROPERTIES",
@@ -62,8 +62,8 @@ __all__ = [
 PROPERTIES = {
     "qemu_qmp_socket": "Path of the VM's QMP unix socket (QEMU -qmp unix:PATH,server=on,wait=off). Required.",
     "qemu_command": "How to start the VM when it is off: a JSON list (argv) or the path of a VM definition "
-    "file (JSON, see bootforge.lab.qemu.VmDefinition). With it, power off ends the process and power on "
-    "starts it; without it, the process is kept and power off pauses it. Optional.",
+    "file (JSON, see bootforge.drivers.qemu_machine.VmDefinition). With it, power off ends the process "
+    "and power on starts it; without it, the process is kept and power off pauses it. Optional.",
     "qemu_pid_file": "Path of the QEMU pid file. Default with qemu_command: <qemu_qmp_socket>.pid. Optional.",
     "qemu_boot_mode": "bios or uefi: the firmware a VM definition file starts with. Optional.",
 }

@@ -31,10 +31,10 @@ from typing import Any, Final, Protocol
 from bootforge.agent import netconfig
 from bootforge.config import Settings
 from bootforge.drivers import base, qemu
+from bootforge.drivers import qemu_machine as vm
 from bootforge.drivers.agent import AGENT_BOOT, netboot_root
 from bootforge.errors import DriverError, InvalidInput
 from bootforge.images import bootiso
-from bootforge.lab import qemu as vm
 from bootforge.netboot.boot.scripts import ramdisk_kernel_args
 
 __all__ = [

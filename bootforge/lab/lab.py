@@ -48,8 +48,8 @@ from typing import Any
 import bcrypt
 import httpx
 
+from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import netns, procs, ramdisk, redfish_bmc
-from bootforge.lab import qemu as vm
 from bootforge.ramdisk import build as build_agent_ramdisk
 
 __all__ = ["BMCS", "FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
@@ -169,7 +169,7 @@ def firmware_plan(count: int, firmware: str) -> list[str]:
 
 
 def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str) -> dict[str, Any]:
-    """The VM definition file's content for one lab VM (see bootforge.lab.qemu.VmDefinition)."""
+    """The VM definition file's content for one lab VM (see bootforge.drivers.qemu_machine.VmDefinition)."""
     nic: dict[str, Any] = {"mac": rec.mac, "tap": rec.tap}
     extra: list[str] = []
     if rec.firmware != "bios":

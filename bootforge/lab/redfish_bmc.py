@@ -62,10 +62,10 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bootforge.drivers import base
+from bootforge.drivers import qemu_machine as vm
 from bootforge.drivers.base import Task
 from bootforge.drivers.qemu import QemuManagement, QemuPower, qmp_session
 from bootforge.errors import BootforgeError, InvalidInput
-from bootforge.lab import qemu as vm
 
 __all__ = [
     "BmcConfig",
@@ -96,7 +96,7 @@ class SystemConfig(BaseModel):
 
     name: str
     uuid: str
-    definition: Path  # the lab's VM definition file (bootforge.lab.qemu.VmDefinition)
+    definition: Path  # the lab's VM definition file (bootforge.drivers.qemu_machine.VmDefinition)
     qmp_socket: Path
     state_dir: Path  # this BMC's files for the VM: its state, the derived definition
 
@@ -193,7 +193,7 @@ def derived_definition(
     extra = [*base_defn.extra_args, "-uuid", system.uuid]
     cd_index = next((i for i, d in enumerate(disks) if d.media == "cdrom"), None)
     if cd_index is not None:
-        cd_id = f"cd{cd_index}"  # bootforge.lab.qemu names a definition's cdrom cd<index>
+        cd_id = f"cd{cd_index}"  # bootforge.drivers.qemu_machine names a definition's cdrom cd<index>
         if image is not None:
             disks[cd_index] = disks[cd_index].model_copy(update={"path": Path(image), "format": "raw"})
     else:

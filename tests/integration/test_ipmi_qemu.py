@@ -22,8 +22,8 @@ from support.processes import start_ipmi_bmc, stop_process
 
 from bootforge.config import Settings
 from bootforge.drivers import base
+from bootforge.drivers import qemu_machine as vm
 from bootforge.drivers.hardware import Drivers
-from bootforge.lab import qemu as vm
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from qemu.qmp import QMPClient
 
-from bootforge.lab import qemu as vm
+from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import redfish_bmc
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]

@@ -25,8 +25,8 @@ from support.lab import (
 )
 from support.service import BOOTFORGE
 
+from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import netns, procs
-from bootforge.lab import qemu as vm
 from bootforge.lab.lab import Lab, LabState
 from bootforge.lab.ramdisk import API_MARKER, FAIL_MARKER
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bootforge.config import Settings
+from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import lab, procs, ramdisk
-from bootforge.lab import qemu as vm
 
 
 def test_initramfs_unpacks_with_busybox_cpio(tmp_path: Path) -> None:

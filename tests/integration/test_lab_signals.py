@@ -16,8 +16,8 @@ import pytest
 from support.lab import lab_unavailable_reason, wait_until
 from support.service import BOOTFORGE
 
+from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import netns, procs, sample_os
-from bootforge.lab import qemu as vm
 from bootforge.lab.lab import LabState
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu, pytest.mark.slow]

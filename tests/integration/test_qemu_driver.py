@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from bootforge.drivers import base
+from bootforge.drivers import qemu_machine as vm
 from bootforge.drivers.qemu import QemuManagement, QemuPower
 from bootforge.errors import DriverError
-from bootforge.lab import qemu as vm
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

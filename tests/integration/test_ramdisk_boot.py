@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from support.guestfwd import JsonHandler, guest_forward
 
-from bootforge.lab.qemu import detect_accel
+from bootforge.drivers.qemu_machine import detect_accel
 from bootforge.ramdisk import DEFAULT_CACHE, BuildResult, RamdiskError, build
 from bootforge.ramdisk.builder import AGENT_DIR
 

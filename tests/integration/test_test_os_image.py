@@ -27,8 +27,8 @@ from support.disk_check import (
     partitions,
 )
 
+from bootforge.drivers.qemu_machine import DEFAULT_BINARY, QemuError, detect_accel, find_ovmf
 from bootforge.lab import ramdisk
-from bootforge.lab.qemu import DEFAULT_BINARY, QemuError, detect_accel, find_ovmf
 from bootforge.lab.sample_os import (
     BOOTED_MARKER,
     IMAGE_MIB,

@@ -26,9 +26,9 @@ import pytest
 from support.guestfwd import JsonHandler, guest_forward
 
 from bootforge.agent.netconfig import Interface, StaticNet
+from bootforge.drivers.qemu_machine import detect_accel, find_ovmf
 from bootforge.drivers.vmedia import kernel_cmdline
 from bootforge.images import bootiso
-from bootforge.lab.qemu import detect_accel, find_ovmf
 from bootforge.ramdisk import DEFAULT_CACHE, BuildResult, RamdiskError, build
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]

@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import netns, ramdisk, sample_os
-from bootforge.lab import qemu as vm
 from bootforge.lab.lab import ADDRESS, Lab, LabError, VmRecord
 
 from .netns import netns_unavailable_reason

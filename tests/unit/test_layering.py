@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2] / "bootforge"
 FORBIDDEN = {
     "netboot": {"api", "conductor", "db", "drivers", "servers", "cli", "lab", "config", "errors"},
     "servers": {"api", "conductor", "db", "drivers", "cli"},
-    "drivers": {"api", "conductor", "cli", "servers"},
+    "drivers": {"api", "conductor", "cli", "servers", "lab"},
     "db": {"api", "conductor", "drivers", "cli", "servers", "netboot"},
     "conductor": {"api", "cli"},
     "images": {"api", "conductor", "cli", "servers", "drivers", "lab"},

@@ -1,4 +1,4 @@
-"""VM definition files, QEMU argv building and the accelerator choice (bootforge.lab.qemu)."""
+"""VM definition files, QEMU argv building, accelerator choice (bootforge.drivers.qemu_machine)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bootforge.lab import qemu as vm
+from bootforge.drivers import qemu_machine as vm
 
 
 def write(tmp: Path, **defn: object) -> Path:

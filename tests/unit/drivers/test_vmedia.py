@@ -18,12 +18,12 @@ from bootforge.agent import netconfig
 from bootforge.agent.netconfig import Interface, Route, StaticNet
 from bootforge.config import Settings
 from bootforge.drivers import base, qemu, vmedia
+from bootforge.drivers import qemu_machine as vm
 from bootforge.drivers.base import updated_internal
 from bootforge.drivers.hardware import Drivers
 from bootforge.drivers.vmedia import QemuVirtualMedia, RedfishVirtualMedia, kernel_cmdline, static_network
 from bootforge.errors import DriverError, InvalidInput
 from bootforge.images import bootiso
-from bootforge.lab import qemu as vm
 
 MAC = "52:54:00:77:00:01"
 NODE = "7e0c0f5e-0000-4000-8000-000000000001"

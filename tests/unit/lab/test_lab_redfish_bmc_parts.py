@@ -13,7 +13,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from bootforge.lab import qemu as vm
+from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import redfish_bmc
 from bootforge.lab.redfish_bmc import QmpSystemsDriver, SystemConfig, VmSystem, derived_definition
 
@@ -61,7 +61,7 @@ def test_derived_definition_adds_firmware_uuid_and_an_empty_cdrom(tmp_path: Path
     # Paths are absolute: the derived file lives elsewhere, the disk and console stay the lab's.
     assert content["disks"][0]["path"] == str(tmp_path / "disk.qcow2")
     assert content["state_dir"] == str(tmp_path)
-    # What bootforge.lab.qemu makes of it.
+    # What bootforge.drivers.qemu_machine makes of it.
     again = vm.VmDefinition.model_validate(content)
     argv = vm.build_argv(again, "tcg", vm.Firmware(Path("/code.fd"), Path("/vars.fd")))
     assert "if=pflash" in " ".join(argv)

@@ -1,6 +1,7 @@
 """QEMU VM processes: VM definition files, argv building, firmware discovery, accelerator choice.
 
-Shared by the `qemu` hardware type (which starts a stopped VM on power on) and `bootforge lab`.
+Part of the `qemu` hardware type (which starts a stopped VM on power on); `bootforge lab` uses it
+too, so the arrow points lab -> drivers (drivers never import the lab).
 
 A VM definition is a small JSON file (:class:`VmDefinition`) from which bootforge builds the QEMU argv,
 so an operator describes *what* the VM is (memory, disks, NICs, firmware) and bootforge adds *how* it
