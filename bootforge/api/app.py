@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bootforge.api import versions
+from bootforge.api import openapi, versions
 from bootforge.api.auth import Htpasswd, TooManyFailures
 from bootforge.api.deps import Services
 from bootforge.api.limits import RequestLimits
@@ -98,6 +98,11 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
     app.state.services = services
     for module in (root, nodes, node_actions, ports, allocations, agent, images):
         app.include_router(module.router)
+    openapi.install(
+        app,
+        lambda path: path in PUBLIC_PATHS or bool(AGENT_PATH.match(path)),
+        authenticated=htpasswd is not None,
+    )
     app.state.images = services.conductor.images
 
     @app.exception_handler(BootforgeError)

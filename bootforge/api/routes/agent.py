@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from bootforge.api import openapi
 from bootforge.api.deps import ctx, json_body
 from bootforge.api.responses import JSON
 from bootforge.errors import InvalidInput
@@ -15,7 +16,7 @@ router = APIRouter()
 TOKEN_HEADER = "x-agent-token"
 
 
-@router.get("/v1/lookup")
+@router.get("/v1/lookup", openapi_extra=openapi.query(*openapi.LOOKUP))
 async def lookup(request: Request) -> JSON:
     c = ctx(request)
     addresses = c.params.get("addresses", "")
@@ -24,7 +25,7 @@ async def lookup(request: Request) -> JSON:
     return JSON(body)
 
 
-@router.get("/v1/nodes/{ident}/agent/command")
+@router.get("/v1/nodes/{ident}/agent/command", openapi_extra=openapi.query(*openapi.AGENT_POLL))
 async def next_command(request: Request, ident: str) -> Response:
     c = ctx(request)
     try:
@@ -37,7 +38,10 @@ async def next_command(request: Request, ident: str) -> Response:
     return JSON(command)
 
 
-@router.post("/v1/nodes/{ident}/agent/command/{command_id}")
+@router.post(
+    "/v1/nodes/{ident}/agent/command/{command_id}",
+    openapi_extra={**openapi.body(openapi.AGENT_REPORT), **openapi.query(openapi.AGENT_TOKEN)},
+)
 async def report(request: Request, ident: str, command_id: str) -> JSON:
     c = ctx(request)
     # An inspection inventory can pass the per-field limit (many disks, NICs, LLDP data): the

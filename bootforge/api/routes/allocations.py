@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 from starlette.responses import Response
 
-from bootforge.api import views
+from bootforge.api import openapi, views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
 from bootforge.conductor import patching
@@ -41,7 +41,7 @@ async def allocation_dict(c: Ctx, row: Allocation) -> dict[str, Any]:
     return (await allocation_dicts(c, [vars(row)]))[0]
 
 
-@router.get("")
+@router.get("", openapi_extra=openapi.query(*openapi.PAGE, openapi.FIELDS, *openapi.ALLOCATION_FILTERS))
 async def list_allocations(request: Request) -> JSON:
     c = ctx(request)
     require(c, 52)
@@ -58,14 +58,14 @@ async def list_allocations(request: Request) -> JSON:
     return JSON(views.collection("allocations", items, page.limit, c.base, request.url.path, p))
 
 
-@router.get("/{ident}")
+@router.get("/{ident}", openapi_extra=openapi.query(openapi.FIELDS))
 async def get_allocation(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 52)
     return JSON(await allocation_dict(c, await c.services.allocations.get(ident)))
 
 
-@router.post("")
+@router.post("", status_code=201, openapi_extra=openapi.body(openapi.ALLOCATION_CREATE))
 async def create_allocation(request: Request) -> JSON:
     c = ctx(request)
     require(c, 52)
@@ -81,7 +81,7 @@ async def create_allocation(request: Request) -> JSON:
     )
 
 
-@router.patch("/{ident}")
+@router.patch("/{ident}", openapi_extra=openapi.body(openapi.JSON_PATCH))
 async def patch_allocation(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 57)

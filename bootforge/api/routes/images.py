@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from bootforge.api import openapi
 from bootforge.api.deps import ctx, json_body
 from bootforge.api.responses import JSON
 from bootforge.db.models import Image
@@ -48,7 +49,7 @@ def image_doc(image: Image, base: str) -> dict[str, Any]:
     return doc
 
 
-@router.post("/v1/images")
+@router.post("/v1/images", status_code=201, openapi_extra=openapi.body(openapi.IMAGE_CREATE))
 async def create_image(request: Request) -> JSON:
     body = await json_body(request)
     unknown = sorted(set(body) - {"name", "source"})

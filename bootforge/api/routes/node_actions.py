@@ -10,7 +10,7 @@ from sqlalchemy import select
 from starlette.responses import Response
 
 from bootforge import masking
-from bootforge.api import views
+from bootforge.api import openapi, views
 from bootforge.api.deps import ctx, json_body, require
 from bootforge.api.responses import JSON
 from bootforge.api.routes.ports import list_portgroups, list_ports
@@ -66,7 +66,7 @@ async def get_states(request: Request, ident: str) -> JSON:
     return JSON(body)
 
 
-@router.put("/states/provision")
+@router.put("/states/provision", status_code=202, openapi_extra=openapi.body(openapi.PROVISION))
 async def set_provision_state(request: Request, ident: str) -> Response:
     c = ctx(request)
     body = await json_body(request, large=("configdrive",))
@@ -103,7 +103,7 @@ async def set_provision_state(request: Request, ident: str) -> Response:
     return accepted(f"{c.base}/v1/nodes/{ident}/states")
 
 
-@router.put("/states/power")
+@router.put("/states/power", status_code=202, openapi_extra=openapi.body(openapi.POWER))
 async def set_power_state(request: Request, ident: str) -> Response:
     c = ctx(request)
     body = await json_body(request)
@@ -121,7 +121,7 @@ async def get_boot_device(request: Request, ident: str) -> JSON:
     return JSON(await ctx(request).services.nodes.get_boot_device(ident))
 
 
-@router.put("/management/boot_device", status_code=204)
+@router.put("/management/boot_device", status_code=204, openapi_extra=openapi.body(openapi.BOOT_DEVICE))
 async def set_boot_device(request: Request, ident: str) -> Response:
     c = ctx(request)
     body = await json_body(request)
@@ -168,7 +168,7 @@ async def bmc_check(request: Request, ident: str) -> JSON:
     return JSON(masking.redact(body, masking.secret_values(node.driver_info)))
 
 
-@router.put("/maintenance", status_code=202)
+@router.put("/maintenance", status_code=202, openapi_extra=openapi.body(openapi.MAINTENANCE, required=False))
 async def set_maintenance(request: Request, ident: str) -> Response:
     c = ctx(request)
     raw = await request.body()
@@ -193,7 +193,7 @@ async def get_traits(request: Request, ident: str) -> JSON:
     return JSON({"traits": await c.services.nodes.traits(ident)})
 
 
-@router.put("/traits", status_code=204)
+@router.put("/traits", status_code=204, openapi_extra=openapi.body(openapi.TRAITS_BODY))
 async def set_traits(request: Request, ident: str) -> Response:
     c = ctx(request)
     require(c, 37)
@@ -238,7 +238,7 @@ async def inventory(request: Request, ident: str) -> JSON:
     return JSON({"inventory": row.inventory, "plugin_data": row.plugin_data})
 
 
-@router.get("/history")
+@router.get("/history", openapi_extra=openapi.query(*openapi.PAGE[:2], openapi.DETAIL))
 async def history(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 78)
@@ -274,19 +274,19 @@ async def history_event(request: Request, ident: str, event_uuid: str) -> JSON:
     return JSON(views.event(vars(row), c.base, node.uuid, True))
 
 
-@router.get("/ports")
+@router.get("/ports", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORT_FILTERS))
 async def node_ports(request: Request, ident: str) -> JSON:
     node = await load_node(ctx(request).services.conductor, ident)
     return await list_ports(request, False, [Port.node_id == node.id])
 
 
-@router.get("/ports/detail")
+@router.get("/ports/detail", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORT_FILTERS))
 async def node_ports_detail(request: Request, ident: str) -> JSON:
     node = await load_node(ctx(request).services.conductor, ident)
     return await list_ports(request, True, [Port.node_id == node.id])
 
 
-@router.get("/portgroups")
+@router.get("/portgroups", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORTGROUP_FILTERS))
 async def node_portgroups(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 24)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 from starlette.responses import Response
 
-from bootforge.api import views
+from bootforge.api import openapi, views
 from bootforge.api.deps import Ctx, ctx, json_body
 from bootforge.api.responses import JSON
 from bootforge.db.models import Allocation, Node, NodeTrait
@@ -136,12 +136,12 @@ async def list_nodes(request: Request, detail: bool, extra_filters: list[Any] | 
     return JSON(views.collection("nodes", items, page.limit, c.base, request.url.path, p))
 
 
-@router.get("")
+@router.get("", openapi_extra=openapi.query(*openapi.LIST, *openapi.NODE_FILTERS))
 async def get_nodes(request: Request) -> JSON:
     return await list_nodes(request, detail=False)
 
 
-@router.get("/detail")
+@router.get("/detail", openapi_extra=openapi.query(*openapi.LIST, *openapi.NODE_FILTERS))
 async def get_nodes_detail(request: Request) -> JSON:
     return await list_nodes(request, detail=True)
 
@@ -163,14 +163,14 @@ async def show_node(c: Ctx, node: Node, fields: list[str] | None = None) -> dict
     return (await node_dicts(c, [row], fields))[0]
 
 
-@router.get("/{ident}")
+@router.get("/{ident}", openapi_extra=openapi.query(openapi.FIELDS))
 async def get_node(request: Request, ident: str) -> JSON:
     c = ctx(request)
     fields = views.check_fields(c.params.get("fields"), views.NODE_FIELDS, c.version)
     return JSON(await show(c, ident, fields))
 
 
-@router.post("")
+@router.post("", status_code=201, openapi_extra=openapi.body(openapi.NODE_CREATE))
 async def create_node(request: Request) -> JSON:
     c = ctx(request)
     body = await json_body(request)
@@ -188,7 +188,7 @@ async def create_node(request: Request) -> JSON:
     return JSON(doc, status_code=201, headers={"Location": f"{c.base}/v1/nodes/{node['uuid']}"})
 
 
-@router.patch("/{ident}")
+@router.patch("/{ident}", openapi_extra=openapi.body(openapi.JSON_PATCH))
 async def patch_node(request: Request, ident: str) -> JSON:
     c = ctx(request)
     patch = await json_body(request, list)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 from starlette.responses import Response
 
-from bootforge.api import views
+from bootforge.api import openapi, views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
 from bootforge.conductor.ports import normalize_mac
@@ -89,24 +89,24 @@ async def show_port(c: Ctx, port: Port, fields: list[str] | None = None) -> dict
     return (await port_dicts(c, [vars(port)], fields))[0]
 
 
-@router.get("/v1/ports")
+@router.get("/v1/ports", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORT_FILTERS))
 async def get_ports(request: Request) -> JSON:
     return await list_ports(request, False)
 
 
-@router.get("/v1/ports/detail")
+@router.get("/v1/ports/detail", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORT_FILTERS))
 async def get_ports_detail(request: Request) -> JSON:
     return await list_ports(request, True)
 
 
-@router.get("/v1/ports/{port_uuid}")
+@router.get("/v1/ports/{port_uuid}", openapi_extra=openapi.query(openapi.FIELDS))
 async def get_port(request: Request, port_uuid: str) -> JSON:
     c = ctx(request)
     fields = views.check_fields(c.params.get("fields"), views.PORT_FIELDS, c.version)
     return JSON(await show_port(c, await c.services.ports.get(port_uuid), fields))
 
 
-@router.post("/v1/ports")
+@router.post("/v1/ports", status_code=201, openapi_extra=openapi.body(openapi.PORT_CREATE))
 async def create_port(request: Request) -> JSON:
     c = ctx(request)
     body = await json_body(request)
@@ -116,7 +116,7 @@ async def create_port(request: Request) -> JSON:
     return JSON(doc, status_code=201, headers={"Location": f"{c.base}/v1/ports/{port['uuid']}"})
 
 
-@router.patch("/v1/ports/{port_uuid}")
+@router.patch("/v1/ports/{port_uuid}", openapi_extra=openapi.body(openapi.JSON_PATCH))
 async def patch_port(request: Request, port_uuid: str) -> JSON:
     c = ctx(request)
     port = await c.services.ports.update(port_uuid, await json_body(request, list))
@@ -164,12 +164,12 @@ async def show_portgroup(c: Ctx, group: Portgroup) -> dict[str, Any]:
     return (await portgroup_dicts(c, [vars(group)], fields))[0]
 
 
-@router.get("/v1/portgroups")
+@router.get("/v1/portgroups", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORTGROUP_FILTERS))
 async def get_portgroups(request: Request) -> JSON:
     return await list_portgroups(request, False)
 
 
-@router.get("/v1/portgroups/detail")
+@router.get("/v1/portgroups/detail", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORTGROUP_FILTERS))
 async def get_portgroups_detail(request: Request) -> JSON:
     return await list_portgroups(request, True)
 
@@ -181,7 +181,7 @@ async def get_portgroup(request: Request, ident: str) -> JSON:
     return JSON(await show_portgroup(c, await c.services.portgroups.get(ident)))
 
 
-@router.get("/v1/portgroups/{ident}/ports")
+@router.get("/v1/portgroups/{ident}/ports", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORT_FILTERS))
 async def get_portgroup_ports(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 24)
@@ -189,7 +189,7 @@ async def get_portgroup_ports(request: Request, ident: str) -> JSON:
     return await list_ports(request, False, [Port.portgroup_id == group.id])
 
 
-@router.post("/v1/portgroups")
+@router.post("/v1/portgroups", status_code=201, openapi_extra=openapi.body(openapi.PORTGROUP_CREATE))
 async def create_portgroup(request: Request) -> JSON:
     c = ctx(request)
     require(c, 23)
@@ -201,7 +201,7 @@ async def create_portgroup(request: Request) -> JSON:
     )
 
 
-@router.patch("/v1/portgroups/{ident}")
+@router.patch("/v1/portgroups/{ident}", openapi_extra=openapi.body(openapi.JSON_PATCH))
 async def patch_portgroup(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 23)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlalchemy import select
 
-from bootforge.api import versions
+from bootforge.api import openapi, versions
 from bootforge.api.deps import Ctx, ctx, require
 from bootforge.api.responses import JSON
 from bootforge.db.models import Conductor as ConductorRow
@@ -84,7 +84,12 @@ async def _driver_doc(c: Ctx, hw: HardwareType, detail: bool) -> dict[str, Any]:
     return doc
 
 
-@router.get("/v1/drivers")
+@router.get(
+    "/v1/drivers",
+    openapi_extra=openapi.query(
+        openapi.DETAIL, openapi.query_param("type", "classic lists none", {"enum": ["classic", "dynamic"]})
+    ),
+)
 async def list_drivers(request: Request) -> JSON:
     c = ctx(request)
     if c.params.get("type") == "classic":
@@ -112,7 +117,7 @@ async def driver_properties(request: Request, name: str) -> JSON:
     return JSON(props)
 
 
-@router.get("/v1/conductors")
+@router.get("/v1/conductors", openapi_extra=openapi.query(openapi.DETAIL))
 async def list_conductors(request: Request) -> JSON:
     c = ctx(request)
     require(c, 49)
