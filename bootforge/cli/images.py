@@ -12,12 +12,11 @@ import httpx
 import typer
 from rich.table import Column, Table
 
+from bootforge.cli.client import DEFAULT_URL, Api, UrlOpt, console
+
 image_app: typer.Typer = typer.Typer(
     help="The OS images deploys write (bootforge's image catalogue).", no_args_is_help=True
 )
-
-# After image_app: cli.main imports this module back to register it, whichever of the two loads first.
-from bootforge.cli.main import DEFAULT_URL, Api, UrlOpt, console  # noqa: E402
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 from starlette.responses import Response
 
 from bootforge.api import openapi, views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
-from bootforge.conductor import patching
+from bootforge.conductor import patching, reads
 from bootforge.conductor.task import load_node
-from bootforge.db.models import Allocation, Node
-from bootforge.db.queries import page_rows, parse_page
+from bootforge.db.models import Allocation
+from bootforge.db.queries import parse_page
 from bootforge.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/allocations")
@@ -25,9 +24,7 @@ PATCHABLE = {"name", "extra"}
 
 
 async def allocation_dicts(c: Ctx, rows: list[Any]) -> list[dict[str, Any]]:
-    node_ids = {r["node_id"] for r in rows if r["node_id"] is not None}
-    async with c.services.conductor.db.read() as s:
-        nodes = dict((await s.execute(select(Node.id, Node.uuid).where(Node.id.in_(node_ids)))).all())
+    nodes = await reads.node_uuids(c.services.conductor.db, (r["node_id"] for r in rows))
     fields = views.check_fields(c.params.get("fields"), views.ALLOCATION_FIELDS, c.version) or views.visible(
         views.ALLOCATION_FIELDS, c.version
     )
@@ -47,13 +44,10 @@ async def list_allocations(request: Request) -> JSON:
     require(c, 52)
     p = c.params
     page = parse_page(p, SORTABLE)
-    for name in ("state", "resource_class", "owner"):
-        if name in p:
-            page.filters.append(getattr(Allocation, name) == p[name])
+    equal: dict[str, Any] = {name: p[name] for name in ("state", "resource_class", "owner") if name in p}
     if "node" in p:
-        page.filters.append(Allocation.node_id == (await load_node(c.services.conductor, p["node"])).id)
-    async with c.services.conductor.db.read() as s:
-        rows = await page_rows(s, Allocation, list(Allocation.__table__.columns), page)
+        equal["node_id"] = (await load_node(c.services.conductor, p["node"])).id
+    rows = await reads.rows(c.services.conductor.db, Allocation, None, page, equal)
     items = await allocation_dicts(c, rows)
     return JSON(views.collection("allocations", items, page.limit, c.base, request.url.path, p))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 from starlette.responses import Response
 
 from bootforge import masking
@@ -14,9 +13,8 @@ from bootforge.api import openapi, views
 from bootforge.api.deps import ctx, json_body, require
 from bootforge.api.responses import JSON
 from bootforge.api.routes.ports import list_portgroups, list_ports
-from bootforge.conductor import states
+from bootforge.conductor import reads, states
 from bootforge.conductor.task import load_node
-from bootforge.db.models import NodeEvent, NodeInventory, Port, Portgroup
 from bootforge.db.queries import parse_limit
 from bootforge.errors import InvalidInput, NotFound
 
@@ -231,8 +229,7 @@ async def inventory(request: Request, ident: str) -> JSON:
     """What inspection found, in Ironic's shape (API 1.81, which bootforge serves at any version)."""
     c = ctx(request)
     node = await load_node(c.services.conductor, ident)
-    async with c.services.conductor.db.read() as s:
-        row = await s.get(NodeInventory, node.id)
+    row = await reads.inventory(c.services.conductor.db, node.id)
     if row is None:
         raise NotFound(f"Node {node.uuid} has no inventory: inspect it first.")
     return JSON({"inventory": row.inventory, "plugin_data": row.plugin_data})
@@ -245,17 +242,7 @@ async def history(request: Request, ident: str) -> JSON:
     node = await load_node(c.services.conductor, ident)
     detail = c.params.get("detail", "").lower() in ("true", "1")
     limit = parse_limit(c.params)
-    stmt = select(NodeEvent).where(NodeEvent.node_id == node.id).order_by(NodeEvent.id)
-    if c.params.get("marker"):
-        async with c.services.conductor.db.read() as s:
-            marker_id = await s.scalar(select(NodeEvent.id).where(NodeEvent.uuid == c.params["marker"]))
-        if marker_id is None:
-            raise InvalidInput(f"The marker {c.params['marker']} is not a known event", "marker")
-        stmt = stmt.where(NodeEvent.id > marker_id)
-    if limit:
-        stmt = stmt.limit(limit)
-    async with c.services.conductor.db.read() as s:
-        rows = (await s.scalars(stmt)).all()
+    rows = await reads.node_events(c.services.conductor.db, node.id, c.params.get("marker"), limit)
     items = [views.event(vars(r), c.base, node.uuid, detail) for r in rows]
     return JSON(views.collection("history", items, limit, c.base, request.url.path, c.params))
 
@@ -265,10 +252,7 @@ async def history_event(request: Request, ident: str, event_uuid: str) -> JSON:
     c = ctx(request)
     require(c, 78)
     node = await load_node(c.services.conductor, ident)
-    async with c.services.conductor.db.read() as s:
-        row = await s.scalar(
-            select(NodeEvent).where(NodeEvent.node_id == node.id, NodeEvent.uuid == event_uuid)
-        )
+    row = await reads.node_event(c.services.conductor.db, node.id, event_uuid)
     if row is None:
         raise NotFound(f"Node history record {event_uuid} could not be found.")
     return JSON(views.event(vars(row), c.base, node.uuid, True))
@@ -277,13 +261,13 @@ async def history_event(request: Request, ident: str, event_uuid: str) -> JSON:
 @router.get("/ports", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORT_FILTERS))
 async def node_ports(request: Request, ident: str) -> JSON:
     node = await load_node(ctx(request).services.conductor, ident)
-    return await list_ports(request, False, [Port.node_id == node.id])
+    return await list_ports(request, False, {"node_id": node.id})
 
 
 @router.get("/ports/detail", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORT_FILTERS))
 async def node_ports_detail(request: Request, ident: str) -> JSON:
     node = await load_node(ctx(request).services.conductor, ident)
-    return await list_ports(request, True, [Port.node_id == node.id])
+    return await list_ports(request, True, {"node_id": node.id})
 
 
 @router.get("/portgroups", openapi_extra=openapi.query(*openapi.LIST, *openapi.PORTGROUP_FILTERS))
@@ -291,7 +275,7 @@ async def node_portgroups(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 24)
     node = await load_node(c.services.conductor, ident)
-    return await list_portgroups(request, False, [Portgroup.node_id == node.id])
+    return await list_portgroups(request, False, {"node_id": node.id})
 
 
 @router.get("/allocation")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 from starlette.responses import Response
 
 from bootforge.api import openapi, views
 from bootforge.api.deps import Ctx, ctx, json_body
 from bootforge.api.responses import JSON
-from bootforge.db.models import Allocation, Node, NodeTrait
-from bootforge.db.queries import is_uuid, page_rows, parse_bool, parse_page
+from bootforge.conductor import reads
+from bootforge.db.models import Node
+from bootforge.db.queries import parse_bool, parse_page
 from bootforge.errors import InvalidInput, NotFound
 
 router = APIRouter(prefix="/v1/nodes")
@@ -36,37 +35,6 @@ NODE_SORTABLE = {
     "lessee",
     "instance_uuid",
 }
-STRING_FILTERS = (
-    "provision_state",
-    "driver",
-    "resource_class",
-    "conductor_group",
-    "fault",
-    "owner",
-    "lessee",
-    "instance_uuid",
-)
-
-
-def node_filters(params: dict[str, str]) -> list[Any]:
-    filters: list[Any] = []
-    for name in STRING_FILTERS:
-        if name in params:
-            filters.append(getattr(Node, name) == params[name])
-    for name in ("maintenance", "retired"):
-        value = parse_bool(params, name)
-        if value is not None:
-            filters.append(getattr(Node, name).is_(value))
-    associated = parse_bool(params, "associated")
-    if associated is not None:
-        filters.append(Node.instance_uuid.is_not(None) if associated else Node.instance_uuid.is_(None))
-    if "description_contains" in params:
-        filters.append(Node.description.contains(params["description_contains"]))
-    if params.get("chassis_uuid"):
-        filters.append(Node.id.is_(None))  # bootforge has no chassis: nothing matches
-    return filters
-
-
 async def node_dicts(
     c: Ctx, rows: list[Any], fields: list[str], *, links: bool = True, known: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -76,29 +44,12 @@ async def node_dicts(
     """
     ids = [r["id"] for r in rows]
     extra: dict[str, dict[int, Any]] = {k: dict.fromkeys(ids, v) for k, v in (known or {}).items()}
-    if ids and not known and ("traits" in fields or "allocation_uuid" in fields):
-        async with c.services.conductor.db.read_conn() as s:
-            if "traits" in fields:
-                traits: dict[int, list[str]] = {i: [] for i in ids}
-                for node_id, trait in await s.execute(
-                    select(NodeTrait.node_id, NodeTrait.trait).where(NodeTrait.node_id.in_(ids))
-                ):
-                    traits[node_id].append(trait)
-                extra["traits"] = {k: sorted(v) for k, v in traits.items()}
-            if "allocation_uuid" in fields:
-                alloc_ids = [r["allocation_id"] for r in rows if r["allocation_id"] is not None]
-                found = (
-                    dict(
-                        (
-                            await s.execute(
-                                select(Allocation.id, Allocation.uuid).where(Allocation.id.in_(alloc_ids))
-                            )
-                        ).all()
-                    )
-                    if alloc_ids
-                    else {}
-                )
-                extra["allocation_uuid"] = {r["id"]: found.get(r["allocation_id"]) for r in rows}
+    db = c.services.conductor.db
+    if ids and not known and "traits" in fields:
+        extra["traits"] = await reads.node_traits(db, ids)
+    if ids and not known and "allocation_uuid" in fields:
+        found = await reads.allocation_uuids(db, (r["allocation_id"] for r in rows))
+        extra["allocation_uuid"] = {r["id"]: found.get(r["allocation_id"]) for r in rows}
     host = c.services.conductor.host
     out = []
     for r in rows:
@@ -119,19 +70,13 @@ def node_column_names(fields: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
-def node_columns(fields: Iterable[str]) -> list[Any]:
-    return [Node.__table__.c[n] for n in node_column_names(tuple(fields))]
-
-
-async def list_nodes(request: Request, detail: bool, extra_filters: list[Any] | None = None) -> JSON:
+async def list_nodes(request: Request, detail: bool) -> JSON:
     c = ctx(request)
     p = c.params
     detail = detail or bool(parse_bool(p, "detail"))
     fields = views.list_fields(p, views.NODE_FIELDS, views.NODE_LIST_FIELDS, c.version, detail)
     page = parse_page(p, NODE_SORTABLE)
-    page.filters = node_filters(p) + (extra_filters or [])
-    async with c.services.conductor.db.read_conn() as s:
-        rows = await page_rows(s, Node, node_columns(fields), page)
+    rows = await reads.node_rows(c.services.conductor.db, node_column_names(tuple(fields)), page, p)
     items = await node_dicts(c, rows, fields)
     return JSON(views.collection("nodes", items, page.limit, c.base, request.url.path, p))
 
@@ -149,9 +94,7 @@ async def get_nodes_detail(request: Request) -> JSON:
 async def show(c: Ctx, ident: str, fields: list[str] | None = None) -> dict[str, Any]:
     """One node, reading only the columns asked for: clients poll this while they wait for a state."""
     fields = fields or views.visible(views.NODE_FIELDS, c.version)
-    column = Node.uuid if is_uuid(ident) else Node.name
-    async with c.services.conductor.db.read_conn() as s:
-        row = (await s.execute(select(*node_columns(fields)).where(column == ident))).mappings().first()
+    row = await reads.node_row(c.services.conductor.db, node_column_names(tuple(fields)), ident)
     if row is None:
         raise NotFound(f"Node {ident} could not be found.")
     return (await node_dicts(c, [row], fields))[0]

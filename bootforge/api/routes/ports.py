@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 from starlette.responses import Response
 
 from bootforge.api import openapi, views
 from bootforge.api.deps import Ctx, ctx, json_body, require
 from bootforge.api.responses import JSON
+from bootforge.conductor import reads
 from bootforge.conductor.ports import normalize_mac
 from bootforge.conductor.task import load_node
-from bootforge.db.models import Node, Port, Portgroup
-from bootforge.db.queries import is_uuid, page_rows, parse_bool, parse_page
+from bootforge.db.models import Port, Portgroup
+from bootforge.db.queries import is_uuid, parse_bool, parse_page
 
 router = APIRouter()
 
@@ -23,19 +23,9 @@ GROUP_SORTABLE = {"id", "uuid", "address", "name", "created_at", "updated_at", "
 
 
 async def _uuid_maps(c: Ctx, rows: list[Any], group: bool) -> tuple[dict[int, str], dict[int, str]]:
-    node_ids = {r["node_id"] for r in rows}
-    group_ids = {r["portgroup_id"] for r in rows if not group and r.get("portgroup_id")}
-    async with c.services.conductor.db.read() as s:
-        nodes = dict((await s.execute(select(Node.id, Node.uuid).where(Node.id.in_(node_ids)))).all())
-        groups = (
-            dict(
-                (
-                    await s.execute(select(Portgroup.id, Portgroup.uuid).where(Portgroup.id.in_(group_ids)))
-                ).all()
-            )
-            if group_ids
-            else {}
-        )
+    db = c.services.conductor.db
+    nodes = await reads.node_uuids(db, {r["node_id"] for r in rows})
+    groups = await reads.portgroup_uuids(db, {r.get("portgroup_id") for r in rows} if not group else ())
     return nodes, groups
 
 
@@ -56,30 +46,31 @@ async def port_dicts(
     return out
 
 
-def _columns(model: Any, fields: list[str], computed: set[str]) -> list[Any]:
+def _columns(fields: list[str], computed: set[str], *, port: bool) -> list[str]:
     names = {"id", "uuid", "node_id"} | {f for f in fields if f not in computed}
-    if model is Port:
+    if port:
         names.add("portgroup_id")
-    return [getattr(model, n) for n in sorted(names)]
+    return sorted(names)
 
 
-async def list_ports(request: Request, detail: bool, filters: list[Any] | None = None) -> JSON:
+async def list_ports(request: Request, detail: bool, equal: dict[str, Any] | None = None) -> JSON:
+    """Ports, filtered by the query parameters and by `equal` ({column: value}, from the URL path)."""
     c = ctx(request)
     p = c.params
     detail = detail or bool(parse_bool(p, "detail"))
     fields = views.list_fields(p, views.PORT_FIELDS, views.PORT_LIST_FIELDS, c.version, detail)
     page = parse_page(p, SORTABLE)
-    page.filters = list(filters or [])
+    equal = dict(equal or {})
     if "address" in p:
-        page.filters.append(Port.address == normalize_mac(p["address"]))
+        equal["address"] = normalize_mac(p["address"])
     if "node" in p or "node_uuid" in p:
         node = await load_node(c.services.conductor, p.get("node") or p["node_uuid"])
-        page.filters.append(Port.node_id == node.id)
+        equal["node_id"] = node.id
     if "portgroup" in p:
         group = await c.services.portgroups.get(p["portgroup"])
-        page.filters.append(Port.portgroup_id == group.id)
-    async with c.services.conductor.db.read() as s:
-        rows = await page_rows(s, Port, _columns(Port, fields, {"node_uuid", "portgroup_uuid"}), page)
+        equal["portgroup_id"] = group.id
+    columns = _columns(fields, {"node_uuid", "portgroup_uuid"}, port=True)
+    rows = await reads.rows(c.services.conductor.db, Port, columns, page, equal)
     items = await port_dicts(c, rows, fields)
     return JSON(views.collection("ports", items, page.limit, c.base, request.url.path, p))
 
@@ -140,21 +131,21 @@ async def portgroup_dicts(c: Ctx, rows: list[Any], fields: list[str]) -> list[di
     ]
 
 
-async def list_portgroups(request: Request, detail: bool, filters: list[Any] | None = None) -> JSON:
+async def list_portgroups(request: Request, detail: bool, equal: dict[str, Any] | None = None) -> JSON:
     c = ctx(request)
     require(c, 23)
     p = c.params
     detail = detail or bool(parse_bool(p, "detail"))
     fields = views.list_fields(p, views.PORTGROUP_FIELDS, views.PORTGROUP_LIST_FIELDS, c.version, detail)
     page = parse_page(p, GROUP_SORTABLE)
-    page.filters = list(filters or [])
+    equal = dict(equal or {})
     if "address" in p:
-        page.filters.append(Portgroup.address == normalize_mac(p["address"]))
+        equal["address"] = normalize_mac(p["address"])
     if "node" in p:
         node = await load_node(c.services.conductor, p["node"])
-        page.filters.append(Portgroup.node_id == node.id)
-    async with c.services.conductor.db.read() as s:
-        rows = await page_rows(s, Portgroup, _columns(Portgroup, fields, {"node_uuid"}), page)
+        equal["node_id"] = node.id
+    columns = _columns(fields, {"node_uuid"}, port=False)
+    rows = await reads.rows(c.services.conductor.db, Portgroup, columns, page, equal)
     items = await portgroup_dicts(c, rows, fields)
     return JSON(views.collection("portgroups", items, page.limit, c.base, request.url.path, p))
 
@@ -186,7 +177,7 @@ async def get_portgroup_ports(request: Request, ident: str) -> JSON:
     c = ctx(request)
     require(c, 24)
     group = await c.services.portgroups.get(ident)
-    return await list_ports(request, False, [Port.portgroup_id == group.id])
+    return await list_ports(request, False, {"portgroup_id": group.id})
 
 
 @router.post("/v1/portgroups", status_code=201, openapi_extra=openapi.body(openapi.PORTGROUP_CREATE))

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 
 from bootforge.api import openapi, versions
 from bootforge.api.deps import Ctx, ctx, require
 from bootforge.api.responses import JSON
-from bootforge.db.models import Conductor as ConductorRow
+from bootforge.conductor import reads
 from bootforge.drivers.hardware import INTERFACE_TYPES, HardwareType
 from bootforge.errors import NotFound
 
@@ -122,8 +121,7 @@ async def list_conductors(request: Request) -> JSON:
     c = ctx(request)
     require(c, 49)
     live = set(await c.services.conductor.live_hosts())
-    async with c.services.conductor.db.read() as s:
-        rows = (await s.scalars(select(ConductorRow).order_by(ConductorRow.hostname))).all()
+    rows = await reads.conductors(c.services.conductor.db)
     detail = c.params.get("detail", "").lower() in ("true", "1")
     out = []
     for r in rows:
@@ -143,8 +141,7 @@ async def list_conductors(request: Request) -> JSON:
 async def get_conductor(request: Request, hostname: str) -> JSON:
     c = ctx(request)
     require(c, 49)
-    async with c.services.conductor.db.read() as s:
-        r = await s.scalar(select(ConductorRow).where(ConductorRow.hostname == hostname))
+    r = await reads.conductor(c.services.conductor.db, hostname)
     if r is None:
         raise NotFound(f"Conductor {hostname} could not be found.")
     live = set(await c.services.conductor.live_hosts())
