@@ -417,6 +417,10 @@ from bootforge.cli.ramdisk import ramdisk_app  # noqa: E402
 app.add_typer(image_app, name="image")
 app.add_typer(ramdisk_app, name="ramdisk")
 
+from bootforge.cli.secrets import secrets_app  # noqa: E402
+
+app.add_typer(secrets_app, name="secrets")
+
 
 def main() -> None:
     app()

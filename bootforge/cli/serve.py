@@ -15,6 +15,7 @@ from bootforge.api.limits import limited_protocol
 from bootforge.cli.netboot import start_netboot
 from bootforge.conductor.conductor import Conductor
 from bootforge.config import Settings
+from bootforge.db import secrets
 from bootforge.db.engine import Database, private_dir
 
 log = logging.getLogger("bootforge")
@@ -25,13 +26,23 @@ async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
     private_dir(settings.state_dir)
     db = Database(settings.database_url)
     await db.migrate()
+    # Before anything reads a node: BMC passwords are stored encrypted under this key (db/secrets.py).
+    try:
+        await secrets.open_with_key(db, settings.secret_key_path)
+    except BaseException:
+        await db.close()
+        raise
     conductor = Conductor(settings, db)
     await conductor.start()
     return db, conductor, Services.build(settings, conductor)
 
 
 async def serve(settings: Settings) -> None:
-    db, conductor, services = await build(settings)
+    try:
+        db, conductor, services = await build(settings)
+    except secrets.SecretKeyRefused as exc:
+        # What to restore or run, not a traceback: the operator's next step is in the message.
+        raise SystemExit(f"bootforge serve: {exc}") from None
     netboot = await start_netboot(settings, db, conductor.drivers)
     if netboot is not None:
         # The view refreshes on its own every few seconds; a state change this conductor makes

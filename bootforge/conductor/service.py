@@ -7,6 +7,7 @@ conditional UPDATE, answers (the API returns 202), and leaves the rest to the co
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import uuid as uuidlib
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from bootforge.conductor.task import (
     shared_task,
 )
 from bootforge.config import ApiLimits
+from bootforge.db import secrets
 from bootforge.db.batch import BatchInserter
 from bootforge.db.models import (
     NODE_EVENTS,
@@ -148,7 +150,13 @@ class NodeService:
     def __init__(self, conductor: Conductor) -> None:
         self.conductor = conductor
         self.db = conductor.db
-        self._inserts = BatchInserter(self.db, NODES, events_table=NODE_EVENTS, events=self._events)
+        self._inserts = BatchInserter(
+            self.db,
+            NODES,
+            events_table=NODE_EVENTS,
+            events=self._events,
+            encode=functools.partial(secrets.seal_row, self.db),
+        )
 
     # --- create / update / delete -----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge.conductor import states
+from bootforge.db import secrets
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, AgentSession, Node, NodeEvent, Port, utcnow
 from bootforge.db.queries import is_uuid
@@ -77,9 +78,19 @@ class NodeTask:
         self.purpose = purpose
         self._events: list[dict[str, Any]] = []
         self.exclusive = node.reservation == conductor.host
-        self.driver: DriverSet = conductor.drivers.for_node(
+        self._driver: DriverSet = conductor.drivers.for_node(
             node.driver, {k: getattr(node, f"{k}_interface") for k in INTERFACE_TYPES}
         )
+        self._secrets_checked = False
+
+    @property
+    def driver(self) -> DriverSet:
+        """The node's interfaces; refused (SecretUnreadable, naming the field) while a stored secret of
+        the node does not decrypt, so that no driver sends a BMC the ciphertext (db/secrets.py)."""
+        if not self._secrets_checked:
+            secrets.check_readable(self.node, self.conductor.db)
+            self._secrets_checked = True
+        return self._driver
 
     @property
     def settings(self) -> Settings:
@@ -213,7 +224,8 @@ async def reserve(
     if expect_state is not None:
         stmt = stmt.where(Node.provision_state == expect_state)
     async with conductor.db.write() as s:
-        result = await s.execute(stmt.values(**changes).execution_options(synchronize_session=False))
+        stored = secrets.seal_columns(conductor.db, node.uuid, changes)
+        result = await s.execute(stmt.values(**stored).execution_options(synchronize_session=False))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             await s.rollback()
             current = await load_node(conductor, node.uuid)

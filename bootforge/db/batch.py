@@ -27,6 +27,8 @@ Row = dict[str, Any]
 Prepare = Callable[[AsyncConnection, list[Row]], Awaitable[dict[int, Exception]]]
 # Builds the extra rows (timeline events) for inserted rows, which have their ids by then.
 Events = Callable[[list[Row]], list[Row]]
+# The row as stored (secrets sealed: db/secrets.py); the caller gets its own row back, with its id.
+Encode = Callable[[Row], Row]
 
 
 class BatchInserter:
@@ -38,6 +40,7 @@ class BatchInserter:
         events_table: Table | None = None,
         events: Events | None = None,
         prepare: Prepare | None = None,
+        encode: Encode | None = None,
         max_batch: int = 200,
     ) -> None:
         self.db = db
@@ -45,6 +48,7 @@ class BatchInserter:
         self.events_table = events_table
         self.events = events
         self.prepare = prepare
+        self.encode = encode
         self.max_batch = max_batch
         self.statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
         self._pending: list[tuple[Row, asyncio.Future[Row]]] = []
@@ -81,7 +85,8 @@ class BatchInserter:
             rejected = await self.prepare(conn, rows) if self.prepare else {}
             accepted = [(row, fut) for i, (row, fut) in enumerate(batch) if i not in rejected]
             if accepted:
-                result = await conn.execute(self.statement, [row for row, _ in accepted])
+                stored = [self.encode(row) if self.encode else row for row, _ in accepted]
+                result = await conn.execute(self.statement, stored)
                 for (row, _), new_id in zip(accepted, result.scalars().all(), strict=True):
                     row["id"] = new_id
                 if self.events is not None and self.events_table is not None:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 from bootforge.db import sqlite_inline
+from bootforge.db.secrets import SESSION_DB, NodeSecrets
 
 log = logging.getLogger("bootforge.db")
 
@@ -125,8 +126,12 @@ class Database:
         self.url = url
         self.write_engine = make_engine(url, writer=True)
         self.read_engine = make_engine(url, writer=False) if is_sqlite(url) else self.write_engine
-        self._write = async_sessionmaker(self.write_engine, expire_on_commit=False)
-        self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        # The key for node secrets at rest, set by db.secrets.open_with_key after migrating; the ORM
+        # events of db/secrets.py find it through each session's info.
+        self.secrets: NodeSecrets | None = None
+        info = {SESSION_DB: self}
+        self._write = async_sessionmaker(self.write_engine, expire_on_commit=False, info=info)
+        self._read = async_sessionmaker(self.read_engine, expire_on_commit=False, info=info)
 
     def write(self) -> AsyncSession:
         return self._write()

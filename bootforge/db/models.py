@@ -282,6 +282,19 @@ class Image(Timestamps, Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class SecretKeyRecord(Base):
+    """Which key file encrypted this database's secrets: its fingerprint (never the key), per purpose.
+
+    A conductor started with another key file, or none, refuses to start (bootforge.db.secrets).
+    """
+
+    __tablename__ = "secret_keys"
+
+    purpose: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 # Plain tables for hot-path Core statements: ORM-enabled DML (insert(Node)) takes the slower
 # bulk-ORM route for every row; the tables compile once and are cached.
 NODES: Table = Node.__table__  # type: ignore[assignment]
