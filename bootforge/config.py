@@ -7,6 +7,7 @@ which run a complete single-process service on loopback with SQLite in the state
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -92,6 +93,49 @@ class ApiLimits(BaseModel):
     # Each top-level field of a JSON body (a node's extra, driver_info, ...; a JSON-PATCH value), as
     # JSON: Ironic's columns for them hold 64 KiB. The config drive has the provision body's limit.
     max_json_field_bytes: int = Field(default=64 << 10, ge=1024)
+    # PUT /v1/images/{name}/file: an image file uploaded by `bootforge image add`, streamed to disk.
+    max_image_upload_bytes: int = Field(default=64 << 30, ge=1 << 20)
+
+
+class ImageSettings(BaseModel):
+    """Where image imports may read from. Whatever an import reads, HTTP boot then serves without
+    credentials (images/<uuid>.simg), so a source must never be a host file or an internal service."""
+
+    # Directories on the bootforge host whose files `POST /v1/images` may import by path (checked
+    # after symlinks and '..' are resolved, and again on the opened file). Empty: no host path is
+    # imported; `bootforge image add NAME FILE` uploads the file instead (PUT /v1/images/{name}/file).
+    import_dirs: list[Path] = []
+    # URL sources (and deploys' http(s) image_source) may be fetched from public addresses, and from
+    # these networks: e.g. ["10.20.0.0/24"] for an internal image mirror. Loopback, link-local (cloud
+    # metadata), private, shared, multicast, unspecified and reserved addresses are refused otherwise.
+    allow_url_networks: list[str] = []
+    # A download larger than this is stopped and refused (the source's bytes, before any conversion).
+    max_download_bytes: int = Field(default=64 << 30, ge=1 << 20)
+    # Seconds a whole download may take, redirects included.
+    download_timeout: float = Field(default=3600.0, gt=0)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    # Seconds an upload may go without sending a byte before it is abandoned.
+    upload_idle_timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("import_dirs")
+    @classmethod
+    def _absolute_dirs(cls, value: list[Path]) -> list[Path]:
+        for d in value:
+            if not d.is_absolute():
+                raise ValueError(f"images.import_dirs must be absolute paths, got {str(d)!r}")
+        return value
+
+    @field_validator("allow_url_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"images.allow_url_networks: {net!r} is not a network (CIDR such as 10.20.0.0/24)"
+                ) from None
+        return value
 
 
 class SubnetSettings(BaseModel):
@@ -220,6 +264,7 @@ class Settings(BaseSettings):
     ipmi: IpmiSettings = IpmiSettings()
     agent: AgentSettings = AgentSettings()
     netboot: NetbootSettings = NetbootSettings()
+    images: ImageSettings = ImageSettings()
 
     log_level: str = "info"
 

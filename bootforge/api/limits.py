@@ -36,6 +36,7 @@ __all__ = [
 ROUTE_LIMITS = (
     ("PUT", re.compile(r"^/v1/nodes/[^/]+/states/provision$"), "max_provision_body_bytes"),
     ("POST", re.compile(r"^/v1/nodes/[^/]+/agent/command/[^/]+$"), "max_agent_body_bytes"),
+    ("PUT", re.compile(r"^/v1/images/[^/]+/file$"), "max_image_upload_bytes"),
 )
 
 

@@ -1,24 +1,34 @@
-"""`bootforge image ...`: the image catalogue, over the API like the node commands."""
+"""`bootforge image ...`: the image catalogue, over the API like the node commands.
+
+`image add NAME FILE` uploads the file from where the command runs (an operator's workstation or the
+bootforge host alike), as `baremetal`'s Glance counterpart does; `--on-server` names a file on the
+bootforge host instead, which the server imports only from its images.import_dirs.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
+from rich.markup import escape
 from rich.table import Column, Table
 
-from bootforge.cli.client import DEFAULT_URL, Api, UrlOpt, console
+from bootforge.cli.client import DEFAULT_URL, Api, UrlOpt, console, err, error_text
 
 image_app: typer.Typer = typer.Typer(
     help="The OS images deploys write (bootforge's image catalogue).", no_args_is_help=True
 )
 
+
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+UPLOAD_CHUNK = 1 << 20
 
 
 @contextmanager
@@ -37,11 +47,56 @@ def _size(n: int) -> str:
     return f"{n} B" if i == 0 else f"{value:.1f} {UNITS[i]}"
 
 
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
 def source_arg(source: str) -> str:
-    """URLs go as given; a file path is made absolute here, since the server resolves it."""
-    if source.startswith(("http://", "https://")):
+    """URLs go as given; a path on the bootforge host must be absolute (the server does not know this
+    command's working directory)."""
+    if is_url(source) or source.startswith("/"):
         return source
-    return str(Path(source).expanduser().resolve())
+    err.print(f"[red]--on-server needs an absolute path on the bootforge host, got {source!r}[/red]")
+    raise typer.Exit(2)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(UPLOAD_CHUNK):
+            yield chunk
+
+
+def upload(api: Api, name: str, path: Path) -> Any:
+    """PUT the file's bytes to /v1/images/NAME/file, streamed (never read whole into memory)."""
+    try:
+        size = os.stat(path).st_size
+        if not path.is_file():
+            raise IsADirectoryError(f"{path} is not a file")
+        with open(path, "rb"):
+            pass  # unreadable files are reported here, before anything is sent
+    except OSError as e:
+        err.print(f"[red]cannot read {path}:[/red] {e.strerror or e}")
+        raise typer.Exit(1) from None
+    # The name is checked first: a taken name would otherwise be refused only after the server has
+    # answered mid-upload, which the client sees as a broken connection.
+    taken = api.http.get(f"/v1/images/{quote(name, safe='')}")
+    if taken.status_code == 200:
+        err.print(f"[red]An image named {name} already exists.[/red]")
+        raise typer.Exit(1)
+    try:
+        r = api.http.put(
+            f"/v1/images/{quote(name, safe='')}/file",
+            params={"filename": path.name},
+            content=_chunks(path),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
+    except httpx.HTTPError as e:
+        err.print(f"[red]uploading {path} to {api.http.base_url} failed:[/red] {e}")
+        raise typer.Exit(1) from None
+    if r.status_code != 201:
+        err.print(f"[red]uploading {path} failed ({r.status_code}):[/red] {escape(error_text(r))}")
+        raise typer.Exit(1)
+    return r.json()
 
 
 @image_app.command("add")
@@ -51,10 +106,18 @@ def image_add(
         str,
         typer.Argument(
             metavar="FILE|URL",
-            help="an http(s) URL the server downloads, or a FILE that the bootforge SERVER reads: the "
-            "path must exist on the host bootforge runs on (it is made absolute here)",
+            help="a FILE here, uploaded to bootforge; or an http(s) URL the server downloads (from a "
+            "public address or one in its images.allow_url_networks)",
         ),
     ],
+    on_server: Annotated[
+        bool,
+        typer.Option(
+            "--on-server",
+            help="FILE is an absolute path on the bootforge host, inside its images.import_dirs: "
+            "the server reads it there instead of receiving an upload",
+        ),
+    ] = False,
     url: UrlOpt = DEFAULT_URL,
 ) -> None:
     """Import an image: raw, zstd-compressed raw or qcow2 (found from the file's content, not its name).
@@ -64,7 +127,11 @@ def image_add(
     with _api(url) as api:
         # Imports of large images take as long as copying (and converting) them.
         api.http.timeout = httpx.Timeout(30.0, read=None)
-        image = api.call("POST", "/v1/images", {"name": name, "source": source_arg(source)}, ok=(201,))
+        if is_url(source) or on_server:
+            body = {"name": name, "source": source_arg(source)}
+            image = api.call("POST", "/v1/images", body, ok=(201,))
+        else:
+            image = upload(api, name, Path(source).expanduser())
     console.print(
         f"added image [bold]{image['name']}[/bold] {image['uuid']}: {image['disk_format']}, "
         f"{_size(image['virtual_size'])} on disk, sha256 {image['sha256']}"

@@ -248,7 +248,7 @@ class Conductor:
             from bootforge.images.catalogue import ImageCatalogue
 
             self._images = ImageCatalogue(
-                self.db, self.settings.netboot.root or self.settings.state_dir / "boot"
+                self.db, self.settings.netboot.root or self.settings.state_dir / "boot", self.settings.images
             )
         return self._images
 

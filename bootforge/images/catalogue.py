@@ -4,7 +4,9 @@ An image row exists from the moment its import starts (status "importing"), so i
 once and a second `add` of the same name fails before any byte is copied. http(s) image sources given
 to a deploy are imported into the same catalogue under a reserved name, "url:" + a hash of the URL,
 which the name rules for operators' images can never produce: the cache is visible in `image list`
-and emptied with `image delete`.
+and emptied with `image delete`. Both kinds of URL go through the same checks (sources.py: allowed
+networks, every redirect hop, size and time limits); host paths only from images.import_dirs; any other
+file arrives as an upload (`upload`, PUT /v1/images/{name}/file).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import re
 import threading
 import uuid as uuidlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from bootforge.config import ImageSettings
 from bootforge.db.engine import Database
 from bootforge.db.models import Image, utcnow
 from bootforge.db.queries import is_uuid
 from bootforge.errors import Conflict, InvalidInput, NotFound
 from bootforge.images.formats import RAW, ZSTD
-from bootforge.images.store import ImageStore, Stored, is_url, redact_url
+from bootforge.images.store import CHUNK, ImageStore, Stored, Upload, is_url, redact_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 CACHE_PREFIX = "url:"
@@ -140,10 +144,11 @@ def cache_name(url: str) -> str:
 
 
 class ImageCatalogue:
-    def __init__(self, db: Database, root: Path) -> None:
+    def __init__(self, db: Database, root: Path, settings: ImageSettings | None = None) -> None:
         self.db = db
         self.root = root
-        self.store = ImageStore(root)
+        # Without settings nothing of the host and no URL on a non-public network is imported.
+        self.store = ImageStore(root, settings)
         # One import of a URL at a time in this process; others asking for it wait and reuse it.
         self._url_locks: dict[str, asyncio.Lock] = {}
 
@@ -152,6 +157,31 @@ class ImageCatalogue:
     async def add(self, name: str, source: str) -> Image:
         """Import `source` (a file on this host or an http(s) URL) as `name`; returns the ready row."""
         return await self._import(check_name(name), check_source(source))
+
+    async def upload(self, name: str, chunks: AsyncIterator[bytes], filename: str = "") -> Image:
+        """Import the bytes of an upload as `name`, written to disk as they arrive (1 MiB at a time in a
+        thread); returns the ready row. What is no image is refused from its first 4 KiB."""
+        check_name(name)
+        upload: Upload | None = None
+
+        async def receive(stop: threading.Event, image_uuid: str) -> Stored:
+            nonlocal upload
+            upload = await asyncio.to_thread(self.store.begin_upload, image_uuid)
+            buf = bytearray()
+            async for chunk in chunks:
+                buf += chunk
+                if len(buf) >= CHUNK:
+                    await asyncio.to_thread(upload.write, bytes(buf))
+                    buf.clear()
+            if buf:
+                await asyncio.to_thread(upload.write, bytes(buf))
+            return await asyncio.to_thread(self.store.import_upload, image_uuid, upload, stop)
+
+        try:
+            return await self._run(name, upload_source(filename), receive)
+        finally:
+            if upload is not None:
+                upload.close()
 
     async def get(self, ident: str) -> Image:
         column = Image.uuid if is_uuid(ident) else Image.name
@@ -228,7 +258,19 @@ class ImageCatalogue:
     # --- importing ----------------------------------------------------------------------------------
 
     async def _import(self, name: str, source: str, field: str = "source") -> Image:
-        row = _importing_row(name, redact_url(source) if is_url(source) else source)
+        async def fill(stop: threading.Event, image_uuid: str) -> Stored:
+            return await asyncio.to_thread(self.store.import_image, image_uuid, source, stop)
+
+        return await self._run(name, redact_url(source) if is_url(source) else source, fill, field)
+
+    async def _run(
+        self,
+        name: str,
+        shown: str,
+        fill: Callable[[threading.Event, str], Awaitable[Stored]],
+        field: str = "source",
+    ) -> Image:
+        row = _importing_row(name, shown)
         async with self.db.write() as s:
             s.add(row)
             try:
@@ -237,7 +279,7 @@ class ImageCatalogue:
                 raise Conflict(f"An image named {name} already exists.") from None
         stop = threading.Event()
         try:
-            stored = await asyncio.to_thread(self.store.import_image, row.uuid, source, stop)
+            stored = await fill(stop, row.uuid)
             return await self._ready(row, stored)
         except BaseException as exc:
             # Cancelled or failed: the thread stops at its next chunk and removes its work files.
@@ -266,6 +308,13 @@ class ImageCatalogue:
                 await s.delete(found)
             await s.commit()
         await asyncio.to_thread(self.store.remove, row.uuid)
+
+
+def upload_source(filename: str) -> str:
+    """What an uploaded image's `source` shows: the file name the client gave, for the operator's eyes
+    only (it is never opened)."""
+    shown = "".join(c for c in filename if c.isprintable())[:200]
+    return f"upload:{shown}" if shown else "upload"
 
 
 def _importing_row(name: str, source: str) -> Image:
@@ -331,4 +380,5 @@ __all__ = [
     "check_source",
     "expected_digest",
     "ref_for",
+    "upload_source",
 ]

@@ -11,22 +11,25 @@ qcow2 (converted by qemu-img first). The original's digests are recorded beside 
 imported before sparse streams are served as they were stored (<uuid>.raw, <uuid>.raw.zst). The served
 file appears by rename only once it is complete and flushed to disk, so the HTTP boot server never
 serves half an image.
+
+Which sources may be read at all (host paths in images.import_dirs, URLs on allowed networks) is
+sources.py's to decide; an upload (PUT /v1/images/{name}/file) is written to the work file as it arrives.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import stat
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import zstandard
 
+from bootforge.config import ImageSettings
 from bootforge.errors import BootforgeError
 from bootforge.images.formats import (
     HEAD_SIZE,
@@ -45,6 +48,7 @@ from bootforge.images.formats import (
     read_head,
     sniff,
 )
+from bootforge.images.sources import SourcePolicy, check_progress
 from bootforge.images.sparse import BLOCK, extents, write_simg
 
 # Zero runs at least BLOCK long (and aligned to it) are not written: they stay holes in work files.
@@ -141,17 +145,38 @@ class SparseWriter:
 class ImageStore:
     """Image files under <root>/images, named by image UUID."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, settings: ImageSettings | None = None) -> None:
         self.root = root
         self.dir = root / "images"
         self.partial = self.dir / ".partial"
+        self.policy = SourcePolicy(settings)
 
     def import_image(self, image_uuid: str, source: str, stop: threading.Event | None = None) -> Stored:
-        stop = stop or threading.Event()
+        """Import a host file (inside images.import_dirs) or an http(s) URL (on an allowed network)."""
+
+        def fill(work: Path, stop: threading.Event) -> Digests:
+            if is_url(source):
+                return download(source, work, stop, self.policy)
+            return copy_local(source, work, stop, self.policy)
+
+        return self._import(image_uuid, fill, stop or threading.Event())
+
+    def begin_upload(self, image_uuid: str) -> Upload:
+        """The work file an upload is written to as it arrives (then `import_upload`)."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        return Upload(self.partial / f"{image_uuid}.source")
+
+    def import_upload(self, image_uuid: str, upload: Upload, stop: threading.Event | None = None) -> Stored:
+        """Import what `upload` received (complete: the request's body has ended)."""
+        return self._import(image_uuid, lambda work, _stop: upload.finish(), stop or threading.Event())
+
+    def _import(
+        self, image_uuid: str, fill: Callable[[Path, threading.Event], Digests], stop: threading.Event
+    ) -> Stored:
         self.partial.mkdir(parents=True, exist_ok=True)
         work = self.partial / f"{image_uuid}.source"
         try:
-            digests = download(source, work, stop) if is_url(source) else copy_local(Path(source), work, stop)
+            digests = fill(work, stop)
             return self._store(image_uuid, work, digests, stop)
         except OSError as e:
             # e.g. the store's disk is full: the operator needs the reason, not "internal error".
@@ -172,10 +197,12 @@ class ImageStore:
         fmt = check_head(read_head(work))
         raw = self._raw(image_uuid, work, fmt, stop)
         virtual_size = raw.stat().st_size
-        if virtual_size == 0 or virtual_size % SECTOR:
+        # The size is not told: for a URL it would describe an answer that is not an image at all.
+        if virtual_size == 0:
+            raise ImageError("the image is empty (0 bytes): it is not a disk image")
+        if virtual_size % SECTOR:
             raise ImageError(
-                f"the image is {virtual_size} bytes, not a whole number of {SECTOR}-byte sectors: "
-                "it is not a disk image"
+                f"the image's size is not a whole number of {SECTOR}-byte sectors: it is not a disk image"
             )
         # A raw source stays uncompressed (the operator chose raw); the others were compressed.
         stream_format = SIMG if fmt == RAW else SIMG_ZSTD
@@ -226,15 +253,43 @@ def _open_new(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
 
-def copy_local(src: Path, dest: Path, stop: threading.Event) -> Digests:
-    """Copy a file on this host into `dest` (holes kept), hashing it; refuses what is no image first."""
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise ImageError(f"cannot read {src}: {e.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ImageError(f"{src} is not a regular file")
+class Upload:
+    """An uploaded image written to its work file as it arrives (holes kept), hashed on the way; what is
+    no image is refused from its first 4 KiB. Blocking: the catalogue calls it in a thread."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.digests = Digests()
+        self._fd = _open_new(work)
+        self._writer = SparseWriter(self._fd)
+        self._head = b""
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if len(self._head) < HEAD_SIZE:
+            self._head += data[: HEAD_SIZE - len(self._head)]
+            if len(self._head) == HEAD_SIZE:
+                check_head(self._head)
+        self.digests.update(data)
+        self._writer.write(data)
+
+    def finish(self) -> Digests:
+        if len(self._head) < HEAD_SIZE:
+            check_head(self._head)
+        self._writer.close()
+        self.close()
+        return self.digests
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+
+def copy_local(src: str, dest: Path, stop: threading.Event, policy: SourcePolicy) -> Digests:
+    """Copy a file on this host into `dest` (holes kept), hashing it; refuses what is no image first.
+    Only a regular file inside images.import_dirs is read (policy.open_local)."""
+    fd = policy.open_local(src)
     with open(fd, "rb", buffering=0) as f:
         head = f.read(4096)
         # Cheap refusals before copying what may be many GiB.
@@ -273,28 +328,26 @@ def _copy_stream(f: io.FileIO, dest: Path, stop: threading.Event) -> Digests:
     return digests
 
 
-def download(url: str, dest: Path, stop: threading.Event) -> Digests:
-    """Stream an http(s) URL into `dest` (zero runs as holes), hashing it; nothing is held in memory."""
+def download(url: str, dest: Path, stop: threading.Event, policy: SourcePolicy | None = None) -> Digests:
+    """Stream an http(s) URL into `dest` (zero runs as holes), hashing it; nothing is held in memory.
+    Every hop's address is checked, and the download is bounded in size and time (policy)."""
+    policy = policy or SourcePolicy()
     shown = redact_url(url)
     digests = Digests()
     out = _open_new(dest)
     try:
         writer = SparseWriter(out)
-        with (
-            httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=300.0)) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise ImageError(
-                    f"downloading {shown} failed: HTTP {response.status_code} {response.reason_phrase}"
-                )
-            for chunk in response.iter_bytes(CHUNK):
+        with policy.fetch(url, shown) as (response, deadline):
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and len(declared) < 20:
+                check_progress(int(declared), deadline, shown, policy.settings)
+            # Without a chunk size, each network read arrives as it comes: limits are checked per read.
+            for chunk in response.iter_bytes():
                 check_cancelled(stop)
                 digests.update(chunk)
+                check_progress(digests.size, deadline, shown, policy.settings)
                 writer.write(chunk)
         writer.close()
-    except httpx.HTTPError as e:
-        raise ImageError(f"downloading {shown} failed: {e or type(e).__name__}") from None
     finally:
         os.close(out)
     return digests
@@ -361,6 +414,7 @@ __all__ = [
     "ImageStore",
     "SparseWriter",
     "Stored",
+    "Upload",
     "decompress",
     "download",
     "extents",

@@ -230,6 +230,10 @@ def serve_config(state: LabState, boot_root: Path) -> str:
         "fast_track = true",
         "handoff_window = 15",
         "",
+        # The sample OS images are built in the lab's cache: the only host files this bootforge imports.
+        "[images]",
+        f"import_dirs = [{json.dumps(str(ramdisk.DEFAULT_CACHE))}]",
+        "",
         "[netboot]",
         f'address = "{ADDRESS}"',
         f'dhcp = "{dhcp}"',

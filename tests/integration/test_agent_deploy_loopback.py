@@ -105,7 +105,8 @@ def test_inspect_clean_deploy_undeploy_with_the_real_agent(bf: Served, tmp_path:
     agent_log = tmp_path / "agent.log"
     agent: subprocess.Popen[bytes] | None = None
     with api(bf) as c:
-        r = c.post("/v1/images", json={"name": "tiny", "source": str(tmp_path / "tiny.raw")})
+        # Uploaded, as `bootforge image add` does: this bootforge imports no host paths.
+        r = c.put("/v1/images/tiny/file", content=(tmp_path / "tiny.raw").read_bytes())
         assert r.status_code == 201, r.text
         assert r.json()["disk_format"] == "raw"
         body = {"driver": "fake-hardware", "name": "loop-1", "boot_interface": "pxe",

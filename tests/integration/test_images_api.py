@@ -1,4 +1,8 @@
-"""/v1/images and `bootforge image ...` against an in-process bootforge (API app + conductor + SQLite)."""
+"""/v1/images and `bootforge image ...` against an in-process bootforge (API app + conductor + SQLite).
+
+bootforge here imports host files from the test's directory (images.import_dirs) and fetches URLs from
+loopback (images.allow_url_networks): the refusals of everything else are test_hardening_images.py's.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ class Bf:
 
 @pytest.fixture
 async def bf(tmp_path: Path) -> AsyncIterator[Bf]:
-    async for p in in_process(tmp_path):
+    images = {"import_dirs": [str(tmp_path)], "allow_url_networks": ["127.0.0.0/8"]}
+    async for p in in_process(tmp_path, images=images):
         yield Bf(p.client, p.app, p.conductor.images)
 
 
@@ -201,16 +206,28 @@ async def test_cli_commands(bf: Bf, tmp_path: Path) -> None:
             return result.output
 
         old = Path.cwd()
-        os.chdir(tmp_path)  # a relative FILE is made absolute by the CLI
+        os.chdir(tmp_path)  # a relative FILE is read where the CLI runs, and uploaded
         try:
             out = await asyncio.to_thread(cli, "add", "cli-img", "disk.img")
         finally:
             os.chdir(old)
         assert "added image cli-img" in out and hashlib.sha256(data).hexdigest() in out
         out = await asyncio.to_thread(cli, "list")
-        assert "cli-img" in out and "raw" in out
+        assert "cli-img" in out and "raw" in out and "upload:disk.img" in out
         out = await asyncio.to_thread(cli, "show", "cli-img")
-        assert str(tmp_path / "disk.img") in out and hashlib.sha512(data).hexdigest()[:40] in out
+        assert "upload:disk.img" in out and hashlib.sha512(data).hexdigest()[:40] in out
+        # A taken name is refused before any byte is sent.
+        taken = await asyncio.to_thread(
+            runner.invoke, image_app, ["add", "cli-img", str(tmp_path / "disk.img"), "--url", url]
+        )
+        assert taken.exit_code == 1 and "already exists" in taken.output
+        # --on-server: the server reads the path itself, inside its images.import_dirs only.
+        out = await asyncio.to_thread(cli, "add", "on-server", str(tmp_path / "disk.img"), "--on-server")
+        assert "added image on-server" in out
+        refused = await asyncio.to_thread(
+            runner.invoke, image_app, ["add", "etc", "/etc/passwd", "--on-server", "--url", url]
+        )
+        assert refused.exit_code == 1 and "images.import_dirs" in refused.output
         out = await asyncio.to_thread(cli, "delete", "cli-img")
         assert "deleted image cli-img" in out
         failed = await asyncio.to_thread(runner.invoke, image_app, ["show", "cli-img", "--url", url])

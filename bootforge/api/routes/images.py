@@ -2,10 +2,16 @@
 
 Imports run inside the POST: the answer comes once the image is ready (or refused), with the file work
 in a thread so the API keeps answering meanwhile.
+
+POST takes an http(s) URL or a path inside images.import_dirs on the bootforge host; any other file is
+uploaded with PUT /v1/images/{name}/file (what `bootforge image add NAME FILE` does), its body written
+to disk as it arrives, bounded by api_limits.max_image_upload_bytes and images.upload_idle_timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -63,6 +69,46 @@ async def create_image(request: Request) -> JSON:
     return JSON(
         image_doc(image, base), status_code=201, headers={"Location": f"{base}/v1/images/{image.uuid}"}
     )
+
+
+class UploadStalled(BootforgeError):
+    http_status = 408
+
+
+UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    "parameters": [openapi.query_param("filename", "The uploaded file's name, shown as the source")],
+}
+
+
+@router.put("/v1/images/{name}/file", status_code=201, openapi_extra=UPLOAD_OPENAPI)
+async def upload_image(request: Request, name: str) -> JSON:
+    c = ctx(request)
+    idle = c.services.settings.images.upload_idle_timeout
+    image = await catalogue(request).upload(name, _body(request, idle), c.params.get("filename", ""))
+    return JSON(
+        image_doc(image, c.base), status_code=201, headers={"Location": f"{c.base}/v1/images/{image.uuid}"}
+    )
+
+
+async def _body(request: Request, idle: float) -> AsyncIterator[bytes]:
+    """The request's body as it arrives; a client that sends nothing for `idle` seconds is dropped
+    (its work file and importing row go with it)."""
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadStalled(
+                f"The upload sent nothing for {idle:g} s (setting images.upload_idle_timeout)."
+            ) from None
+        if chunk:
+            yield chunk
 
 
 @router.get("/v1/images")

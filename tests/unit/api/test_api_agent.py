@@ -204,7 +204,7 @@ async def test_a_silent_agent_fails_the_deploy_with_the_reason(tmp_path: Path) -
         "netboot": {"address": "127.0.0.1", "http": True},
     }
     async for api in api_with(tmp_path, **settings):
-        r = await api.c.post("/v1/images", json={"name": "tiny", "source": str(image)})
+        r = await api.c.put("/v1/images/tiny/file", content=image.read_bytes())
         assert r.status_code == 201, r.text
         node = await enrolled(api)
         await api.drive(node, "provide")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from simg_util import expand
 
+from bootforge.config import ImageSettings
 from bootforge.db.engine import Database
 from bootforge.db.models import Image
 from bootforge.errors import Conflict, InvalidInput, NotFound
@@ -30,7 +31,9 @@ async def catalogue(tmp_path: Path) -> AsyncIterator[ImageCatalogue]:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
     await db.migrate()
     try:
-        yield ImageCatalogue(db, tmp_path / "root")
+        # Files of the test's directory and loopback URLs are allowed here (see test_images_sources.py).
+        settings = ImageSettings(import_dirs=[tmp_path], allow_url_networks=["127.0.0.0/8"])
+        yield ImageCatalogue(db, tmp_path / "root", settings)
     finally:
         await db.close()
 

@@ -19,6 +19,7 @@ import pytest
 import zstandard
 from simg_util import chunks, expand
 
+from bootforge.config import ImageSettings
 from bootforge.images.formats import Digests, ImageError
 from bootforge.images.store import BLOCK, ImageStore, SparseWriter, Stored, extents, redact_url
 
@@ -51,7 +52,11 @@ def needs_sparse_files(path: Path) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ImageStore:
-    return ImageStore(tmp_path / "root")
+    # Files of the test's directory and loopback URLs are allowed here; test_images_sources.py and
+    # test_hardening_images.py check the refusals.
+    return ImageStore(
+        tmp_path / "root", ImageSettings(import_dirs=[tmp_path], allow_url_networks=["127.0.0.0/8"])
+    )
 
 
 @pytest.fixture
@@ -249,8 +254,9 @@ def test_refused_files_leave_nothing_behind(
 def test_unreadable_sources(store: ImageStore, tmp_path: Path) -> None:
     with pytest.raises(ImageError, match=r"cannot read .*No such file"):
         store.import_image(UUID, str(tmp_path / "nope"))
+    (tmp_path / "adir").mkdir()
     with pytest.raises(ImageError, match="not a regular file"):
-        store.import_image(UUID, str(tmp_path))
+        store.import_image(UUID, str(tmp_path / "adir"))
 
 
 def test_cancelled_import_stops_and_cleans_up(store: ImageStore, tmp_path: Path) -> None:
