@@ -14,7 +14,7 @@ metadata address. Hence (images.* settings):
   address (TLS still verifies the host name), so a DNS answer that changes between the check and the
   connect cannot redirect the fetch. Redirects are followed by hand, each hop checked the same way, at
   most `max_redirects`. Proxies from the environment are not used: the address checked must be the one
-  connected to.
+  connected to (SSL_CERT_FILE / SSL_CERT_DIR still name the CAs https is verified with).
 - a failed fetch says the HTTP status (with its standard phrase, not the server's) or the network
   error, never the answer's body or size.
 """
@@ -150,7 +150,11 @@ class SourcePolicy:
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=READ_TIMEOUT)
         try:
             # trust_env=False: an HTTP(S)_PROXY would connect elsewhere than to the address checked.
-            with httpx.Client(follow_redirects=False, trust_env=False, timeout=timeout) as client:
+            # The CAs still come from SSL_CERT_FILE / SSL_CERT_DIR when set (a mirror's private CA).
+            verify = httpx.create_ssl_context(trust_env=True)
+            with httpx.Client(
+                follow_redirects=False, trust_env=False, timeout=timeout, verify=verify
+            ) as client:
                 current = httpx.URL(url)
                 for _ in range(self.settings.max_redirects + 1):
                     if time.monotonic() > deadline:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -147,6 +148,78 @@ def test_a_name_is_resolved_once_and_the_checked_address_is_used(
     assert asked == ["mirror.test"]
     # Connected to 127.0.0.2 (the only address the server listens on), naming the host as the URL does.
     assert mirror.seen == [(f"mirror.test:{mirror.port}", "/disk.img")]
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for the DNS name `name`, its own CA (the client trusts the file itself)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_name(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path, "mirror.test")
+    data = os.urandom(MiB)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            mirror.seen.append((str(self.headers.get("Host")), self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    fake_dns(monkeypatch, {"mirror.test": ["127.0.0.2"], "other.test": ["127.0.0.2"]})
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    try:
+        got = download(f"https://mirror.test:{port}/disk.img", tmp_path / "out", threading.Event(), policy())
+        assert got.size == len(data) and mirror.seen == [(f"mirror.test:{port}", "/disk.img")]
+        # The same address under a name the certificate does not carry: TLS refuses it.
+        with pytest.raises(ImageError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            download(f"https://other.test:{port}/disk.img", tmp_path / "out", threading.Event(), policy())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def test_a_name_with_any_refused_address_is_refused(
