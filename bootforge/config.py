@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bootforge.observe.settings import EventSettings, MetricsSettings
+
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "bootforge"
 
 
@@ -264,6 +266,9 @@ class Settings(BaseSettings):
     ipmi: IpmiSettings = IpmiSettings()
     agent: AgentSettings = AgentSettings()
     netboot: NetbootSettings = NetbootSettings()
+    # Prometheus metrics, webhooks and event streams (bootforge/observe/).
+    metrics: MetricsSettings = MetricsSettings()
+    events: EventSettings = EventSettings()
     images: ImageSettings = ImageSettings()
 
     log_level: str = "info"

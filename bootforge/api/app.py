@@ -18,8 +18,9 @@ from bootforge.api.auth import Htpasswd, TooManyFailures
 from bootforge.api.deps import Services
 from bootforge.api.limits import RequestLimits
 from bootforge.api.responses import JSON, error_body, error_response
-from bootforge.api.routes import agent, allocations, images, node_actions, nodes, ports, root
+from bootforge.api.routes import agent, allocations, events, images, node_actions, nodes, ports, root
 from bootforge.errors import BootforgeError, NotAcceptable, NotAuthorized
+from bootforge.observe.asgi import AgentCallMetrics
 
 log = logging.getLogger("bootforge.api")
 
@@ -36,9 +37,12 @@ class IronicMiddleware:
     on the API's hottest paths.
     """
 
-    def __init__(self, app: ASGIApp, htpasswd: Htpasswd | None) -> None:
+    def __init__(
+        self, app: ASGIApp, htpasswd: Htpasswd | None, public: frozenset[str] = PUBLIC_PATHS
+    ) -> None:
         self.app = app
         self.htpasswd = htpasswd
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,7 +55,7 @@ class IronicMiddleware:
                 headers.get(versions.HEADER), headers.get(versions.STANDARD_HEADER)
             )
             path = scope["path"]
-            if self.htpasswd is not None and path not in PUBLIC_PATHS and not AGENT_PATH.match(path):
+            if self.htpasswd is not None and path not in self.public and not AGENT_PATH.match(path):
                 client = scope.get("client")
                 scope.setdefault("state", {})["user"] = await self.htpasswd.authenticate(
                     headers.get("authorization"), client[0] if client else ""
@@ -96,7 +100,7 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
-    for module in (root, nodes, node_actions, ports, allocations, agent, images):
+    for module in (root, nodes, node_actions, ports, allocations, agent, images, events):
         app.include_router(module.router)
     openapi.install(
         app,
@@ -129,5 +133,9 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
 
     # Added first, so it runs inside IronicMiddleware: its 413/431 answers carry Ironic's headers.
     app.add_middleware(RequestLimits, limits=services.settings.api_limits)
-    app.add_middleware(IronicMiddleware, htpasswd=htpasswd)
+    # metrics.public: Prometheus scrapes without credentials (api/routes/events.py says why it is off).
+    public = PUBLIC_PATHS | {"/metrics"} if services.settings.metrics.public else PUBLIC_PATHS
+    app.add_middleware(IronicMiddleware, htpasswd=htpasswd, public=public)
+    # Outermost: agent calls are counted with whatever answer they got, 401 and 413 included.
+    app.add_middleware(AgentCallMetrics, metrics=services.conductor.observer.metrics)
     return app

@@ -397,10 +397,18 @@ def node_delete(ident: str, url: UrlOpt = DEFAULT_URL) -> None:
 
 @node_app.command("events")
 def node_events(
-    ident: str, url: UrlOpt = DEFAULT_URL, limit: Annotated[int, typer.Option(help="newest N events")] = 50
+    ident: str,
+    url: UrlOpt = DEFAULT_URL,
+    limit: Annotated[int, typer.Option(help="newest N events")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False,
 ) -> None:
-    """The node's timeline: state changes, power actions, steps and errors."""
+    """The node's timeline: state changes, power actions, steps, netboot fetches and errors."""
     api = Api(url)
+    if follow:
+        from bootforge.cli.events import follow as follow_events
+
+        follow_events(api, ident, limit)
+        return
     rows = api.call("GET", f"/v1/nodes/{ident}/history?detail=true")["history"][-limit:]
     table = Table("Time", "Severity", "Type", "Event")
     for e in rows:

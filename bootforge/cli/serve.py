@@ -48,6 +48,8 @@ async def serve(settings: Settings) -> None:
         # The view refreshes on its own every few seconds; a state change this conductor makes
         # reaches it at once (one that another conductor makes waits for the refresh).
         conductor.state_listeners.append(netboot.view.changed)
+        # /metrics reads the servers' own counters at scrape time.
+        conductor.observer.metrics.watch_netboot(netboot.servers)
     htpasswd = (
         Htpasswd(settings.htpasswd_file)
         if settings.auth_strategy == "http_basic" and settings.htpasswd_file

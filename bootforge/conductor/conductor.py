@@ -29,9 +29,11 @@ from bootforge.db.models import NODE_EVENTS, Node, NodeEvent, utcnow
 from bootforge.db.models import Conductor as ConductorRow
 from bootforge.drivers.hardware import Drivers
 from bootforge.errors import BootforgeError
+from bootforge.observe.events import Observer
 
 if TYPE_CHECKING:
     from bootforge.images.catalogue import ImageCatalogue
+    from bootforge.observe.events import Outbound
 
 log = logging.getLogger("bootforge.conductor")
 
@@ -96,12 +98,14 @@ class Conductor:
         # again from zero (a node already in maintenance stays there, that is in the database).
         self._power_failures: dict[int, int] = {}
         self._power_round = asyncio.Lock()
+        self.observer = Observer(settings, db)
         # Called after a node this conductor works on changes provision state (the netboot view).
         self.state_listeners: list[Callable[[], None]] = []
 
     # --- life cycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.observer.start()
         await self._register()
         await self.recover()
         s = self.settings
@@ -128,6 +132,7 @@ class Conductor:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.drivers.close()
+        await self.observer.stop()
         async with self.db.write() as s:
             await s.execute(
                 update(ConductorRow).where(ConductorRow.hostname == self.host).values(online=False)
@@ -267,6 +272,7 @@ class Conductor:
         else:
             node.last_error = reason
             await task.record("error", reason, severity="error")
+            task.emit(self.observer.failure(task.node_uuid, node.name, node.provision_state, reason))
             await task.release()
 
     async def _fail_unsaved(self, task: NodeTask, reason: str) -> None:
@@ -278,8 +284,10 @@ class Conductor:
             )
             values: dict[str, Any] = {"reservation": None, "target_power_state": None, "last_error": reason}
             text = reason
+            outbound = self.observer.failure(task.node_uuid, None, old or "", reason) if old else []
             if old is not None and (old, "fail") in states.TRANSITIONS:
                 new = states.advance(old, "fail")
+                outbound = self.observer.provision(task.node_uuid, None, old, new, "fail", reason)
                 values.update(
                     provision_state=new,
                     target_provision_state=states.target_of(new),
@@ -292,7 +300,10 @@ class Conductor:
                 await s.execute(
                     insert(NODE_EVENTS), [event_row(task.node_id, "provisioning", text, "error", self.host)]
                 )
+                await self.observer.stage(s, outbound)
             await s.commit()
+        if old is not None:
+            self.observer.published(outbound)
         task.exclusive = False
         if old is not None:
             self.state_changed()
@@ -395,8 +406,10 @@ class Conductor:
         old = node.provision_state
         values: dict[str, Any] = {"reservation": None, "target_power_state": None}
         text = f"cannot resume {old}: {why}"
+        outbound: list[Outbound] = []
         if (old, "fail") in states.TRANSITIONS:
             new = states.advance(old, "fail")
+            outbound = self.observer.provision(node.uuid, node.name, old, new, "fail", why)
             values.update(
                 provision_state=new,
                 target_provision_state=states.target_of(new),
@@ -412,7 +425,9 @@ class Conductor:
             await s.execute(
                 insert(NODE_EVENTS), [event_row(node.id, "provisioning", text, "error", self.host)]
             )
+            await self.observer.stage(s, outbound)
             await s.commit()
+        self.observer.published(outbound)
 
     # --- periodic checks --------------------------------------------------------------------------
 
@@ -518,6 +533,8 @@ class Conductor:
                 async with deadline:
                     actual = await task.driver.power.get_power_state(task)
             except Exception as exc:
+                elapsed = asyncio.get_running_loop().time() - began
+                self.observer.bmc_call(node.driver, "get_power_state", elapsed, exc)
                 if isinstance(exc, TimeoutError) and deadline.expired():
                     reason = f"the BMC did not answer within {timeout:g} s (power_sync_timeout)"
                     result.timed_out += 1
@@ -531,6 +548,7 @@ class Conductor:
                     await task.flush()  # what the driver recorded before it failed
                 return
             result.latencies.append(asyncio.get_running_loop().time() - began)
+            self.observer.bmc_call(node.driver, "get_power_state", result.latencies[-1], None)
         self._power_failures.pop(node.id, None)
         lift = node.maintenance and node.fault == POWER_FAILURE
         if actual != node.power_state or lift:
@@ -541,6 +559,7 @@ class Conductor:
         """Write what a good read found: a changed power state, the end of power-failure maintenance."""
         node = task.node
         idle = (Node.id == node.id, Node.reservation.is_(None))
+        outbound: list[Outbound] = []
         async with self.db.write() as s:
             changed = lifted = 0
             if actual != node.power_state:
@@ -561,7 +580,11 @@ class Conductor:
                     .values(maintenance=False, maintenance_reason=None, fault=None)
                 )
                 lifted = r.rowcount  # type: ignore[attr-defined]
+                if lifted:
+                    outbound = self.observer.maintenance(node.uuid, node.name, False, None, "power sync")
+                    await self.observer.stage(s, outbound)
             await s.commit()
+        self.observer.published(outbound)
         if changed:
             result.changed += 1
             await task.record(
@@ -579,6 +602,7 @@ class Conductor:
         # A node already in power-failure maintenance has nothing new to say until it answers.
         if failures < POWER_SYNC_FAILURES_TO_MAINTENANCE or node.maintenance:
             return
+        outbound: list[Outbound] = []
         async with self.db.write() as s:
             r = await s.execute(
                 update(Node)
@@ -595,7 +619,10 @@ class Conductor:
                     insert(NODE_EVENTS), [event_row(node.id, "maintenance", text, "error", self.host)]
                 )
                 result.to_maintenance += 1
+                outbound = self.observer.maintenance(node.uuid, node.name, True, text, "power sync")
+                await self.observer.stage(s, outbound)
             await s.commit()
+        self.observer.published(outbound)
 
     async def trim_events(self) -> None:
         """Keep the newest `node_events_keep` netboot events and as many other events per node, in one

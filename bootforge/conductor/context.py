@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from bootforge.db.engine import Database
     from bootforge.drivers.hardware import Drivers
     from bootforge.images.catalogue import ImageCatalogue
+    from bootforge.observe.events import Observer
 
 Work = Callable[..., Awaitable[None]]
 
@@ -43,6 +44,11 @@ class ConductorContext(Protocol):
 
     @property
     def allocations(self) -> AllocationService: ...
+
+    @property
+    def observer(self) -> Observer:
+        """Metrics and outbound events: state changes are staged and published through it."""
+        ...
 
     def spawn(self, task: NodeTask, fn: Work, *args: Any) -> None:
         """Run `fn(task, *args)` in the background; the node's lock is released when it ends."""

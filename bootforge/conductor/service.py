@@ -352,8 +352,15 @@ class NodeService:
         fn = work.RESUMABLE.get(new)
         if event == "abort":
             values["last_error"] = f"{verb} requested by the operator in state {old}"
+        error = values.get("last_error")
+        outbound = self.conductor.observer.provision(node.uuid, node.name, old, new, event, error)
         await reserve(
-            self.conductor, node, values, expect_state=old, event=("provisioning", f"{old} -> {new} ({verb})")
+            self.conductor,
+            node,
+            values,
+            expect_state=old,
+            event=("provisioning", f"{old} -> {new} ({verb})"),
+            outbound=outbound,
         )
         if fn is None:
             await task.release()
@@ -519,7 +526,11 @@ class NodeService:
             await s.execute(
                 insert(NODE_EVENTS), [event_row(node.id, "maintenance", text, "info", self.conductor.host)]
             )
+            why = reason if on else None
+            outbound = self.conductor.observer.maintenance(node.uuid, node.name, on, why, "operator")
+            await self.conductor.observer.stage(s, outbound)
             await s.commit()
+        self.conductor.observer.published(outbound)
 
     # --- traits -----------------------------------------------------------------------------------
 

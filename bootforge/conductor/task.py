@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from bootforge.errors import NodeLocked, NotFound
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
     from bootforge.config import Settings
+    from bootforge.observe.events import Outbound
 
 log = logging.getLogger("bootforge.conductor")
 
@@ -77,6 +78,8 @@ class NodeTask:
         self._ports = ports
         self.purpose = purpose
         self._events: list[dict[str, Any]] = []
+        # Outbound events (webhooks, streams) of changes not yet saved: staged with the next save.
+        self._outbound: list[Outbound] = []
         self.exclusive = node.reservation == conductor.host
         self._driver: DriverSet = conductor.drivers.for_node(
             node.driver, {k: getattr(node, f"{k}_interface") for k in INTERFACE_TYPES}
@@ -122,22 +125,33 @@ class NodeTask:
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self._events.append(event_row(self.node.id, event_type, message, severity, self.conductor.host))
 
+    def emit(self, outbound: list[Outbound]) -> None:
+        """Send these outbound events with the next save (that is, only if it commits)."""
+        self._outbound.extend(outbound)
+
     async def flush(self) -> None:
         """Write recorded events that no save has carried yet."""
-        if self._events:
+        if self._events or self._outbound:
             events, self._events = self._events, []
+            outbound, self._outbound = self._outbound, []
             async with self.conductor.db.write() as s:
-                await s.execute(insert(NODE_EVENTS), events)
+                if events:
+                    await s.execute(insert(NODE_EVENTS), events)
+                await self.conductor.observer.stage(s, outbound)
                 await s.commit()
+            self.conductor.observer.published(outbound)
 
     async def save(self) -> None:
         """Write the node's changes and the events recorded since the last save, in one transaction."""
         events, self._events = self._events, []
+        outbound, self._outbound = self._outbound, []
         async with self.conductor.db.write() as s:
             s.add(self.node)
             if events:
                 await s.execute(insert(NODE_EVENTS), events)
+            await self.conductor.observer.stage(s, outbound)
             await s.commit()
+        self.conductor.observer.published(outbound)
         if self.node.driver_internal_info.get("agent_command"):
             # An agent may be long-polling for this command in this process: wake it now.
             self.conductor.agent_wakeup(self.node.id)
@@ -175,6 +189,7 @@ class NodeTask:
         if error:
             text = f"{text}: {error}"
         await self.record("provisioning", text, severity)
+        self.emit(self.conductor.observer.provision(self.node_uuid, self.node.name, old, new, event, error))
         if save:
             await self.save()
             self.conductor.state_changed()
@@ -212,6 +227,7 @@ async def reserve(
     values: dict[str, Any] | None = None,
     expect_state: str | None = None,
     event: tuple[str, str] | None = None,
+    outbound: Sequence[Outbound] = (),
 ) -> None:
     """Take the node's lock, atomically applying `values` (and checking its state), or raise.
 
@@ -240,7 +256,9 @@ async def reserve(
                 insert(NODE_EVENTS),
                 [event_row(node.id, event[0], event[1], "info", conductor.host)],
             )
+        await conductor.observer.stage(s, outbound)
         await s.commit()
+    conductor.observer.published(outbound)
     # The row now holds these values: record them as loaded, not as pending changes, or a later
     # save() that sets one back (reservation -> None) would look like "no change" and write nothing.
     for key, value in changes.items():

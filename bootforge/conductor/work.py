@@ -99,6 +99,7 @@ async def run_steps(task: NodeTask, kind: str) -> str | None:
         # The event goes out with the index it describes: one transaction, and both or neither.
         await task.record("step", f"{name} started")
         await task.save()
+        task.conductor.observer.step_started(task.node_uuid, kind, f"{step['interface']}.{step['step']}")
         iface = task.driver.interfaces[step["interface"]]
         result = await iface.execute_step(task, step["step"], step.get("args", {}))
         if result == base.WAIT:
@@ -109,6 +110,7 @@ async def run_steps(task: NodeTask, kind: str) -> str | None:
         await task.record("step", f"{name} done")
     setattr(task.node, f"{kind}_step", {})
     task.set_internal(**{f"{kind}_steps": None, f"{kind}_step_index": None})
+    task.conductor.observer.steps_finished(task.node_uuid)
     return None
 
 
@@ -120,7 +122,8 @@ async def verify(task: NodeTask) -> None:
     """
     for kind in ("power", "management"):
         task.driver.interfaces[kind].validate(task)
-    task.node.power_state = await task.driver.power.get_power_state(task)
+    async with task.conductor.observer.bmc(task.node.driver, "get_power_state"):
+        task.node.power_state = await task.driver.power.get_power_state(task)
     await task.transition("done", release=True)
 
 
@@ -241,10 +244,12 @@ async def unrescue(task: NodeTask) -> None:
 
 async def change_power(task: NodeTask, target: str, timeout: float | None) -> None:
     power = task.driver.power
-    if target == base.REBOOT:
-        await power.reboot(task, timeout)
-    else:
-        await power.set_power_state(task, target, timeout)
+    call = "reboot" if target == base.REBOOT else "set_power_state"
+    async with task.conductor.observer.bmc(task.node.driver, call):
+        if target == base.REBOOT:
+            await power.reboot(task, timeout)
+        else:
+            await power.set_power_state(task, target, timeout)
     old = task.node.power_state
     task.node.power_state = POWER_RESULT[target]
     task.node.target_power_state = None

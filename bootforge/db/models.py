@@ -295,8 +295,31 @@ class SecretKeyRecord(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class EventOutbox(Base):
+    """An outbound event (a CloudEvent for one webhook target) waiting for delivery.
+
+    Written in the same transaction as the state change it reports, so an event is sent if and only
+    if the change happened, and survives a restart; the conductor that wrote it delivers it
+    (observe/webhooks.py) and deletes it once the target accepted it or it was given up.
+    """
+
+    __tablename__ = "event_outbox"
+    __table_args__ = (Index("ix_event_outbox_target_conductor_id", "target", "conductor", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(64))
+    conductor: Mapped[str] = mapped_column(String(255))
+    node_uuid: Mapped[str] = mapped_column(String(36))
+    # The CloudEvent, JSON, as it is POSTed (the signature is made per attempt, with its timestamp).
+    payload: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 # Plain tables for hot-path Core statements: ORM-enabled DML (insert(Node)) takes the slower
 # bulk-ORM route for every row; the tables compile once and are cached.
 NODES: Table = Node.__table__  # type: ignore[assignment]
 PORTS: Table = Port.__table__  # type: ignore[assignment]
 NODE_EVENTS: Table = NodeEvent.__table__  # type: ignore[assignment]
+EVENT_OUTBOX: Table = EventOutbox.__table__  # type: ignore[assignment]
