@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import os
@@ -67,6 +68,11 @@ SESSION_DB: Final = "bootforge.db"
 PG_LOCK: Final = 0x626F6F74
 
 Path_ = tuple[str | int, ...]
+# Set on a loaded Node's InstanceState.info: the paths of its secrets that did not decrypt.
+UNREADABLE: Final = "bootforge.secrets.unreadable"
+# masking's rule, remembered per key name: a node's JSON has a handful of distinct keys, and this runs
+# for each key of every node loaded.
+_secret_key = functools.lru_cache(maxsize=4096)(is_secret_key)
 SECRET_KEYS = cast(Table, SecretKeyRecord.__table__)
 
 
@@ -159,31 +165,45 @@ def _is_sealed(value: Any) -> bool:
 
 def _is_set(value: Any) -> bool:
     # masking's rule for "nothing to hide": these are shown as they are, so they are stored so too.
-    return value is not None and value != "" and value != {} and value != []
+    if isinstance(value, dict | list | tuple | str):
+        return len(value) > 0
+    return value is not None
 
 
 def _map_secrets(field: str, value: Any, fn: Callable[[Path_, Any], Any]) -> Any:
     """`value` with fn(path, v) applied to each value bootforge.masking.mask_node_field hides.
 
-    Returns `value` itself (not a copy) when fn changed nothing, so callers can tell cheaply.
+    Returns `value` itself (not a copy) when fn changed nothing, so callers can tell cheaply. Runs
+    for every node loaded through the ORM: scalars that are not secrets are not even visited.
     """
+    named = INSTANCE_SECRETS if field == "instance_info" else frozenset()
 
     def walk(path: Path_, item: Any, top: bool) -> Any:
         if isinstance(item, Mapping):
             out: dict[str, Any] | None = None
             for k, v in item.items():
-                secret = _is_set(v) and (
-                    is_secret_key(k) or (top and field == "instance_info" and k in INSTANCE_SECRETS)
-                )
-                new = fn((*path, k), v) if secret else walk((*path, k), v, False)
+                if (_secret_key(k) or (top and k in named)) and _is_set(v):
+                    new = fn((*path, k), v)
+                elif isinstance(v, Mapping | list | tuple):
+                    new = walk((*path, k), v, False)
+                else:
+                    continue
                 if new is not v:
                     if out is None:
                         out = dict(item)
                     out[k] = new
             return item if out is None else out
         if isinstance(item, list | tuple):
-            items = [walk((*path, i), v, False) for i, v in enumerate(item)]
-            return item if all(a is b for a, b in zip(items, item, strict=True)) else items
+            changed: list[Any] | None = None
+            for i, v in enumerate(item):
+                if not isinstance(v, Mapping | list | tuple):
+                    continue
+                new = walk((*path, i), v, False)
+                if new is not v:
+                    if changed is None:
+                        changed = list(item)
+                    changed[i] = new
+            return item if changed is None else changed
         return item
 
     if field not in FIELDS:
@@ -213,8 +233,9 @@ def sealed_paths(field: str, value: Any) -> list[str]:
 
 
 def unreadable(node: Node) -> list[str]:
-    """The secrets of a loaded node that did not decrypt: a loaded node holds only plaintext otherwise."""
-    return [p for f in FIELDS for p in sealed_paths(f, getattr(node, f, None))]
+    """The secrets of `node` that did not decrypt as it was loaded (or were saved since in sealed form)."""
+    found: list[str] = attributes.instance_state(node).info.get(UNREADABLE, [])
+    return found
 
 
 def check_readable(node: Node, db: Database | None) -> None:
@@ -252,20 +273,31 @@ def _db_of(session: Session | None) -> Database | None:
     return None if session is None else session.info.get(SESSION_DB)
 
 
-def _open_loaded(node: Node, db: Database | None) -> None:
+def _open_loaded(node: Node, db: Database | None, *, refresh: bool = False) -> None:
     box = db.secrets if db is not None else None
-    if box is None:
-        return
     state = attributes.instance_state(node)
+    bad: list[str] = []
     for field in FIELDS:
         if field not in state.dict:
             continue
         value = state.dict[field]
-        opened, bad = box.open_field(node.uuid, field, value)
+        if box is None:
+            # No key loaded (a Database used without open_with_key): whatever is sealed stays so.
+            bad += sealed_paths(field, value)
+            continue
+        opened, failed = box.open_field(node.uuid, field, value)
         if opened is not value:
             set_committed_value(node, field, opened)
-        if bad:
+        bad += failed
+    if refresh:
+        # A refresh may reload one field only: what the other still holds sealed counts too.
+        bad = [p for f in FIELDS for p in sealed_paths(f, state.dict.get(f))]
+    if bad:
+        state.info[UNREADABLE] = bad
+        if box is not None:
             log.warning("node %s: %s cannot be decrypted with %s", node.uuid, ", ".join(bad), box.describe())
+    else:
+        state.info.pop(UNREADABLE, None)
 
 
 @event.listens_for(Node, "load")
@@ -275,7 +307,7 @@ def _on_load(node: Node, context: Any) -> None:
 
 @event.listens_for(Node, "refresh")
 def _on_refresh(node: Node, context: Any, attrs: Any) -> None:
-    _open_loaded(node, _db_of(context.session))
+    _open_loaded(node, _db_of(context.session), refresh=True)
 
 
 PENDING: Final = "bootforge.secrets.pending"
@@ -306,6 +338,13 @@ def _restore(session: Session) -> None:
     # The object goes on with its plaintext, recorded as what the row holds (not a pending change).
     for obj, field, plain in session.info.pop(PENDING, ()):
         set_committed_value(obj, field, plain)
+        # What is still sealed now was kept as it was: values that do not decrypt.
+        info = attributes.instance_state(obj).info
+        still = [p for f in FIELDS for p in sealed_paths(f, getattr(obj, f, None))]
+        if still:
+            info[UNREADABLE] = still
+        else:
+            info.pop(UNREADABLE, None)
 
 
 @event.listens_for(Session, "after_flush_postexec")
@@ -336,9 +375,10 @@ async def open_with_key(db: Database, key_path: Path) -> NodeSecrets:
         missing = not key_path.exists()  # noqa: ASYNC240
         if missing and (recorded is not None or await _count_sealed(conn)):
             raise SecretKeyRefused(
-                f"the secret key file {key_path} is missing, and this database's BMC passwords are "
-                f"encrypted with key {recorded or '(unknown)'}: restore {key_path} from the backup "
-                "taken with the database (a new key could not read them)"
+                f"the secret key file {key_path} is missing, and this database's secrets are encrypted "
+                f"with key {recorded or '(not recorded)'}: restore {key_path} from the backup taken with "
+                "the database, or give this conductor the fleet's key file (secret_key_file); a new key "
+                "could not read them"
             )
         try:
             key = keys.load_or_create(key_path)

@@ -44,7 +44,9 @@ CLUSTER_ENV = {
 def conductor(tmp_path: Path, name: str, database_url: str) -> Iterator[Served]:
     home = tmp_path / name
     home.mkdir()
-    yield from served(home, env=CLUSTER_ENV, args=["--host", name, "--database-url", database_url])
+    # Every conductor of one database shares one key file (BMC passwords are encrypted with it).
+    env = {**CLUSTER_ENV, "BOOTFORGE_SECRET_KEY_FILE": str(tmp_path / "secret.key")}
+    yield from served(home, env=env, args=["--host", name, "--database-url", database_url])
 
 
 def texts(events: list[dict[str, Any]]) -> list[str]:

@@ -292,6 +292,19 @@ async def test_rotate_reencrypts_every_node_and_installs_the_key(tmp_path: Path)
     assert code == 1 and "is the current key" in output, output
 
 
+async def test_rotate_refuses_values_that_do_not_decrypt(tmp_path: Path) -> None:
+    async with service(tmp_path) as bf:
+        a = await enrol(bf, "a", ipmi_password=PASSWORD)
+        b = await enrol(bf, "b", ipmi_password="b-own-password-1")
+        state = bf.settings.state_dir
+    path = db_path(tmp_path)
+    write_column(path, b, {"ipmi_password": raw_column(path, a)["ipmi_password"]})
+    before = {u: raw_column(path, u) for u in (a, b)}
+    code, output = await rotate(tmp_path / "new.key", state)
+    assert code == 1 and f"node {b} driver_info.ipmi_password" in output, output
+    assert {u: raw_column(path, u) for u in (a, b)} == before  # one transaction: nothing changed
+
+
 async def test_rotate_refuses_while_a_conductor_runs(tmp_path: Path) -> None:
     async with service(tmp_path, conductor_heartbeat_interval=10) as bf:
         await enrol(bf, "n1", ipmi_password=PASSWORD)
@@ -365,3 +378,30 @@ def _leaves(value: Any) -> list[Any]:
     if isinstance(value, list):
         return [leaf for v in value for leaf in _leaves(v)]
     return [value]
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_too(tmp_path: Path, postgres_fresh_url: str) -> None:
+    from sqlalchemy import select, update
+
+    from bootforge.db.models import NODES
+
+    async with service(tmp_path, database_url=postgres_fresh_url) as bf:
+        a = await enrol(bf, "a", ipmi_password=PASSWORD, ipmi_username="admin")
+        b = await enrol(bf, "b", ipmi_password="b-own-password-1")
+        async with bf.conductor.db.read_conn() as conn:
+            rows = dict((await conn.execute(select(NODES.c.uuid, NODES.c.driver_info))).all())
+        assert rows[a]["ipmi_password"].startswith("bfenc:v1:") and rows[a]["ipmi_username"] == "admin"
+        assert PASSWORD not in json.dumps(rows)
+        task = await shared_task(bf.conductor, a, "test")
+        assert task.node.driver_info["ipmi_password"] == PASSWORD
+        async with bf.conductor.db.write_conn() as conn:
+            pasted = {**rows[b], "ipmi_password": rows[a]["ipmi_password"]}
+            await conn.execute(update(NODES).where(NODES.c.uuid == b).values(driver_info=pasted))
+        r = await bf.client.put(f"/v1/nodes/{b}/states/power", json={"target": "power on"})
+        assert r.status_code == 400 and "driver_info.ipmi_password" in r.text and b in r.text
+    other = tmp_path / "other.key"
+    keys.load_or_create(other)
+    with pytest.raises(secrets.SecretKeyRefused, match="is not the key"):
+        async with service(tmp_path, database_url=postgres_fresh_url, secret_key_file=other):
+            pass
