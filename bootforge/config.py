@@ -54,6 +54,11 @@ class AgentSettings(BaseModel):
     inspection_add_ports: Literal["all", "pxe", "none"] = "pxe"
     # Seconds the agent listens for LLDP frames during inspection (0: none).
     lldp_wait: float = Field(default=3.0, ge=0, le=60)
+    # A lookup must carry the per-boot token of the node's boot configuration (bootforge.boot_token=
+    # on the ramdisk's kernel command line, see bootforge/boot_token.py). Turn off ONLY while nodes
+    # still boot a ramdisk built before bootforge sent the token: then anyone on the provisioning
+    # network who knows a waiting node's MAC can take over its agent session.
+    require_boot_token: bool = True
 
 
 class IpmiSettings(BaseModel):
@@ -211,6 +216,11 @@ class Settings(BaseSettings):
     api: bool = True
     # The URL clients (and later the deploy agent) use to reach the API; derived from `listen` if empty.
     public_url: str = ""
+    # HTTPS for the API, the agent's routes included: a PEM certificate (chain) and its private key.
+    # The ramdisk verifies the certificate against the CA bundle built into it (`bootforge ramdisk
+    # build --ca-bundle FILE`); public_url, which the ramdisk is given, must then be https://.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     database_url: str = ""
     # The conductor's name in the conductors table and in node reservations; unique per process.
     host: str = Field(default_factory=socket.gethostname)
@@ -287,10 +297,16 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite+aiosqlite:///{self.state_dir / 'bootforge.sqlite'}"
         elif self.database_url.startswith(("postgres://", "postgresql://")):
             self.database_url = "postgresql+asyncpg://" + self.database_url.split("://", 1)[1]
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        for name, tls_file in (("tls_cert_file", self.tls_cert_file), ("tls_key_file", self.tls_key_file)):
+            if tls_file is not None and not tls_file.is_file():
+                raise ValueError(f"{name} {tls_file} does not exist or is not a file")
         if not self.public_url:
             host, port = self.listen_host_port
             shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-            self.public_url = f"http://{shown}:{port}"
+            scheme = "https" if self.tls_cert_file else "http"
+            self.public_url = f"{scheme}://{shown}:{port}"
         self.public_url = self.public_url.rstrip("/")
         if self.auth_strategy == "noauth" and not self.listens_on_loopback:
             raise ValueError(

@@ -6,10 +6,21 @@ Options override the kernel command line, which is read from <sys-root>/proc/cmd
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import log
-from .cmdline import API, BOOTIF, NODE, boot_mac, interface_macs, normalise_mac, read_under
+from .cmdline import (
+    API,
+    BOOT_TOKEN,
+    BOOTIF,
+    CA_BUNDLE,
+    NODE,
+    boot_mac,
+    interface_macs,
+    normalise_mac,
+    read_under,
+)
 from .loop import Agent, Settings
 
 
@@ -37,6 +48,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--disk", action="append", default=[], metavar="PATH", help="act on these disks only (default: all)"
     )
+    p.add_argument("--boot-token", help=f"this boot's token for the lookup (default: {BOOT_TOKEN}=)")
+    p.add_argument(
+        "--ca-file",
+        help=f"CA bundle to verify an https API against (default: <sys-root>/{CA_BUNDLE} if it exists)",
+    )
     p.add_argument("--sys-root", default="/", metavar="DIR", help="read /proc and /sys under DIR (tests)")
     p.add_argument("--once", action="store_true", help="exit after the first command's result is posted")
     return p
@@ -52,6 +68,11 @@ def settings_from(argv: list[str] | None = None) -> tuple[Settings, dict[str, st
         params[NODE] = args.node
     if args.mac:
         params[BOOTIF] = args.mac[0]
+    if args.boot_token:
+        params[BOOT_TOKEN] = args.boot_token
+    cafile = args.ca_file
+    if cafile is None and os.path.isfile(os.path.join(args.sys_root, CA_BUNDLE)):
+        cafile = os.path.join(args.sys_root, CA_BUNDLE)
     api = params.get(API, "")
     if not api:
         raise SystemExit(f"bootforge-agent: no API URL: pass --api or boot with {API}=URL")
@@ -60,7 +81,9 @@ def settings_from(argv: list[str] | None = None) -> tuple[Settings, dict[str, st
     node = params.get(NODE) or None
     if not macs and not node:
         raise SystemExit(f"bootforge-agent: nothing to look the node up by: no MAC and no {NODE}=")
-    return Settings(api, node, macs, args.sys_root, args.disk or None, args.once), params
+    token = params.get(BOOT_TOKEN) or None
+    settings = Settings(api, node, macs, args.sys_root, args.disk or None, args.once, token, cafile)
+    return settings, params
 
 
 def main(argv: list[str] | None = None) -> int:

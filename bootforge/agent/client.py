@@ -38,6 +38,8 @@ FINAL_PATIENCE = 600.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 TOKEN_HEADER = "X-Agent-Token"
+# The lookup's proof that the caller booted with this boot's configuration (bootforge.boot_token=).
+BOOT_TOKEN_HEADER = "X-Agent-Boot-Token"
 
 
 class AgentApiError(Exception):
@@ -136,13 +138,27 @@ class Client:
     """Calls the conductor. Not thread-safe: only the agent's main loop uses it."""
 
     def __init__(
-        self, base_url: str, timeout: float = DEFAULT_TIMEOUT, user_agent: str = "bootforge-agent"
+        self,
+        base_url: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        user_agent: str = "bootforge-agent",
+        cafile: str | None = None,
     ) -> None:
+        """`cafile`: the CA bundle an https API's certificate is verified against (else the
+        system's CAs, which a ramdisk has none of); the certificate is always verified."""
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"API URL must be http:// or https://, not {base_url!r}")
         self.base_url = base_url
         self._https = parts.scheme == "https"
+        self._tls: Any = None
+        if self._https:
+            import ssl  # only an https API pays for it
+
+            try:
+                self._tls = ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot use the CA bundle {cafile}: {exc}") from None
         self._netloc = parts.netloc
         self._prefix = parts.path.rstrip("/")
         self.timeout = timeout
@@ -152,11 +168,13 @@ class Client:
 
     # -- the contract's calls -----------------------------------------------------------------
 
-    def lookup(self, macs: list[str], node_uuid: str | None) -> Lookup:
+    def lookup(self, macs: list[str], node_uuid: str | None, boot_token: str | None = None) -> Lookup:
         query = {"addresses": ",".join(macs)}
         if node_uuid:
             query["node_uuid"] = node_uuid
-        _, body = self.call("GET", "/v1/lookup?" + urllib.parse.urlencode(query, safe=",:"), auth=False)
+        path = "/v1/lookup?" + urllib.parse.urlencode(query, safe=",:")
+        headers = {BOOT_TOKEN_HEADER: boot_token} if boot_token else None
+        _, body = self.call("GET", path, auth=False, headers=headers)
         return Lookup.from_json(body)
 
     def next_command(self, node_uuid: str, wait: int) -> Command | None:
@@ -207,10 +225,21 @@ class Client:
         return f"{self._node_path(node_uuid)}/agent/command/{urllib.parse.quote(command_id, safe='')}"
 
     def call(
-        self, method: str, path: str, body: Any = None, timeout: float | None = None, auth: bool = True
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
+        auth: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """One request; returns (status, parsed JSON or None) for 2xx, raises otherwise."""
-        headers = {"Accept": "application/json", "User-Agent": self.user_agent, "Connection": "close"}
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": self.user_agent,
+            "Connection": "close",
+            **(headers or {}),
+        }
         if auth and self.token is not None:
             headers[TOKEN_HEADER] = self.token
         data = None
@@ -228,8 +257,11 @@ class Client:
     def _exchange(
         self, method: str, path: str, data: bytes | None, headers: dict[str, str], timeout: float
     ) -> tuple[int, bytes]:
-        conn_type = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = conn_type(self._netloc, timeout=timeout)
+        conn: http.client.HTTPConnection
+        if self._https:
+            conn = http.client.HTTPSConnection(self._netloc, timeout=timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(self._netloc, timeout=timeout)
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()

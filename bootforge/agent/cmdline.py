@@ -1,8 +1,9 @@
 """What the agent knows about itself at start: the kernel command line and its NICs' MACs.
 
-bootforge's iPXE script boots the ramdisk with ``bootforge.api=URL bootforge.node=UUID BOOTIF=MAC``;
-lookup sends BOOTIF and every other MAC of the machine. This module is on the path to the first
-lookup call, so it imports nothing heavy.
+bootforge's iPXE script boots the ramdisk with ``bootforge.api=URL bootforge.node=UUID
+bootforge.boot_token=HEX BOOTIF=MAC``; lookup sends BOOTIF and every other MAC of the machine, and the
+boot token, which proves to the conductor that the caller is the machine it handed this boot to.
+This module is on the path to the first lookup call, so it imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import os
 
 API = "bootforge.api"
 NODE = "bootforge.node"
+BOOT_TOKEN = "bootforge.boot_token"
+# The CA bundle `bootforge ramdisk build --ca-bundle` puts into the initrd: an https bootforge.api
+# is verified against it.
+CA_BUNDLE = "etc/bootforge/ca.pem"
 BOOTIF = "BOOTIF"
 
 _HEX = frozenset("0123456789abcdef")

@@ -67,7 +67,7 @@ DONE = "done"
 class Settings:
     """What the agent was told at start: from the options, else from the kernel command line."""
 
-    __slots__ = ("api", "disks", "macs", "node", "once", "sys_root")
+    __slots__ = ("api", "boot_token", "cafile", "disks", "macs", "node", "once", "sys_root")
 
     def __init__(
         self,
@@ -77,6 +77,8 @@ class Settings:
         sys_root: str = "/",
         disks: list[str] | None = None,
         once: bool = False,
+        boot_token: str | None = None,
+        cafile: str | None = None,
     ) -> None:
         self.api = api
         self.node = node
@@ -84,6 +86,8 @@ class Settings:
         self.sys_root = sys_root
         self.disks = disks
         self.once = once
+        self.boot_token = boot_token
+        self.cafile = cafile
 
 
 class Agent:
@@ -99,7 +103,9 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.client = client or Client(settings.api, user_agent=f"bootforge-agent/{__version__}")
+        self.client = client or Client(
+            settings.api, user_agent=f"bootforge-agent/{__version__}", cafile=settings.cafile
+        )
         self._execute = execute or self._execute_here
         self._cmdline = cmdline or {}
         self._context: Context | None = None
@@ -130,7 +136,7 @@ class Agent:
         misses, delay = 0, BACKOFF_FIRST
         while True:
             try:
-                found = self.client.lookup(s.macs, s.node)
+                found = self.client.lookup(s.macs, s.node, s.boot_token)
             except NotFound:
                 if misses % 10 == 0:
                     log(f"no node expects an agent with these MACs (404); asking every {NOT_FOUND_PAUSE:g} s")

@@ -86,6 +86,7 @@ class Netboot:
             await self.sink.flush()
 
     def on_dhcp(self, e: dhcp.NodeEvent) -> None:
+        self.view.note_dhcp(e.kind, e.mac, e.ip)
         if e.ip:
             self.ip_to_node[e.ip] = e.node_id
         text = f"{e.kind} {e.mac}" + (f" {e.ip}" if e.ip else "") + f" on {e.interface}"
@@ -145,7 +146,10 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         http_base=http_base,
         ipxe_script_url=f"{http_base}/boot/ipxe?mac={{mac}}",
     )
-    ramdisk = RamdiskSource(settings.public_url, nb.deploy_kernel, nb.deploy_ramdisk, tuple(nb.kernel_args))
+    key_path = settings.secret_key_path if settings.agent.require_boot_token else None
+    ramdisk = RamdiskSource(
+        settings.public_url, nb.deploy_kernel, nb.deploy_ramdisk, tuple(nb.kernel_args), key_path
+    )
     drivers = drivers or Drivers(settings)
     sink = EventSink(db, settings.host)
     view = NetbootView(
@@ -154,6 +158,7 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         ramdisk,
         boots_from_network=drivers.boots_from_network,
         on_refusal=lambda node, why: sink.emit(node, "boot", why, "warning"),
+        bind_to_leases=nb.dhcp == "full",
     )
     await view.refresh()
     netboot = Netboot(view, sink)

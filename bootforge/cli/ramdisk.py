@@ -77,6 +77,12 @@ def build_cmd(
         bool, typer.Option(help="download the current version of every package again")
     ] = False,
     compression: Annotated[str, typer.Option(help=f"one of {', '.join(COMPRESSORS)}")] = "zstd",
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM CA bundle the agent verifies the API's certificate against (an https public_url)"
+        ),
+    ] = None,
 ) -> None:
     """Build the deploy ramdisk from Debian packages, reproducibly; prints its size and build time."""
     if compression not in COMPRESSORS:
@@ -100,7 +106,7 @@ def build_cmd(
 
             result = build(
                 directory, cache_dir, kernel_name=kernel_name, initrd_name=initrd_name,
-                compression=compression, refresh=refresh, say=say,
+                compression=compression, refresh=refresh, ca_bundle=ca_bundle, say=say,
             )  # fmt: skip
     except RamdiskError as e:
         err.print(f"[red]ramdisk build failed:[/red] {escape(str(e))}")

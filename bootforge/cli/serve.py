@@ -70,6 +70,9 @@ async def serve(settings: Settings) -> None:
         lifespan="off",
         server_header=False,
         date_header=False,
+        # HTTPS when configured (the agent verifies it against the CA bundle in its ramdisk).
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
     )
     # uvicorn turns SIGINT/SIGTERM into a graceful exit; the conductor then stops in `finally`.
     server = uvicorn.Server(config)

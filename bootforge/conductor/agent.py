@@ -23,14 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert, select, update
 
+from bootforge import boot_token
 from bootforge.conductor import states, work
 from bootforge.conductor.netboot import RAMDISK_STATES
 from bootforge.conductor.ports import NEW_PORT
 from bootforge.conductor.task import NodeTask, event_row, give_back, load_node, reserve
-from bootforge.db.models import NODE_EVENTS, PORTS, AgentSession, Node, NodeInventory, Port, utcnow
+from bootforge.db.models import NODE_EVENTS, PORTS, AgentSession, Lease, Node, NodeInventory, Port, utcnow
 from bootforge.db.queries import is_uuid
 from bootforge.drivers.agent import AGENT_BOOT, AGENT_COMMAND
 from bootforge.errors import BootforgeError, Conflict, InvalidInput, NodeLocked, NotAuthorized, NotFound
+from bootforge.netboot.dhcp import LeaseState
 
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
@@ -67,19 +69,31 @@ class AgentService:
 
     # --- the agent's calls ------------------------------------------------------------------------
 
-    async def lookup(self, addresses: list[str], node_ident: str | None, client: str) -> dict[str, Any]:
+    async def lookup(
+        self, addresses: list[str], node_ident: str | None, client: str, token_given: str | None = None
+    ) -> dict[str, Any]:
         """The node these MACs belong to and a fresh token, if that node expects an agent now.
 
         The caller is not authenticated, so every refusal reads the same (LOOKUP_REFUSED) whether or
         not a node has these MACs: it must not tell a stranger which node a MAC is, nor its state.
         The operator finds the reason on the node's timeline.
+
+        A MAC is no secret (it is in every frame the machine sends), so the caller must also show
+        what only the machine booting the ramdisk has: the boot token of its boot configuration
+        (bootforge/boot_token.py) and, when bootforge's DHCP leases the addresses, the address
+        leased to the node. Both are checked before the 409 below, which would otherwise tell a
+        stranger that the node runs its ramdisk.
         """
         node = await self._find(addresses, node_ident)
         if node is None:
             raise NotFound(LOOKUP_REFUSED)
-        boot = node.driver_internal_info.get(AGENT_BOOT)
+        boot = str(node.driver_internal_info.get(AGENT_BOOT) or "")
+        why: str | None
         if not boot or not self._expects_agent(node):
             why = f"the node is {node.provision_state}: bootforge does not expect an agent on it now"
+        else:
+            why = self._token_problem(node, boot, token_given) or await self._address_problem(node, client)
+        if why is not None:
             await self._refused(node, f"agent lookup from {client} refused: {why}")
             raise NotFound(LOOKUP_REFUSED)
         token = secrets.token_urlsafe(32)
@@ -292,6 +306,45 @@ class AgentService:
         event = self._wakeups.get(node_id)
         if event is not None:
             event.set()
+
+    def _token_problem(self, node: Node, boot: str, given: str | None) -> str | None:
+        """Why `given` is not the boot token of the node's current ramdisk boot, or None if it is."""
+        if not self.conductor.settings.agent.require_boot_token:
+            return None
+        if not given:
+            return (
+                "it sent no boot token (a ramdisk built before bootforge required one? rebuild it with "
+                "`bootforge ramdisk build`)"
+            )
+        expected = boot_token.for_boot(self.conductor.settings.secret_key_path, node.uuid, boot)
+        if not boot_token.matches(expected, given):
+            return "its boot token is wrong (not the one of the node's current ramdisk boot)"
+        return None
+
+    async def _address_problem(self, node: Node, client: str) -> str | None:
+        """With bootforge's DHCP in full mode, why `client` is not an address leased to the node.
+
+        A node that network-boots the ramdisk got its address from bootforge, so it must have a
+        current lease. A node booted from virtual media may have set a static address (and has no
+        lease): it is bound to its lease if it has one, else protected by the boot token alone. In
+        proxy mode or with DHCP off, bootforge leases nothing and only the token protects.
+        """
+        if self.conductor.settings.netboot.dhcp != "full":
+            return None
+        async with self.db.read() as s:
+            macs = list((await s.scalars(select(Port.address).where(Port.node_id == node.id))).all())
+            bound = (Lease.state == LeaseState.BOUND.value) & (Lease.expires > time.time())
+            leased = set((await s.scalars(select(Lease.ip).where(Lease.mac.in_(macs), bound))).all())
+        if client in leased:
+            return None
+        if leased:
+            return (
+                "it came from an address that is not the address bootforge's DHCP leased to the node "
+                f"({', '.join(sorted(leased))})"
+            )
+        if self.conductor.drivers.boots_from_network(node.driver, node.boot_interface):
+            return "the node network-boots, but bootforge's DHCP has no current DHCP lease for its MACs"
+        return None
 
     def _expects_agent(self, node: Node) -> bool:
         if node.provision_state in RAMDISK_STATES:

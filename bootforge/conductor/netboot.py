@@ -19,12 +19,14 @@ import uuid as uuidlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from bootforge import boot_token
 from bootforge.conductor import states
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, Lease, Node, Port, utcnow
@@ -81,6 +83,9 @@ class KnownPort:
     # False when the node's boot interface boots the ramdisk another way (virtual media): then the
     # network boot script must not hand it the ramdisk as well.
     network_boot: bool = True
+    # The node's current ramdisk boot (driver_internal_info["agent_boot"]): its boot token goes
+    # into the script.
+    agent_boot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class RamdiskSource:
     kernel: str  # a file name under the HTTP root, or a URL
     ramdisk: str
     kernel_args: tuple[str, ...] = ()
+    # The conductor's secret key file, from which each boot's token is derived (bootforge/boot_token.py);
+    # None when lookups do not require the token (agent.require_boot_token off): no token is sent.
+    key_path: Path | None = None
 
 
 class NetbootView:
@@ -111,8 +119,16 @@ class NetbootView:
         refresh_every: float = 2.0,
         boots_from_network: Callable[[str, str | None], bool] | None = None,
         on_refusal: Callable[[str, str], None] | None = None,
+        bind_to_leases: bool = False,
     ) -> None:
         self.db = db
+        # With bootforge's DHCP in full mode: a ramdisk script (which carries the boot token) goes only
+        # to an address bootforge leased to the MAC it is asked for. `_leases` is the database's view
+        # (bound, unexpired; read with the rest at each refresh), `_acked` what this process's DHCP
+        # server acknowledged since (note_dhcp), so a script asked for right after the ACK is served.
+        self.bind_to_leases = bind_to_leases
+        self._leases: dict[str, set[str]] = {}
+        self._acked: dict[str, str] = {}
         # (node UUID, reason): where a refused node's reason goes (its timeline), since the script
         # itself, served to anyone who asks with the MAC, does not say it.
         self.on_refusal = on_refusal
@@ -137,12 +153,21 @@ class NetbootView:
                 Node.driver_info,
                 Node.driver,
                 Node.boot_interface,
+                Node.driver_internal_info,
             )
             .join(Node, Node.id == Port.node_id)
             .where(Port.pxe_enabled.is_(True))
         )
+        leases = select(Lease.mac, Lease.ip).where(
+            Lease.state == LeaseState.BOUND.value, Lease.expires > time.time()
+        )
         async with self.db.read_conn() as conn:
             rows = (await conn.execute(stmt)).all()
+            leased = (await conn.execute(leases)).all() if self.bind_to_leases else []
+        by_mac: dict[str, set[str]] = {}
+        for mac, ip in leased:
+            by_mac.setdefault(mac, set()).add(ip)
+        self._leases = by_mac
         self.by_mac = {
             mac: KnownPort(
                 mac,
@@ -154,9 +179,24 @@ class NetbootView:
                 (info or {}).get("deploy_kernel"),
                 (info or {}).get("deploy_ramdisk"),
                 self.boots_from_network(driver, boot),
+                _agent_boot(internal),
             )
-            for mac, uuid, name, state, maint, mode, info, driver, boot in rows
+            for mac, uuid, name, state, maint, mode, info, driver, boot, internal in rows
         }
+
+    def note_dhcp(self, kind: str, mac: str, ip: str | None) -> None:
+        """A DHCP event of this process's server: an ACK binds `ip` to `mac` at once; a release,
+        decline or expiry ends it (the database's view follows at the next refresh)."""
+        if kind == "dhcp.ack" and ip:
+            self._acked[mac] = ip
+        elif kind in ("dhcp.release", "dhcp.decline", "dhcp.expired"):
+            self._acked.pop(mac, None)
+            self._leases.pop(mac, None)
+
+    def leased_to(self, mac: str) -> set[str]:
+        """The addresses bootforge's DHCP has leased to `mac` now."""
+        acked = self._acked.get(mac)
+        return self._leases.get(mac, set()) | ({acked} if acked else set())
 
     def changed(self) -> None:
         """Ask for a refresh soon (a node changed state, a port was added)."""
@@ -195,8 +235,8 @@ class NetbootView:
 
     # --- servers.http_boot.BootScripts ----------------------------------------------------------
 
-    def plan_for(self, query: Mapping[str, str], script_url: str) -> scripts.BootPlan:
-        """What the machine asking with `query` (mac, platform, attempt) boots now, by node state."""
+    def plan_for(self, query: Mapping[str, str], script_url: str, client_ip: str = "") -> scripts.BootPlan:
+        """What the machine asking with `query` (mac, platform, attempt) from `client_ip` boots now."""
         mac = (query.get("mac") or "").lower()
         attempt = int(query["attempt"]) if query.get("attempt", "").isdigit() else 1
         attempt = min(max(attempt, 1), 1_000_000)
@@ -220,6 +260,18 @@ class NetbootView:
                 )
             if self.ramdisk is None or self.endpoints is None:
                 return refuse(f"node {name} needs the bootforge ramdisk but none is configured")
+            if self.ramdisk.key_path is not None and not known.agent_boot:
+                # Saved before the machine is powered on; the view may not have read it yet.
+                return refuse(f"node {name}'s ramdisk boot is not prepared yet (no boot id)")
+            if self.bind_to_leases:
+                leased = self.leased_to(mac)
+                if client_ip not in leased:
+                    # Not the client's address in the text: the reason stays one timeline event
+                    # however many addresses a stranger asks from.
+                    return refuse(
+                        f"node {name}'s ramdisk script was asked for from an address that bootforge's "
+                        f"DHCP did not lease to {mac} (leased: {', '.join(sorted(leased)) or 'none'})"
+                    )
             return self._ramdisk_plan(known, self.ramdisk, self.endpoints)
         if known.provision_state == states.ACTIVE:
             return scripts.LocalDiskBoot(_firmware(query, known))
@@ -230,10 +282,15 @@ class NetbootView:
         def url(ref: str) -> str:
             return ref if "://" in ref else f"{e.http_base.rstrip('/')}/{ref.lstrip('/')}"
 
+        token = None
+        if r.key_path is not None and known.agent_boot:
+            token = boot_token.for_boot(r.key_path, known.node_uuid, known.agent_boot)
         return scripts.RamdiskBoot(
             kernel_url=url(known.deploy_kernel or r.kernel),
             initrd_url=url(known.deploy_ramdisk or r.ramdisk),
-            kernel_args=scripts.ramdisk_kernel_args(r.api_url, known.node_uuid, known.mac, r.kernel_args),
+            kernel_args=scripts.ramdisk_kernel_args(
+                r.api_url, known.node_uuid, known.mac, r.kernel_args, boot_token=token
+            ),
             purpose=RAMDISK_PURPOSE.get(known.provision_state, "deploy"),
         )
 
@@ -253,16 +310,16 @@ class NetbootView:
 
     def ipxe_script(self, query: Mapping[str, str], client_ip: str) -> str:
         url = self.endpoints.ipxe_script_url.format(mac=query.get("mac", "")) if self.endpoints else ""
-        return scripts.render_ipxe(self._safe_plan(query, url))
+        return scripts.render_ipxe(self._safe_plan(query, url, client_ip))
 
     def grub_config(self, query: Mapping[str, str], client_ip: str) -> str:
         base = self.endpoints.ipxe_script_url.split("/boot/", 1)[0] if self.endpoints else ""
         url = f"{base}/boot/grub.cfg?mac={query.get('mac', '')}"
-        return scripts.render_grub(self._safe_plan(query, url))
+        return scripts.render_grub(self._safe_plan(query, url, client_ip))
 
-    def _safe_plan(self, query: Mapping[str, str], script_url: str) -> scripts.BootPlan:
+    def _safe_plan(self, query: Mapping[str, str], script_url: str, client_ip: str) -> scripts.BootPlan:
         try:
-            return self.plan_for(query, script_url)
+            return self.plan_for(query, script_url, client_ip)
         except scripts.ScriptError as e:
             # A node whose settings cannot go into a script must not break the boot server.
             log.error("cannot render a boot script for %s: %s", query.get("mac"), e)
@@ -270,6 +327,11 @@ class NetbootView:
             if known is not None:
                 self._tell_refusal(known.node_uuid, f"the node's boot settings are invalid: {e}")
             return scripts.RefuseBoot(REFUSED, scripts.with_attempt(script_url, 1))
+
+
+def _agent_boot(internal: Any) -> str | None:
+    boot = internal.get("agent_boot") if isinstance(internal, dict) else None
+    return str(boot) if boot else None
 
 
 def _firmware(query: Mapping[str, str], known: KnownPort) -> Firmware:

@@ -54,6 +54,9 @@ async def boot_ramdisk(task: base.Task, why: str) -> None:
         return
     task.set_internal(**{AGENT_BOOT: str(uuidlib.uuid4()), AGENT_COMMAND: None})
     await task.driver.boot.prepare_ramdisk(task)
+    # Saved before the power-on: the netboot view reads the boot id from the database to put this
+    # boot's token (bootforge/boot_token.py) into the node's boot script.
+    await task.save()
     power = task.driver.power
     if await power.get_power_state(task) == base.POWER_ON:
         await power.reboot(task)

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from bootforge import boot_token
 from bootforge.agent import netconfig
 from bootforge.config import Settings
 from bootforge.drivers import base, qemu
@@ -170,11 +171,16 @@ def _route(where: str, route: Mapping[str, Any], nic: dict[str, Any]) -> None:
 
 
 def kernel_cmdline(
-    api_url: str, node_uuid: str, mac: str | None, extra: Sequence[str], net: netconfig.StaticNet | None
+    api_url: str,
+    node_uuid: str,
+    mac: str | None,
+    extra: Sequence[str],
+    net: netconfig.StaticNet | None,
+    boot_token: str | None = None,
 ) -> str:
     """The ramdisk's command line on the ISO: what the network boot passes, plus bootforge.net."""
     more = {"net": netconfig.encode(net)} if net is not None else {}
-    args = ramdisk_kernel_args(api_url, node_uuid, mac, extra, **more)
+    args = ramdisk_kernel_args(api_url, node_uuid, mac, extra, boot_token=boot_token, **more)
     return " ".join(key if value is None else f"{key}={value}" for key, value in args)
 
 
@@ -233,10 +239,17 @@ class _VirtualMediaBase(base.BootInterface):
         kernel, initrd = self._ramdisk_files(task)
         net = static_network(task.node.network_data)
         mac = await self._boot_mac(task, net)
-        cmdline = kernel_cmdline(
-            self.settings.public_url, task.node.uuid, mac, self.settings.netboot.kernel_args, net
-        )
         boot_id = str(task.node.driver_internal_info.get(AGENT_BOOT) or uuidlib.uuid4())
+        # The ISO carries the boot token: its URL (and file name) holds the random boot id, so
+        # nobody can guess it from the node's UUID (the HTTP boot server lists no directory).
+        token = (
+            boot_token.for_boot(self.settings.secret_key_path, task.node.uuid, boot_id)
+            if self.settings.agent.require_boot_token
+            else None
+        )
+        cmdline = kernel_cmdline(
+            self.settings.public_url, task.node.uuid, mac, self.settings.netboot.kernel_args, net, token
+        )
         self._remove_isos(task)
         output = self._iso_dir() / f"{task.node.uuid}-{boot_id}.iso"
         try:

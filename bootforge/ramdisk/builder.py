@@ -35,6 +35,8 @@ DEFAULT_CACHE = Path(os.environ.get("BOOTFORGE_RAMDISK_CACHE", "/var/cache/bootf
 LAB_DEBS = Path(os.environ.get("BOOTFORGE_LAB_CACHE", "/var/cache/bootforge/lab")) / "debs"
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 RECIPE = "2"
+# Where --ca-bundle goes (bootforge/agent/cmdline.py CA_BUNDLE names the same path).
+CA_BUNDLE = "etc/bootforge/ca.pem"
 
 # Programs the agent runs (from the zstd, fdisk and util-linux packages), as packaged paths.
 TOOLS = ("usr/bin/zstd", "sbin/sfdisk", "sbin/wipefs")
@@ -91,16 +93,19 @@ def build(
     modules: Sequence[str] = DEFAULT_MODULES,
     compression: str = "zstd",
     refresh: bool = False,
+    ca_bundle: Path | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> BuildResult:
     """Build into ``output_dir/<kernel_name>`` and ``output_dir/<initrd_name>`` (see the module doc).
 
     The names may hold directories ("bootforge/vmlinuz"), as the netboot settings name the files.
+    `ca_bundle`: PEM certificates the agent verifies an https API against (CA_BUNDLE in the initrd).
     """
     start = time.monotonic()
+    ca = read_ca_bundle(ca_bundle) if ca_bundle is not None else None
     ctx = _prepare(cache, modules, refresh, say)
     image = Image()
-    agent_paths = _layout(ctx, image, agent_dir)
+    agent_paths = _layout(ctx, image, agent_dir, ca)
     say("checking the shipped Python imports the agent")
     _verify_python(ctx, image, agent_dir)
     say(f"writing the initrd ({image.size() / 2**20:.1f} MiB unpacked, {compression})")
@@ -157,7 +162,24 @@ def _interpreter(
     return py.Interpreter(loader, tuple(d for d in libdirs if d.is_dir()), merged / f"usr/bin/python{pyver}")
 
 
-def _layout(ctx: _Ctx, image: Image, agent_dir: Path) -> set[str]:
+def read_ca_bundle(path: Path) -> bytes:
+    """The PEM CA bundle at `path`, checked the way the agent will load it; RamdiskError if unusable."""
+    import ssl
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RamdiskError(f"cannot read the CA bundle {path}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data or b"PRIVATE KEY-----" in data:
+        raise RamdiskError(f"{path} is no CA bundle: it must hold PEM certificates and no private key")
+    try:
+        ssl.create_default_context(cadata=data.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError) as e:
+        raise RamdiskError(f"the CA bundle {path} cannot be loaded: {e}") from None
+    return data
+
+
+def _layout(ctx: _Ctx, image: Image, agent_dir: Path, ca: bytes | None = None) -> set[str]:
     """Fill `image`; returns the paths of the small, often-changing segment (agent, scripts)."""
     for link, target in (
         ("bin", "usr/bin"),
@@ -185,6 +207,9 @@ def _layout(ctx: _Ctx, image: Image, agent_dir: Path) -> set[str]:
     image.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     image.file("etc/group", b"root:x:0:\n")
     image.file("etc/resolv.conf", b"")
+    if ca is not None:
+        image.dir(posixpath.dirname(CA_BUNDLE))
+        image.file(CA_BUNDLE, ca)
     manifest = {"kernel": ctx.kernel.version, "debs": sorted(d.name for d in ctx.debs.values())}
     image.file("etc/bootforge-ramdisk.json", json.dumps(manifest, indent=1).encode() + b"\n")
     return set(image.entries) - before

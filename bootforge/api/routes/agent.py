@@ -9,6 +9,7 @@ from starlette.responses import Response
 from bootforge.api import openapi
 from bootforge.api.deps import ctx, json_body
 from bootforge.api.responses import JSON
+from bootforge.boot_token import HEADER as BOOT_TOKEN_HEADER
 from bootforge.errors import InvalidInput
 
 router = APIRouter()
@@ -21,7 +22,9 @@ async def lookup(request: Request) -> JSON:
     c = ctx(request)
     addresses = c.params.get("addresses", "")
     client = request.client.host if request.client else "unknown"
-    body = await c.services.conductor.agent.lookup(addresses.split(","), c.params.get("node_uuid"), client)
+    body = await c.services.conductor.agent.lookup(
+        addresses.split(","), c.params.get("node_uuid"), client, request.headers.get(BOOT_TOKEN_HEADER)
+    )
     return JSON(body)
 
 

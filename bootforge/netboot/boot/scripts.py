@@ -50,6 +50,7 @@ _URL_SAFE = ":/?&=%@+,-._~[]!*()"
 _URL_SCHEMES = frozenset({"http", "https", "tftp"})
 _TEXT_UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;_/()\[\]@%+=<>?!*-]")
 _TEXT_MAX = 160
+_TOKEN = re.compile(r"[0-9a-f]{64}")
 _MAX_ATTEMPTS = 10
 
 
@@ -85,15 +86,27 @@ KernelArgs = tuple[tuple[str, str | None], ...]
 
 
 def ramdisk_kernel_args(
-    api_url: str, node_uuid: str, mac: str | None, extra: Sequence[str] = (), **more: str
+    api_url: str,
+    node_uuid: str,
+    mac: str | None,
+    extra: Sequence[str] = (),
+    *,
+    boot_token: str | None = None,
+    **more: str,
 ) -> KernelArgs:
     """The bootforge ramdisk's kernel parameters, however it boots (network script, virtual CD).
 
     The agent finds the API and its node from them (bootforge/agent/cmdline.py reads the same
-    names); `extra` are the operator's words ("console=ttyS0,115200n8", "quiet"); `more` adds
-    bootforge.<name>=value parameters (a virtual-media boot's static network, say).
+    names); `boot_token` is this boot's token, which the agent's lookup must show (so whatever
+    carries these parameters, a script or an ISO, is handed only to the machine); `extra` are the
+    operator's words ("console=ttyS0,115200n8", "quiet"); `more` adds bootforge.<name>=value
+    parameters (a virtual-media boot's static network, say).
     """
     args: list[tuple[str, str | None]] = [("bootforge.api", api_url), ("bootforge.node", node_uuid)]
+    if boot_token:
+        if not _TOKEN.fullmatch(boot_token):
+            raise ScriptError("a boot token is 64 hexadecimal digits")
+        args.append(("bootforge.boot_token", boot_token))
     if mac:
         args.append(("BOOTIF", mac))
     args += [(f"bootforge.{key}", value) for key, value in more.items()]

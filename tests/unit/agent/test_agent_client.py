@@ -13,6 +13,7 @@ import pytest
 from agent_fakes import FakeTime
 
 from bootforge.agent.client import (
+    BOOT_TOKEN_HEADER,
     TOKEN_HEADER,
     BadReply,
     Client,
@@ -94,6 +95,15 @@ def test_lookup_sends_macs_and_node_without_a_token(server: tuple[str, Recorder]
     assert req["method"] == "GET"
     assert req["path"] == f"/v1/lookup?addresses=52:54:00:00:00:01,52:54:00:00:00:02&node_uuid={NODE}"
     assert TOKEN_HEADER not in req["headers"]
+
+
+def test_lookup_sends_the_boot_token_in_its_header_never_in_the_url(server: tuple[str, Recorder]) -> None:
+    url, rec = server
+    rec.reply_with((200, LOOKUP_BODY))
+    Client(url).lookup(["52:54:00:00:00:01"], NODE, "ab" * 32)
+    req = rec.seen[0]
+    assert req["headers"][BOOT_TOKEN_HEADER] == "ab" * 32
+    assert "ab" * 32 not in req["path"] and TOKEN_HEADER not in req["headers"]
 
 
 def test_lookup_without_node_uuid_and_under_a_path_prefix(server: tuple[str, Recorder]) -> None:

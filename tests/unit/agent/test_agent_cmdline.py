@@ -130,3 +130,18 @@ def test_settings_refuse_without_api_or_anything_to_look_up_by(tmp_path: Path) -
         settings_from(["--sys-root", root, "--api", "http://x:1"])
     with pytest.raises(SystemExit):
         settings_from(["--sys-root", root, "--api", "http://x:1", "--mac", "nope"])
+
+
+def test_the_boot_token_and_the_ca_bundle_come_from_the_ramdisk(tmp_path: Path) -> None:
+    token = "ab" * 32
+    root = _root_with_cmdline(tmp_path, f"bootforge.api=https://10.77.0.1:6385 bootforge.boot_token={token}")
+    _nic(tmp_path, "eth0", "52:54:00:00:00:01")
+    settings, _ = settings_from(["--sys-root", root])
+    assert settings.boot_token == token and settings.cafile is None
+    # `bootforge ramdisk build --ca-bundle` puts the bundle at etc/bootforge/ca.pem.
+    (tmp_path / "etc" / "bootforge").mkdir(parents=True)
+    (tmp_path / "etc" / "bootforge" / "ca.pem").write_text("pem")
+    settings, _ = settings_from(["--sys-root", root])
+    assert settings.cafile == str(tmp_path / "etc" / "bootforge" / "ca.pem")
+    settings, _ = settings_from(["--sys-root", root, "--boot-token", "cd" * 32, "--ca-file", "/x.pem"])
+    assert (settings.boot_token, settings.cafile) == ("cd" * 32, "/x.pem")

@@ -53,6 +53,7 @@ class ScriptedClient(Client):
         self.posts: list[Any] = []
         self.bodies: list[dict[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []
+        self.boot_tokens: list[str | None] = []
         self.posted = threading.Event()
         # Posts fail with TransportError while outage() is true.
         self.outage: Callable[[], bool] = lambda: False
@@ -67,8 +68,9 @@ class ScriptedClient(Client):
             raise step
         return step
 
-    def lookup(self, macs: list[str], node_uuid: str | None) -> Lookup:
+    def lookup(self, macs: list[str], node_uuid: str | None, boot_token: str | None = None) -> Lookup:
         self.calls.append(("lookup", (tuple(macs), node_uuid)))
+        self.boot_tokens.append(boot_token)
         found: Lookup = self._next(self.lookups)
         return found
 
@@ -104,7 +106,7 @@ def make_agent(
         return {"status": "succeeded", "result": {"id": command.id}}
 
     agent = Agent(
-        Settings("http://127.0.0.1:9", NODE, [MAC], once=once),
+        Settings("http://127.0.0.1:9", NODE, [MAC], once=once, boot_token="ab" * 32),
         client=client,
         execute=execute or record,
         sleep=t.sleep,
@@ -122,6 +124,13 @@ def posts(client: ScriptedClient) -> list[Any]:
 
 
 # -- lookup ------------------------------------------------------------------------------------------
+
+
+def test_every_lookup_shows_the_boot_token_of_the_kernel_command_line() -> None:
+    agent, client, _, _ = make_agent()
+    client.lookups = [http(NotFound, 404), session("tok")]
+    agent.lookup()
+    assert client.boot_tokens == ["ab" * 32, "ab" * 32]
 
 
 def test_lookup_retries_404_every_5s_and_logs_every_10th(capsys: pytest.CaptureFixture[str]) -> None:

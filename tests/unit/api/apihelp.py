@@ -59,6 +59,16 @@ class Api:
         return port
 
 
+async def boot_token_header(api: Api, node_uuid: str) -> dict[str, str]:
+    """The lookup header the node's ramdisk sends: the token of its current boot, as its boot script
+    carries it (bootforge.boot_token=), computed from the key file like the conductor does."""
+    from bootforge import boot_token
+
+    boot = (await api.get(node_uuid))["driver_internal_info"].get("agent_boot")
+    assert boot, f"node {node_uuid} has no ramdisk boot"
+    return {boot_token.HEADER: boot_token.for_boot(api.bf.settings.secret_key_path, node_uuid, boot)}
+
+
 async def api_with(tmp_path: Path, **overrides: Any) -> AsyncIterator[Api]:
     """An `api` over a bootforge with non-default settings (e.g. fake delays)."""
     async for bf in in_process(tmp_path, **overrides):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apihelp import Api, api_with, fault
+from apihelp import Api, api_with, boot_token_header, fault
 
 MAC = "52:54:00:aa:bb:01"
 AGENT = {"boot_interface": "pxe", "deploy_interface": "direct", "inspect_interface": "agent"}
@@ -50,9 +50,16 @@ async def enrolled(api: Api) -> str:
     return str(node["uuid"])
 
 
+async def node_of(api: Api, mac: str) -> str:
+    ports = (await api.c.get("/v1/ports", params={"address": mac, "fields": "node_uuid"})).json()["ports"]
+    return str(ports[0]["node_uuid"])
+
+
 async def lookup(api: Api, node: str | None = None) -> str:
+    """The agent's lookup: the MACs and the boot token its kernel command line carries."""
     params = {"addresses": MAC.upper()} | ({"node_uuid": node} if node else {})
-    r = await api.c.get("/v1/lookup", params=params)
+    headers = await boot_token_header(api, node or await node_of(api, MAC))
+    r = await api.c.get("/v1/lookup", params=params, headers=headers)
     assert r.status_code == 200, r.text
     return str(r.json()["config"]["agent_token"])
 
@@ -115,8 +122,13 @@ async def test_token_is_issued_once_per_boot_and_checked(agent_api: Api) -> None
     assert missing.status_code == 404 and "inspect it first" in fault(missing)
     await api.drive(node, "inspect")
     token = await lookup(api, node)
-    again = await api.c.get("/v1/lookup", params={"addresses": MAC})
+    again = await api.c.get(
+        "/v1/lookup", params={"addresses": MAC}, headers=await boot_token_header(api, node)
+    )
     assert again.status_code == 409 and "already issued" in fault(again)
+    # Without the boot token a second lookup does not even learn that much (see test_hardening_agent_session).
+    blind = await api.c.get("/v1/lookup", params={"addresses": MAC})
+    assert blind.status_code == 404
     bad = await api.c.get(f"/v1/nodes/{node}/agent/command", headers={"X-Agent-Token": token + "x"})
     assert bad.status_code == 401
     command = await poll(api, node, token)

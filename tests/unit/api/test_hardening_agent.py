@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apihelp import Api, api_with, fault
+from apihelp import Api, api_with, boot_token_header, fault
 from sqlalchemy import update
 
 from bootforge.conductor.task import load_node
@@ -40,7 +40,9 @@ async def inspecting(api: Api) -> tuple[str, str, str]:
     node = await api.node(**AGENT)
     await api.port(node["uuid"], MAC)
     await api.drive(node["uuid"], "manage", "inspect")
-    r = await api.c.get("/v1/lookup", params={"addresses": MAC})
+    r = await api.c.get(
+        "/v1/lookup", params={"addresses": MAC}, headers=await boot_token_header(api, node["uuid"])
+    )
     assert r.status_code == 200, r.text
     token = r.json()["config"]["agent_token"]
     r = await api.c.get(

@@ -191,3 +191,86 @@ async def test_events_keep_their_emit_time_and_network_boot_mark(bf: InProcess) 
     ]
     assert before <= boots[0].at <= emitted
     assert await task.network_boots_since(emitted + dt.timedelta(seconds=1)) == []
+
+
+# --- issue #11 finding 2: the script carries the boot token, and goes only to the leased address -----
+
+
+async def set_boot(bf: InProcess, uuid: str, state: str, boot: str | None) -> None:
+    from sqlalchemy import update
+
+    from bootforge.db.models import Node
+
+    async with bf.conductor.db.write() as s:
+        internal = {"agent_boot": boot} if boot else {}
+        await s.execute(
+            update(Node).where(Node.uuid == uuid).values(provision_state=state, driver_internal_info=internal)
+        )
+        await s.commit()
+
+
+def token_view(bf: InProcess, *, bind: bool) -> NetbootView:
+    source = RamdiskSource(
+        "http://10.9.0.1:6385", "bootforge/vmlinuz", "bootforge/initrd", (), bf.settings.secret_key_path
+    )
+    return NetbootView(bf.conductor.db, ENDPOINTS, source, bind_to_leases=bind)
+
+
+async def test_the_ramdisk_script_carries_this_boots_token(bf: InProcess) -> None:
+    from bootforge import boot_token
+
+    mac = "52:54:00:aa:bb:01"
+    uuid = await enrol(bf, mac)
+    view = token_view(bf, bind=False)
+    await set_boot(bf, uuid, "inspect wait", None)
+    await view.refresh()
+    # No boot id yet (the power-on saves it): no script that would carry a token the lookup refuses.
+    assert "vmlinuz" not in view.ipxe_script({"mac": mac}, "10.9.0.50")
+    await set_boot(bf, uuid, "inspect wait", "boot-1")
+    await view.refresh()
+    token = boot_token.for_boot(bf.settings.secret_key_path, uuid, "boot-1")
+    assert f"bootforge.boot_token={token}" in view.ipxe_script({"mac": mac}, "10.9.0.50")
+    assert f"bootforge.boot_token={token}" in view.grub_config({"mac": mac}, "10.9.0.50")
+    await set_boot(bf, uuid, "inspect wait", "boot-2")
+    await view.refresh()
+    assert token not in view.ipxe_script({"mac": mac}, "10.9.0.50")
+
+
+async def test_with_full_dhcp_the_script_goes_only_to_the_address_leased_to_the_mac(bf: InProcess) -> None:
+    mac = "52:54:00:aa:bb:01"
+    uuid = await enrol(bf, mac)
+    await set_boot(bf, uuid, "wait call-back", "boot-1")
+    store = DbLeaseStore(bf.conductor.db)
+    far = 4_000_000_000.0
+    await store.commit(
+        [
+            LeaseRecord(IPv4Address("10.9.0.50"), mac, LeaseState.BOUND, far, uuid),
+            LeaseRecord(IPv4Address("10.9.0.51"), "52:54:00:00:00:66", LeaseState.BOUND, far, None),
+            LeaseRecord(IPv4Address("10.9.0.52"), mac, LeaseState.BOUND, 1000.0, uuid),  # expired
+        ]
+    )
+    view = token_view(bf, bind=True)
+    await view.refresh()
+    assert "vmlinuz" in view.ipxe_script({"mac": mac}, "10.9.0.50")
+    assert "vmlinuz" in view.grub_config({"mac": mac}, "10.9.0.50")
+    for stranger in ("10.9.0.51", "10.9.0.52", "10.9.0.99", ""):
+        assert "boot_token" not in view.ipxe_script({"mac": mac}, stranger), stranger
+        assert "boot_token" not in view.grub_config({"mac": mac}, stranger), stranger
+    # A disk boot carries no secret: it is not bound.
+    await set_boot(bf, uuid, "active", None)
+    await view.refresh()
+    assert "sanboot" in view.ipxe_script({"mac": mac, "platform": "pcbios"}, "10.9.0.99")
+
+
+async def test_an_ack_binds_at_once_and_a_release_unbinds(bf: InProcess) -> None:
+    mac = "52:54:00:aa:bb:01"
+    uuid = await enrol(bf, mac)
+    await set_boot(bf, uuid, "clean wait", "boot-1")
+    view = token_view(bf, bind=True)
+    await view.refresh()
+    assert "vmlinuz" not in view.ipxe_script({"mac": mac}, "10.9.0.60")
+    # The DHCP server's ACK event comes before the client has its address: no wait for a refresh.
+    view.note_dhcp("dhcp.ack", mac, "10.9.0.60")
+    assert "vmlinuz" in view.ipxe_script({"mac": mac}, "10.9.0.60")
+    view.note_dhcp("dhcp.release", mac, "10.9.0.60")
+    assert "vmlinuz" not in view.ipxe_script({"mac": mac}, "10.9.0.60")

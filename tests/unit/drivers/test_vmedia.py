@@ -14,6 +14,7 @@ from typing import Any
 import pycdlib
 import pytest
 
+from bootforge import boot_token
 from bootforge.agent import netconfig
 from bootforge.agent.netconfig import Interface, Route, StaticNet
 from bootforge.config import Settings
@@ -285,7 +286,11 @@ async def test_redfish_virtual_media_inserts_the_iso_url_and_ejects(settings: Se
     name = f"{NODE}-b00710.iso"
     assert media.calls == [("insert", f"http://10.77.0.1:8080/vmedia/{name}", "cd")]
     assert management.calls == [("cdrom", False)]
-    assert (settings.netboot.root / vmedia.VMEDIA_DIR / name).is_file()  # type: ignore[operator]
+    iso = settings.netboot.root / vmedia.VMEDIA_DIR / name  # type: ignore[operator]
+    assert iso.is_file()
+    # The ISO carries this boot's token (issue #11 finding 2); its URL holds the random boot id.
+    token = boot_token.for_boot(settings.secret_key_path, NODE, "b00710")
+    assert f"bootforge.boot_token={token}" in _iso_cmdline(iso)
     await iface.prepare_instance(task)  # type: ignore[arg-type]
     await iface.clean_up_ramdisk(task)  # type: ignore[arg-type]
     assert media.calls[-1] == ("eject", "cd")
