@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ import httpx
 import pytest
 from support.disk_check import find_config_drive, is_blank_metadata, partition_table
 from support.service import LATEST, Served, free_port, served
+
+from bootforge import boot_token
 
 MAC = "52:54:00:12:34:56"
 MiB = 1024**2
@@ -87,10 +90,50 @@ def make_image(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def start_agent(bf: Served, node: str, disk: Path, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "bootforge.agent", "--api", bf.url, "--node", node, "--mac", MAC]
-    with open(log, "wb") as out:
-        return subprocess.Popen([*argv, "--disk", str(disk)], stdout=out, stderr=subprocess.STDOUT)
+class Machine:
+    """The node's machine as its agent sees it: at each new ramdisk boot (a new boot id) the agent
+    restarts with the boot token from the boot script bootforge's HTTP boot server hands out for its
+    MAC, as a machine rebooting into the ramdisk gets it from its kernel command line."""
+
+    def __init__(self, bf: Served, node: str, disk: Path, log: Path) -> None:
+        self.bf, self.node, self.disk, self.log = bf, node, disk, log
+        self.script_url = f"http://127.0.0.1:{bf.env['BOOTFORGE_NETBOOT__HTTP_PORT']}/boot/ipxe?mac={MAC}"
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.boots: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Machine:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self._halt()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.bf.url, headers=LATEST, timeout=30) as c:
+            while not self.stop.wait(0.2):
+                boot = c.get(f"/v1/nodes/{self.node}").json()["driver_internal_info"].get("agent_boot")
+                if not boot or (self.boots and self.boots[-1] == boot):
+                    continue
+                # The netboot view reads the new boot id within its refresh: until then the script
+                # is refused or carries the last boot's token, so wait for this boot's.
+                want = boot_token.for_boot(self.bf.state_dir / "secret.key", self.node, boot)
+                if f"bootforge.boot_token={want}" not in httpx.get(self.script_url, timeout=10).text:
+                    continue
+                self._halt()
+                self.boots.append(boot)
+                argv = [sys.executable, "-m", "bootforge.agent", "--api", self.bf.url, "--node", self.node]
+                argv += ["--mac", MAC, "--boot-token", want, "--disk", str(self.disk)]
+                with open(self.log, "ab") as out:
+                    self.agent = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+    def _halt(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.terminate()
+            self.agent.wait(10)
 
 
 def test_inspect_clean_deploy_undeploy_with_the_real_agent(bf: Served, tmp_path: Path) -> None:
@@ -103,7 +146,6 @@ def test_inspect_clean_deploy_undeploy_with_the_real_agent(bf: Served, tmp_path:
         ["sfdisk", "-q", "--label", "gpt", str(disk)], input=b",16M\n", check=True, capture_output=True
     )
     agent_log = tmp_path / "agent.log"
-    agent: subprocess.Popen[bytes] | None = None
     with api(bf) as c:
         # Uploaded, as `bootforge image add` does: this bootforge imports no host paths.
         r = c.put("/v1/images/tiny/file", content=(tmp_path / "tiny.raw").read_bytes())
@@ -116,60 +158,58 @@ def test_inspect_clean_deploy_undeploy_with_the_real_agent(bf: Served, tmp_path:
         verb(c, node, "manage")
         wait_state(c, node, "manageable")
         try:
-            agent = start_agent(bf, node, disk, agent_log)
+            with Machine(bf, node, disk, agent_log) as machine:
+                verb(c, node, "inspect")
+                inspected = wait_state(c, node, "manageable")
+                inventory = c.get(f"/v1/nodes/{node}/inventory").json()["inventory"]
+                assert [d["size"] for d in inventory["disks"]] == [128 * MiB]
+                assert inventory["cpu"]["count"] == os.cpu_count()
+                assert inspected["properties"]["cpus"] == os.cpu_count()
 
-            verb(c, node, "inspect")
-            inspected = wait_state(c, node, "manageable")
-            inventory = c.get(f"/v1/nodes/{node}/inventory").json()["inventory"]
-            assert [d["size"] for d in inventory["disks"]] == [128 * MiB]
-            assert inventory["cpu"]["count"] == os.cpu_count()
-            assert inspected["properties"]["cpus"] == os.cpu_count()
+                verb(c, node, "provide")
+                wait_state(c, node, "available")
+                blank = is_blank_metadata(disk)
+                assert blank, blank.found
 
-            verb(c, node, "provide")
-            wait_state(c, node, "available")
-            blank = is_blank_metadata(disk)
-            assert blank, blank.found
+                user_data = "#cloud-config\n# written by test_agent_deploy_loopback\n"
+                patch = [{"op": "add", "path": "/instance_info/image_source", "value": "tiny"}]
+                assert c.patch(f"/v1/nodes/{node}", json=patch).status_code == 200
+                verb(c, node, "active", configdrive={"user_data": user_data})
+                active = wait_state(c, node, "active")
+                assert active["power_state"] == "power on"
+                written = disk.read_bytes()
+                # The image's boot code and first partition, and all its data; the MBR's second entry is
+                # now the config drive's partition, which the agent appended at the end of the disk.
+                assert written[: 446 + 16] == image[: 446 + 16]
+                assert written[MiB : len(image)] == image[MiB:]
+                parts = partition_table(disk)["mbr"]["partitions"]
+                assert [p["type"] for p in parts] == [0x83, 0x83]
+                assert (parts[1]["start"] + parts[1]["sectors"]) * 512 > 120 * MiB  # at the disk's end
+                assert find_config_drive(disk) == user_data.encode()
+                history = [e["event"] for e in c.get(f"/v1/nodes/{node}/history").json()["history"]]
+                assert any("write_image succeeded" in e for e in history)
+                assert any("handoff seen" in e for e in history)
 
-            user_data = "#cloud-config\n# written by test_agent_deploy_loopback\n"
-            patch = [{"op": "add", "path": "/instance_info/image_source", "value": "tiny"}]
-            assert c.patch(f"/v1/nodes/{node}", json=patch).status_code == 200
-            verb(c, node, "active", configdrive={"user_data": user_data})
-            active = wait_state(c, node, "active")
-            assert active["power_state"] == "power on"
-            written = disk.read_bytes()
-            # The image's boot code and first partition, and all its data; the MBR's second entry is
-            # now the config drive's partition, which the agent appended at the end of the disk.
-            assert written[: 446 + 16] == image[: 446 + 16]
-            assert written[MiB : len(image)] == image[MiB:]
-            parts = partition_table(disk)["mbr"]["partitions"]
-            assert [p["type"] for p in parts] == [0x83, 0x83]
-            assert (parts[1]["start"] + parts[1]["sectors"]) * 512 > 120 * MiB  # at the disk's end
-            assert find_config_drive(disk) == user_data.encode()
-            history = [e["event"] for e in c.get(f"/v1/nodes/{node}/history").json()["history"]]
-            assert any("write_image succeeded" in e for e in history)
-            assert any("handoff seen" in e for e in history)
+                verb(c, node, "deleted")
+                wait_state(c, node, "available")
+                blank = is_blank_metadata(disk)
+                assert blank, blank.found
 
-            verb(c, node, "deleted")
-            wait_state(c, node, "available")
-            blank = is_blank_metadata(disk)
-            assert blank, blank.found
-
-            # A wrong checksum: the deploy fails naming both digests, the partition table is left alone.
-            good = hashlib.sha256(image).hexdigest()
-            wrong = "0" * 64
-            # (undeploy emptied instance_info, as Ironic does)
-            patch = [
-                {"op": "add", "path": "/instance_info/image_source", "value": "tiny"},
-                {"op": "add", "path": "/instance_info/image_checksum", "value": wrong},
-            ]
-            assert c.patch(f"/v1/nodes/{node}", json=patch).status_code == 200
-            before = partition_table(disk)
-            verb(c, node, "active")
-            failed = wait_state(c, node, "deploy failed")
-            assert wrong in failed["last_error"] and good in failed["last_error"], failed["last_error"]
-            assert partition_table(disk) == before
+                # A wrong checksum: the deploy fails naming both digests, the partition table is left alone.
+                good = hashlib.sha256(image).hexdigest()
+                wrong = "0" * 64
+                # (undeploy emptied instance_info, as Ironic does)
+                patch = [
+                    {"op": "add", "path": "/instance_info/image_source", "value": "tiny"},
+                    {"op": "add", "path": "/instance_info/image_checksum", "value": wrong},
+                ]
+                assert c.patch(f"/v1/nodes/{node}", json=patch).status_code == 200
+                before = partition_table(disk)
+                verb(c, node, "active")
+                failed = wait_state(c, node, "deploy failed")
+                assert wrong in failed["last_error"] and good in failed["last_error"], failed["last_error"]
+                assert partition_table(disk) == before
+                # A new boot, hence a new token, for each operation: inspect, clean, deploy, clean, deploy.
+                assert len(set(machine.boots)) == len(machine.boots) >= 4, machine.boots
         finally:
-            if agent is not None:
-                agent.terminate()
-                agent.wait(10)
             print(agent_log.read_text()[-3000:] if agent_log.exists() else "no agent log")
