@@ -100,7 +100,9 @@ async def _refuse_running(db: Database, offline_after: float) -> None:
     if running:
         raise secrets.SecretKeyRefused(
             f"conductor(s) {', '.join(running)} of this database are running and keep the old key in "
-            "memory: stop every bootforge serve first (or pass --force if they are gone)"
+            "memory: stop every bootforge serve first (a conductor counts as running until its last "
+            f"heartbeat is {offline_after:g} s old: conductor_offline_after), or pass --force if they "
+            "are gone"
         )
 
 
