@@ -76,6 +76,8 @@ async def serve(settings: Settings) -> None:
     )
     # uvicorn turns SIGINT/SIGTERM into a graceful exit; the conductor then stops in `finally`.
     server = uvicorn.Server(config)
+    # Event streams (api/routes/events.py) end when shutdown starts: uvicorn waits for every response.
+    app.state.stopping = lambda: server.should_exit
     log.info(
         "bootforge serving: API %s, database %s, conductor %s",
         settings.public_url if settings.api else "off",

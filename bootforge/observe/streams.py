@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -25,11 +25,16 @@ from bootforge.config import Settings
 from bootforge.db.engine import Database
 from bootforge.db.models import NodeEvent
 from bootforge.errors import BootforgeError
-from bootforge.observe.events import EventHub, Subscription
+from bootforge.observe.events import Subscription
 
 # Timeline rows sent per query; a client far behind catches up in pages.
 PAGE = 500
 MAX_HISTORY = 1000
+# How often a waiting stream checks whether the server is stopping: uvicorn's graceful shutdown
+# waits for every response to end, and an event stream otherwise never does.
+STOP_CHECK = 1.0
+
+Stopping = Callable[[], bool]
 
 
 class TooManyStreams(BootforgeError):
@@ -68,23 +73,30 @@ class StreamGate:
             self.open -= 1
 
 
-async def cloudevents(hub: EventHub, sub: Subscription, keepalive: float) -> AsyncIterator[bytes]:
-    """The subscription's events as SSE messages; the caller holds the subscription open."""
+async def cloudevents(sub: Subscription, keepalive: float, stopping: Stopping) -> AsyncIterator[bytes]:
+    """The subscription's events as SSE messages, until the server stops; the caller holds the
+    subscription open."""
     # Sent at once: a client that has read this line is subscribed, and sees every later event.
     yield b": subscribed\n\n"
-    while True:
+    quiet = 0.0
+    while not stopping():
         if sub.overflowed and sub.queue.empty():
             yield message(
                 orjson.dumps({"reason": "this client read slower than events came; reconnect"}),
                 event="overflow",
             )
             return
+        wait = min(keepalive, STOP_CHECK)
         try:
-            async with asyncio.timeout(keepalive):
+            async with asyncio.timeout(wait):
                 e = await sub.queue.get()
         except TimeoutError:
-            yield b": keepalive\n\n"
+            quiet += wait
+            if quiet >= keepalive:
+                quiet = 0.0
+                yield b": keepalive\n\n"
             continue
+        quiet = 0.0
         yield message(e.json(), event=e.type, id=e.id)
 
 
@@ -127,9 +139,10 @@ async def _rows(db: Database, node_id: int, after: int | None, newest: int) -> l
 
 
 async def timeline(
-    settings: Settings, db: Database, node_id: int, after: int | None, history: int
+    settings: Settings, db: Database, node_id: int, after: int | None, history: int, stopping: Stopping
 ) -> AsyncIterator[bytes]:
-    """The node's timeline from after row `after` (or its newest `history` rows), then as it grows."""
+    """The node's timeline from after row `after` (or its newest `history` rows), then as it grows,
+    until the server stops."""
     cfg = settings.events
     yield b": following\n\n"
     last = after
@@ -140,7 +153,7 @@ async def timeline(
         # Nothing yet: follow from the newest row there is (or from the start).
         last = rows[-1].id if rows else await _newest_id(db, node_id)
     quiet = 0.0
-    while True:
+    while not stopping():
         rows = await _rows(db, node_id, last, PAGE)
         for r in rows:
             yield message(orjson.dumps(timeline_row(r)), event="timeline", id=str(r.id))

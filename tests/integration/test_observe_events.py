@@ -10,6 +10,7 @@ import hmac
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -263,3 +264,23 @@ def test_stream_needs_a_known_node_and_known_types(bf_hooked: Served) -> None:
         assert r.status_code == 400 and "bogus" in r.text
         r = c.get("/v1/nodes/no-such-node/events/stream")
         assert r.status_code == 404
+
+
+def test_serve_stops_promptly_with_streams_open(bf_hooked: Served) -> None:
+    """uvicorn's graceful shutdown waits for every response: open event streams must end by themselves."""
+    with client(bf_hooked.url) as c:
+        [uuid] = create_nodes(c, ["stream-stop-1"])
+    events = SseReader(f"{bf_hooked.url}/v1/events/stream")
+    timeline = SseReader(f"{bf_hooked.url}/v1/nodes/{uuid}/events/stream")
+    assert events.subscribed.wait(10) and timeline.subscribed.wait(10)
+    assert events.error is None and timeline.error is None
+    began = time.monotonic()
+    bf_hooked.stop()
+    assert bf_hooked.proc is not None and bf_hooked.log is not None
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; SIGKILL (-9) means it hung.
+    assert bf_hooked.proc.returncode in (0, -signal.SIGTERM), bf_hooked.proc.returncode
+    assert "Finished server process" in bf_hooked.log.read_text()
+    assert time.monotonic() - began < 10
+    events.thread.join(10)
+    timeline.thread.join(10)
+    assert not events.thread.is_alive() and not timeline.thread.is_alive()

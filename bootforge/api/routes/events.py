@@ -47,10 +47,11 @@ async def event_stream(request: Request) -> StreamingResponse:
     observer = conductor.observer
     gate = _gate(request)
     settings = c.services.settings
+    stopping = _stopping(request)
 
     async def body() -> AsyncIterator[bytes]:
         with gate.enter(), observer.hub.subscribe(node_uuid, kinds) as sub:
-            async for chunk in streams.cloudevents(observer.hub, sub, settings.events.stream_keepalive):
+            async for chunk in streams.cloudevents(sub, settings.events.stream_keepalive, stopping):
                 yield chunk
 
     gate.check()
@@ -74,14 +75,22 @@ async def timeline_stream(request: Request, ident: str) -> StreamingResponse:
         raise InvalidInput("after and history must not be negative", "history")
     gate = _gate(request)
     settings = c.services.settings
+    stopping = _stopping(request)
 
     async def body() -> AsyncIterator[bytes]:
         with gate.enter():
-            async for chunk in streams.timeline(settings, conductor.db, node.id, after, history):
+            async for chunk in streams.timeline(settings, conductor.db, node.id, after, history, stopping):
                 yield chunk
 
     gate.check()
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _stopping(request: Request) -> streams.Stopping:
+    """Whether the server is shutting down: `bootforge serve` sets app.state.stopping (uvicorn's
+    should_exit); in-process tests have none, and their streams end with their client."""
+    found: streams.Stopping | None = getattr(request.app.state, "stopping", None)
+    return found or (lambda: False)
 
 
 def _gate(request: Request) -> streams.StreamGate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,29 @@ def test_event_kinds_of_a_target_filter_what_is_staged() -> None:
 
 
 def test_outbound_is_a_cloudevent() -> None:
-    import datetime as dt
-
     e = Outbound(
         "id-1", "failure", "node-1", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "/bootforge/h", {}
     )
     ce = e.cloudevent()
     assert ce["specversion"] == "1.0" and ce["type"] == "io.bootforge.node.failure"
     assert ce["time"] == "2026-01-02T03:04:05Z" and ce["subject"] == "node-1"
+
+
+async def test_a_slow_stream_client_is_cut_off_with_a_last_message() -> None:
+    from bootforge.observe.events import EventHub
+    from bootforge.observe.metrics import Metrics
+    from bootforge.observe.streams import cloudevents
+
+    metrics = Metrics()
+    hub = EventHub(metrics, queue_size=10)
+    with hub.subscribe(None, ["provision"]) as sub:
+        stream = cloudevents(sub, keepalive=5.0, stopping=lambda: False)
+        assert await anext(stream) == b": subscribed\n\n"
+        observer_events = [
+            Outbound(str(i), "provision", "n", dt.datetime.now(dt.UTC), "/bootforge/h", {}) for i in range(25)
+        ]
+        hub.publish(observer_events)
+        got = [chunk async for chunk in stream]
+    assert len(got) == 11 and b"event: overflow" in got[-1]
+    assert metrics.registry.get_sample_value("bootforge_event_stream_overflows_total") == 1
+    assert metrics.registry.get_sample_value("bootforge_event_stream_clients") == 0
