@@ -9,13 +9,18 @@ aiosqlite's interface through `async_creator`, so this module supplies one that 
 The trade: a statement blocks the loop while it runs. bootforge's statements are short, WAL readers
 never wait for writers, and each process has a single writer connection, so the loop only waits on
 SQLite's busy handler when another process holds the write lock on the same file.
+
+The interface is the one SQLAlchemy 2.1's aiosqlite dialect uses (its connectors/asyncio.py adapters,
+and `stop()` from aiosqlite 0.22.1 for a forced terminate), private attributes included. pyproject.toml
+pins SQLAlchemy to that series; tests/unit/db/test_sqlite_inline_contract.py reads what the installed
+dialect calls and checks that this module provides each with a compatible signature.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 
@@ -59,6 +64,11 @@ class InlineCursor:
 
     async def close(self) -> None:
         self._cursor.close()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        # How the dialect reads a server-side cursor (Connection.stream), as with aiosqlite's.
+        for row in self._cursor:
+            yield row
 
     @property
     def description(self) -> Any:
