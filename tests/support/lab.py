@@ -22,6 +22,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,17 +102,31 @@ class LabHandle:
         return [e for e in events if event_type is None or e.get("event_type") == event_type]
 
     def serve_ramdisk(self, *recs: VmRecord) -> None:
-        """TEST-ONLY (see the module docstring): put nodes into "inspect wait" in the database."""
+        """TEST-ONLY (see the module docstring): put nodes into "inspect wait" in the database, with
+        a ramdisk boot id, as boot_ramdisk saves one before the power-on (its token is in the script)."""
         db = Path(self.lab.state.dir) / "serve" / "bootforge.sqlite"
         with sqlite3.connect(db, timeout=30) as conn:
             for rec in recs:
                 conn.execute(
                     "UPDATE nodes SET provision_state = 'inspect wait', target_provision_state = "
-                    "'manageable' WHERE uuid = ? AND reservation IS NULL",
-                    (rec.node,),
+                    "'manageable', driver_internal_info = json_set(COALESCE(driver_internal_info, '{}'), "
+                    "'$.agent_boot', ?) WHERE uuid = ? AND reservation IS NULL",
+                    (str(uuid.uuid4()), rec.node),
                 )
         for rec in recs:
-            self.wait_boot_script(rec, "ramdisk")
+            self.wait_ramdisk_script(rec)
+
+    def wait_ramdisk_script(self, rec: VmRecord, timeout: float = 30.0) -> None:
+        """Until the netboot view hands this VM the ramdisk. With bootforge's DHCP (full), the script
+        (it carries the boot token) goes only to the address leased to the VM's MAC, which this fetch
+        from the bridge address is not: the view is ready once it refuses the fetch for that reason."""
+
+        def ready() -> bool:
+            if "ramdisk" in self.boot_script(rec):
+                return True
+            return any("did not lease" in e["event"] for e in self.history(rec, "boot"))
+
+        wait_until(ready, timeout, f"{rec.name}'s boot script hands out the ramdisk")
 
     def boot_script(self, rec: VmRecord) -> str:
         """The iPXE script bootforge's HTTP boot server gives this VM now, fetched inside the lab."""
