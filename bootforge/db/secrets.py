@@ -307,7 +307,10 @@ def _on_load(node: Node, context: Any) -> None:
 
 @event.listens_for(Node, "refresh")
 def _on_refresh(node: Node, context: Any, attrs: Any) -> None:
-    _open_loaded(node, _db_of(context.session), refresh=True)
+    # An ORM UPDATE that synchronizes the session by evaluation refreshes the objects it matched with
+    # no query context (None): their session is the object's own.
+    session = context.session if context is not None else attributes.instance_state(node).session
+    _open_loaded(node, _db_of(session), refresh=True)
 
 
 PENDING: Final = "bootforge.secrets.pending"
