@@ -405,3 +405,21 @@ async def test_on_postgresql_too(tmp_path: Path, postgres_fresh_url: str) -> Non
     with pytest.raises(secrets.SecretKeyRefused, match="is not the key"):
         async with service(tmp_path, database_url=postgres_fresh_url, secret_key_file=other):
             pass
+
+
+async def test_an_orm_update_that_refreshes_a_loaded_node_keeps_it_plain(tmp_path: Path) -> None:
+    from sqlalchemy import select, update
+
+    from bootforge.db.models import Node
+
+    async with service(tmp_path) as bf:
+        uuid = await enrol(bf, "n1", ipmi_password=PASSWORD)
+        async with bf.conductor.db.write() as s:
+            node = (await s.scalars(select(Node).where(Node.uuid == uuid))).one()
+            # synchronize_session "auto" evaluates the UPDATE on the loaded object: a refresh event
+            # without a query context.
+            await s.execute(update(Node).where(Node.uuid == uuid).values(maintenance=True))
+            assert node.maintenance is True
+            assert node.driver_info["ipmi_password"] == PASSWORD
+            await s.commit()
+        assert raw_column(db_path(bf), uuid)["ipmi_password"].startswith("bfenc:v1:")
