@@ -34,8 +34,11 @@ def settings_for(**events: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def bf(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[InProcess]:
-    overrides = getattr(request, "param", {})
-    async for x in in_process(tmp_path, **settings_for(**overrides)):
+    overrides = dict(getattr(request, "param", {}))
+    database = overrides.pop("database_url", {})
+    if database == "postgres":
+        database = {"database_url": request.getfixturevalue("postgres_fresh_url")}
+    async for x in in_process(tmp_path, **database, **settings_for(**overrides)):
         # The conductor's own dispatcher would race the rounds this test drives by hand.
         await x.conductor.observer.stop()
         yield x
@@ -87,6 +90,9 @@ def sample(bf: InProcess, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
+@pytest.mark.parametrize(
+    "bf", [{}, pytest.param({"database_url": "postgres"}, marks=pytest.mark.postgres)], indirect=True
+)
 async def test_a_nodes_next_event_waits_for_its_previous_one(bf: InProcess) -> None:
     refused = {"a": 2}  # node a's first event is refused twice; node b is never refused
 
@@ -120,7 +126,14 @@ async def test_an_event_is_given_up_after_max_attempts_and_counted(bf: InProcess
     assert sample(bf, "bootforge_webhook_dropped_total", target="t", reason="attempts") == 2
 
 
-@pytest.mark.parametrize("bf", [{"max_pending": 10}], indirect=True)
+@pytest.mark.parametrize(
+    "bf",
+    [
+        {"max_pending": 10},
+        pytest.param({"max_pending": 10, "database_url": "postgres"}, marks=pytest.mark.postgres),
+    ],
+    indirect=True,
+)
 async def test_the_outbox_is_bounded_oldest_dropped(bf: InProcess) -> None:
     d, got = dispatcher(bf, lambda _r: 200)
     await stage(bf, [(f"n{i}", i) for i in range(25)])
