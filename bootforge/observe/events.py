@@ -109,12 +109,10 @@ class EventHub:
     def subscribe(self, node_uuid: str | None, kinds: Iterable[str]) -> Any:
         sub = Subscription(node_uuid, frozenset(kinds), self.queue_size)
         self.subscribers.add(sub)
-        self.metrics.stream_clients.set(len(self.subscribers))
         try:
             yield sub
         finally:
             self.subscribers.discard(sub)
-            self.metrics.stream_clients.set(len(self.subscribers))
 
     def publish(self, events: Sequence[Outbound]) -> None:
         for sub in list(self.subscribers):

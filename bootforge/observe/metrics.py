@@ -318,7 +318,7 @@ class Metrics:
         )
         self.stream_clients = Gauge(
             "bootforge_event_stream_clients",
-            "Clients connected to the server-sent event streams.",
+            "Open server-sent event streams (CloudEvents and node timelines).",
             registry=r,
         )
         self.stream_overflows = Counter(

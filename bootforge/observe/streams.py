@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
+from prometheus_client import Gauge
 from sqlalchemy import select
 
 from bootforge.config import Settings
@@ -50,9 +51,10 @@ def message(data: bytes, *, event: str | None = None, id: str | None = None) -> 
 class StreamGate:
     """Counts the open streams of this process against the configured maximum."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gauge: Gauge | None = None) -> None:
         self.limit = limit
         self.open = 0
+        self.gauge = gauge
 
     def check(self) -> None:
         """Refuse (503) before the response starts, while an error can still be a proper answer."""
@@ -67,10 +69,16 @@ class StreamGate:
         # Checked again: streams opened between check() and the first byte count too.
         self.check()
         self.open += 1
+        self._show()
         try:
             yield
         finally:
             self.open -= 1
+            self._show()
+
+    def _show(self) -> None:
+        if self.gauge is not None:
+            self.gauge.set(self.open)
 
 
 async def cloudevents(sub: Subscription, keepalive: float, stopping: Stopping) -> AsyncIterator[bytes]:

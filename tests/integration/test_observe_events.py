@@ -274,6 +274,8 @@ def test_serve_stops_promptly_with_streams_open(bf_hooked: Served) -> None:
     timeline = SseReader(f"{bf_hooked.url}/v1/nodes/{uuid}/events/stream")
     assert events.subscribed.wait(10) and timeline.subscribed.wait(10)
     assert events.error is None and timeline.error is None
+    with client(bf_hooked.url) as c:
+        assert "\nbootforge_event_stream_clients 2.0\n" in c.get("/metrics").text
     began = time.monotonic()
     bf_hooked.stop()
     assert bf_hooked.proc is not None and bf_hooked.log is not None

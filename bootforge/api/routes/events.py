@@ -96,6 +96,8 @@ def _stopping(request: Request) -> streams.Stopping:
 def _gate(request: Request) -> streams.StreamGate:
     gate: streams.StreamGate | None = getattr(request.app.state, "stream_gate", None)
     if gate is None:
-        gate = streams.StreamGate(request.app.state.services.settings.events.max_stream_clients)
+        services = request.app.state.services
+        gauge = services.conductor.observer.metrics.stream_clients
+        gate = streams.StreamGate(services.settings.events.max_stream_clients, gauge)
         request.app.state.stream_gate = gate
     return gate
