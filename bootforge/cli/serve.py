@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Generator
 
 import uvicorn
 
@@ -74,8 +76,7 @@ async def serve(settings: Settings) -> None:
         ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
         ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
     )
-    # uvicorn turns SIGINT/SIGTERM into a graceful exit; the conductor then stops in `finally`.
-    server = uvicorn.Server(config)
+    server = _Server(config)
     # Event streams (api/routes/events.py) end when shutdown starts: uvicorn waits for every response.
     app.state.stopping = lambda: server.should_exit
     log.info(
@@ -94,6 +95,28 @@ async def serve(settings: Settings) -> None:
             await netboot.close()
         await conductor.stop()
         await db.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its re-raising of the signal that stopped it.
+
+    uvicorn (0.29 and later) restores the previous handlers after a graceful exit and raises the
+    captured signal again: SIGTERM's default action then kills the process before the conductor's
+    shutdown in serve()'s `finally` runs (left online, locks kept), and SIGINT turns into a
+    KeyboardInterrupt. Here both only ask the server to exit (a second SIGINT forces it, as in
+    uvicorn), and the shutdown runs to its end.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 def _safe_url(url: str) -> str:
