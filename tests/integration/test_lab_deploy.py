@@ -47,6 +47,12 @@ def test_enroll_to_active_and_back(make_lab: LabFactory, tmp_path: Path) -> None
     assert [d["size"] for d in inventory["disks"]] == [1 * GiB]
     assert rec.mac in [nic["mac_address"] for nic in inventory["interfaces"]]
     assert inspected["properties"]["memory_mb"] == definition["memory_mib"]
+    # The agent's lookup came from the address bootforge's DHCP leased to the VM (the only one it
+    # accepts in full mode, #11 finding 2), with the boot token from the VM's boot script.
+    events = [e["event"] for e in h.history(rec)]
+    looked_up = [e.split(" from ", 1)[1] for e in events if e.startswith("agent looked up from ")]
+    acked = {e.split()[2] for e in events if e.startswith("dhcp.ack ")}
+    assert looked_up and set(looked_up) <= acked, (looked_up, acked)
 
     # provide: cleaned by the same agent (fast track), then deploy with user data
     h.verb(rec, "provide")
