@@ -295,6 +295,33 @@ AGENT_POLL = [
     query_param("wait", "Seconds to wait for a command (at most 120)", {"type": "number", "minimum": 0}),
 ]
 
+# Server-sent events: the stream runs until the client leaves.
+EVENT_STREAM: dict[str, Any] = {
+    "responses": {
+        "200": {
+            "description": "A text/event-stream of events, with keep-alive comments",
+            "content": {"text/event-stream": {"schema": STRING}},
+        }
+    }
+}
+EVENTS = [
+    query_param("types", "Comma-separated event kinds (all when absent)"),
+    query_param("node", "Only this node's events (UUID or name)"),
+]
+TIMELINE = [
+    query_param(
+        "history", "How many past rows to send first (default 50)", {"type": "integer", "minimum": 0}
+    ),
+    query_param("after", "Resume after this row id (as Last-Event-ID)", {"type": "integer", "minimum": 0}),
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "description": "Resume after this row id",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+]
+
 
 def body(schema: Schema, *, required: bool = True) -> dict[str, Any]:
     """openapi_extra for a route whose handler reads a JSON body of this shape."""
@@ -313,7 +340,7 @@ VERSION_HEADER: Schema = {
     "in": "header",
     "required": False,
     "description": f"The microversion, {versions.MIN} to {versions.MAX} (default {versions.MIN})",
-    "schema": {"type": "string", "pattern": "^(1\\.[0-9]{1,3}|latest)$"},
+    "schema": {"enum": [*(f"1.{m}" for m in range(versions.MIN.minor, versions.MAX.minor + 1)), "latest"]},
 }
 ERROR_RESPONSE: Schema = {
     "description": "The request was refused; the message names the field or the reason",
@@ -342,6 +369,9 @@ def install(app: FastAPI, public: Callable[[str], bool], *, authenticated: bool)
             for operation in item.values():
                 operation.setdefault("parameters", []).append(VERSION_HEADER)
                 responses = operation.setdefault("responses", {})
+                content = responses.get("200", {}).get("content", {})
+                if "text/event-stream" in content:
+                    content.pop("application/json", None)  # FastAPI's default: a stream is not JSON
                 # The handlers answer 400 with Ironic's error body, not FastAPI's 422.
                 responses.pop("422", None)
                 responses.setdefault("400", ERROR_RESPONSE)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from bootforge.api import openapi
 from bootforge.api.deps import ctx
 from bootforge.conductor.task import load_node
 from bootforge.errors import InvalidInput, NotFound
@@ -34,7 +35,7 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE)
 
 
-@router.get("/v1/events/stream")
+@router.get("/v1/events/stream", openapi_extra={**openapi.query(*openapi.EVENTS), **openapi.EVENT_STREAM})
 async def event_stream(request: Request) -> StreamingResponse:
     """CloudEvents (provision, failure, maintenance) as they happen; `?node=` for one node, `?types=`
     for some kinds."""
@@ -58,7 +59,10 @@ async def event_stream(request: Request) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.get("/v1/nodes/{ident}/events/stream")
+@router.get(
+    "/v1/nodes/{ident}/events/stream",
+    openapi_extra={**openapi.query(*openapi.TIMELINE), **openapi.EVENT_STREAM},
+)
 async def timeline_stream(request: Request, ident: str) -> StreamingResponse:
     """The node's timeline rows, newest `?history=N` (default 50) first, then as they come;
     `Last-Event-ID` (or `?after=`) resumes after a row."""

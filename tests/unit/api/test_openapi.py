@@ -12,9 +12,9 @@ import pytest
 from openapi_spec_validator import validate
 from support.service import InProcess
 
-from bootforge.api.routes import agent, allocations, images, node_actions, nodes, ports, root
+from bootforge.api.routes import agent, allocations, events, images, node_actions, nodes, ports, root
 
-ROUTE_MODULES = (root, nodes, node_actions, ports, allocations, agent, images)
+ROUTE_MODULES = (root, nodes, node_actions, ports, allocations, agent, images, events)
 METHODS = ("get", "put", "post", "patch", "delete")
 
 
@@ -36,7 +36,8 @@ def handler_reads(module: Any) -> dict[str, tuple[bool, set[str]]]:
     out: dict[str, tuple[bool, set[str]]] = {}
     for fn in tree.body:
         if not isinstance(fn, ast.AsyncFunctionDef) or not any(
-            ast.unparse(d).startswith("router.") for d in fn.decorator_list
+            ast.unparse(d).startswith("router.") and "include_in_schema=False" not in ast.unparse(d)
+            for d in fn.decorator_list
         ):
             continue
         reads_body = any(
@@ -82,6 +83,7 @@ async def test_every_route_is_in_the_document(bf: InProcess) -> None:
         (method, route.path)
         for module in ROUTE_MODULES
         for route in module.router.routes
+        if getattr(route, "include_in_schema", True)  # /metrics: Prometheus text, not part of the API
         for method in getattr(route, "methods", ())
     }
     assert routes and routes <= published, sorted(routes - published)
@@ -93,6 +95,8 @@ async def test_every_read_is_described(bf: InProcess) -> None:
     by_handler: dict[str, dict[str, Any]] = {}
     for module in ROUTE_MODULES:
         for route in module.router.routes:
+            if not getattr(route, "include_in_schema", True):
+                continue
             endpoint = getattr(route, "endpoint")  # noqa: B009 (BaseRoute does not declare it)
             for method in getattr(route, "methods", ()):
                 name = f"{module.__name__}.{endpoint.__name__}"
@@ -135,6 +139,8 @@ async def test_bodies_and_parameters_name_the_ironic_fields(bf: InProcess) -> No
     assert body("/v1/nodes/{ident}/agent/command/{command_id}", "post")["required"] == ["status"]
     params = {p["name"] for p in paths["/v1/nodes/detail"]["get"]["parameters"]}
     assert {"limit", "marker", "sort_key", "sort_dir", "fields", "provision_state", "maintenance"} <= params
+    stream = paths["/v1/nodes/{ident}/events/stream"]["get"]
+    assert list(stream["responses"]["200"]["content"]) == ["text/event-stream"]
     lookup = {p["name"] for p in paths["/v1/lookup"]["get"]["parameters"]}
     assert {"addresses", "node_uuid"} <= lookup
     # Every operation takes the microversion header.
