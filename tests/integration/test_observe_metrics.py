@@ -161,3 +161,38 @@ async def test_metrics_auth(tmp_path: Path, public: bool) -> None:
             assert (await c.get("/metrics", auth=("prometheus", "scrape secret"))).status_code == 200
             # Public metrics open nothing else.
             assert (await c.get("/v1/nodes")).status_code == 401
+
+
+async def test_a_failed_deploy_is_counted_and_published(
+    bf_fake: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bootforge.drivers.fake import FakeBoot
+    from bootforge.errors import DriverError
+
+    async def refuse(self: Any, task: Any) -> None:
+        raise DriverError("BMC 192.0.2.9: virtual media insert refused")
+
+    monkeypatch.setattr(FakeBoot, "prepare_ramdisk", refuse)
+    c = bf_fake.client
+    uuid = (await c.post("/v1/nodes", json={"driver": "fake-hardware", "name": "f1"})).json()["uuid"]
+    for verb, state in (("manage", "manageable"), ("provide", "available")):
+        assert (await c.put(f"/v1/nodes/{uuid}/states/provision", json={"target": verb})).status_code == 202
+        await wait_state(c, uuid, state)
+    hub = bf_fake.conductor.observer.hub
+    with hub.subscribe(uuid, ["provision", "failure"]) as sub:
+        assert (
+            await c.put(f"/v1/nodes/{uuid}/states/provision", json={"target": "active"})
+        ).status_code == 202
+        node = await wait_state(c, uuid, "deploy failed")
+        events = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    assert "virtual media insert refused" in node["last_error"]
+    assert [(e.kind, e.data.get("provision_state")) for e in events] == [
+        ("provision", "deploying"),
+        ("provision", "deploy failed"),
+        ("failure", "deploy failed"),
+    ]
+    assert events[2].data["last_error"] == node["last_error"]
+    after = await scrape(c)
+    assert value(after, "bootforge_node_failures_total", state="deploy failed") == 1
+    assert value(after, "bootforge_deploy_duration_seconds_count", outcome="failed") == 1
+    assert total(after, "bootforge_step_duration_seconds_count", kind="deploy", outcome="failed") == 1
