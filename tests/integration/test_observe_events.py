@@ -286,3 +286,28 @@ def test_serve_stops_promptly_with_streams_open(bf_hooked: Served) -> None:
     events.thread.join(10)
     timeline.thread.join(10)
     assert not events.thread.is_alive() and not timeline.thread.is_alive()
+
+
+def test_undelivered_events_survive_a_restart(bf_hooked: Served, receiver: tuple[Receiver, str]) -> None:
+    """The outbox is a table: what a receiver refused before the conductor stopped goes out after it
+    starts again, in order."""
+    hook, _ = receiver
+    hook.fail_first = 10**6  # the receiver is broken until further notice
+    with client(bf_hooked.url) as c:
+        [uuid] = create_nodes(c, ["restart-1"])
+        act(c, [uuid], "manage")
+        wait_until(c, [uuid], in_state("manageable"), timeout=TRANSITION_TIMEOUT)
+        expected = provision_transitions(history(c, uuid))
+    hook.wait_for(lambda got: len(got) >= 1, timeout=TRANSITION_TIMEOUT)
+    bf_hooked.stop()
+    with hook.changed:
+        hook.fail_first = len(hook.got)  # fixed: everything from now on is accepted
+    bf_hooked.start()
+
+    def complete(got: list[Delivery]) -> bool:
+        return len([d for d in got if d.answered == 204]) >= len(expected)
+
+    got = hook.wait_for(complete, timeout=TRANSITION_TIMEOUT)
+    accepted = [json.loads(d.body)["data"] for d in got if d.answered == 204]
+    assert [(a["previous_state"], a["provision_state"]) for a in accepted] == expected
+    assert all(d.answered == 500 for d in got if d.answered != 204)
