@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bootforge.netboot.boot import scripts
 from bootforge.netboot.boot.arch import Firmware
 from bootforge.netboot.boot.scripts import (
     BootPlan,
@@ -231,3 +232,15 @@ def test_grub_bootstrap_hands_over_by_mac() -> None:
     assert 'configfile "(http,10.77.0.1:8080)/boot/grub.cfg?mac=${net_default_mac}"' in cfg
     cfg = render_grub_bootstrap(f"{BASE}/boot/grub.cfg?arch=x86_64")
     assert "grub.cfg?arch=x86_64&mac=${net_default_mac}" in cfg
+
+
+def test_the_boot_token_goes_on_the_kernel_command_line_only_as_64_hex_digits() -> None:
+    token = "0123456789abcdef" * 4
+    args = scripts.ramdisk_kernel_args("http://10.0.0.1:6385", "n", "52:54:00:00:00:01", boot_token=token)
+    assert ("bootforge.boot_token", token) in args
+    for bad in ("x" * 64, token + "0", token.upper(), "$" + token[1:]):
+        with pytest.raises(scripts.ScriptError):
+            scripts.ramdisk_kernel_args("http://10.0.0.1:6385", "n", None, boot_token=bad)
+    assert not any(
+        k == "bootforge.boot_token" for k, _ in scripts.ramdisk_kernel_args("http://a:1", "n", None)
+    )
