@@ -3,8 +3,9 @@
 The rule (documented in the README's Security section):
 
 - A key is secret when its name, lower-cased, contains one of SECRET_MARKERS (password, passwd,
-  pswd, passphrase, secret, token, credential, private), or ends in "key" (snmp_auth_key, sslkey,
-  api_key) or is "kg" / ends in "_kg" (IPMI's BMC key).
+  pswd, passphrase, secret, token, credential, private, configdrive: a config drive carries user
+  data, which often holds passwords), or ends in "key" (snmp_auth_key, sslkey, api_key) or is "kg" /
+  ends in "_kg" (IPMI's BMC key).
 - A secret key's value is replaced by MASK whatever its type (a string, a number, an object, a
   list): `ipmi_credentials: {"user": ..., "pass": ...}` is hidden whole. Empty values (null, "",
   {}, []) are shown as they are, so a client can see that nothing is set.
@@ -42,6 +43,8 @@ SECRET_MARKERS: Final = (
     "credential",
     "private",
     "_key",
+    # The built drive in driver_internal_info (deploy_configdrive) and in the agent's queued command.
+    "configdrive",
 )
 
 # instance_info keys hidden although their names carry no marker: a config drive holds user data

@@ -3,8 +3,10 @@
 What is encrypted is exactly what bootforge.masking hides (its one rule): in `driver_info`, every
 secret-named key's value at any depth and through lists (ipmi_password, redfish_password,
 `ipmi_credentials: {...}` whole, `bmcs: [{"password": ...}]`); in `instance_info`, the same plus
-configdrive, rescue_password and image_url (masking.INSTANCE_SECRETS). Image checksums, URLs of
-kernels and the rest stay readable: they are not secrets and the netboot view reads some of them.
+configdrive, rescue_password and image_url (masking.INSTANCE_SECRETS); in `driver_internal_info`,
+secret-named keys likewise (the config drive a deploy built, in `deploy_configdrive` and in the
+agent's queued command). Image checksums, URLs of kernels and the rest stay readable: they are not
+secrets and the netboot view reads some of them.
 Empty values (null, "", {}, []) are left as they are, as the API shows them.
 
 A stored secret is the text "bfenc:v1:" + base64(nonce 12 bytes + ciphertext + tag). The plaintext is
@@ -59,7 +61,7 @@ log = logging.getLogger("bootforge.db.secrets")
 
 PREFIX: Final = "bfenc:v1:"
 PURPOSE: Final = "driver-info-encryption"
-FIELDS: Final = ("driver_info", "instance_info")
+FIELDS: Final = ("driver_info", "instance_info", "driver_internal_info")
 NONCE_BYTES: Final = 12
 # The key of session.info under which Database puts itself, so that ORM events find the key.
 SESSION_DB: Final = "bootforge.db"
@@ -127,7 +129,7 @@ class NodeSecrets:
     # --- whole fields ---------------------------------------------------------------------------
 
     def seal_field(self, node_uuid: str, field: str, value: Any) -> Any:
-        """`value` (a node's driver_info or instance_info) with every plaintext secret sealed.
+        """`value` (one of a node's FIELDS) with every plaintext secret sealed.
 
         Values already sealed are kept as they are (never sealed twice): they are either this key's
         for this place, or unreadable values kept until someone sets them again.
@@ -247,7 +249,7 @@ def check_readable(node: Node, db: Database | None) -> None:
 
 
 def seal_columns(db: Database, node_uuid: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Column values for a Core INSERT/UPDATE of a node: driver_info and instance_info sealed."""
+    """Column values for a Core INSERT/UPDATE of a node: its secret-holding FIELDS sealed."""
     out = dict(values)
     for field in FIELDS:
         if out.get(field) is not None:
@@ -470,7 +472,9 @@ async def _recorded(conn: AsyncConnection) -> str | None:
 
 
 async def _count_sealed(conn: AsyncConnection) -> int:
-    rows = await conn.execute(select(NODES.c.driver_info, NODES.c.instance_info))
+    rows = await conn.execute(
+        select(NODES.c.driver_info, NODES.c.instance_info, NODES.c.driver_internal_info)
+    )
     return sum(len(sealed_paths(f, v)) for row in rows for f, v in zip(FIELDS, row, strict=True))
 
 
@@ -481,7 +485,15 @@ async def _reseal_all(conn: AsyncConnection, old: NodeSecrets, new: NodeSecrets)
     """
     done = Resealed()
     rows = (
-        await conn.execute(select(NODES.c.id, NODES.c.uuid, NODES.c.driver_info, NODES.c.instance_info))
+        await conn.execute(
+            select(
+                NODES.c.id,
+                NODES.c.uuid,
+                NODES.c.driver_info,
+                NODES.c.instance_info,
+                NODES.c.driver_internal_info,
+            )
+        )
     ).all()
     for node_id, node_uuid, *values in rows:
         changes: dict[str, Any] = {}

@@ -423,3 +423,27 @@ async def test_an_orm_update_that_refreshes_a_loaded_node_keeps_it_plain(tmp_pat
             assert node.driver_info["ipmi_password"] == PASSWORD
             await s.commit()
         assert raw_column(db_path(bf), uuid)["ipmi_password"].startswith("bfenc:v1:")
+
+
+async def test_the_built_config_drive_in_driver_internal_info_is_masked_and_sealed(
+    tmp_path: Path,
+) -> None:
+    """A deploy keeps the built config drive (user data, often with passwords) in driver_internal_info
+    and in the agent's queued command until the agent has written it: GET showed it in full and the
+    database held it in plain text."""
+    from bootforge.conductor.task import acquire
+    from bootforge.drivers.agent import AGENT_COMMAND, DEPLOY_CONFIGDRIVE
+
+    drive = "H4sIAAAAAAAC-user-data-with-a-Pa55word-inside"
+    async with service(tmp_path) as bf:
+        uuid = await enrol(bf, "n1")
+        async with acquire(bf.conductor, uuid, "test") as task:
+            command = {"id": "c1", "name": "write_image", "args": {"image": {}, "configdrive": drive}}
+            task.set_internal(**{DEPLOY_CONFIGDRIVE: drive, AGENT_COMMAND: command})
+        shown = (await bf.client.get(f"/v1/nodes/{uuid}")).json()["driver_internal_info"]
+        assert shown[DEPLOY_CONFIGDRIVE] == MASK
+        assert shown[AGENT_COMMAND]["args"]["configdrive"] == MASK
+        assert drive.encode() not in file_bytes(db_path(bf))
+        task = await shared_task(bf.conductor, uuid, "test")
+        assert task.node.driver_internal_info[DEPLOY_CONFIGDRIVE] == drive
+        assert task.node.driver_internal_info[AGENT_COMMAND]["args"]["configdrive"] == drive
