@@ -300,7 +300,15 @@ EVENT_STREAM: dict[str, Any] = {
     "responses": {
         "200": {
             "description": "A text/event-stream of events, with keep-alive comments",
-            "content": {"text/event-stream": {"schema": STRING}},
+            # Each event as schema tools read it: its `event` kind, `id` and `data` (a JSON text).
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"event": STRING, "id": STRING, "data": STRING},
+                    }
+                }
+            },
         }
     }
 }
@@ -369,6 +377,8 @@ def install(app: FastAPI, public: Callable[[str], bool], *, authenticated: bool)
             for operation in item.values():
                 operation.setdefault("parameters", []).append(VERSION_HEADER)
                 responses = operation.setdefault("responses", {})
+                for bare in ("202", "204"):  # accepted / done: these answers have no body
+                    responses.get(bare, {}).pop("content", None)
                 content = responses.get("200", {}).get("content", {})
                 if "text/event-stream" in content:
                     content.pop("application/json", None)  # FastAPI's default: a stream is not JSON
@@ -377,6 +387,9 @@ def install(app: FastAPI, public: Callable[[str], bool], *, authenticated: bool)
                 responses.setdefault("400", ERROR_RESPONSE)
                 responses.setdefault("404", ERROR_RESPONSE)
                 responses.setdefault("406", ERROR_RESPONSE)
+                # Every other refusal (409 conflict or lock, 403 protected, 413/431 limits, ...) has the
+                # same body.
+                responses.setdefault("default", ERROR_RESPONSE)
                 if authenticated and not public(path):
                     operation["security"] = [{"http_basic": []}]
                     responses.setdefault("401", ERROR_RESPONSE)

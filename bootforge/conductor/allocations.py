@@ -73,6 +73,8 @@ class AllocationService:
         async with self.db.write() as s:
             if row.name and await s.scalar(select(Allocation.id).where(Allocation.name == row.name)):
                 raise Conflict(f"An allocation with name {row.name} already exists.")
+            if await s.scalar(select(Allocation.id).where(Allocation.uuid == row.uuid)):
+                raise Conflict(f"An allocation with UUID {row.uuid} already exists.")
             s.add(row)
             await s.commit()
         await self._allocate(row)

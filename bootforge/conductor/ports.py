@@ -268,6 +268,8 @@ class PortgroupService:
         )
         async with self.db.write() as s:
             await self._unique(s, group.name, group.address)
+            if await s.scalar(select(Portgroup.id).where(Portgroup.uuid == group.uuid)):
+                raise Conflict(f"A portgroup with UUID {group.uuid} already exists.")
             s.add(group)
             await s.commit()
         return group

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apihelp import Api
+from apihelp import Api, fault
 
 
 async def test_deleting_an_allocation_with_a_node_answers_204(api: Api) -> None:
@@ -24,3 +24,24 @@ async def test_deleting_an_allocation_with_a_node_answers_204(api: Api) -> None:
     assert after["reservation"] is None
     # The node's secrets still read back (masked) after the refresh the UPDATE caused.
     assert after["driver_info"]["ipmi_password"] == "******"
+
+
+async def test_a_port_group_with_a_taken_uuid_is_a_conflict(api: Api) -> None:
+    """Found by the fuzzer: a second port group with the same uuid answered 500 (IntegrityError)."""
+    node = await api.node()
+    uuid = "f06742a5-05a3-5e41-bf2e-64fd5a2ef241"
+    first = await api.c.post("/v1/portgroups", json={"node_uuid": node["uuid"], "uuid": uuid})
+    assert first.status_code == 201, first.text
+    again = await api.c.post("/v1/portgroups", json={"node_uuid": node["uuid"], "uuid": uuid})
+    assert again.status_code == 409, again.text
+    assert uuid in fault(again)
+
+
+async def test_an_allocation_with_a_taken_uuid_is_a_conflict(api: Api) -> None:
+    """The same gap as port groups had: a second allocation with the same uuid."""
+    uuid = "0b9a3c1e-8d2f-4a57-9c1e-3f6a2b7d8e90"
+    first = await api.c.post("/v1/allocations", json={"resource_class": "none-such", "uuid": uuid})
+    assert first.status_code == 201, first.text
+    again = await api.c.post("/v1/allocations", json={"resource_class": "none-such", "uuid": uuid})
+    assert again.status_code == 409, again.text
+    assert uuid in fault(again)
