@@ -236,8 +236,9 @@ class Settings(BaseSettings):
     api_limits: ApiLimits = ApiLimits()
 
     # Hardware types this conductor drives; a node of another type is refused (and left to a conductor
-    # that has it). fake-hardware is for tests and benchmarks.
-    enabled_hardware_types: list[str] = ["ipmi", "redfish", "qemu", "fake-hardware"]
+    # that has it). fake-hardware (tests and benchmarks) only when listed here: a production serve must
+    # not enrol nodes that pretend to power on.
+    enabled_hardware_types: list[str] = ["ipmi", "redfish", "qemu"]
     default_resource_class: str | None = None
     automated_clean: bool = True
 

@@ -137,7 +137,7 @@ def launch_ironic(venv: Path) -> Server:
 
 
 def launch_bootforge(binary: Path, extra_args: Sequence[str], automated_clean: bool) -> Server:
-    """bootforge serve with its defaults (fake-hardware on, zero fake delays) but for cleaning."""
+    """bootforge serve with its defaults (zero fake delays) but for cleaning, and fake-hardware on."""
     state_dir = Path(tempfile.mkdtemp(prefix="bench-bootforge-"))
     port = free_port()
     argv = [
@@ -152,6 +152,7 @@ def launch_bootforge(binary: Path, extra_args: Sequence[str], automated_clean: b
     # Settings inherited from the caller's shell would make runs incomparable.
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOOTFORGE_")}
     env["BOOTFORGE_AUTOMATED_CLEAN"] = "true" if automated_clean else "false"
+    env["BOOTFORGE_ENABLED_HARDWARE_TYPES"] = '["fake-hardware"]'  # off by default
     cleaning = (
         "automated_clean=true: provide and undeploy run the zero-delay fake clean step"
         if automated_clean

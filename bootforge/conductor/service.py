@@ -232,7 +232,7 @@ class NodeService:
             try:
                 hw = self.conductor.drivers.get_type(driver)
             except NotFound as e:
-                raise InvalidInput(e.message, "driver") from None
+                raise InvalidInput(f"Invalid driver: {e.message}", "driver") from None
             for kind in INTERFACE_TYPES:
                 field = f"{kind}_interface"
                 requested = values.get(field, getattr(node, field) if node else None)

@@ -205,7 +205,11 @@ class Drivers:
         try:
             return self.types[name]
         except KeyError:
-            raise NotFound(f"Could not find the following driver(s) or hardware type(s): {name}.") from None
+            raise NotFound(
+                f"Could not find the following driver(s) or hardware type(s): {name}. "
+                f"Enabled hardware types: {', '.join(sorted(self.types)) or 'none'} "
+                "(settings: enabled_hardware_types)."
+            ) from None
 
     def resolve(self, hw: HardwareType, interface_type: str, requested: str | None) -> str:
         """The implementation name a node gets for `interface_type`; InvalidInput if unsupported."""

@@ -37,6 +37,7 @@ def config(tmp_path: Path) -> Path:
 state_dir = "{tmp_path / "state"}"
 listen = "127.0.0.1:6385"
 power_sync_interval = 0
+enabled_hardware_types = ["fake-hardware"]
 
 [netboot]
 address = "10.213.0.1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ from bootforge.config import Settings
 
 BOOTFORGE = str(Path(sys.executable).parent / "bootforge")
 LATEST = {"X-OpenStack-Ironic-API-Version": "1.78"}
+# The default types plus fake-hardware, which is off unless the settings enable it: tests enrol fakes.
+TEST_HARDWARE_TYPES = ["ipmi", "redfish", "qemu", "fake-hardware"]
 
 
 def free_port() -> int:
@@ -52,6 +55,7 @@ async def in_process(tmp_path: Path, **overrides: Any) -> AsyncIterator[InProces
             "power_sync_interval": 0,
             "timeout_check_interval": 0,
             "conductor_heartbeat_interval": 0,
+            "enabled_hardware_types": TEST_HARDWARE_TYPES,
             **overrides,
         }
     )
@@ -130,6 +134,7 @@ def served(
     tmp_path: Path, env: dict[str, str] | None = None, args: list[str] | None = None
 ) -> Iterator[Served]:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOOTFORGE_")}
+    base_env["BOOTFORGE_ENABLED_HARDWARE_TYPES"] = json.dumps(TEST_HARDWARE_TYPES)
     s = Served(tmp_path / "state", free_port(), {**base_env, **(env or {})}, list(args or []))
     s.start()
     try:

@@ -7,9 +7,11 @@ from bootforge.drivers import base
 from bootforge.drivers.hardware import INTERFACE_TYPES, Drivers
 from bootforge.errors import InvalidInput, NotFound
 
+FAKE = Settings(enabled_hardware_types=["fake-hardware"])
+
 
 def test_fake_hardware_defaults_to_fake_everywhere_it_can() -> None:
-    drivers = Drivers(Settings())
+    drivers = Drivers(FAKE)
     ds = drivers.for_node("fake-hardware", {})
     assert set(ds.interfaces) == set(INTERFACE_TYPES)
     assert ds.power.name == "fake" and ds.deploy.name == "fake"
@@ -17,33 +19,33 @@ def test_fake_hardware_defaults_to_fake_everywhere_it_can() -> None:
 
 
 def test_a_node_may_pick_another_supported_implementation() -> None:
-    ds = Drivers(Settings()).for_node("fake-hardware", {"rescue": "no-rescue"})
+    ds = Drivers(FAKE).for_node("fake-hardware", {"rescue": "no-rescue"})
     assert isinstance(ds.rescue, base.NoRescue)
 
 
 def test_unsupported_implementation_names_the_field() -> None:
     with pytest.raises(InvalidInput) as info:
-        Drivers(Settings()).for_node("fake-hardware", {"power": "ipmitool"})
+        Drivers(FAKE).for_node("fake-hardware", {"power": "ipmitool"})
     assert info.value.field == "power_interface"
     assert "ipmitool" in info.value.message and "fake" in info.value.message
 
 
 def test_unknown_hardware_type() -> None:
     with pytest.raises(NotFound):
-        Drivers(Settings()).for_node("no-such-type", {})
+        Drivers(FAKE).for_node("no-such-type", {})
     with pytest.raises(ValueError, match="no-such-type"):
         Drivers(Settings(enabled_hardware_types=["no-such-type"]))
 
 
 def test_instances_are_shared_per_implementation() -> None:
-    drivers = Drivers(Settings())
+    drivers = Drivers(FAKE)
     a = drivers.for_node("fake-hardware", {})
     b = drivers.for_node("fake-hardware", {})
     assert a.power is b.power
 
 
 def test_steps_are_collected_from_decorators() -> None:
-    ds = Drivers(Settings()).for_node("fake-hardware", {})
+    ds = Drivers(FAKE).for_node("fake-hardware", {})
     deploy_steps = {s.name: s for s in ds.deploy.steps("deploy")}
     clean_steps = {s.name: s for s in ds.deploy.steps("clean")}
     assert deploy_steps["deploy"].priority == 100
@@ -91,7 +93,7 @@ def test_a_hardware_type_names_only_what_it_changes() -> None:
 
 
 def test_which_boot_interfaces_boot_the_ramdisk_from_the_network() -> None:
-    drivers = Drivers(Settings())
+    drivers = Drivers(FAKE)
     assert drivers.boots_from_network("qemu", None)  # default pxe
     assert drivers.boots_from_network("fake-hardware", "pxe")
 
@@ -112,7 +114,7 @@ def test_which_boot_interfaces_boot_the_ramdisk_from_the_network() -> None:
 
 
 async def test_close_and_sweep_reach_every_interface_even_past_a_failing_one() -> None:
-    drivers = Drivers(Settings())
+    drivers = Drivers(FAKE)
     ds = drivers.for_node("fake-hardware", {})
     seen: list[str] = []
 
