@@ -24,6 +24,7 @@ from bootforge.servers.dhcp import DhcpServer
 from bootforge.servers.http_boot import HttpBootServer, HttpFetchEvent
 from bootforge.servers.tftp import TftpEvent, TftpServer
 from bootforge.servers.tftp_workers import TftpWorkers, WorkerSpec
+from bootforge.text import printable
 
 log = logging.getLogger("bootforge.netboot")
 
@@ -103,7 +104,7 @@ class Netboot:
         if node is None:
             return
         text = (
-            f"tftp {e.filename} {e.outcome}: {e.bytes_sent} bytes in {e.duration:.2f} s "
+            f"tftp {printable(e.filename)} {e.outcome}: {e.bytes_sent} bytes in {e.duration:.2f} s "
             f"(blksize {e.blksize}, windowsize {e.windowsize}, {e.retransmits} retransmits)"
         )
         failed = e.outcome not in ("completed", "size_probe")
@@ -111,7 +112,7 @@ class Netboot:
         self.sink.emit(
             node,
             "tftp",
-            text + (f": {e.message}" if e.message else ""),
+            text + (f": {printable(e.message)}" if e.message else ""),
             "warning" if failed else "info",
             network_boot=True,
         )
@@ -121,11 +122,12 @@ class Netboot:
         node = known.node_uuid if known else self.ip_to_node.get(e.client[0])
         if node is None:
             return
-        text = f"http {e.method} {e.path} {e.status}: {e.bytes_sent} bytes in {e.duration:.2f} s"
+        request = f"{printable(e.method)} {printable(e.path)}"
+        text = f"http {request} {e.status}: {e.bytes_sent} bytes in {e.duration:.2f} s"
         self.sink.emit(
             node,
             "http",
-            text + (f" (range {e.range})" if e.range else ""),
+            text + (f" (range {printable(e.range)})" if e.range else ""),
             "warning" if e.status >= 400 else "info",
             network_boot=not e.path.startswith(NOT_BOOT_PATHS),
         )

@@ -33,6 +33,7 @@ from bootforge.db.queries import is_uuid
 from bootforge.drivers.agent import AGENT_BOOT, AGENT_COMMAND
 from bootforge.errors import BootforgeError, Conflict, InvalidInput, NodeLocked, NotAuthorized, NotFound
 from bootforge.netboot.dhcp import LeaseState
+from bootforge.text import printable
 
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
@@ -52,6 +53,7 @@ LOOKUP_REFUSED = (
 )
 LOOKUP_EVENT_EVERY = 60.0
 MAX_LOOKUP_ADDRESSES = 64
+ERROR_LIMIT = 500  # characters of an agent-reported error kept in last_error
 GiB = 1024**3
 
 
@@ -236,7 +238,9 @@ class AgentService:
     async def _take_result(self, task: NodeTask, command: dict[str, Any], session: AgentSession) -> None:
         name = command["name"]
         if session.command_status == "failed":
-            await task.transition("fail", error=f"the agent's {name} failed: {session.error}", release=True)
+            # last_error is shown by clients as it is: what the agent said, escaped and bounded.
+            error = f"the agent's {name} failed: {printable(session.error, ERROR_LIMIT)}"
+            await task.transition("fail", error=error, release=True)
             return
         # Checked again here: the report may have been taken by a conductor that did not check it.
         check_result(name, session.result)

@@ -34,6 +34,7 @@ from bootforge.netboot import dhcp
 from bootforge.netboot.boot import scripts
 from bootforge.netboot.boot.arch import Firmware
 from bootforge.netboot.dhcp import BootDecision, ClientInfo, LeaseRecord, LeaseState, Reservation
+from bootforge.text import MESSAGE_LIMIT, printable
 
 log = logging.getLogger("bootforge.netboot")
 
@@ -322,7 +323,7 @@ class NetbootView:
             return self.plan_for(query, script_url, client_ip)
         except scripts.ScriptError as e:
             # A node whose settings cannot go into a script must not break the boot server.
-            log.error("cannot render a boot script for %s: %s", query.get("mac"), e)
+            log.error("cannot render a boot script for %s: %s", printable(query.get("mac", "")), e)
             known = self.by_mac.get((query.get("mac") or "").lower())
             if known is not None:
                 self._tell_refusal(known.node_uuid, f"the node's boot settings are invalid: {e}")
@@ -467,6 +468,8 @@ class EventSink:
                 window.boot_at = when
             return
         window.written += 1
+        # The callers escape what clients sent; this is the backstop for every netboot event.
+        message = printable(message, MESSAGE_LIMIT)
         self._queue(node_uuid, event_type, message, severity, when, network_boot)
 
     def _queue(

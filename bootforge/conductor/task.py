@@ -28,6 +28,7 @@ from bootforge.db.queries import is_uuid
 from bootforge.drivers.base import NetworkBoot, updated_internal
 from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
 from bootforge.errors import NodeLocked, NotFound
+from bootforge.text import MESSAGE_LIMIT, printable
 
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
@@ -50,7 +51,8 @@ def event_row(node_id: int, event_type: str, message: str, severity: str, conduc
         "created_at": utcnow(),
         "severity": severity,
         "event_type": event_type,
-        "event": message,
+        # Messages quote what clients and agents sent: one escaped line, bounded, whoever built them.
+        "event": printable(message, MESSAGE_LIMIT),
         "conductor": conductor,
     }
 

@@ -14,6 +14,7 @@ from typing import Any
 from bootforge.config import Settings
 from bootforge.drivers import agent, base, fake, ipmi, qemu, redfish, vmedia
 from bootforge.errors import InvalidInput, NotFound
+from bootforge.text import printable
 
 log = logging.getLogger("bootforge.drivers")
 
@@ -206,7 +207,7 @@ class Drivers:
             return self.types[name]
         except KeyError:
             raise NotFound(
-                f"Could not find the following driver(s) or hardware type(s): {name}. "
+                f"Could not find the following driver(s) or hardware type(s): {printable(name)}. "
                 f"Enabled hardware types: {', '.join(sorted(self.types)) or 'none'} "
                 "(settings: enabled_hardware_types)."
             ) from None

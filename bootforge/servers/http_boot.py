@@ -49,6 +49,7 @@ import h11
 
 from bootforge.netboot.boot.scripts import BootPlan, RefuseBoot, render_grub, render_ipxe
 from bootforge.netboot.tftp import PathRefused, normalize_path
+from bootforge.text import printable
 
 __all__ = [
     "BootScripts",
@@ -731,7 +732,7 @@ class HttpBootServer:
         log.log(
             level,
             "HTTP %s %s %s %s -> %d, %d bytes in %.3fs",
-            *(event.client[0], event.method, event.path, event.range or ""),
+            *(event.client[0], printable(event.method), printable(event.path), printable(event.range or "")),
             *(event.status, event.bytes_sent, event.duration),
         )
         if self._on_event is not None:

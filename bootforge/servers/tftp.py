@@ -64,6 +64,7 @@ from bootforge.netboot.tftp import (
     encode_packet,
     parse_packet,
 )
+from bootforge.text import printable
 
 if TYPE_CHECKING:
     from bootforge.servers._tftp_dataplane import DataPlane as _DataPlane
@@ -636,12 +637,12 @@ class TftpServer:
         if outcome is Outcome.SIZE_PROBE:
             what = "size probe (tsize asked, then ERROR 8: normal for UEFI firmware)"
         else:
-            what = f"{outcome.value} {event.message}".rstrip()
+            what = f"{outcome.value} {printable(event.message)}".rstrip()
         log.log(
             level,
             "TFTP %s:%d %s: %s, %d bytes in %.3fs (blksize %d, windowsize %d, %d retransmits)",
             *event.client,
-            event.filename,
+            printable(event.filename),
             what,
             event.bytes_sent,
             event.duration,
