@@ -63,8 +63,10 @@ async def list_ports(request: Request, detail: bool, equal: dict[str, Any] | Non
     equal = dict(equal or {})
     if "address" in p:
         equal["address"] = normalize_mac(p["address"])
-    if "node" in p or "node_uuid" in p:
-        node = await load_node(c.services.conductor, p.get("node") or p["node_uuid"])
+    # An empty value filters nothing, as in Ironic.
+    node_ident = p.get("node") or p.get("node_uuid")
+    if node_ident:
+        node = await load_node(c.services.conductor, node_ident)
         equal["node_id"] = node.id
     if "portgroup" in p:
         group = await c.services.portgroups.get(p["portgroup"])

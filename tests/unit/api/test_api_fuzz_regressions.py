@@ -45,3 +45,19 @@ async def test_an_allocation_with_a_taken_uuid_is_a_conflict(api: Api) -> None:
     again = await api.c.post("/v1/allocations", json={"resource_class": "none-such", "uuid": uuid})
     assert again.status_code == 409, again.text
     assert uuid in fault(again)
+
+
+async def test_listing_ports_with_an_empty_node_filter(api: Api) -> None:
+    """Found by the fuzzer: `?node=` (empty) fell through to `node_uuid`, absent: KeyError, 500. An
+    empty filter is no filter, as in Ironic; a node that does not exist is still a 404."""
+    node = await api.node()
+    await api.port(node["uuid"], "52:54:00:aa:00:01")
+    for path in ("/v1/ports", "/v1/ports/detail"):
+        for query in ("?node=", "?node_uuid=", "?node=&node_uuid="):
+            r = await api.c.get(path + query)
+            assert r.status_code == 200, (path, query, r.text)
+            assert [p["address"] for p in r.json()["ports"]] == ["52:54:00:aa:00:01"]
+        r = await api.c.get(path + "?node=no-such-node")
+        assert r.status_code == 404, r.text
+        r = await api.c.get(path + "?node=&node_uuid=" + node["uuid"])
+        assert r.status_code == 200 and len(r.json()["ports"]) == 1, r.text
