@@ -82,6 +82,9 @@ class NodeTask:
         self._events: list[dict[str, Any]] = []
         # Outbound events (webhooks, streams) of changes not yet saved: staged with the next save.
         self._outbound: list[Outbound] = []
+        # A new ramdisk boot id not yet saved: its save refreshes the netboot view at once, so the
+        # boot script carries the new boot's token (bootforge/boot_token.py) by the power-on.
+        self._new_boot = False
         self.exclusive = node.reservation == conductor.host
         self._driver: DriverSet = conductor.drivers.for_node(
             node.driver, {k: getattr(node, f"{k}_interface") for k in INTERFACE_TYPES}
@@ -157,8 +160,15 @@ class NodeTask:
         if self.node.driver_internal_info.get("agent_command"):
             # An agent may be long-polling for this command in this process: wake it now.
             self.conductor.agent_wakeup(self.node.id)
+        if self._new_boot:
+            self._new_boot = False
+            self.conductor.state_changed()
 
     def set_internal(self, **values: Any) -> None:
+        if "agent_boot" in values and values["agent_boot"] != self.node.driver_internal_info.get(
+            "agent_boot"
+        ):
+            self._new_boot = True
         self.node.driver_internal_info = updated_internal(self.node.driver_internal_info, values)
 
     async def transition(

@@ -196,3 +196,26 @@ def test_the_token_is_bound_to_node_boot_and_key(tmp_path: Path) -> None:
     assert boot_token.for_boot(other, "node-1", "boot-1") != a
     # No plaintext anywhere: the token is not stored, it is recomputed from the key file.
     assert boot_token.matches(a, a) and not boot_token.matches(a, None) and not boot_token.matches(a, a[:-1])
+
+
+async def test_saving_a_new_boot_id_refreshes_the_netboot_view_at_once(agent_api: Api) -> None:
+    """The machine is powered on right after the save: its script must carry the new boot's token
+    without waiting for the view's periodic refresh."""
+    from bootforge.conductor.task import NodeTask, load_node
+
+    api = agent_api
+    node = await api.node(**AGENT)
+    conductor = api.bf.services.conductor
+    told: list[str] = []
+    conductor.state_listeners.append(lambda: told.append("refresh"))
+    task = NodeTask(conductor, await load_node(conductor, node["uuid"]), None, "test")
+    task.set_internal(agent_command=None)
+    await task.save()
+    assert told == []
+    task.set_internal(agent_boot="boot-1")
+    await task.save()
+    assert told == ["refresh"]
+    await task.save()
+    task.set_internal(agent_boot="boot-1")
+    await task.save()
+    assert told == ["refresh"]
