@@ -71,7 +71,10 @@ class AllocationService:
             created_at=utcnow(),
         )
         async with self.db.write() as s:
-            if row.name and await s.scalar(select(Allocation.id).where(Allocation.name == row.name)):
+            # `is not None`: "" is a name too, unique in the table like any other.
+            if row.name is not None and await s.scalar(
+                select(Allocation.id).where(Allocation.name == row.name)
+            ):
                 raise Conflict(f"An allocation with name {row.name} already exists.")
             if await s.scalar(select(Allocation.id).where(Allocation.uuid == row.uuid)):
                 raise Conflict(f"An allocation with UUID {row.uuid} already exists.")

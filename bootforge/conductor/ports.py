@@ -275,7 +275,8 @@ class PortgroupService:
         return group
 
     async def _unique(self, s: Any, name: str | None, address: str | None) -> None:
-        if name and await s.scalar(select(Portgroup.id).where(Portgroup.name == name)):
+        # `is not None`: "" is a name too, unique in the table like any other.
+        if name is not None and await s.scalar(select(Portgroup.id).where(Portgroup.name == name)):
             raise Conflict(f"A portgroup with name {name} already exists.")
         if address and await s.scalar(select(Portgroup.id).where(Portgroup.address == address)):
             raise Conflict(f"A portgroup with MAC address {address} already exists.")

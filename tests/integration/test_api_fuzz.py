@@ -28,7 +28,7 @@ from support.service import Served, served
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis is not installed (pip install '.[test]')"
 )
-from hypothesis import HealthCheck, Phase, Verbosity, given, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -54,6 +54,8 @@ EXAMPLES_UNAUTHENTICATED = int(5 * SCALE)
 # Event streams: each example holds a stream open for STREAM_READ seconds.
 STREAM_EXAMPLES = int(8 * SCALE)
 STREAM_READ = 0.5
+# Derandomized by default (the same cases every run); BOOTFORGE_FUZZ_SEED=N explores other ones.
+SEED = os.environ.get("BOOTFORGE_FUZZ_SEED")
 # The whole fuzzing run's bound; past it the test fails, it does not quietly cover less.
 BUDGET = 240.0 * SCALE
 STATE_TIMEOUT = 30.0
@@ -254,7 +256,7 @@ def fuzz_operation(
 
     @settings(
         max_examples=examples,
-        derandomize=True,
+        derandomize=SEED is None,
         database=None,
         deadline=None,
         phases=[Phase.explicit, Phase.generate],
@@ -262,6 +264,7 @@ def fuzz_operation(
         verbosity=Verbosity.quiet,
         report_multiple_bugs=False,
     )
+    @seed(int(SEED or 0))
     @given(case=operation.as_strategy(generation_mode=mode), data=st.data())
     def run(case: Any, data: st.DataObject) -> None:
         for name, values in choose.items():

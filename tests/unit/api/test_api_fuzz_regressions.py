@@ -61,3 +61,23 @@ async def test_listing_ports_with_an_empty_node_filter(api: Api) -> None:
         assert r.status_code == 404, r.text
         r = await api.c.get(path + "?node=&node_uuid=" + node["uuid"])
         assert r.status_code == 200 and len(r.json()["ports"]) == 1, r.text
+
+
+async def test_an_empty_name_taken_twice_is_a_conflict(api: Api) -> None:
+    """Found by the fuzzer: names are unique in the database, but the check skipped "" (falsy), so a
+    second port group (or allocation) named "" answered 500 (IntegrityError)."""
+    node = await api.node()
+    for path, body in (
+        ("/v1/portgroups", {"node_uuid": node["uuid"], "name": ""}),
+        ("/v1/allocations", {"resource_class": "none-such", "name": ""}),
+    ):
+        first = await api.c.post(path, json=body)
+        assert first.status_code == 201, first.text
+        again = await api.c.post(path, json=body)
+        assert again.status_code == 409, (path, again.text)
+        assert "name" in fault(again)
+    # The same through JSON-PATCH: a second group renamed to "".
+    r = await api.c.post("/v1/portgroups", json={"node_uuid": node["uuid"]})
+    patch = [{"op": "add", "path": "/name", "value": ""}]
+    r = await api.c.patch(f"/v1/portgroups/{r.json()['uuid']}", json=patch)
+    assert r.status_code == 409, r.text
