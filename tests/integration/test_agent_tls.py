@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.tls_serve import boot_script_token, tls_serve, wait_state
+from support.tls_serve import inspect_until_script, tls_serve, wait_state
 
-from bootforge import boot_token
 from bootforge.agent.client import Client, TransportError
 from bootforge.lab.redfish_bmc import make_tls
 
@@ -28,17 +27,9 @@ def test_the_agent_inspects_over_https_verifying_the_api_against_its_ca(tmp_path
     with open(disk, "wb") as f:
         f.truncate(64 * 1024**2)
     with tls_serve(tmp_path) as served, served.client() as c:
-        body = {"driver": "fake-hardware", "boot_interface": "pxe", "inspect_interface": "agent"}
-        node = c.post("/v1/nodes", json=body).json()["uuid"]
-        assert c.post("/v1/ports", json={"node_uuid": node, "address": MAC}).status_code == 201
-        for target in ("manage", "inspect"):
-            assert c.put(f"/v1/nodes/{node}/states/provision", json={"target": target}).status_code == 202
-        internal = wait_state(c, node, "inspect wait")["driver_internal_info"]
-        assert isinstance(internal, dict)
-        want = boot_token.for_boot(served.state_dir / "secret.key", node, internal["agent_boot"])
         # What the machine's iPXE gets: the API as https (public_url follows the TLS setting) and
         # this boot's token.
-        script = boot_script_token(served, MAC, want)
+        node, want, script = inspect_until_script(c, served, MAC)
         assert f"bootforge.api={served.url}" in script
 
         # A client that trusts another CA is refused at the handshake: no lookup, no token sent.

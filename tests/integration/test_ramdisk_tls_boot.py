@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 from support.guestfwd import guest_forward
-from support.tls_serve import boot_script_token, tls_serve, wait_state
+from support.tls_serve import inspect_until_script, tls_serve, wait_state
 
-from bootforge import boot_token
 from bootforge.drivers.qemu_machine import detect_accel
 from bootforge.ramdisk import DEFAULT_CACHE, RamdiskError, build
 from bootforge.ramdisk.builder import AGENT_DIR
@@ -55,15 +54,7 @@ def test_the_ramdisk_agent_inspects_over_https_against_the_ca_in_its_initrd(
                 pytest.skip(f"needs apt downloads of Debian packages: {e}")
             raise
         print(f"\nramdisk ({'with' if with_ca else 'without'} the CA bundle) built in {built.seconds:.1f} s")
-        body = {"driver": "fake-hardware", "boot_interface": "pxe", "inspect_interface": "agent"}
-        node = c.post("/v1/nodes", json=body).json()["uuid"]
-        assert c.post("/v1/ports", json={"node_uuid": node, "address": MAC}).status_code == 201
-        for target in ("manage", "inspect"):
-            assert c.put(f"/v1/nodes/{node}/states/provision", json={"target": target}).status_code == 202
-        internal = wait_state(c, node, "inspect wait")["driver_internal_info"]
-        assert isinstance(internal, dict)
-        want = boot_token.for_boot(served.state_dir / "secret.key", node, internal["agent_boot"])
-        script = boot_script_token(served, MAC, want)
+        node, want, script = inspect_until_script(c, served, MAC)
         # The kernel arguments bootforge's script gives this node, as iPXE would pass them.
         line = next(ln for ln in script.splitlines() if ln.startswith("kernel "))
         words = [w for w in line.split() if w.startswith(("bootforge.", "BOOTIF="))]

@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bootforge import boot_token
+
 from .service import BOOTFORGE, LATEST, free_port
 
 
@@ -110,3 +112,17 @@ def wait_state(c: httpx.Client, node: str, want: str, timeout: float = 60) -> di
             return dict(n)
         assert time.monotonic() < deadline, f"node is {n['provision_state']}: {n['last_error']}"
         time.sleep(0.2)
+
+
+def inspect_until_script(c: httpx.Client, served: TlsServe, mac: str) -> tuple[str, str, str]:
+    """Enrol a fake-hardware node booting `pxe` with port `mac`, start its inspection, and wait for
+    `inspect wait` and for the boot script that carries this boot's token: (node, token, script)."""
+    body = {"driver": "fake-hardware", "boot_interface": "pxe", "inspect_interface": "agent"}
+    node = str(c.post("/v1/nodes", json=body).json()["uuid"])
+    assert c.post("/v1/ports", json={"node_uuid": node, "address": mac}).status_code == 201
+    for target in ("manage", "inspect"):
+        assert c.put(f"/v1/nodes/{node}/states/provision", json={"target": target}).status_code == 202
+    internal = wait_state(c, node, "inspect wait")["driver_internal_info"]
+    assert isinstance(internal, dict)
+    want = boot_token.for_boot(served.state_dir / "secret.key", node, internal["agent_boot"])
+    return node, want, boot_script_token(served, mac, want)
