@@ -35,6 +35,8 @@ NODE_SORTABLE = {
     "lessee",
     "instance_uuid",
 }
+
+
 async def node_dicts(
     c: Ctx, rows: list[Any], fields: list[str], *, links: bool = True, known: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
