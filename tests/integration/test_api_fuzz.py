@@ -70,6 +70,11 @@ class Fleet:
     portgroups: list[str] = field(default_factory=list)
     allocations: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    # A node in inspect wait whose agent has looked up: its token and current command, so the agent's
+    # routes are fuzzed past the token check too.
+    agent_node: str = ""
+    agent_token: str = ""
+    agent_command: str = ""
 
 
 def wait_node(client: httpx.Client, uuid: str, state: str) -> dict[str, Any]:
@@ -90,7 +95,41 @@ def provision(client: httpx.Client, uuid: str, verb: str, state: str) -> None:
     wait_node(client, uuid, state)
 
 
-def enrol_fleet(client: httpx.Client) -> Fleet:
+AGENT_MAC = "52:54:00:f0:02:01"
+
+
+def agent_session(client: httpx.Client, fleet: Fleet, key_file: Path) -> None:
+    """A node with the agent's interfaces in inspect wait, looked up as its ramdisk would (the boot
+    token of its boot, computed from the key file as the boot script would carry it)."""
+    from bootforge import boot_token
+
+    r = client.post(
+        "/v1/nodes",
+        json={
+            "name": "fuzz-agent",
+            "driver": "fake-hardware",
+            "boot_interface": "pxe",
+            "deploy_interface": "direct",
+            "inspect_interface": "agent",
+        },
+    )
+    assert r.status_code == 201, r.text
+    uuid = r.json()["uuid"]
+    assert client.post("/v1/ports", json={"address": AGENT_MAC, "node_uuid": uuid}).status_code == 201
+    provision(client, uuid, "manage", "manageable")
+    provision(client, uuid, "inspect", "inspect wait")
+    boot = client.get(f"/v1/nodes/{uuid}").json()["driver_internal_info"]["agent_boot"]
+    headers = {boot_token.HEADER: boot_token.for_boot(key_file, uuid, boot)}
+    r = client.get("/v1/lookup", params={"addresses": AGENT_MAC}, headers=headers)
+    assert r.status_code == 200, r.text
+    token = r.json()["config"]["agent_token"]
+    r = client.get(f"/v1/nodes/{uuid}/agent/command", headers={"X-Agent-Token": token})
+    assert r.status_code == 200, r.text
+    fleet.nodes[uuid] = "inspect wait"
+    fleet.agent_node, fleet.agent_token, fleet.agent_command = uuid, token, r.json()["id"]
+
+
+def enrol_fleet(client: httpx.Client, key_file: Path) -> Fleet:
     """Nodes in enroll, manageable, available, active and maintenance, with ports, a port group and an
     allocation: the fuzzer's actions then meet each state."""
     fleet = Fleet()
@@ -131,6 +170,7 @@ def enrol_fleet(client: httpx.Client) -> Fleet:
     fleet.allocations.append(r.json()["uuid"])
     history = client.get(f"/v1/nodes/{first}/history").json()["history"]
     fleet.events = [e["uuid"] for e in history]
+    agent_session(client, fleet, key_file)
     return fleet
 
 
@@ -142,11 +182,14 @@ def path_choices(path: str, method: str, fleet: Fleet, host: str) -> dict[str, l
         "name": ["fake-hardware"],
         "hostname": [host],
         "event_uuid": fleet.events,
+        "command_id": [fleet.agent_command],
     }
     if path.startswith("/v1/portgroups/"):
         choices["ident"] = fleet.portgroups
     elif path.startswith("/v1/allocations/"):
         choices["ident"] = fleet.allocations
+    elif "/agent/" in path:
+        choices["ident"] = [fleet.agent_node]
     elif path.startswith("/v1/nodes/") and not (method == "DELETE" and path == "/v1/nodes/{ident}"):
         # A node the fuzzer deletes could not be checked afterwards: DELETE gets made-up names only.
         choices["ident"] = list(fleet.nodes)
@@ -218,6 +261,12 @@ def steer(case: Any, data: st.DataObject, fleet: Fleet) -> None:
     if not data.draw(st.booleans()):
         return
     op, body = (case.operation.method.upper(), case.operation.path), case.body
+    if "/agent/" in op[1]:
+        case.headers = {**(case.headers or {}), "X-Agent-Token": fleet.agent_token}
+        # A failed report ends the session (and the node's inspection) at once: mostly report success,
+        # with whatever result the fuzzer made up.
+        if isinstance(body, dict) and body.get("status") == "failed":
+            body["status"] = "succeeded"
     if isinstance(body, dict):
         if op == ("POST", "/v1/nodes"):
             body["driver"] = "fake-hardware"
@@ -305,6 +354,11 @@ def operations(schema: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Served]:
+    # The ramdisk the agent node's (fake) PXE boot points at: bootforge only checks the files exist.
+    ramdisk = tmp_path / "state" / "boot" / "bootforge"
+    ramdisk.mkdir(parents=True)
+    (ramdisk / "vmlinuz").write_bytes(b"kernel")
+    (ramdisk / "initrd").write_bytes(b"initrd")
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(
         f"{USER}:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode() + "\n"
@@ -339,7 +393,7 @@ def test_every_operation_survives_fuzzing(service: Served) -> None:
     with client:
         drivers = [d["name"] for d in client.get("/v1/drivers").json()["drivers"]]
         assert drivers == ["fake-hardware"], f"the fuzzer must not reach real BMCs: {drivers} enabled"
-        fleet = enrol_fleet(client)
+        fleet = enrol_fleet(client, service.state_dir / "secret.key")
         host = client.get("/v1/conductors").json()["conductors"][0]["hostname"]
         schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json", headers=AUTH)
         # No made-up Authorization headers: wrong passwords would trip the per-address failure limit
