@@ -18,7 +18,17 @@ from bootforge.api.auth import Htpasswd, TooManyFailures
 from bootforge.api.deps import Services
 from bootforge.api.limits import RequestLimits
 from bootforge.api.responses import JSON, error_body, error_response
-from bootforge.api.routes import agent, allocations, events, images, node_actions, nodes, ports, root
+from bootforge.api.routes import (
+    agent,
+    allocations,
+    diagnosis,
+    events,
+    images,
+    node_actions,
+    nodes,
+    ports,
+    root,
+)
 from bootforge.errors import BootforgeError, NotAcceptable, NotAuthorized
 from bootforge.observe.asgi import AgentCallMetrics
 
@@ -100,7 +110,7 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
-    for module in (root, nodes, node_actions, ports, allocations, agent, images, events):
+    for module in (root, nodes, node_actions, diagnosis, ports, allocations, agent, images, events):
         app.include_router(module.router)
     openapi.install(
         app,

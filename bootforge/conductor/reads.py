@@ -14,17 +14,28 @@ from sqlalchemy import select
 from sqlalchemy.orm import DeclarativeBase
 
 from bootforge.db.engine import Database
-from bootforge.db.models import Allocation, Conductor, Node, NodeEvent, NodeInventory, NodeTrait, Portgroup
+from bootforge.db.models import (
+    AgentSession,
+    Allocation,
+    Conductor,
+    Node,
+    NodeEvent,
+    NodeInventory,
+    NodeTrait,
+    Portgroup,
+)
 from bootforge.db.queries import Page, is_uuid, page_rows, parse_bool
 from bootforge.errors import InvalidInput
 
 __all__ = [
+    "agent_session",
     "allocation_uuids",
     "conductor",
     "conductors",
     "inventory",
     "node_event",
     "node_events",
+    "node_events_newest",
     "node_row",
     "node_rows",
     "node_traits",
@@ -170,3 +181,16 @@ async def node_event(db: Database, node_id: int, event_uuid: str) -> NodeEvent |
     async with db.read() as s:
         stmt = select(NodeEvent).where(NodeEvent.node_id == node_id, NodeEvent.uuid == event_uuid)
         return await s.scalar(stmt)
+
+
+async def node_events_newest(db: Database, node_id: int, limit: int) -> list[NodeEvent]:
+    """A node's newest `limit` timeline events, oldest first (what `node why` reads)."""
+    stmt = select(NodeEvent).where(NodeEvent.node_id == node_id).order_by(NodeEvent.id.desc()).limit(limit)
+    async with db.read() as s:
+        return list(reversed((await s.scalars(stmt)).all()))
+
+
+async def agent_session(db: Database, node_id: int) -> AgentSession | None:
+    """The node's agent session (its current ramdisk boot's agent: last heard, command, progress)."""
+    async with db.read() as s:
+        return await s.get(AgentSession, node_id)
