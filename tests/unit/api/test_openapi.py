@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import pkgutil
 import re
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,14 @@ import pytest
 from openapi_spec_validator import validate
 from support.service import InProcess
 
-from bootforge.api.routes import agent, allocations, events, images, node_actions, nodes, ports, root
+import bootforge.api.routes
 
-ROUTE_MODULES = (root, nodes, node_actions, ports, allocations, agent, images, events)
+# Every module of the routes package that has a router: a new one is checked without being listed here.
+ROUTE_MODULES = tuple(
+    module
+    for info in pkgutil.iter_modules(bootforge.api.routes.__path__)
+    if hasattr(module := importlib.import_module(f"bootforge.api.routes.{info.name}"), "router")
+)
 METHODS = ("get", "put", "post", "patch", "delete")
 
 
