@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -181,37 +180,10 @@ def _provision(
 
 
 def _wait(api: Api, ident: str, timeout: float, expected: str) -> None:
-    deadline = time.monotonic() + (timeout or 3600)
-    last = ""
-    with console.status(f"waiting for {ident}") as status:
-        while time.monotonic() < deadline:
-            n = api.call(
-                "GET",
-                f"/v1/nodes/{ident}?fields=provision_state,target_provision_state,"
-                "last_error,deploy_step,clean_step,reservation",
-            )
-            step = n.get("deploy_step") or n.get("clean_step") or {}
-            text = n["provision_state"] + (
-                f" -> {n['target_provision_state']}" if n.get("target_provision_state") else ""
-            )
-            if step:
-                text += f"  [dim]{step.get('interface')}.{step.get('step')}[/dim]"
-            if text != last:
-                console.print(f"  {text}")
-                last = text
-            status.update(f"{ident}: {text}")
-            if n["target_provision_state"] is None and n["reservation"] is None:
-                if n["provision_state"] != expected:
-                    err.print(
-                        f"[red]{ident} failed: it is {n['provision_state']}, not {expected}:[/red] "
-                        f"{escape(str(n.get('last_error')))}"
-                    )
-                    raise typer.Exit(1)
-                console.print(f"[green]{ident} is {n['provision_state']}[/green]")
-                return
-            time.sleep(0.5)
-    err.print(f"[red]timed out waiting for {ident}[/red]")
-    raise typer.Exit(1)
+    # The step, and the agent's bytes written, as they go (cli/progress.py).
+    from bootforge.cli.progress import wait_for
+
+    wait_for(api, ident, timeout, expected)
 
 
 WaitOpt = Annotated[float | None, typer.Option("--wait", help="wait up to N seconds (0: an hour)")]
@@ -428,6 +400,10 @@ app.add_typer(ramdisk_app, name="ramdisk")
 from bootforge.cli.secrets import secrets_app  # noqa: E402
 
 app.add_typer(secrets_app, name="secrets")
+
+from bootforge.cli.why import why  # noqa: E402
+
+node_app.command("why")(why)
 
 
 def main() -> None:

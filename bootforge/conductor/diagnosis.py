@@ -377,7 +377,8 @@ def rule_no_power(s: Story) -> Found:
         return None
     reason = _reason(s)
     m = _TRANSITION.match(s.failure.message) if s.failure else None
-    check = f"`bootforge node bmc {s.facts.name or s.facts.uuid}` says whether its credentials work"
+    node = s.facts.name or s.facts.uuid
+    check = f"`bootforge node bmc {node}` checks that the BMC answers and takes its credentials"
     if m and m["old"] == states.VERIFYING:
         return (
             "bootforge could not read the machine's power state through its BMC",

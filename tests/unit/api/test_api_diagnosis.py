@@ -4,6 +4,7 @@ test_api_agent.py)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,12 @@ import bcrypt
 import httpx
 import pytest
 from apihelp import Api, api_with, boot_token_header
+from rich.console import Console
 from support.service import LATEST
 
 from bootforge.api.app import create_app
 from bootforge.api.auth import Htpasswd
+from bootforge.cli.progress import LineDisplay, RichDisplay
 
 MAC = "52:54:00:aa:bb:31"
 AGENT = {"boot_interface": "pxe", "deploy_interface": "direct", "inspect_interface": "agent"}
@@ -117,3 +120,37 @@ async def test_unknown_nodes_and_missing_credentials(api: Api, tmp_path: Path) -
         for path in ("diagnosis", "progress"):
             assert (await c.get(f"/v1/nodes/guarded/{path}")).status_code == 401
             assert (await c.get(f"/v1/nodes/guarded/{path}", auth=("admin", "pw"))).status_code == 200
+
+
+async def test_the_progress_displays_show_the_step_and_the_bytes(api: Api) -> None:
+    """What `--wait` shows of a running agent command: a rich bar on a terminal, lines when piped."""
+    uuid, token, command = await cleaning_node(api)
+    frames = []
+    for done in (0, 100, 130, 300, 1024):
+        progress = {"done": done * MiB, "total": 1024 * MiB, "message": "erasing vda"}
+        await report(api, uuid, token, command["id"], status="running", progress=progress)
+        frames.append((await api.c.get(f"/v1/nodes/{uuid}/progress")).json())
+
+    tty = Console(file=io.StringIO(), force_terminal=True, width=160)
+    with RichDisplay(tty) as rich:
+        for frame in frames[:4]:
+            rich.update("n1", frame)
+        shown = rich.progress.tasks[0]
+        assert (shown.completed, shown.total) == (300 * MiB, 1024 * MiB)
+        assert shown.fields["amount"] == "300 of 1024 MiB"
+    text = tty.file.getvalue()  # type: ignore[attr-defined]
+    assert "clean step 1/1 deploy.erase_devices_metadata" in text and "agent erase: erasing vda" in text
+    assert "300 of 1024 MiB" in text and "\x1b[" in text
+
+    piped = Console(file=io.StringIO(), width=1000)
+    lines = LineDisplay(piped)
+    for frame in frames:
+        lines.update("n1", frame)
+    printed = piped.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    # 0 and 100 MiB of 1024 are in the same tenth: one line for both.
+    doing = (
+        "n1: clean wait -> available  clean step 1/1 deploy.erase_devices_metadata  agent erase: erasing vda"
+    )
+    assert printed == [
+        f"{doing} ({pct} %, {mib} of 1024 MiB)" for pct, mib in ((0, 0), (12, 130), (29, 300), (100, 1024))
+    ]
