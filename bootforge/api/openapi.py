@@ -16,7 +16,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from bootforge import boot_token
 from bootforge.api import versions
+from bootforge.conductor.reads import NODE_STRING_FILTERS
 from bootforge.drivers.hardware import INTERFACE_TYPES
 
 Schema = dict[str, Any]
@@ -245,18 +247,7 @@ LIST = [*PAGE, FIELDS, DETAIL]
 NODE_FILTERS = [
     *(
         query_param(name, f"Only nodes with this {name}")
-        for name in (
-            "provision_state",
-            "driver",
-            "resource_class",
-            "conductor_group",
-            "fault",
-            "owner",
-            "lessee",
-            "instance_uuid",
-            "chassis_uuid",
-            "description_contains",
-        )
+        for name in (*NODE_STRING_FILTERS, "chassis_uuid", "description_contains")
     ),
     *(query_param(name, f"Only nodes with this {name} flag", BOOLEAN) for name in ("maintenance", "retired")),
     query_param("associated", "Only nodes with (true) or without (false) an instance", BOOLEAN),
@@ -287,6 +278,16 @@ AGENT_TOKEN: Schema = {
     "schema": STRING,
 }
 LOOKUP = [
+    {
+        "name": boot_token.HEADER,
+        "in": "header",
+        "required": False,
+        "description": (
+            "The boot token on the ramdisk's kernel command line (bootforge.boot_token=): required "
+            "unless agent.require_boot_token is off"
+        ),
+        "schema": {"type": "string", "pattern": f"^[0-9a-f]{{{boot_token.TOKEN_CHARS}}}$"},
+    },
     query_param("addresses", "The agent's MAC addresses, comma-separated"),
     query_param("node_uuid", "The node the agent believes it runs on"),
 ]
