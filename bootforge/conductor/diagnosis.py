@@ -411,6 +411,8 @@ def rule_ladder(s: Story) -> Found:
             s.booted,
         )
     r, top = s.rung, s.top
+    if r == Rung.NOTHING and s.booted is None and not _is_failed(s):
+        return None  # not powered into the ramdisk yet: nothing to say about the boot chain
     if r == Rung.LOOKUP:
         return (
             "the agent looked up but never reported on its command",
@@ -547,9 +549,9 @@ def diagnose(
 def _wait_text(s: Story, since: dt.datetime | None) -> str:
     f = s.facts
     if f.provision_state not in states.WAIT_STATES:
-        return f"{f.provision_state}" + (
-            f" -> {f.target_provision_state}" if f.target_provision_state else ""
-        )
+        target = f" -> {f.target_provision_state}" if f.target_provision_state else ""
+        heard = f", last news at {_fmt(since)}" if since is not None else ""
+        return f"{f.provision_state}{target}{heard}"
     text = f"{f.provision_state}: waiting for the agent"
     if since is not None:
         text += f" since {_fmt(since)}"
@@ -560,12 +562,7 @@ def _wait_text(s: Story, since: dt.datetime | None) -> str:
 
 def _doing(s: Story) -> str:
     a = s.agent
-    if (
-        a is not None
-        and s.facts.agent_boot
-        and a.boot_id == s.facts.agent_boot
-        and a.command_status == "running"
-    ):
+    if a is not None and _current(s) and a.command_status == "running":
         return f"; the agent runs {s.facts.agent_command or 'its command'}: {_progress_text(a.progress)}"
     if s.rung > Rung.NOTHING and s.top is not None:
         return f"; so far: {s.top.message}"

@@ -469,3 +469,18 @@ def test_events_written_out_of_order_are_read_by_time(order: list[int]) -> None:
     ]
     v = diagnose(failed(rows), head + renumbered + tail, NOW)
     assert v.summary == "iPXE fetched the boot script but never fetched the kernel or initrd"
+
+
+def test_a_node_stuck_before_its_ramdisk_boot_is_stalled_without_blaming_the_network() -> None:
+    # The deploy step started, then nothing: a BMC call that hangs (its timeout will fail the node).
+    rows = ENROL + DEPLOY[:4]
+    state = facts(
+        "deploying",
+        target_provision_state="active",
+        provision_updated_at=T0 + dt.timedelta(seconds=40.1),
+        agent_boot=None,
+    )
+    v = diagnose(state, events(rows), T0 + dt.timedelta(seconds=40.3 + 200))
+    assert v.status == Status.STALLED and v.stage == "waiting"
+    assert v.summary == "deploying -> active, last news at 2026-12-07 15:40:00 UTC"
+    assert "DHCP" not in v.summary + v.cause
