@@ -108,6 +108,9 @@ class RichDisplay:
             self.progress.update(
                 task, description=escape(text), total=total, completed=done, amount=amount(done, total)
             )
+        elif p.get("target_provision_state") is None and p.get("reservation") is None:
+            # The work ended (well or not): a still bar.
+            self.progress.update(task, description=escape(text), total=1, completed=1, amount="")
         else:
             # No measure of the work (a state change, a step without an agent report): a pulsing bar.
             self.progress.update(task, description=escape(text), total=None, completed=0, amount="")
