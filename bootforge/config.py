@@ -185,6 +185,10 @@ class NetbootSettings(BaseModel):
     http_port: int = 8080
     # Where boot artifacts live (kernels, initrds, images); loaders come from Debian's packages.
     root: Path | None = None
+    # Directories searched in order, before Debian's package paths, for boot loaders by the name
+    # clients ask for (ipxe.efi, undionly.kpxe, ipxe-arm64.efi, snponly.efi, shimx64.efi, grubx64.efi):
+    # an iPXE build for an architecture Debian does not package, or a shim/GRUB from elsewhere.
+    loader_dirs: list[Path] = []
     # The bootforge ramdisk, as file names under `root` or URLs; a node's driver_info
     # deploy_kernel / deploy_ramdisk overrides them.
     deploy_kernel: str = "bootforge/vmlinuz"
@@ -204,6 +208,9 @@ class NetbootSettings(BaseModel):
             raise ValueError("netboot.dhcp_interfaces must name the interfaces to serve")
         if self.dhcp == "full" and not self.subnets:
             raise ValueError("netboot.dhcp = 'full' needs at least one subnet")
+        for d in self.loader_dirs:
+            if not d.is_absolute():
+                raise ValueError(f"netboot.loader_dirs: {str(d)!r} is not an absolute path")
         return self
 
 

@@ -165,9 +165,7 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
     await view.refresh()
     netboot = Netboot(view, sink)
     netboot.tasks += [asyncio.create_task(view.run()), asyncio.create_task(sink.run())]
-    found = loaders.find_loaders(loaders.loader_names_for_arches())
-    for problem in found.problems():
-        log.warning("%s", problem)
+    found = find_loaders(nb.loader_dirs)
     try:
         if nb.http:
             server = HttpBootServer(
@@ -200,6 +198,20 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         f"{http_base}" if nb.http else "off",
     )
     return netboot
+
+
+def find_loaders(loader_dirs: list[Path]) -> loaders.LoaderSet:
+    """Every loader bootforge can hand out (the arch table's iPXE builds, shim and GRUB), from the
+    operator's netboot.loader_dirs first, then Debian's package paths; what is missing is logged."""
+    for d in loader_dirs:
+        if not d.is_dir():
+            log.warning("netboot.loader_dirs: %s is not a directory; no loaders are taken from it", d)
+    found = loaders.find_loaders(
+        loaders.loader_names_for_arches() | set(loaders.LOADERS), extra_dirs=[str(d) for d in loader_dirs]
+    )
+    for problem in found.problems():
+        log.warning("%s", problem)
+    return found
 
 
 async def _start_tftp(

@@ -7,8 +7,9 @@ arch table (arch.py) hands out, plus the files shim asks for by fixed name in th
 chain: shim loads `grubx64.efi` (and `mmx64.efi` for MOK management) from the directory it came
 from, so the signed GRUB is published under that name, never renamed or re-signed.
 
-Operator directories (extra_dirs) are searched first, by logical name, so a locally built iPXE
-(an architecture Debian does not package, or an embedded script) overrides the packaged one.
+Operator directories (extra_dirs, the setting `netboot.loader_dirs`) are searched first, in order,
+by logical name, so a locally built iPXE (an architecture Debian does not package, or an embedded
+script) or a shim/GRUB from elsewhere overrides the packaged one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,19 @@ from dataclasses import dataclass
 
 from .arch import ARCHES
 
-__all__ = ["LOADERS", "LoaderMissing", "LoaderSet", "LoaderSpec", "find_loaders", "loader_names_for_arches"]
+__all__ = [
+    "LOADERS",
+    "LOADER_DIRS_SETTING",
+    "LoaderMissing",
+    "LoaderSet",
+    "LoaderSpec",
+    "find_loaders",
+    "how_to_provide",
+    "loader_names_for_arches",
+]
+
+# The setting that names the operator's loader directories, as the operator writes it.
+LOADER_DIRS_SETTING = "netboot.loader_dirs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +82,16 @@ class _Missing:
 
     def message(self) -> str:
         where = ", ".join(self.searched) or "nowhere (no known location)"
-        if self.package is None:
-            how = "no Debian package ships it; put your own build into a loader directory"
-        else:
-            how = f"install it with: apt-get install -y {self.package}"
-        return f"boot loader {self.name} not found ({how}); looked in {where}"
+        return f"boot loader {self.name} not found ({how_to_provide(self.name)}); looked in {where}"
+
+
+def how_to_provide(name: str) -> str:
+    """What the operator does to make loader `name` available: the package, or the setting."""
+    spec = LOADERS.get(name)
+    own = f"put a file named {name} into a directory listed in {LOADER_DIRS_SETTING}"
+    if spec is None or spec.package is None:
+        return f"no Debian package ships it; build it and {own}"
+    return f"install it with: apt-get install -y {spec.package}, or {own}"
 
 
 class LoaderSet:
