@@ -543,7 +543,10 @@ def diagnose(
     summary = f"nothing wrong: the node is {facts.provision_state}, power {facts.power_state or 'unknown'}"
     if facts.maintenance:
         summary += f" (in maintenance: {facts.maintenance_reason or 'no reason given'})"
-    return Verdict(Status.OK, "healthy", summary, "", None, _evidence(s) if facts.last_error else ())
+    if facts.last_error:
+        # Kept by the node from an attempt before this one, which ended well.
+        summary += f"; the last error, from an earlier attempt: {facts.last_error}"
+    return Verdict(Status.OK, "healthy", summary, "", None, ())
 
 
 def _wait_text(s: Story, since: dt.datetime | None) -> str:

@@ -484,3 +484,24 @@ def test_a_node_stuck_before_its_ramdisk_boot_is_stalled_without_blaming_the_net
     assert v.status == Status.STALLED and v.stage == "waiting"
     assert v.summary == "deploying -> active, last news at 2026-12-07 15:40:00 UTC"
     assert "DHCP" not in v.summary + v.cause
+
+
+def test_an_error_of_an_earlier_attempt_is_mentioned_but_nothing_is_wrong() -> None:
+    old = "the agent's write_image failed: no disk matches the root device hints {'size': 100}"
+    rows = (
+        ENROL
+        + DEPLOY
+        + [
+            (63.1, "provisioning", "error", f"wait call-back -> deploy failed (fail): {old}"),
+            (64.0, "provisioning", "info", "deploy failed -> deleting (undeploy)"),
+            (64.1, "provisioning", "info", "deleting -> cleaning (clean)"),
+            (65.0, "provisioning", "info", "cleaning -> available (done)"),
+        ]
+    )
+    state = facts("available", old, target_provision_state=None, agent_boot=None, power_state="power off")
+    v = diagnose(state, events(rows), NOW)
+    assert v.status == Status.OK and not v.wrong
+    assert v.summary == (
+        "nothing wrong: the node is available, power power off; "
+        f"the last error, from an earlier attempt: {old}"
+    )
