@@ -95,7 +95,9 @@ class Netboot:
             e.node_id,
             "dhcp",
             text + (f": {e.detail}" if e.detail else ""),
-            "warning" if e.kind in ("dhcp.nak", "dhcp.decline", "dhcp.dropped") else "info",
+            "warning"
+            if e.kind in ("dhcp.nak", "dhcp.decline", "dhcp.dropped", "dhcp.no_boot_file")
+            else "info",
             network_boot=e.boot_file is not None,
         )
 
@@ -154,6 +156,7 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
     )
     drivers = drivers or Drivers(settings)
     sink = EventSink(db, settings.host)
+    found = find_loaders(nb.loader_dirs)
     view = NetbootView(
         db,
         endpoints,
@@ -161,11 +164,11 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         boots_from_network=drivers.boots_from_network,
         on_refusal=lambda node, why: sink.emit(node, "boot", why, "warning"),
         bind_to_leases=nb.dhcp == "full",
+        missing_loaders={name: loaders.how_to_provide(name) for name in found.missing},
     )
     await view.refresh()
     netboot = Netboot(view, sink)
     netboot.tasks += [asyncio.create_task(view.run()), asyncio.create_task(sink.run())]
-    found = find_loaders(nb.loader_dirs)
     try:
         if nb.http:
             server = HttpBootServer(

@@ -87,6 +87,8 @@ class KnownPort:
     # The node's current ramdisk boot (driver_internal_info["agent_boot"]): its boot token goes
     # into the script.
     agent_boot: str | None = None
+    # properties.capabilities says secure_boot:true: its UEFI firmware only runs signed loaders.
+    secure_boot: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,12 @@ class NetbootView:
         boots_from_network: Callable[[str, str | None], bool] | None = None,
         on_refusal: Callable[[str, str], None] | None = None,
         bind_to_leases: bool = False,
+        missing_loaders: Mapping[str, str] | None = None,
     ) -> None:
         self.db = db
+        # Boot loader name -> how to provide it, for the loaders `serve` did not find: DHCP offers
+        # none of them (the firmware would fail to fetch it) and says so on the node's timeline.
+        self.missing_loaders = dict(missing_loaders or {})
         # With bootforge's DHCP in full mode: a ramdisk script (which carries the boot token) goes only
         # to an address bootforge leased to the MAC it is asked for. `_leases` is the database's view
         # (bound, unexpired; read with the rest at each refresh), `_acked` what this process's DHCP
@@ -155,6 +161,7 @@ class NetbootView:
                 Node.driver,
                 Node.boot_interface,
                 Node.driver_internal_info,
+                Node.properties,
             )
             .join(Node, Node.id == Port.node_id)
             .where(Port.pxe_enabled.is_(True))
@@ -181,8 +188,9 @@ class NetbootView:
                 (info or {}).get("deploy_ramdisk"),
                 self.boots_from_network(driver, boot),
                 _agent_boot(internal),
+                _wants_secure_boot(props),
             )
-            for mac, uuid, name, state, maint, mode, info, driver, boot, internal in rows
+            for mac, uuid, name, state, maint, mode, info, driver, boot, internal, props in rows
         }
 
     def note_dhcp(self, kind: str, mac: str, ip: str | None) -> None:
@@ -221,17 +229,43 @@ class NetbootView:
             return None
         return Reservation(node_id=known.node_uuid, hostname=known.node_name)
 
-    def boot_for(self, client: ClientInfo, node_id: str | None) -> BootDecision | None:
+    def boot_for(self, client: ClientInfo, node_id: str | None) -> BootDecision | dhcp.NoBootFile | None:
         if self.endpoints is None:
             return None
         known = self.by_mac.get(client.mac)
         if known is None and node_id is None:
             return None  # unknown machines are served only once auto-enrolment exists
+        if known is not None and known.secure_boot and not client.ipxe:
+            refused = self._secure_boot_chain_missing(client)
+            if refused is not None:
+                return refused
         # Every known machine gets iPXE; its script then says what this node boots now (ramdisk,
         # local disk) or why it refuses and retries. iPXE never gets a loader again (choose_boot).
         e = self.endpoints
         return dhcp.choose_boot(
-            client, tftp_server=e.tftp_server, http_base=e.http_base, ipxe_script_url=e.ipxe_script_url
+            client,
+            tftp_server=e.tftp_server,
+            http_base=e.http_base,
+            ipxe_script_url=e.ipxe_script_url,
+            missing=self.missing_loaders.get,
+        )
+
+    def _secure_boot_chain_missing(self, client: ClientInfo) -> dhcp.NoBootFile | None:
+        """A Secure Boot node's UEFI firmware runs only signed loaders: without shim and the
+        signed GRUB it cannot boot from bootforge at all, so it is told so instead of offered one."""
+        arch = client.arch
+        if arch is None or arch.firmware is not Firmware.UEFI:
+            return None
+        chain = [
+            n for n in SECURE_BOOT_CHAIN.get(arch.name.removesuffix("-http"), ()) if n in self.missing_loaders
+        ]
+        if not chain:
+            return None
+        how = "; ".join(f"{n}: {self.missing_loaders[n]}" for n in chain)
+        return dhcp.NoBootFile(
+            SECURE_BOOT_LOADER_MISSING,
+            f"no boot file offered to this Secure Boot node ({arch.name}, DHCP architecture "
+            f"0x{arch.code:02x}): its signed boot chain is missing {', '.join(chain)} ({how})",
         )
 
     # --- servers.http_boot.BootScripts ----------------------------------------------------------
@@ -328,6 +362,20 @@ class NetbootView:
             if known is not None:
                 self._tell_refusal(known.node_uuid, f"the node's boot settings are invalid: {e}")
             return scripts.RefuseBoot(REFUSED, scripts.with_attempt(script_url, 1))
+
+
+# The signed loaders a Secure Boot node of an architecture needs, by arch-table name (HTTP rows
+# share their firmware's chain); an architecture without a row here has no known chain.
+SECURE_BOOT_CHAIN: dict[str, tuple[str, ...]] = {"x64-uefi": ("shimx64.efi", "grubx64.efi")}
+SECURE_BOOT_LOADER_MISSING = "secure_boot_loader_missing"
+
+
+def _wants_secure_boot(properties: Any) -> bool:
+    """capabilities "secure_boot:true" (Ironic's string form) or {"secure_boot": "true"}."""
+    caps = properties.get("capabilities") if isinstance(properties, dict) else None
+    if isinstance(caps, str):
+        caps = dict(p.split(":", 1) for p in caps.split(",") if ":" in p)
+    return isinstance(caps, dict) and str(caps.get("secure_boot", "")).strip().lower() == "true"
 
 
 def _agent_boot(internal: Any) -> str | None:

@@ -6,8 +6,10 @@ architecture table is shared from `bootforge.netboot.boot.arch`.
 """
 
 from ._boot import (
+    LOADER_MISSING,
     BootDecision,
     BootSource,
+    NoBootFile,
     Reservation,
     Reservations,
     StaticBootSource,
@@ -48,6 +50,7 @@ from ._replies import NodeEvent, Outcome, Reply
 __all__ = [
     "BOOTREPLY",
     "BOOTREQUEST",
+    "LOADER_MISSING",
     "MIN_REPLY_SIZE",
     "TRANSITIONS",
     "BootDecision",
@@ -69,6 +72,7 @@ __all__ = [
     "LeaseTransitionError",
     "MessageType",
     "Mode",
+    "NoBootFile",
     "NodeEvent",
     "Opt",
     "Outcome",

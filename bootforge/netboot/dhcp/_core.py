@@ -23,7 +23,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from ._boot import BootDecision, BootSource, Reservation, Reservations
+from ._boot import BootDecision, BootSource, NoBootFile, Reservation, Reservations
 from ._config import DhcpConfig, Interface, Mode, UnknownClients
 from ._leases import LeaseEvent, LeaseRecord, LeaseState, LeaseTable
 from ._options import DhcpError, MessageType, Opt, parse_relay_agent_info
@@ -38,7 +38,12 @@ M = MessageType
 
 
 class _Drop(DhcpError):
-    """Internal: stop handling this request, count `reason`."""
+    """Internal: stop handling this request, count `reason`; `event` is the node's timeline text
+    when it is not the reason itself."""
+
+    def __init__(self, reason: str, detail: str = "", event: str = "") -> None:
+        super().__init__(reason, detail)
+        self.event = event
 
 
 class DhcpCore:
@@ -79,8 +84,9 @@ class DhcpCore:
         except DhcpError as exc:
             self.drops[exc.reason] += 1
             events: tuple[NodeEvent, ...] = ()
-            if request is not None and exc.reason in _TIMELINE_DROPS:
-                events = self._event(request, "dhcp.dropped", None, detail=exc.reason)
+            event = exc.event if isinstance(exc, _Drop) else ""
+            if request is not None and (event or exc.reason in _TIMELINE_DROPS):
+                events = self._event(request, "dhcp.dropped", None, detail=event or exc.reason)
             return Outcome(events=events, dropped=exc.reason)
         for reply in outcome.replies:
             self.sent[reply.kind] += 1
@@ -146,15 +152,25 @@ class DhcpCore:
                 return subnet
         raise _Drop("no_subnet")
 
-    def _boot(self, request: Request) -> tuple[BootDecision | None, ClientInfo | None]:
+    def _boot(self, request: Request) -> tuple[BootDecision | None, ClientInfo | None, NoBootFile | None]:
+        """The boot file for this client; a NoBootFile means none, for a reason that is counted
+        and told on the node's timeline (_no_boot_file in full mode, a _Drop in proxy mode)."""
         if not is_netboot_client(request.packet):
-            return None, None
+            return None, None, None
         client = classify(request.packet, request.relay, request.interface.name)
         decision = self._boot_source.boot_for(client, request.reservation.node_id)
+        if isinstance(decision, NoBootFile):
+            return None, client, decision
         if decision is not None and (client.ipxe or client.http_boot) and not decision.is_url:
             # iPXE must fetch its script over HTTP, and HTTP-boot firmware only accepts a URL.
             raise _Drop("boot_needs_url")
-        return decision, client
+        return decision, client, None
+
+    def _no_boot_file(self, request: Request, refused: NoBootFile | None) -> tuple[NodeEvent, ...]:
+        if refused is None:
+            return ()
+        self.drops[refused.reason] += 1  # the address is still offered, its boot file is not
+        return self._event(request, "dhcp.no_boot_file", None, detail=refused.message)
 
     def _event(
         self,
@@ -177,7 +193,7 @@ class DhcpCore:
 
     def _discover(self, request: Request, now: float) -> Outcome:
         subnet = self._subnet(request)
-        decision, client = self._boot(request)
+        decision, client, refused = self._boot(request)
         ip = self._pick_address(request, subnet, now)
         lease = self._table.claim(ip, request.mac, request.reservation.node_id, now)
         self._table.apply(lease, LeaseEvent.OFFER, now, self.config.offer_hold)
@@ -185,7 +201,8 @@ class DhcpCore:
         reply = self._build.offer(request, subnet, yiaddr, decision, client)
         return Outcome(
             replies=(reply,),
-            events=self._event(request, "dhcp.offer", yiaddr, client, decision),
+            events=self._event(request, "dhcp.offer", yiaddr, client, decision)
+            + self._no_boot_file(request, refused),
         )
 
     def _pick_address(self, request: Request, subnet: SubnetState, now: float) -> int:
@@ -245,7 +262,7 @@ class DhcpCore:
         ):
             reply = self._build.nak(request, "address not available")
             return Outcome(replies=(reply,), events=self._event(request, "dhcp.nak", ip))
-        decision, client = self._boot(request)
+        decision, client, refused = self._boot(request)
         lease = self._table.claim(address, request.mac, request.reservation.node_id, now)
         durable = self._table.apply(lease, LeaseEvent.ACK, now, subnet.config.lease_time)
         reply = self._build.ack(request, subnet, ip, decision, client)
@@ -253,7 +270,8 @@ class DhcpCore:
             replies=(reply,),
             records=(lease.record(),) if durable else (),
             hold=durable,
-            events=self._event(request, "dhcp.ack", ip, client, decision),
+            events=self._event(request, "dhcp.ack", ip, client, decision)
+            + self._no_boot_file(request, refused),
         )
 
     def _decline(self, request: Request, now: float) -> Outcome:
@@ -281,9 +299,10 @@ class DhcpCore:
         if request.packet.ciaddr == ZERO4:
             raise _Drop("inform_without_ciaddr")
         subnet = self._subnet(request)
-        decision, client = self._boot(request)
+        decision, client, refused = self._boot(request)
         reply = self._build.inform_ack(request, subnet, decision, client)
-        return Outcome(replies=(reply,), events=self._event(request, "dhcp.inform", None))
+        events = self._event(request, "dhcp.inform", None) + self._no_boot_file(request, refused)
+        return Outcome(replies=(reply,), events=events)
 
     # -- proxy mode ---------------------------------------------------------------------------
 
@@ -305,9 +324,11 @@ class DhcpCore:
         )
 
     def _proxy_boot(self, request: Request) -> tuple[BootDecision, ClientInfo]:
-        decision, client = self._boot(request)
+        decision, client, refused = self._boot(request)
         if client is None:
             raise _Drop("not_netboot")
+        if refused is not None:
+            raise _Drop(refused.reason, event=refused.message)
         if decision is None:
             raise _Drop("no_boot")
         return decision, client
@@ -317,6 +338,7 @@ _UNKNOWN = Reservation(node_id=None)
 
 # Drops that mean "this node cannot boot or get an address", worth a line on its timeline.
 # Routine ones (a REQUEST for another server, a non-PXE client at a proxy) are only counted.
+# A drop with its own timeline text (_Drop.event, e.g. a missing loader) always gets a line.
 _TIMELINE_DROPS = frozenset(
     {"boot_needs_url", "no_boot", "no_subnet", "pool_exhausted", "reservation_conflict"}
 )
