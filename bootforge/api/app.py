@@ -31,6 +31,7 @@ from bootforge.api.routes import (
 )
 from bootforge.errors import BootforgeError, NotAcceptable, NotAuthorized
 from bootforge.observe.asgi import AgentCallMetrics
+from bootforge.web import install as install_web
 
 log = logging.getLogger("bootforge.api")
 
@@ -65,7 +66,14 @@ class IronicMiddleware:
                 headers.get(versions.HEADER), headers.get(versions.STANDARD_HEADER)
             )
             path = scope["path"]
-            if self.htpasswd is not None and path not in self.public and not AGENT_PATH.match(path):
+            # The dashboard (bootforge/web) checks its own session cookie against the same htpasswd.
+            dashboard = path == "/ui" or path.startswith("/ui/")
+            if (
+                self.htpasswd is not None
+                and path not in self.public
+                and not AGENT_PATH.match(path)
+                and not dashboard
+            ):
                 client = scope.get("client")
                 scope.setdefault("state", {})["user"] = await self.htpasswd.authenticate(
                     headers.get("authorization"), client[0] if client else ""
@@ -118,6 +126,7 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
         authenticated=htpasswd is not None,
     )
     app.state.images = services.conductor.images
+    install_web(app, htpasswd)
 
     @app.exception_handler(BootforgeError)
     async def bootforge_error(_request: Request, exc: BootforgeError) -> JSON:
