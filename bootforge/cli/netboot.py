@@ -20,6 +20,7 @@ from bootforge.db.engine import Database
 from bootforge.drivers.hardware import Drivers
 from bootforge.netboot import dhcp, tftp
 from bootforge.netboot.boot import loaders, scripts
+from bootforge.netboot.clients import ClientAddresses
 from bootforge.servers.dhcp import DhcpServer
 from bootforge.servers.http_boot import HttpBootServer, HttpFetchEvent
 from bootforge.servers.tftp import TftpEvent, TftpServer
@@ -71,8 +72,9 @@ class Netboot:
     sink: EventSink
     servers: list[Any] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # client address -> node UUID, learnt from DHCP, to tie TFTP and HTTP fetches to nodes
-    ip_to_node: dict[str, str] = field(default_factory=dict)
+    # client address -> node UUID, learnt from DHCP (in proxy mode from the client's exchange with
+    # the site's server), to tie TFTP and HTTP fetches to nodes; bounded and expiring
+    ip_to_node: ClientAddresses = field(default_factory=ClientAddresses)
 
     async def close(self) -> None:
         for server in reversed(self.servers):
@@ -88,7 +90,9 @@ class Netboot:
 
     def on_dhcp(self, e: dhcp.NodeEvent) -> None:
         self.view.note_dhcp(e.kind, e.mac, e.ip)
-        if e.ip:
+        if e.ip and e.kind in ("dhcp.release", "dhcp.decline", "dhcp.expired"):
+            self.ip_to_node.forget(e.ip, e.node_id)
+        elif e.ip:
             self.ip_to_node[e.ip] = e.node_id
         text = f"{e.kind} {e.mac}" + (f" {e.ip}" if e.ip else "") + f" on {e.interface}"
         self.sink.emit(

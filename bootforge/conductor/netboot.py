@@ -315,7 +315,11 @@ class NetbootView:
     @staticmethod
     def _ramdisk_plan(known: KnownPort, r: RamdiskSource, e: BootEndpoints) -> scripts.RamdiskBoot:
         def url(ref: str) -> str:
-            return ref if "://" in ref else f"{e.http_base.rstrip('/')}/{ref.lstrip('/')}"
+            if "://" in ref:
+                return ref  # someone else's server: its URL as the operator wrote it
+            # The MAC in the query ties the fetch to the node on its timeline whatever address it
+            # comes from (proxy mode: bootforge's DHCP did not give it).
+            return f"{e.http_base.rstrip('/')}/{ref.lstrip('/')}?mac={known.mac}"
 
         token = None
         if r.key_path is not None and known.agent_boot:

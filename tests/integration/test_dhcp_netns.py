@@ -287,9 +287,11 @@ async def test_proxy_answers_pxe_client_while_dnsmasq_leases(netns_lan: Lan, tmp
         binl.close()
         assert len(answers) == 1 and answers[0].options[53] == b"\x05"
         assert answers[0].file == b"ipxe.efi" and answers[0].siaddr == SERVER.packed
-        assert server.drops.get("unhandled_message", 0) >= 1  # the REQUEST meant for dnsmasq
+        assert server.drops.get("other_server", 0) >= 1  # the REQUEST meant for dnsmasq
     client.sock.close()
-    assert [e.kind for e in events] == ["dhcp.proxy_offer", "dhcp.proxy_ack"]
+    assert [e.kind for e in events] == ["dhcp.proxy_offer", "dhcp.proxy_seen", "dhcp.proxy_ack"]
+    # Both say which address the node took from dnsmasq: its TFTP and HTTP fetches come from it.
+    assert events[1].ip == address and events[2].ip == address
 
 
 # -- group commit: ACKs wait for the durable write ----------------------------------------------

@@ -315,13 +315,29 @@ class DhcpCore:
         )
 
     def _proxy_request(self, request: Request, now: float) -> Outcome:
-        """Port 4011: the BINL step, after the client got its address elsewhere."""
+        """Port 4011: the BINL step, after the client got its address elsewhere (its ciaddr,
+        in the event: the node's TFTP and HTTP fetches come from it)."""
         decision, client = self._proxy_boot(request)
         reply = self._build.proxy(request, M.ACK, decision, client)
+        ciaddr = request.packet.ciaddr
         return Outcome(
             replies=(reply,),
-            events=self._event(request, "dhcp.proxy_ack", None, client, decision),
+            events=self._event(
+                request, "dhcp.proxy_ack", ciaddr if ciaddr != ZERO4 else None, client, decision
+            ),
         )
+
+    def _proxy_seen_request(self, request: Request, now: float) -> Outcome:
+        """A client's broadcast REQUEST to the site's DHCP server: never answered by a proxy, but
+        the address it takes (option 50, or its ciaddr) is what its fetches will come from, so a
+        known node's is reported (kind dhcp.proxy_seen) to tie them to it."""
+        packet = request.packet
+        wanted = packet.options.get(Opt.REQUESTED_IP)
+        ip = wanted if wanted is not None and len(wanted) == 4 else packet.ciaddr
+        self.drops["other_server"] += 1
+        if ip == ZERO4:
+            return Outcome(dropped="other_server")
+        return Outcome(events=self._event(request, "dhcp.proxy_seen", ip), dropped="other_server")
 
     def _proxy_boot(self, request: Request) -> tuple[BootDecision, ClientInfo]:
         decision, client, refused = self._boot(request)
@@ -345,7 +361,8 @@ _TIMELINE_DROPS = frozenset(
 
 _Handler = Callable[[DhcpCore, Request, float], Outcome]
 # (mode, arrived on port 4011, message type) -> handler. Anything missing is dropped and counted
-# as "unhandled_message": e.g. a proxy never ACKs address requests on port 67.
+# as "unhandled_message". A proxy never ACKs address requests on port 67: it only notes the address
+# (_proxy_seen_request) and counts them as "other_server".
 _HANDLERS: dict[tuple[Mode, bool, int], _Handler] = {
     (Mode.FULL, False, M.DISCOVER): DhcpCore._discover,
     (Mode.FULL, False, M.REQUEST): DhcpCore._request_msg,
@@ -353,6 +370,7 @@ _HANDLERS: dict[tuple[Mode, bool, int], _Handler] = {
     (Mode.FULL, False, M.RELEASE): DhcpCore._release,
     (Mode.FULL, False, M.INFORM): DhcpCore._inform,
     (Mode.PROXY, False, M.DISCOVER): DhcpCore._proxy_discover,
+    (Mode.PROXY, False, M.REQUEST): DhcpCore._proxy_seen_request,
     (Mode.PROXY, True, M.REQUEST): DhcpCore._proxy_request,
     (Mode.PROXY, True, M.INFORM): DhcpCore._proxy_request,
 }
