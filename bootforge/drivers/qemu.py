@@ -25,6 +25,8 @@ itself) uses the restored order. One-time devices apply to the next power on or 
 bootforge; persistent ones also take effect at once on a running VM (at its next reset).
 Every device with a `bootindex` property gets an index, the requested kind first and the others
 after it in their previous order, so the rest stay fallbacks in a known order on both firmwares.
+For `pxe`, the NICs whose MAC is one of the node's PXE-enabled ports come first: OVMF tries PXEv4,
+PXEv6, HTTPv4 and HTTPv6 on each NIC in turn, some 250 s on a NIC with no boot server behind it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -141,6 +143,7 @@ class BootDevice:
     path: str  # QOM path, e.g. /machine/peripheral/nic0
     kind: str | None  # pxe / disk / cdrom, None for a bootable device of another kind
     index: int  # -1: not in the boot order
+    mac: str | None = None  # a NIC's MAC, lower case
 
 
 def classify_device(qom_type: str, props: set[str]) -> str | None:
@@ -153,14 +156,22 @@ def classify_device(qom_type: str, props: set[str]) -> str | None:
     return None
 
 
-def plan_order(devices: list[BootDevice], first: str) -> dict[str, int]:
-    """New bootindex per device: every device of kind `first`, then the rest, each in its old order."""
+def plan_order(devices: list[BootDevice], first: str, pxe_macs: Collection[str] = ()) -> dict[str, int]:
+    """New bootindex per device: every device of kind `first`, then the rest, each in its old order.
+    For `pxe`, the NICs with a MAC in `pxe_macs` (the node's PXE ports) go before the other NICs."""
     if not any(d.kind == first for d in devices):
         found = ", ".join(f"{d.path} ({d.kind or 'other'})" for d in devices) or "none"
         raise DriverError(
             f"the VM has no {first} boot device ({_KIND_HELP[first]}); bootable devices: {found}"
         )
-    ordered = sorted(devices, key=lambda d: (d.kind != first, d.index < 0, d.index, d.path))
+    macs = {m.lower() for m in pxe_macs} if first == "pxe" else set()
+
+    def port_nic_first(d: BootDevice) -> bool:
+        return bool(macs) and (d.mac or "").lower() not in macs
+
+    ordered = sorted(
+        devices, key=lambda d: (d.kind != first, port_nic_first(d), d.index < 0, d.index, d.path)
+    )
     return {d.path: i + 1 for i, d in enumerate(ordered)}
 
 
@@ -208,7 +219,11 @@ class _Session:
                 if "bootindex" not in props:
                     continue
                 index = await self.run("qom-get", {"path": path, "property": "bootindex"})
-                found.append(BootDevice(path, classify_device(ctype[6:-1], props), int(index)))
+                kind = classify_device(ctype[6:-1], props)
+                mac = None
+                if kind == "pxe":
+                    mac = str(await self.run("qom-get", {"path": path, "property": "mac"})).lower()
+                found.append(BootDevice(path, kind, int(index), mac))
         return found
 
     async def apply_order(self, devices: list[BootDevice], target: dict[str, int]) -> list[BootDevice]:
@@ -488,11 +503,12 @@ async def _reset_into_next_boot(s: _Session, task: Task) -> None:
     """Apply the node's boot device(s), reset, and restore the order after a one-time device."""
     state = _boot_state(task)
     devices = await s.boot_devices()
+    macs = await _pxe_macs(task)
     if state.persistent:
-        devices = await s.apply_order(devices, plan_order(devices, state.persistent))
+        devices = await s.apply_order(devices, plan_order(devices, state.persistent, macs))
     before = {d.path: d.index for d in devices}
     if state.once:
-        devices = await s.apply_order(devices, plan_order(devices, state.once))
+        devices = await s.apply_order(devices, plan_order(devices, state.once, macs))
     await s.reset()
     if state.once:
         await s.apply_order(devices, before)
@@ -500,6 +516,11 @@ async def _reset_into_next_boot(s: _Session, task: Task) -> None:
         await task.record(
             "management", f"booting from {state.once} once; boot order restored for later boots"
         )
+
+
+async def _pxe_macs(task: Task) -> set[str]:
+    """The MACs of the node's PXE-enabled ports: the NICs boot device `pxe` puts first."""
+    return {p.address.lower() for p in await task.get_ports() if p.pxe_enabled}
 
 
 class QemuManagement(_QemuBase, base.ManagementInterface):
@@ -514,7 +535,7 @@ class QemuManagement(_QemuBase, base.ManagementInterface):
             # Check the VM has such a device now rather than fail at the next power on.
             async with self._session(info, "set the boot device") as s:
                 devices = await s.boot_devices()
-                order = plan_order(devices, device)
+                order = plan_order(devices, device, await _pxe_macs(task))
                 if persistent:
                     await s.apply_order(devices, order)
         old = _boot_state(task)

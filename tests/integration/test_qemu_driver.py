@@ -47,6 +47,9 @@ class Task:
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self.events.append((event_type, message, severity))
 
+    async def get_ports(self) -> list[Any]:
+        return self.ports
+
     async def save(self) -> None:
         return None
 

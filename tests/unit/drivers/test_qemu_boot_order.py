@@ -59,3 +59,21 @@ def test_missing_kind_names_what_the_vm_has() -> None:
         plan_order(devs(("disk0", "disk", 1)), "cdrom")
     with pytest.raises(DriverError, match="bootable devices: none"):
         plan_order([], "pxe")
+
+
+def test_pxe_puts_the_nics_of_the_nodes_pxe_ports_first() -> None:
+    devices = [
+        BootDevice("/machine/peripheral/nic0", "pxe", 1, "52:54:00:00:00:01"),
+        BootDevice("/machine/peripheral/nic1", "pxe", 2, "52:54:00:00:00:02"),
+        BootDevice("/machine/peripheral/disk0", "disk", 3),
+    ]
+    port = ["52:54:00:00:00:02"]
+    assert named(plan_order(devices, "pxe", port)) == {"nic1": 1, "nic0": 2, "disk0": 3}
+    assert named(plan_order(devices, "pxe", ["52:54:00:00:00:02".upper()])) == {
+        "nic1": 1,
+        "nic0": 2,
+        "disk0": 3,
+    }
+    # No port MAC known, or another kind first: the old order of the NICs stays.
+    assert named(plan_order(devices, "pxe")) == {"nic0": 1, "nic1": 2, "disk0": 3}
+    assert named(plan_order(devices, "disk", port)) == {"disk0": 1, "nic0": 2, "nic1": 3}

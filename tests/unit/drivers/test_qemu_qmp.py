@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -46,6 +47,7 @@ class FakeQemu:
         self.obeys_acpi = obeys_acpi
         self.greet = greet
         self.devices = {"nic0": ["virtio-net-pci", NIC, -1], "disk0": ["virtio-blk-pci", DISK, -1]}
+        self.macs = {"nic0": "52:54:00:00:00:01"}
         self.bootorder_at_reset: list[list[str]] = []
         self.commands: list[str] = []
         self.actions: dict[str, Any] = {}
@@ -76,6 +78,8 @@ class FakeQemu:
         if cmd == "qom-list":
             return self.qom_list(args["path"])
         name = args.get("path", "").rsplit("/", 1)[-1]
+        if cmd == "qom-get" and args["property"] == "mac":
+            return self.macs[name]
         if cmd == "qom-get":
             return self.devices[name][2]
         if cmd == "qom-set":
@@ -132,6 +136,9 @@ class Task:
 
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self.events.append((event_type, message, severity))
+
+    async def get_ports(self) -> list[Any]:
+        return self.ports
 
     async def save(self) -> None:
         return None
@@ -250,3 +257,25 @@ async def test_a_dead_pid_in_the_pid_file_wins_over_a_stale_socket(served: tuple
     task.node.driver_info = {**task.node.driver_info, "qemu_command": ["qemu-system-x86_64"]}
     assert await qemu.QemuPower().get_power_state(task) == base.POWER_OFF
     assert fake.commands == []
+
+
+async def test_boot_device_pxe_puts_the_nic_of_the_nodes_pxe_port_first(
+    served: tuple[FakeQemu, Task],
+) -> None:
+    fake, task = served
+    # nic0 comes first in QEMU's order and the guest's; the node's PXE port is nic1.
+    fake.devices["nic1"] = ["e1000", NIC, -1]
+    fake.macs["nic1"] = "52:54:00:00:00:02"
+    task.ports = [
+        SimpleNamespace(address="52:54:00:00:00:01", pxe_enabled=False),
+        SimpleNamespace(address="52:54:00:00:00:02", pxe_enabled=True),
+    ]
+    power, mgmt = qemu.QemuPower(), qemu.QemuManagement()
+    await mgmt.set_boot_device(task, "disk", persistent=True)
+    assert fake.indices() == {"disk0": 1, "nic0": 2, "nic1": 3}
+    await mgmt.set_boot_device(task, "pxe")
+    await power.set_power_state(task, base.POWER_ON)
+    assert fake.bootorder_at_reset == [["nic1", "nic0", "disk0"]]  # the port's NIC, then the rest
+    assert fake.indices() == {"disk0": 1, "nic0": 2, "nic1": 3}  # the persistent order is back
+    await mgmt.set_boot_device(task, "pxe", persistent=True)  # applied at once on a running VM
+    assert fake.indices() == {"nic1": 1, "nic0": 2, "disk0": 3}
