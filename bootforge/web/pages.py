@@ -73,9 +73,9 @@ VERBS = {
     "abort": ("Abort", "Abort what the node is doing now?"),
 }
 POWER = {
-    "power on": "Power the node on?",
-    "power off": "Power the node off (hard)?",
-    "rebooting": "Reboot the node (hard)?",
+    "power on": ("Power on", "Power the node on?"),
+    "power off": ("Power off", "Power the node off (hard)?"),
+    "rebooting": ("Reboot", "Reboot the node (hard)?"),
 }
 
 _env = Environment(
