@@ -18,7 +18,7 @@ from typing import Any
 import bcrypt
 import httpx
 import pytest
-from support.service import Served, served
+from support.service import Served, free_port, served
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def server(tmp_path: Path) -> Iterator[Served]:
         "BOOTFORGE_AUTH_STRATEGY": "http_basic",
         "BOOTFORGE_HTPASSWD_FILE": str(htpasswd),
         # fake-hardware is off by default; this test enrols fakes.
-        "BOOTFORGE_ENABLED_HARDWARE_TYPES": '["fake-hardware"]',
+        "BOOTFORGE_ENABLED_HARDWARE_TYPES": '["fake-hardware", "redfish"]',
         # Slow enough for the page to show `verifying` before `manageable` arrives live.
         "BOOTFORGE_FAKE_DELAYS__POWER": "1.5",
         "BOOTFORGE_FAKE_DELAYS__MANAGEMENT": "1.5",
@@ -135,6 +135,54 @@ def test_login_fleet_node_action_live(server: Served, tmp_path: Path) -> None:
         driver.save_screenshot(str(shots / "failure.png"))
         (shots / "failure.html").write_text(driver.page_source)
         print(f"failure screenshot and page: {shots}")
+        raise
+    finally:
+        api.close()
+        driver.quit()
+
+
+def test_a_failed_verification_shows_its_diagnosis(server: Served, tmp_path: Path) -> None:
+    """A redfish BMC on a closed loopback port: manage fails, the page says why and marks the row."""
+    driver = _browser()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"\nscreenshots: {shots}")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    latest = {"X-OpenStack-Ironic-API-Version": "1.78"}
+    api = httpx.Client(base_url=server.url, auth=("operator", PASSWORD), headers=latest, timeout=10)
+    info = {
+        "redfish_address": f"https://127.0.0.1:{free_port()}",
+        "redfish_username": "admin",
+        "redfish_password": "pw-never-shown",
+    }
+    try:
+        r = api.post("/v1/nodes", json={"driver": "redfish", "name": "bmc-dead", "driver_info": info})
+        assert r.status_code == 201, r.text
+        uuid = r.json()["uuid"]
+        wait = WebDriverWait(driver, 90)
+        driver.get(server.url + "/ui/login")
+        driver.find_element(By.ID, "user").send_keys("operator")
+        driver.find_element(By.ID, "password").send_keys(PASSWORD)
+        driver.find_element(By.ID, "login").click()
+        wait.until(ec.presence_of_element_located((By.ID, "fleet-rows")))
+        driver.get(f"{server.url}/ui/nodes/{uuid}")
+        driver.find_element(By.ID, "act-manage").click()
+        wait.until(ec.alert_is_present()).accept()
+        wait.until(ec.presence_of_element_located((By.ID, "timeline")))
+        failing = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#timeline tr.failing")))
+        assert "verifying -> enroll (fail)" in failing.text
+        diagnosis = driver.find_element(By.ID, "diagnosis")
+        assert "status-failed" in (diagnosis.get_attribute("class") or "")
+        assert "could not read the machine's power state through its BMC" in diagnosis.text
+        assert "pw-never-shown" not in driver.page_source
+        assert "******" in driver.find_element(By.ID, "field-driver_info").text
+        driver.save_screenshot(str(shots / "failed.png"))
+    except BaseException:
+        driver.save_screenshot(str(shots / "failure.png"))
+        (shots / "failure.html").write_text(driver.page_source)
         raise
     finally:
         api.close()
