@@ -31,7 +31,7 @@ from bootforge.api.routes import diagnosis as diagnosis_route
 from bootforge.api.routes.events import SSE_HEADERS, _gate, _stopping
 from bootforge.conductor import fleet, reads, states
 from bootforge.conductor.task import load_node
-from bootforge.drivers.base import console_log_path
+from bootforge.drivers.base import BOOT_DEVICES, console_log_path
 from bootforge.errors import BootforgeError, InvalidInput, NotAuthorized, NotFound
 from bootforge.observe import streams
 from bootforge.observe.settings import EVENT_KINDS
@@ -401,6 +401,7 @@ async def _summary_values(request: Request, ident: str) -> dict[str, Any]:
         "diagnosis": await _diagnosis(request, node.uuid),
         "verbs": [(v, *VERBS[v]) for v in verbs],
         "power": POWER,
+        "boot_devices": BOOT_DEVICES,
         "images": (await images.list()) if images is not None and "deploy" in verbs else [],
     }
 
@@ -553,6 +554,8 @@ async def _act(services: Services, ident: str, form: dict[str, str]) -> None:
         await nodes.provision(ident, action, body)
     elif action in POWER:
         await nodes.power(ident, action, None)
+    elif action == "boot device":
+        await nodes.set_boot_device(ident, form.get("device", ""), form.get("persistent") == "on")
     elif action == "maintenance on":
         reason = form.get("reason", "").strip()[:255] or "set from the dashboard"
         await nodes.set_maintenance(ident, True, reason)
@@ -582,3 +585,64 @@ async def node_action(request: Request, ident: str) -> Response:
             **values,
         )
     return RedirectResponse(f"/ui/nodes/{node.uuid}", status_code=303)
+
+
+# --- images -------------------------------------------------------------------------------------------
+
+
+def _catalogue(request: Request) -> Any:
+    images = getattr(request.app.state, "images", None)
+    if images is None:
+        raise NotFound("The image catalogue is not configured in this bootforge.")
+    return images
+
+
+def _shown_source(source: str | None) -> str:
+    """An image's source without its query string: a signed URL's signature is a credential."""
+    if not source:
+        return ""
+    return source.split("?", 1)[0] + (" (query hidden)" if "?" in source else "")
+
+
+async def _images_page(
+    request: Request, session: Session, new: bool = False, status: int = 200, **values: Any
+) -> HTMLResponse:
+    images = await _catalogue(request).list()
+    rows = [
+        {
+            "name": i.name,
+            "source": _shown_source(i.source),
+            "disk_format": i.disk_format,
+            "size": i.size,
+            "status": i.status,
+            "created_at": i.created_at,
+        }
+        for i in images
+    ]
+    return _render(request, "images.html", session, new, status=status, images=rows, **values)
+
+
+@router.get("/images")
+@_guard
+async def images_view(request: Request) -> Response:
+    session, new = _session(request)
+    return await _images_page(request, session, new)
+
+
+@router.post("/images")
+@_guard
+async def image_add(request: Request) -> Response:
+    """Add an image by URL (or a path in images.import_dirs), as POST /v1/images: the import runs
+    inside the request, the page answers when the image is ready or refused."""
+    form = await _form(request)
+    session = _checked(request, form)
+    name, source = form.get("name", "").strip(), form.get("source", "").strip()
+    try:
+        if not name or not source:
+            missing = "name" if not name else "source"
+            raise InvalidInput("Both the image's name and its URL are needed", missing)
+        await _catalogue(request).add(name, source)
+    except BootforgeError as exc:
+        status = exc.http_status if 400 <= exc.http_status < 500 else 500
+        return await _images_page(request, session, status=status, error=exc.message, name=name)
+    return RedirectResponse("/ui/images", status_code=303)
