@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -101,6 +102,10 @@ _env.filters["when"] = _when
 _env.filters["pretty"] = _pretty
 
 
+class _Forbidden(Exception):
+    """A POST whose CSRF token is missing or not its session's: answered 403 by _guard."""
+
+
 class _Redirect(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
@@ -182,15 +187,12 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def _checked(request: Request, form: dict[str, str]) -> Session:
-    """The session of a POST whose CSRF token matches it; NotAuthorized (403 here) otherwise."""
+    """The session of a POST whose CSRF token matches it; _Forbidden (403) otherwise, NotAuthorized
+    (401) without a logged-in session."""
     session, _new = _session(request, page=False)
     if _new or not _sessions(request).check_csrf(session, form.get("csrf")):
         raise _Forbidden()
     return session
-
-
-class _Forbidden(Exception):
-    pass
 
 
 def _forbidden() -> HTMLResponse:
@@ -204,7 +206,6 @@ def _forbidden() -> HTMLResponse:
 
 def _guard(handler: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the session checks' exceptions into answers (a redirect, 401 or 403)."""
-    import functools
 
     @functools.wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> Response:

@@ -310,3 +310,11 @@ async def test_images_page_lists_and_adds_by_url(bf: InProcess) -> None:
     image = b"\0" * 510 + b"\x55\xaa" + b"\1" * 512
     assert (await bf.client.put("/v1/images/tiny/file", content=image)).status_code == 201
     assert "tiny" in (await bf.client.get("/ui/images")).text
+
+
+async def test_login_failures_are_rate_limited_like_the_api(authed: httpx.AsyncClient) -> None:
+    """The dashboard's login is the API's Htpasswd: its per-address failure limit applies (429)."""
+    statuses = [(await login(authed, f"guess-{i}")).status_code for i in range(11)]
+    assert statuses[:10] == [401] * 10 and statuses[10] == 429
+    r = await login(authed)  # the right password, but this address is refused for now
+    assert r.status_code == 429 and "Too many failed logins" in r.text
