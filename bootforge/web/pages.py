@@ -449,28 +449,6 @@ async def node_summary(request: Request, ident: str) -> Response:
     return _render(request, "node_summary.html", session, **await _summary_values(request, ident))
 
 
-@router.get("/nodes/{ident}/timeline")
-@_guard
-async def node_timeline(request: Request, ident: str) -> Response:
-    """The node's timeline stream (as GET /v1/nodes/{ident}/events/stream), resumable by Last-Event-ID."""
-    _session(request, page=False)
-    services = _services(request)
-    node = await load_node(services.conductor, ident)
-    after_raw = request.headers.get("last-event-id", "")
-    after = int(after_raw) if after_raw.isdigit() and len(after_raw) < 19 else None
-    gate = _gate(request)
-    stopping = _stopping(request)
-    db, settings = services.conductor.db, services.settings
-
-    async def body() -> AsyncIterator[bytes]:
-        with gate.enter():
-            async for chunk in streams.timeline(settings, db, node.id, after, TIMELINE_HISTORY, stopping):
-                yield chunk
-
-    gate.check()
-    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
 def _console_read(path: Path, position: int | None) -> tuple[int, int, bytes]:
     """(size, where the bytes start, bytes) of the console log from `position` (None: its end), or
     (-1, 0, b"") when there is no log. A shrunk file (rotated, recreated) is read from its start."""
@@ -515,21 +493,60 @@ async def console_tail(path: Path, stopping: streams.Stopping, keepalive: float)
             yield b": keepalive\n\n"
 
 
-@router.get("/nodes/{ident}/console")
+async def merged(*sources: AsyncIterator[bytes], buffered: int = 16) -> AsyncIterator[bytes]:
+    """The chunks of several streams as they come, until every one has ended.
+
+    Each source is read by a task of its own into a small queue, so a slow client slows the sources
+    down instead of growing a buffer; closing this generator (the client went away) cancels them.
+    """
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=buffered)
+
+    async def pump(source: AsyncIterator[bytes]) -> None:
+        try:
+            async for chunk in source:
+                await queue.put(chunk)
+        except Exception:
+            log.exception("a dashboard stream failed")
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(source)) for source in sources]
+    ended = 0
+    try:
+        while ended < len(tasks):
+            chunk = await queue.get()
+            if chunk is None:
+                ended += 1
+            else:
+                yield chunk
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@router.get("/nodes/{ident}/live")
 @_guard
-async def node_console(request: Request, ident: str) -> Response:
-    """The node's console log (VM serial or SOL, as its console interface captures it), following."""
+async def node_live(request: Request, ident: str) -> Response:
+    """One stream per node page: its timeline (`timeline` messages with the row id, so a reconnect
+    with Last-Event-ID resumes after the last row seen, as GET /v1/nodes/{ident}/events/stream) and
+    its console log (`console` messages: the log's end, then what is appended; VM serial or SOL, as
+    the node's console interface captures it). One connection, not two: a browser opens at most six
+    to one server over HTTP/1.1, and every open tab holds its streams."""
     _session(request, page=False)
     services = _services(request)
     node = await load_node(services.conductor, ident)
-    path = console_log_path(services.settings, node.uuid)
+    after_raw = request.headers.get("last-event-id", "")
+    after = int(after_raw) if after_raw.isdigit() and len(after_raw) < 19 else None
     gate = _gate(request)
     stopping = _stopping(request)
-    keepalive = services.settings.events.stream_keepalive
+    db, settings = services.conductor.db, services.settings
+    path = console_log_path(settings, node.uuid)
 
     async def body() -> AsyncIterator[bytes]:
         with gate.enter():
-            async for chunk in console_tail(path, stopping, keepalive):
+            timeline = streams.timeline(settings, db, node.id, after, TIMELINE_HISTORY, stopping)
+            console = console_tail(path, stopping, settings.events.stream_keepalive)
+            async for chunk in merged(timeline, console):
                 yield chunk
 
     gate.check()

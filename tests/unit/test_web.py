@@ -21,7 +21,7 @@ from test_layering import ROOT, imported
 from bootforge.api.app import create_app
 from bootforge.api.auth import Htpasswd
 from bootforge.conductor import fleet
-from bootforge.web.pages import console_tail
+from bootforge.web.pages import console_tail, merged
 from bootforge.web.session import COOKIE, Sessions
 
 PASSWORD = "correct horse"
@@ -318,3 +318,41 @@ async def test_login_failures_are_rate_limited_like_the_api(authed: httpx.AsyncC
     assert statuses[:10] == [401] * 10 and statuses[10] == 429
     r = await login(authed)  # the right password, but this address is refused for now
     assert r.status_code == 429 and "Too many failed logins" in r.text
+
+
+async def test_merged_streams_interleave_end_together_and_cancel_on_close() -> None:
+    gate = asyncio.Event()
+    closed: list[str] = []
+
+    async def slow() -> AsyncIterator[bytes]:
+        try:
+            yield b"s1"
+            await gate.wait()
+            yield b"s2"
+        finally:
+            closed.append("slow")
+
+    async def fast() -> AsyncIterator[bytes]:
+        yield b"f1"
+        yield b"f2"
+
+    out = merged(slow(), fast())
+    got = {await anext(out) for _ in range(3)}
+    assert got == {b"s1", b"f1", b"f2"}
+    gate.set()
+    assert [c async for c in out] == [b"s2"]  # ends once both sources have ended
+
+    forever = asyncio.Event()
+
+    async def hanging() -> AsyncIterator[bytes]:
+        try:
+            yield b"h"
+            await forever.wait()
+            yield b"never"
+        finally:
+            closed.append("hanging")
+
+    out = merged(hanging())
+    assert await anext(out) == b"h"
+    await out.aclose()  # the client went away: the source's task is cancelled and it closes
+    assert closed == ["slow", "hanging"]

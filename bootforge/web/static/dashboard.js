@@ -36,10 +36,12 @@ if (fleetRows) {
   setInterval(soon, 15000);
 }
 
-// Node page: the timeline grows as the stream delivers rows; the summary (states, diagnosis,
-// actions) is fetched again after each burst of rows.
+// Node page: one stream (a browser allows six connections per server; tabs add up) carries the
+// timeline rows and the console log. The timeline grows as rows come, the summary (states,
+// diagnosis, actions) is fetched again after each burst of rows, the console shows text, never HTML.
 const timeline = document.getElementById("timeline");
 const summary = document.getElementById("summary");
+const consoleLog = document.getElementById("console");
 function failingUuid() {
   const body = summary && summary.querySelector(".summary-body");
   return body ? body.dataset.failing : "";
@@ -48,9 +50,16 @@ function markFailing() {
   const failing = failingUuid();
   for (const row of timeline.rows) row.classList.toggle("failing", !!failing && row.dataset.uuid === failing);
 }
-if (timeline) {
-  const soon = summary ? refresher(summary, 700, markFailing) : () => {};
-  const stream = new EventSource(timeline.dataset.src);
+if (timeline && summary) {
+  const soon = refresher(summary, 700, markFailing);
+  const stream = new EventSource(summary.dataset.live);
+  const status = document.getElementById("console-status");
+  let opened = false;
+  stream.addEventListener("open", () => {
+    // A reconnect resumes the timeline after its last row but sends the console's end again.
+    if (opened) consoleLog.textContent = "";
+    opened = true;
+  });
   stream.addEventListener("timeline", (event) => {
     const r = JSON.parse(event.data);
     if (timeline.querySelector(`tr[data-id="${r.id}"]`)) return;
@@ -66,13 +75,6 @@ if (timeline) {
     timeline.appendChild(row);
     soon();
   });
-}
-
-// Console: the log's end, then what is appended, as text (never as HTML).
-const consoleLog = document.getElementById("console");
-if (consoleLog) {
-  const status = document.getElementById("console-status");
-  const stream = new EventSource(consoleLog.dataset.src);
   stream.addEventListener("status", () => {
     status.textContent = "No console log yet: this node's console interface has not captured any output.";
   });
