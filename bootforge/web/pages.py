@@ -12,6 +12,7 @@ import asyncio
 import base64
 import datetime as dt
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -106,6 +107,26 @@ class _Forbidden(Exception):
     """A POST whose CSRF token is missing or not its session's: answered 403 by _guard."""
 
 
+class _WrongHost(Exception):
+    """noauth and a Host that is no loopback name: answered 403 by _guard.
+
+    noauth listens on loopback only, but a web page the operator opens can point a name of its own at
+    127.0.0.1 (DNS rebinding) and then read the dashboard as its own origin, CSRF token included.
+    The browser sends that name as Host, so a noauth dashboard answers only to loopback names.
+    """
+
+
+def _loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class _Redirect(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
@@ -150,10 +171,13 @@ def _session(request: Request, *, page: bool = True) -> tuple[Session, bool]:
     form and anything else (fragments, streams, POSTs) is refused with 401.
     """
     sessions = _sessions(request)
+    noauth = _htpasswd(request) is None
+    if noauth and not _loopback_host(request.url.hostname):
+        raise _WrongHost()
     found = sessions.decode(request.cookies.get(COOKIE))
     if found is not None and found.logged_in:
         return found, False
-    if _htpasswd(request) is None:
+    if noauth:
         return sessions.new(""), True
     if page:
         raise _Redirect(RedirectResponse("/ui/login", status_code=303))
@@ -216,6 +240,13 @@ def _guard(handler: Callable[..., Any]) -> Callable[..., Any]:
             return r.response
         except _Forbidden:
             return _forbidden()
+        except _WrongHost:
+            return Response(
+                "Without authentication (auth_strategy noauth) the dashboard answers only to a loopback "
+                "host name (127.0.0.1, [::1], localhost).",
+                status_code=403,
+                media_type="text/plain",
+            )
         except NotAuthorized as exc:
             return Response(exc.message, status_code=401, media_type="text/plain")
 

@@ -45,6 +45,14 @@ async def authed(bf: InProcess, tmp_path: Path) -> AsyncIterator[httpx.AsyncClie
         yield c
 
 
+@pytest.fixture
+async def ui(bf: InProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the noauth app that names a loopback host, as a browser on the conductor does."""
+    transport = httpx.ASGITransport(app=bf.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:6385") as c:
+        yield c
+
+
 async def login(c: httpx.AsyncClient, password: str = PASSWORD) -> httpx.Response:
     form = await c.get("/ui/login")
     assert form.status_code == 200
@@ -140,9 +148,9 @@ def test_sessions_expire_and_tokens_are_bound() -> None:
     assert sessions.decode(cookie) is None
 
 
-async def test_noauth_needs_no_login_but_still_a_csrf_token(bf: InProcess) -> None:
+async def test_noauth_needs_no_login_but_still_a_csrf_token(bf: InProcess, ui: httpx.AsyncClient) -> None:
     node = await enrol(bf, name="n1")
-    c = bf.client
+    c = ui
     assert (await c.get("/ui/login")).status_code == 303
     page = await c.get(f"/ui/nodes/{node['uuid']}")
     assert page.status_code == 200 and "local operator" in page.text
@@ -157,32 +165,43 @@ async def test_noauth_needs_no_login_but_still_a_csrf_token(bf: InProcess) -> No
     assert 'id="provision-state">manageable' in summary.text
 
 
-async def test_a_refused_action_says_why(bf: InProcess) -> None:
+async def test_noauth_answers_only_to_a_loopback_host_name(bf: InProcess) -> None:
+    """DNS rebinding: a stranger's name pointed at 127.0.0.1 would otherwise read the pages and the
+    CSRF token as its own origin."""
+    assert (await bf.client.get("/ui/")).status_code == 403  # Host: bootforge.test
+    for host in ("127.0.0.1:6385", "localhost", "[::1]:6385", "127.0.0.2"):
+        assert (await bf.client.get("/ui/", headers={"Host": host})).status_code == 200, host
+    for host in ("evil.example", "127.0.0.1.evil.example", "localhost.evil"):
+        r = await bf.client.get("/ui/", headers={"Host": host})
+        assert r.status_code == 403 and "loopback" in r.text, host
+
+
+async def test_a_refused_action_says_why(bf: InProcess, ui: httpx.AsyncClient) -> None:
     node = await enrol(bf)
-    page = await bf.client.get(f"/ui/nodes/{node['uuid']}")
-    r = await bf.client.post(
+    page = await ui.get(f"/ui/nodes/{node['uuid']}")
+    r = await ui.post(
         f"/ui/nodes/{node['uuid']}/action", data={"action": "undeploy", "csrf": csrf_of(page.text)}
     )
     assert r.status_code == 409 and "can not be performed" in r.text
-    r = await bf.client.post(
+    r = await ui.post(
         f"/ui/nodes/{node['uuid']}/action", data={"action": "<b>rm</b>", "csrf": csrf_of(page.text)}
     )
     assert r.status_code == 400 and "<b>" not in r.text
 
 
-async def test_the_node_page_masks_driver_info(bf: InProcess) -> None:
+async def test_the_node_page_masks_driver_info(bf: InProcess, ui: httpx.AsyncClient) -> None:
     node = await enrol(
         bf, name="masked", driver_info={"fake_password": "hunter2-very-secret", "fake_address": "10.0.0.9"}
     )
     await bf.client.post("/v1/ports", json={"node_uuid": node["uuid"], "address": "52:54:00:aa:bb:01"})
-    page = await bf.client.get(f"/ui/nodes/{node['uuid']}")
+    page = await ui.get(f"/ui/nodes/{node['uuid']}")
     assert page.status_code == 200
     assert "hunter2-very-secret" not in page.text and "******" in page.text and "10.0.0.9" in page.text
     assert "52:54:00:aa:bb:01" in page.text
-    assert (await bf.client.get("/ui/nodes/nonexistent")).status_code == 404
+    assert (await ui.get("/ui/nodes/nonexistent")).status_code == 404
 
 
-async def test_fleet_filters_search_and_pages(bf: InProcess) -> None:
+async def test_fleet_filters_search_and_pages(bf: InProcess, ui: httpx.AsyncClient) -> None:
     a = await enrol(bf, name="alpha-1", resource_class="gold")
     b = await enrol(bf, name="beta-2", resource_class="silver")
     await bf.client.post("/v1/ports", json={"node_uuid": b["uuid"], "address": "52:54:00:12:34:56"})
@@ -205,9 +224,9 @@ async def test_fleet_filters_search_and_pages(bf: InProcess) -> None:
     first = await fleet.fleet_page(db, fleet.FleetFilter(), 1, 1)
     assert first.total == 2 and first.has_next and [r["name"] for r in first.rows] == ["alpha-1"]
     assert await names(size=1, page=2) == ["beta-2"]
-    page = await bf.client.get("/ui/", params={"q": "beta", "maintenance": "false"})
+    page = await ui.get("/ui/", params={"q": "beta", "maintenance": "false"})
     assert "beta-2" in page.text and "alpha-1" not in page.text
-    rows = await bf.client.get("/ui/fleet/rows", params={"maintenance": "true"})
+    rows = await ui.get("/ui/fleet/rows", params={"maintenance": "true"})
     assert "alpha-1" in rows.text and "beta-2" not in rows.text and "<html" not in rows.text
 
 
@@ -260,7 +279,9 @@ def test_no_inline_script_or_style_in_templates() -> None:
         assert not re.search(r'(src|href)="(https?:)?//', text), f"{path.name} loads from elsewhere"
 
 
-async def test_deploy_with_a_catalogue_image_and_user_data(bf: InProcess, tmp_path: Path) -> None:
+async def test_deploy_with_a_catalogue_image_and_user_data(
+    bf: InProcess, ui: httpx.AsyncClient, tmp_path: Path
+) -> None:
     image = b"\0" * 510 + b"\x55\xaa" + b"\1" * 512  # a raw disk with an MBR signature
     assert (await bf.client.put("/v1/images/tiny/file", content=image)).status_code == 201
     node = await enrol(bf, name="d1")
@@ -268,48 +289,48 @@ async def test_deploy_with_a_catalogue_image_and_user_data(bf: InProcess, tmp_pa
         r = await bf.client.put(f"/v1/nodes/{node['uuid']}/states/provision", json={"target": verb})
         assert r.status_code == 202
         await bf.conductor.wait_idle()
-    page = await bf.client.get(f"/ui/nodes/{node['uuid']}")
+    page = await ui.get(f"/ui/nodes/{node['uuid']}")
     assert 'id="act-deploy"' in page.text and '<option value="tiny">' in page.text
     form = {"action": "deploy", "image": "tiny", "user_data": "#cloud-config\npassword: s3cret-ud\n"}
-    r = await bf.client.post(f"/ui/nodes/{node['uuid']}/action", data={**form, "csrf": csrf_of(page.text)})
+    r = await ui.post(f"/ui/nodes/{node['uuid']}/action", data={**form, "csrf": csrf_of(page.text)})
     assert r.status_code == 303, r.text
     await bf.conductor.wait_idle()
     shown = (await bf.client.get(f"/v1/nodes/{node['uuid']}")).json()
     assert shown["provision_state"] == "active" and shown["instance_info"]["image_source"] == "tiny"
-    page = await bf.client.get(f"/ui/nodes/{node['uuid']}")
+    page = await ui.get(f"/ui/nodes/{node['uuid']}")
     assert "s3cret-ud" not in page.text and 'id="act-undeploy"' in page.text
 
 
-async def test_boot_device_and_power_actions(bf: InProcess) -> None:
+async def test_boot_device_and_power_actions(bf: InProcess, ui: httpx.AsyncClient) -> None:
     node = await enrol(bf)
-    page = await bf.client.get(f"/ui/nodes/{node['uuid']}")
+    page = await ui.get(f"/ui/nodes/{node['uuid']}")
     token = csrf_of(page.text)
     url = f"/ui/nodes/{node['uuid']}/action"
-    r = await bf.client.post(url, data={"action": "boot device", "device": "pxe", "csrf": token})
+    r = await ui.post(url, data={"action": "boot device", "device": "pxe", "csrf": token})
     assert r.status_code == 303, r.text
     device = (await bf.client.get(f"/v1/nodes/{node['uuid']}/management/boot_device")).json()
     assert device["boot_device"] == "pxe"
-    r = await bf.client.post(url, data={"action": "boot device", "device": "floppy", "csrf": token})
+    r = await ui.post(url, data={"action": "boot device", "device": "floppy", "csrf": token})
     assert r.status_code == 400 and "Invalid boot device" in r.text
-    assert (await bf.client.post(url, data={"action": "power on", "csrf": token})).status_code == 303
+    assert (await ui.post(url, data={"action": "power on", "csrf": token})).status_code == 303
     await bf.conductor.wait_idle()
     assert (await bf.client.get(f"/v1/nodes/{node['uuid']}")).json()["power_state"] == "power on"
-    r = await bf.client.post(url, data={"action": "maintenance on", "reason": "fan", "csrf": token})
+    r = await ui.post(url, data={"action": "maintenance on", "reason": "fan", "csrf": token})
     assert r.status_code == 303
-    assert 'id="maintenance">yes: fan' in (await bf.client.get(f"/ui/nodes/{node['uuid']}/summary")).text
+    assert 'id="maintenance">yes: fan' in (await ui.get(f"/ui/nodes/{node['uuid']}/summary")).text
 
 
-async def test_images_page_lists_and_adds_by_url(bf: InProcess) -> None:
-    page = await bf.client.get("/ui/images")
+async def test_images_page_lists_and_adds_by_url(bf: InProcess, ui: httpx.AsyncClient) -> None:
+    page = await ui.get("/ui/images")
     assert page.status_code == 200 and "The catalogue is empty" in page.text
     token = csrf_of(page.text)
-    r = await bf.client.post("/ui/images", data={"name": "x", "source": "ftp://host/x.img", "csrf": token})
+    r = await ui.post("/ui/images", data={"name": "x", "source": "ftp://host/x.img", "csrf": token})
     assert r.status_code == 400 and 'id="image-error"' in r.text
-    r = await bf.client.post("/ui/images", data={"name": "x", "source": "http://a/b", "csrf": "bad"})
+    r = await ui.post("/ui/images", data={"name": "x", "source": "http://a/b", "csrf": "bad"})
     assert r.status_code == 403
     image = b"\0" * 510 + b"\x55\xaa" + b"\1" * 512
     assert (await bf.client.put("/v1/images/tiny/file", content=image)).status_code == 201
-    assert "tiny" in (await bf.client.get("/ui/images")).text
+    assert "tiny" in (await ui.get("/ui/images")).text
 
 
 async def test_login_failures_are_rate_limited_like_the_api(authed: httpx.AsyncClient) -> None:
