@@ -33,6 +33,7 @@ from bootforge.api.routes import diagnosis as diagnosis_route
 from bootforge.api.routes.events import SSE_HEADERS, _gate, _stopping
 from bootforge.conductor import fleet, reads, states
 from bootforge.conductor.task import load_node
+from bootforge.drivers import qemu, qemu_machine
 from bootforge.drivers.base import BOOT_DEVICES, console_log_path
 from bootforge.errors import BootforgeError, InvalidInput, NotAuthorized, NotFound
 from bootforge.observe import streams
@@ -555,6 +556,27 @@ async def merged(*sources: AsyncIterator[bytes], buffered: int = 16) -> AsyncIte
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def console_source(settings: Any, node: Any) -> Path:
+    """The file holding the node's serial console.
+
+    A console interface that captures it (IPMI SOL) writes to base.console_log_path; a qemu node's VM
+    writes its serial port to the `serial_log` of its definition file (driver_info's qemu_command),
+    which is used when there is no captured log. Reads the definition file: call in a thread.
+    """
+    captured: Path = console_log_path(settings, node.uuid)
+    if captured.exists() or node.driver != "qemu":
+        return captured
+    try:
+        info = qemu.parse_driver_info(node.driver_info or {})
+        if info.definition is not None:
+            serial = qemu_machine.load_definition(info.definition, info.boot_mode).serial_log
+            if serial is not None:
+                return serial
+    except (BootforgeError, qemu_machine.QemuError) as exc:
+        log.info("node %s: no VM serial log (%s)", node.uuid, exc)
+    return captured
+
+
 @router.get("/nodes/{ident}/live")
 @_guard
 async def node_live(request: Request, ident: str) -> Response:
@@ -571,7 +593,7 @@ async def node_live(request: Request, ident: str) -> Response:
     gate = _gate(request)
     stopping = _stopping(request)
     db, settings = services.conductor.db, services.settings
-    path = console_log_path(settings, node.uuid)
+    path = await asyncio.to_thread(console_source, settings, node)
 
     async def body() -> AsyncIterator[bytes]:
         with gate.enter():

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import bcrypt
 import httpx
@@ -21,7 +23,7 @@ from test_layering import ROOT, imported
 from bootforge.api.app import create_app
 from bootforge.api.auth import Htpasswd
 from bootforge.conductor import fleet
-from bootforge.web.pages import console_tail, merged
+from bootforge.web.pages import console_source, console_tail, merged
 from bootforge.web.session import COOKIE, Sessions
 
 PASSWORD = "correct horse"
@@ -377,3 +379,20 @@ async def test_merged_streams_interleave_end_together_and_cancel_on_close() -> N
     assert await anext(out) == b"h"
     await out.aclose()  # the client went away: the source's task is cancelled and it closes
     assert closed == ["slow", "hanging"]
+
+
+def test_console_source_is_the_captured_log_or_a_qemu_vms_serial_log(bf: InProcess, tmp_path: Path) -> None:
+    vm = tmp_path / "vm1"
+    vm.mkdir()
+    (vm / "vm1.json").write_text(json.dumps({"name": "vm1", "serial_log": "console.log"}))
+    info = {"qemu_qmp_socket": str(vm / "qmp.sock"), "qemu_command": str(vm / "vm1.json")}
+    node = SimpleNamespace(uuid="0b6f1c2e-1d7a-4a57-9d0e-2f5b2f7b3c11", driver="qemu", driver_info=info)
+    captured = bf.settings.state_dir / "console" / f"{node.uuid}.log"
+    assert console_source(bf.settings, node) == vm / "console.log"  # relative to the definition
+    broken = SimpleNamespace(uuid=node.uuid, driver="qemu", driver_info={"qemu_command": "x"})
+    assert console_source(bf.settings, broken) == captured  # bad driver_info: no exception
+    captured.parent.mkdir(parents=True, exist_ok=True)
+    captured.write_text("SOL\n")
+    assert console_source(bf.settings, node) == captured  # a captured console wins
+    ipmi = SimpleNamespace(uuid="0b6f1c2e-1d7a-4a57-9d0e-2f5b2f7b3c12", driver="ipmi", driver_info={})
+    assert console_source(bf.settings, ipmi).name == f"{ipmi.uuid}.log"
