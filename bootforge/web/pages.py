@@ -423,6 +423,16 @@ async def _diagnosis(request: Request, ident: str) -> dict[str, Any] | None:
     return found
 
 
+async def _progress(request: Request, ident: str) -> dict[str, Any] | None:
+    """The API's progress of the node (GET /v1/nodes/{ident}/progress): the step, the agent's done/total."""
+    try:
+        answer = await diagnosis_route.progress(request, ident)
+    except BootforgeError:
+        return None
+    found: dict[str, Any] = orjson.loads(bytes(answer.body))
+    return found
+
+
 async def _summary_values(request: Request, ident: str) -> dict[str, Any]:
     services = _services(request)
     node = await load_node(services.conductor, ident)
@@ -432,6 +442,7 @@ async def _summary_values(request: Request, ident: str) -> dict[str, Any]:
         "node": node,
         "ident": node.uuid,
         "diagnosis": await _diagnosis(request, node.uuid),
+        "progress": await _progress(request, node.uuid),
         "verbs": [(v, *VERBS[v]) for v in verbs],
         "power": POWER,
         "boot_devices": BOOT_DEVICES,

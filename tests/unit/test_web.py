@@ -396,3 +396,28 @@ def test_console_source_is_the_captured_log_or_a_qemu_vms_serial_log(bf: InProce
     assert console_source(bf.settings, node) == captured  # a captured console wins
     ipmi = SimpleNamespace(uuid="0b6f1c2e-1d7a-4a57-9d0e-2f5b2f7b3c12", driver="ipmi", driver_info={})
     assert console_source(bf.settings, ipmi).name == f"{ipmi.uuid}.log"
+
+
+async def test_the_summary_shows_the_running_step(tmp_path: Path) -> None:
+    from support.service import in_process
+
+    async for bf in in_process(tmp_path, fake_delays={"deploy": 1.0}):
+        transport = httpx.ASGITransport(app=bf.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as ui:
+            node = await enrol(bf, name="s1")
+            for verb in ("manage", "provide"):
+                r = await bf.client.put(f"/v1/nodes/{node['uuid']}/states/provision", json={"target": verb})
+                assert r.status_code == 202
+                await bf.conductor.wait_idle()
+            r = await bf.client.put(f"/v1/nodes/{node['uuid']}/states/provision", json={"target": "active"})
+            assert r.status_code == 202
+            seen = ""
+            async with asyncio.timeout(10):
+                while 'id="step"' not in seen:
+                    seen = (await ui.get(f"/ui/nodes/{node['uuid']}/summary")).text
+                    await asyncio.sleep(0.05)
+            assert re.search(r'id="step">deploy step deploy\.\w+', seen), seen
+            assert 'data-busy="1"' in seen
+            await bf.conductor.wait_idle()
+            done = (await ui.get(f"/ui/nodes/{node['uuid']}/summary")).text
+            assert 'id="step"' not in done and 'data-busy=""' in done

@@ -53,6 +53,12 @@ function markFailing() {
 if (timeline && summary) {
   const soon = refresher(summary, 700, markFailing);
   const stream = new EventSource(summary.dataset.live);
+  // The agent's progress (bytes written) comes without timeline rows: while the node is on its way
+  // somewhere, the summary is fetched every 3 s as well.
+  setInterval(() => {
+    const body = summary.querySelector(".summary-body");
+    if (body && body.dataset.busy) soon();
+  }, 3000);
   const status = document.getElementById("console-status");
   let opened = false;
   stream.addEventListener("open", () => {
