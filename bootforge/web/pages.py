@@ -176,7 +176,9 @@ def _session(request: Request, *, page: bool = True) -> tuple[Session, bool]:
     if noauth and not _loopback_host(request.url.hostname):
         raise _WrongHost()
     found = sessions.decode(request.cookies.get(COOKIE))
-    if found is not None and found.logged_in:
+    # With auth, only a session a login made names a user: a noauth session's "" (issued before the
+    # server was switched to http_basic, under the same key) is no login.
+    if found is not None and (found.user if not noauth else found.logged_in):
         return found, False
     if noauth:
         return sessions.new(""), True

@@ -137,6 +137,15 @@ async def test_a_tampered_or_expired_cookie_is_refused(authed: httpx.AsyncClient
         assert (await authed.get("/ui/fleet/rows")).status_code == 401
 
 
+async def test_a_noauth_session_is_no_login_once_auth_is_on(bf: InProcess, authed: httpx.AsyncClient) -> None:
+    """The same key signs both: a cookie issued while the server ran noauth must not pass as a login
+    after it was switched to http_basic."""
+    noauth_cookie = bf.app.state.web_sessions.encode(bf.app.state.web_sessions.new(""))
+    authed.cookies.set(COOKIE, noauth_cookie)
+    r = await authed.get("/ui/")
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+
+
 def test_sessions_expire_and_tokens_are_bound() -> None:
     now = [1000.0]
     sessions = Sessions(b"k" * 32, ttl=60, clock=lambda: now[0])
