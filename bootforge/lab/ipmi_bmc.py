@@ -229,6 +229,11 @@ class _BmcTask:
     def set_internal(self, **values: Any) -> None:
         self.node.driver_internal_info = updated_internal(self.node.driver_internal_info, values)
 
+    async def get_ports(self) -> list[Any]:
+        # A BMC does not know which NIC bootforge enrolled as the PXE port: boot device pxe keeps
+        # the VM's own NIC order, as a real BMC's firmware does.
+        return []
+
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         log.info("%s: %s", event_type, message)
 

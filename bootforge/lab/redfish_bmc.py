@@ -221,6 +221,11 @@ class _VmTask:
         self.node = node
         self.name = name
 
+    async def get_ports(self) -> list[Any]:
+        # A BMC does not know which NIC bootforge enrolled as the PXE port: boot device pxe keeps
+        # the VM's own NIC order, as a real BMC's firmware does.
+        return []
+
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         LOG.log(logging.WARNING if severity == "warning" else logging.INFO, "%s: %s", self.name, message)
 
