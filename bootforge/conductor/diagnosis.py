@@ -540,7 +540,9 @@ def diagnose(
             None,
             _evidence(s),
         )
-    summary = f"nothing wrong: the node is {facts.provision_state}, power {facts.power_state or 'unknown'}"
+    summary = (
+        f"nothing wrong: the node is {facts.provision_state}, {facts.power_state or 'power state unknown'}"
+    )
     if facts.maintenance:
         summary += f" (in maintenance: {facts.maintenance_reason or 'no reason given'})"
     if facts.last_error:

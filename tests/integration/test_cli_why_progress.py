@@ -46,7 +46,7 @@ def test_deploy_wait_shows_the_steps_and_why_finds_nothing_wrong(bf: Served) -> 
     assert lines[-1] == "n1 is active"
     why = cli(bf, "node", "why", "n1")
     assert why.returncode == 0, why.stderr
-    assert "ok: nothing wrong: the node is active, power power on" in why.stdout
+    assert "ok: nothing wrong: the node is active, power on" in why.stdout
 
 
 def test_a_failed_verification_is_explained_by_wait_and_by_why(bf: Served) -> None:

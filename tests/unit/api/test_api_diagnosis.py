@@ -66,7 +66,7 @@ async def test_a_healthy_node_has_nothing_wrong(api: Api) -> None:
     assert r.status_code == 200, r.text
     d = r.json()
     assert d["node_uuid"] == node["uuid"] and d["status"] == "ok" and d["wrong"] is False
-    assert d["summary"] == "nothing wrong: the node is available, power power off"
+    assert d["summary"] == "nothing wrong: the node is available, power off"
     assert d["failing_event"] is None
     p = (await api.c.get("/v1/nodes/fine/progress")).json()
     assert p["provision_state"] == "available" and p["step"] is None and p["agent"] is None

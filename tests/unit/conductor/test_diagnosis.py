@@ -197,7 +197,7 @@ def test_a_deployed_node_is_healthy() -> None:
     rows = ENROL + DEPLOY + UEFI_CHAIN + AGENT_DONE + HANDED_OVER
     v = diagnose(facts("active", agent_boot=None, target_provision_state=None), events(rows), NOW)
     assert v.status == Status.OK and not v.wrong
-    assert v.summary == "nothing wrong: the node is active, power power on"
+    assert v.summary == "nothing wrong: the node is active, power on"
     assert v.failing_event is None and v.evidence == ()
 
 
@@ -502,6 +502,6 @@ def test_an_error_of_an_earlier_attempt_is_mentioned_but_nothing_is_wrong() -> N
     v = diagnose(state, events(rows), NOW)
     assert v.status == Status.OK and not v.wrong
     assert v.summary == (
-        "nothing wrong: the node is available, power power off; "
+        "nothing wrong: the node is available, power off; "
         f"the last error, from an earlier attempt: {old}"
     )
