@@ -3,6 +3,11 @@
 Power and boot device are remembered on the node record, and every operation sleeps the delay configured
 in `Settings.fake_delays` (zero by default), so scale tests can model slow BMCs. Nothing here stands in
 for a real feature: the qemu, ipmi and redfish hardware types do the real work.
+
+Test-only knob: a node whose driver_info has `fake_boot_error` (a string) gets a DriverError with that
+text from the boot interface's prepare_ramdisk, after its delay: the deploy fails as it would at a BMC
+that refused the ramdisk boot (boot device, virtual media). It lets a test fail a deploy in a served
+`bootforge serve` process, which a monkeypatch cannot reach.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 from bootforge.config import FakeDelays
 from bootforge.drivers import base
 from bootforge.drivers.base import Task
-from bootforge.errors import InvalidInput
+from bootforge.errors import DriverError, InvalidInput
 
 
 class _FakeMixin:
@@ -76,6 +81,10 @@ class FakeBoot(_FakeMixin, base.BootInterface):
 
     async def prepare_ramdisk(self, task: Task) -> None:
         await self._sleep("boot")
+        error = task.node.driver_info.get("fake_boot_error")
+        if error:
+            node = task.node.name or task.node.uuid
+            raise DriverError(f"fake-hardware node {node}: preparing the ramdisk boot failed: {error}")
 
 
 class FakeDeploy(_FakeMixin, base.DeployInterface):

@@ -4,13 +4,17 @@ against a real `bootforge serve` on loopback with http_basic auth and fake-hardw
 Logs in with the htpasswd's user, finds the node in the fleet, opens it, asks for `manage` (accepting
 the confirmation), and sees, without the page reloading, the state reach `manageable`, the timeline
 row of that transition arrive and the console log's new lines appear. A second node's maintenance set
-through the API shows in the fleet view without a reload. Screenshots are kept under the test's tmp
-dir (the path is printed).
+through the API shows in the fleet view without a reload. A redfish node whose BMC does not answer
+fails `manage`, and a fake node whose ramdisk preparation is refused (the fake boot interface's
+test-only `fake_boot_error`) fails a deploy started from the page's form: both pages show the
+diagnosis and highlight the failing timeline row. Screenshots are kept under the test's tmp dir (the
+path is printed).
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,8 @@ def server(tmp_path: Path) -> Iterator[Served]:
         # Slow enough for the page to show `verifying` before `manageable` arrives live.
         "BOOTFORGE_FAKE_DELAYS__POWER": "1.5",
         "BOOTFORGE_FAKE_DELAYS__MANAGEMENT": "1.5",
+        # The failing deploy's ramdisk preparation takes this long: the page shows `deploying` first.
+        "BOOTFORGE_FAKE_DELAYS__BOOT": "3",
         "BOOTFORGE_POWER_SYNC_INTERVAL": "0",
     }
     yield from served(tmp_path, env=env)
@@ -183,6 +189,99 @@ def test_a_failed_verification_shows_its_diagnosis(server: Served, tmp_path: Pat
     except BaseException:
         driver.save_screenshot(str(shots / "failure.png"))
         (shots / "failure.html").write_text(driver.page_source)
+        raise
+    finally:
+        api.close()
+        driver.quit()
+
+
+def _wait_provision_state(api: httpx.Client, uuid: str, state: str, timeout: float = 60) -> None:
+    """Poll the API until the node reaches `state` (setup for the browser part, not what is checked)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        node = api.get(f"/v1/nodes/{uuid}").json()
+        if node["provision_state"] == state and not node["target_provision_state"]:
+            return
+        assert time.monotonic() < deadline, f"node stayed in {node['provision_state']}: {node['last_error']}"
+        time.sleep(0.2)
+
+
+def test_a_failed_deploy_shows_its_diagnosis(server: Served, tmp_path: Path) -> None:
+    """A deploy from the page's form whose ramdisk boot is refused: the page follows it to `deploy failed`
+    without a reload, says why, and marks the failing row."""
+    driver = _browser()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"\nscreenshots: {shots}")
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    latest = {"X-OpenStack-Ironic-API-Version": "1.78"}
+    api = httpx.Client(base_url=server.url, auth=("operator", PASSWORD), headers=latest, timeout=10)
+    refused = "virtual media insert refused by the BMC"
+    try:
+        image = b"\0" * 510 + b"\x55\xaa" + b"\1" * 512  # a raw disk with an MBR signature
+        r = api.put("/v1/images/tiny/file", content=image)
+        assert r.status_code == 201, r.text
+        info = {"fake_boot_error": refused}
+        r = api.post("/v1/nodes", json={"driver": "fake-hardware", "name": "deploy-f1", "driver_info": info})
+        assert r.status_code == 201, r.text
+        uuid = r.json()["uuid"]
+        for verb, state in (("manage", "manageable"), ("provide", "available")):
+            api.put(f"/v1/nodes/{uuid}/states/provision", json={"target": verb}).raise_for_status()
+            _wait_provision_state(api, uuid, state)
+
+        # The summary is re-rendered as events arrive: an element read mid-swap is stale, read it again.
+        wait = WebDriverWait(driver, WAIT, ignored_exceptions=[StaleElementReferenceException])
+        driver.get(server.url + "/ui/login")
+        driver.find_element(By.ID, "user").send_keys("operator")
+        driver.find_element(By.ID, "password").send_keys(PASSWORD)
+        driver.find_element(By.ID, "login").click()
+        wait.until(ec.presence_of_element_located((By.ID, "fleet-rows")))
+        driver.get(f"{server.url}/ui/nodes/{uuid}")
+        wait.until(lambda d: d.find_element(By.ID, "provision-state").text.strip() == "available")
+        form = driver.find_element(By.CSS_SELECTOR, "form.deploy")
+        assert "tiny" in form.find_element(By.NAME, "image").text
+        form.find_element(By.NAME, "user_data").send_keys("#cloud-config\nhostname: deploy-f1\n")
+        driver.find_element(By.ID, "act-deploy").click()
+        alert = wait.until(ec.alert_is_present())
+        assert "Deploy" in alert.text
+        alert.accept()
+        # The POST answers with the node page again; from here on nothing reloads it.
+        wait.until(ec.presence_of_element_located((By.ID, "timeline")))
+        driver.execute_script("window.bootforgeNotReloaded = true")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "provision-state"), "deploying"))
+        wait.until(lambda d: d.find_element(By.ID, "provision-state").text.strip() == "deploy failed")
+        failing = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#timeline tr.failing")))
+        assert "deploying -> deploy failed (fail)" in failing.text
+        assert refused in failing.text
+
+        def diagnosis_shown(d: Any) -> tuple[str, str] | None:
+            diagnosis = d.find_element(By.ID, "diagnosis")
+            if "status-failed" not in (diagnosis.get_attribute("class") or ""):
+                return None
+            return diagnosis.text, diagnosis.find_element(By.CSS_SELECTOR, ".cause").text
+
+        text, cause = wait.until(diagnosis_shown)
+        assert text.startswith("failed")
+        assert "the attempt failed before the machine was powered into the ramdisk" in text
+        assert "Likely cause: the BMC call (boot device, power on) or the step's preparation failed" in cause
+        assert refused in cause
+        wait.until(ec.text_to_be_present_in_element((By.ID, "last-error"), refused))
+        assert driver.execute_script("return window.bootforgeNotReloaded === true"), "the page reloaded"
+        shown = api.get(f"/v1/nodes/{uuid}").json()
+        assert shown["instance_info"]["image_source"] == "tiny"
+        # The diagnosis and the highlighted row in one picture.
+        row = driver.find_element(By.CSS_SELECTOR, "#timeline tr.failing")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'end'})", row)
+        driver.save_screenshot(str(shots / "deploy-failed.png"))
+        assert (shots / "deploy-failed.png").stat().st_size > 0
+    except BaseException:
+        driver.save_screenshot(str(shots / "failure.png"))
+        (shots / "failure.html").write_text(driver.page_source)
+        print(f"failure screenshot and page: {shots}")
         raise
     finally:
         api.close()
