@@ -60,7 +60,7 @@ async def run(nodes: int, concurrency: int, lists: int, state: Path) -> dict[str
     cpu: dict[str, float] = {}
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bf", headers=HEADERS) as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=HEADERS) as c:
 
             async def enrol(i: int) -> None:
                 info = {

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bootforge.api import openapi, versions
-from bootforge.api.auth import Htpasswd, TooManyFailures
+from bootforge.api.auth import Htpasswd, TooManyFailures, check_noauth_host
 from bootforge.api.deps import Services
 from bootforge.api.limits import RequestLimits
 from bootforge.api.responses import JSON, error_body, error_response
@@ -29,7 +29,7 @@ from bootforge.api.routes import (
     ports,
     root,
 )
-from bootforge.errors import BootforgeError, NotAcceptable, NotAuthorized
+from bootforge.errors import BootforgeError, Forbidden, NotAcceptable, NotAuthorized
 from bootforge.observe.asgi import AgentCallMetrics
 from bootforge.web import install as install_web
 
@@ -68,6 +68,8 @@ class IronicMiddleware:
             path = scope["path"]
             # The dashboard (bootforge/web) checks its own session cookie against the same htpasswd.
             dashboard = path == "/ui" or path.startswith("/ui/")
+            if self.htpasswd is None and not dashboard:
+                check_noauth_host(headers.get("host"))
             if (
                 self.htpasswd is not None
                 and path not in self.public
@@ -78,7 +80,7 @@ class IronicMiddleware:
                 scope.setdefault("state", {})["user"] = await self.htpasswd.authenticate(
                     headers.get("authorization"), client[0] if client else ""
                 )
-        except (NotAcceptable, NotAuthorized, TooManyFailures) as exc:
+        except (NotAcceptable, NotAuthorized, Forbidden, TooManyFailures) as exc:
             await _send_error(exc, scope, receive, send, request_id)
             return
         scope.setdefault("state", {})["version"] = version

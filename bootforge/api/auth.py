@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import math
 import os
 import secrets
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import bcrypt
 
-from bootforge.errors import BootforgeError, NotAuthorized
+from bootforge.errors import BootforgeError, Forbidden, NotAuthorized
 
 CACHE_TTL = 30.0  # seconds a verified login is remembered
 CACHE_SIZE = 1024  # verified logins remembered at once
@@ -179,3 +180,42 @@ class Htpasswd:
         while len(self._verified) >= self.cache_size:
             del self._verified[next(iter(self._verified))]
         self._verified[key] = now + self.cache_ttl
+
+
+NOAUTH_FOREIGN_HOST = (
+    "auth_strategy noauth answers only requests addressed to a loopback name (127.0.0.1, ::1, "
+    "localhost): another Host is what a web page that rebinds its own name to 127.0.0.1 sends. "
+    "Serve other names with auth_strategy http_basic"
+)
+
+
+def loopback_host(host: str | None) -> bool:
+    """Whether `host` (a hostname, or a Host header with its port) names this machine's loopback.
+
+    noauth listens on loopback only, but a web page the operator opens can point a name of its own
+    at 127.0.0.1 (DNS rebinding) and then use the API or the dashboard as its own origin, reading the
+    answers. The browser sends that name as Host, so without authentication only loopback names are
+    answered.
+    """
+    if not host:
+        return False
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_noauth_host(host: str | None) -> None:
+    """Raise Forbidden unless a request without authentication came for a loopback name.
+
+    A request without a Host header (HTTP/1.0 tools) passes: browsers always send one.
+    """
+    if host is not None and not loopback_host(host):
+        raise Forbidden(NOAUTH_FOREIGN_HOST)

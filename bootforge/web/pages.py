@@ -12,7 +12,6 @@ import asyncio
 import base64
 import datetime as dt
 import functools
-import ipaddress
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from bootforge import masking
-from bootforge.api.auth import Htpasswd, TooManyFailures
+from bootforge.api.auth import Htpasswd, TooManyFailures, loopback_host
 from bootforge.api.deps import Services
 from bootforge.api.routes import diagnosis as diagnosis_route
 from bootforge.api.routes.events import SSE_HEADERS, _gate, _stopping
@@ -117,17 +116,6 @@ class _WrongHost(Exception):
     """
 
 
-def _loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class _Redirect(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
@@ -173,7 +161,7 @@ def _session(request: Request, *, page: bool = True) -> tuple[Session, bool]:
     """
     sessions = _sessions(request)
     noauth = _htpasswd(request) is None
-    if noauth and not _loopback_host(request.url.hostname):
+    if noauth and not loopback_host(request.url.hostname):
         raise _WrongHost()
     found = sessions.decode(request.cookies.get(COOKIE))
     # With auth, only a session a login made names a user: a noauth session's "" (issued before the

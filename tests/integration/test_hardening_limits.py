@@ -50,7 +50,7 @@ def exchange(server: Served, head: bytes, body: bytes = b"", timeout: float = 10
 def test_a_64_mib_body_is_refused_from_its_content_length(server: Served) -> None:
     size = 64 << 20
     head = (
-        f"POST /v1/nodes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {size}\r\n\r\n"
     ).encode()
     started = time.monotonic()
@@ -67,7 +67,9 @@ def test_a_64_mib_body_is_refused_from_its_content_length(server: Served) -> Non
 
 
 def test_ten_thousand_headers_are_cut_off_with_431(server: Served) -> None:
-    head = b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(10_000))
+    head = b"GET /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
+        b"X-H%d: 1\r\n" % i for i in range(10_000)
+    )
     answer = exchange(server, head, timeout=5)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     # Whichever limit the server meets first (count or bytes, by how the head arrives) answers.
@@ -75,7 +77,7 @@ def test_ten_thousand_headers_are_cut_off_with_431(server: Served) -> None:
 
 
 def test_a_megabyte_header_is_cut_off_with_431(server: Served) -> None:
-    head = b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20)
+    head = b"GET /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (1 << 20)
     answer = exchange(server, head, timeout=5)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     assert b"max_header_bytes" in answer
@@ -96,7 +98,9 @@ def test_state_dir_and_database_are_private(server: Served) -> None:
 
 
 def test_more_header_fields_than_allowed_are_refused_by_count(server: Served) -> None:
-    head = b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(150))
+    head = b"GET /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
+        b"X-H%d: 1\r\n" % i for i in range(150)
+    )
     answer = exchange(server, head, timeout=5)  # unfinished: refused at the 101st field
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     assert b"more than 100 header fields" in answer

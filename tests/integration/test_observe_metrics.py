@@ -155,7 +155,7 @@ async def test_metrics_auth(tmp_path: Path, public: bool) -> None:
     async for bf in in_process(tmp_path, **FAKE, metrics={"public": public}):
         app = create_app(bf.services, Htpasswd(htpasswd))
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=LATEST) as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=LATEST) as c:
             anonymous = await c.get("/metrics")
             assert anonymous.status_code == (200 if public else 401)
             assert (await c.get("/metrics", auth=("prometheus", "scrape secret"))).status_code == 200

@@ -64,7 +64,7 @@ async def in_process(tmp_path: Path, **overrides: Any) -> AsyncIterator[InProces
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://bootforge.test", headers=LATEST
+            transport=transport, base_url="http://localhost", headers=LATEST
         ) as c:
             yield InProcess(settings, c, services, app)
     finally:

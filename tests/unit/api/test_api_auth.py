@@ -25,7 +25,7 @@ async def secured(bf: InProcess, tmp_path: Path) -> AsyncIterator[httpx.AsyncCli
     htpasswd.write_text(f"# operators\nadmin:{digest}\nbroken-line\n")
     app = create_app(bf.services, Htpasswd(htpasswd))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bootforge.test", headers=LATEST) as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=LATEST) as c:
         yield c
 
 
@@ -107,3 +107,18 @@ def test_http_basic_needs_an_htpasswd_file(tmp_path: Path) -> None:
         }
     )
     assert ok.auth_strategy == "http_basic"
+
+
+@pytest.mark.parametrize("host", ["evil.example.com", "10.0.0.5:6385", "127.0.0.1.nip.io"])
+async def test_noauth_answers_only_to_loopback_names(bf: InProcess, host: str) -> None:
+    """noauth listens on loopback, but a web page the operator opens can point a name of its own at
+    127.0.0.1 (DNS rebinding) and drive the API as its own origin: the browser sends that name as Host."""
+    app = create_app(bf.services, None)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=LATEST) as c:
+        r = await c.post("/v1/nodes", json={"driver": "fake-hardware"}, headers={"Host": host})
+        assert r.status_code == 403
+        assert "loopback" in fault(r)
+        assert (await c.get("/v1/nodes", headers={"Host": host})).status_code == 403
+        for ok in ("127.0.0.1:6385", "localhost", "[::1]:6385", "127.0.0.2"):
+            assert (await c.get("/v1/nodes", headers={"Host": ok})).status_code == 200, ok

@@ -60,7 +60,7 @@ async def secured(bf: InProcess, tmp_path: Path) -> AsyncIterator[httpx.AsyncCli
     _write(path, GOOD[1].encode())
     app = create_app(bf.services, Htpasswd(path))
     transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 4000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://bootforge.test", headers=LATEST) as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=LATEST) as c:
         yield c
 
 

@@ -167,7 +167,7 @@ async def test_the_check_needs_credentials_like_every_route(bfr: InProcess, tmp_
     htpasswd.write_text("admin:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode() + "\n")
     app = create_app(bfr.services, Htpasswd(htpasswd))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bootforge.test", headers=LATEST) as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=LATEST) as c:
         assert (await c.get("/v1/nodes/guarded/bmc")).status_code == 401
         r = await c.get("/v1/nodes/guarded/bmc", auth=("admin", "pw"))
         assert r.status_code == 200 and r.json()["reachable"] is True

@@ -116,7 +116,7 @@ async def test_unknown_nodes_and_missing_credentials(api: Api, tmp_path: Path) -
     htpasswd.write_text("admin:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode() + "\n")
     app = create_app(api.bf.services, Htpasswd(htpasswd))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bootforge.test", headers=LATEST) as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=LATEST) as c:
         for path in ("diagnosis", "progress"):
             assert (await c.get(f"/v1/nodes/guarded/{path}")).status_code == 401
             assert (await c.get(f"/v1/nodes/guarded/{path}", auth=("admin", "pw"))).status_code == 200

@@ -20,7 +20,7 @@ async def test_root_lists_v1_with_its_version_range(api: Api) -> None:
     assert doc["default_version"]["min_version"] == "1.1"
     assert doc["default_version"]["version"] == "1.78"
     assert doc["versions"] == [doc["default_version"]]
-    assert doc["default_version"]["links"][0]["href"] == "http://bootforge.test/v1/"
+    assert doc["default_version"]["links"][0]["href"] == "http://localhost/v1/"
 
 
 @pytest.mark.parametrize("path", ["/v1", "/v1/"])
@@ -32,7 +32,7 @@ async def test_v1_links_every_resource(api: Api, path: str) -> None:
     assert doc["version"]["version"] == "1.78"
     assert doc["media_types"][0]["type"] == "application/vnd.openstack.ironic.v1+json"
     for name in ("nodes", "ports", "portgroups", "drivers", "allocations", "conductors"):
-        assert doc[name][0]["href"] == f"http://bootforge.test/v1/{name}/"
+        assert doc[name][0]["href"] == f"http://localhost/v1/{name}/"
 
 
 @pytest.mark.parametrize("path", ["/", "/v1/nodes", "/v1/nodes/nope", "/v1/drivers"])

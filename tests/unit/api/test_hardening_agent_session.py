@@ -67,7 +67,7 @@ def client_at(api: Api, address: tuple[str, int], tmp_path: Path | None = None) 
         htpasswd = Htpasswd(tmp_path / "htpasswd")
     app = create_app(api.bf.services, htpasswd)
     transport = httpx.ASGITransport(app=app, client=address)
-    return httpx.AsyncClient(transport=transport, base_url="http://bootforge.test")
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
 async def waiting(api: Api) -> tuple[str, str]:
