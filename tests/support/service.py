@@ -63,9 +63,7 @@ async def in_process(tmp_path: Path, **overrides: Any) -> AsyncIterator[InProces
     app = create_app(services)
     transport = httpx.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://localhost", headers=LATEST
-        ) as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=LATEST) as c:
             yield InProcess(settings, c, services, app)
     finally:
         await conductor.stop(grace=5)

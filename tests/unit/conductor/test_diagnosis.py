@@ -502,6 +502,5 @@ def test_an_error_of_an_earlier_attempt_is_mentioned_but_nothing_is_wrong() -> N
     v = diagnose(state, events(rows), NOW)
     assert v.status == Status.OK and not v.wrong
     assert v.summary == (
-        "nothing wrong: the node is available, power off; "
-        f"the last error, from an earlier attempt: {old}"
+        f"nothing wrong: the node is available, power off; the last error, from an earlier attempt: {old}"
     )
