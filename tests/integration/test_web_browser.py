@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,39 @@ def _browser() -> Any:
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
+@contextmanager
+def _session(server: Served, tmp_path: Path) -> Iterator[tuple[Any, Path, httpx.Client]]:
+    """A headless browser, a screenshot directory and an API client (the operator's, at 1.78: a new
+    node stays in enroll); on failure the page's screenshot and HTML are kept, then all is closed."""
+    driver = _browser()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"\nscreenshots: {shots}")
+    latest = {"X-OpenStack-Ironic-API-Version": "1.78"}
+    api = httpx.Client(base_url=server.url, auth=("operator", PASSWORD), headers=latest, timeout=10)
+    try:
+        yield driver, shots, api
+    except BaseException:
+        driver.save_screenshot(str(shots / "failure.png"))
+        (shots / "failure.html").write_text(driver.page_source)
+        print(f"failure screenshot and page: {shots}")
+        raise
+    finally:
+        api.close()
+        driver.quit()
+
+
+def _log_in(driver: Any, wait: Any) -> None:
+    """Fill the login form the browser is on (or was sent to) with the htpasswd's user."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    wait.until(ec.presence_of_element_located((By.ID, "password")))
+    driver.find_element(By.ID, "user").send_keys("operator")
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "login").click()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Served]:
     htpasswd = tmp_path / "htpasswd"
@@ -73,18 +107,11 @@ def server(tmp_path: Path) -> Iterator[Served]:
 
 
 def test_login_fleet_node_action_live(server: Served, tmp_path: Path) -> None:
-    driver = _browser()
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    print(f"\nscreenshots: {shots}")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # At API 1.78 a new node stays in enroll (before 1.11 it lands in available).
-    latest = {"X-OpenStack-Ironic-API-Version": "1.78"}
-    api = httpx.Client(base_url=server.url, auth=("operator", PASSWORD), headers=latest, timeout=10)
-    try:
+    with _session(server, tmp_path) as (driver, shots, api):
         node = api.post("/v1/nodes", json={"driver": "fake-hardware", "name": "web-n1"}).json()
         other = api.post("/v1/nodes", json={"driver": "fake-hardware", "name": "web-n2"}).json()
         r = api.post("/v1/ports", json={"node_uuid": node["uuid"], "address": "52:54:00:00:00:42"})
@@ -96,10 +123,8 @@ def test_login_fleet_node_action_live(server: Served, tmp_path: Path) -> None:
 
         driver.get(server.url + "/ui/")
         wait.until(ec.presence_of_element_located((By.ID, "password")))
-        assert driver.current_url.endswith("/ui/login")
-        driver.find_element(By.ID, "user").send_keys("operator")
-        driver.find_element(By.ID, "password").send_keys(PASSWORD)
-        driver.find_element(By.ID, "login").click()
+        assert driver.current_url.endswith("/ui/login")  # sent to the login form
+        _log_in(driver, wait)
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-uuid="{node["uuid"]}"]')))
         assert "web-n2" in driver.find_element(By.ID, "fleet-rows").text
         driver.save_screenshot(str(shots / "fleet.png"))
@@ -137,42 +162,26 @@ def test_login_fleet_node_action_live(server: Served, tmp_path: Path) -> None:
         assert driver.execute_script("return window.bootforgeNotReloaded === true"), "the page reloaded"
         driver.save_screenshot(str(shots / "node.png"))
         assert (shots / "node.png").stat().st_size > 0
-    except BaseException:
-        driver.save_screenshot(str(shots / "failure.png"))
-        (shots / "failure.html").write_text(driver.page_source)
-        print(f"failure screenshot and page: {shots}")
-        raise
-    finally:
-        api.close()
-        driver.quit()
 
 
 def test_a_failed_verification_shows_its_diagnosis(server: Served, tmp_path: Path) -> None:
     """A redfish BMC on a closed loopback port: manage fails, the page says why and marks the row."""
-    driver = _browser()
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    print(f"\nscreenshots: {shots}")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    latest = {"X-OpenStack-Ironic-API-Version": "1.78"}
-    api = httpx.Client(base_url=server.url, auth=("operator", PASSWORD), headers=latest, timeout=10)
     info = {
         "redfish_address": f"https://127.0.0.1:{free_port()}",
         "redfish_username": "admin",
         "redfish_password": "pw-never-shown",
     }
-    try:
+    with _session(server, tmp_path) as (driver, shots, api):
         r = api.post("/v1/nodes", json={"driver": "redfish", "name": "bmc-dead", "driver_info": info})
         assert r.status_code == 201, r.text
         uuid = r.json()["uuid"]
         wait = WebDriverWait(driver, 90)
         driver.get(server.url + "/ui/login")
-        driver.find_element(By.ID, "user").send_keys("operator")
-        driver.find_element(By.ID, "password").send_keys(PASSWORD)
-        driver.find_element(By.ID, "login").click()
+        _log_in(driver, wait)
         wait.until(ec.presence_of_element_located((By.ID, "fleet-rows")))
         driver.get(f"{server.url}/ui/nodes/{uuid}")
         driver.find_element(By.ID, "act-manage").click()
@@ -186,13 +195,6 @@ def test_a_failed_verification_shows_its_diagnosis(server: Served, tmp_path: Pat
         assert "pw-never-shown" not in driver.page_source
         assert "******" in driver.find_element(By.ID, "field-driver_info").text
         driver.save_screenshot(str(shots / "failed.png"))
-    except BaseException:
-        driver.save_screenshot(str(shots / "failure.png"))
-        (shots / "failure.html").write_text(driver.page_source)
-        raise
-    finally:
-        api.close()
-        driver.quit()
 
 
 def _wait_provision_state(api: httpx.Client, uuid: str, state: str, timeout: float = 60) -> None:
@@ -209,19 +211,13 @@ def _wait_provision_state(api: httpx.Client, uuid: str, state: str, timeout: flo
 def test_a_failed_deploy_shows_its_diagnosis(server: Served, tmp_path: Path) -> None:
     """A deploy from the page's form whose ramdisk boot is refused: the page follows it to `deploy failed`
     without a reload, says why, and marks the failing row."""
-    driver = _browser()
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    print(f"\nscreenshots: {shots}")
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    latest = {"X-OpenStack-Ironic-API-Version": "1.78"}
-    api = httpx.Client(base_url=server.url, auth=("operator", PASSWORD), headers=latest, timeout=10)
     refused = "virtual media insert refused by the BMC"
-    try:
+    with _session(server, tmp_path) as (driver, shots, api):
         image = b"\0" * 510 + b"\x55\xaa" + b"\1" * 512  # a raw disk with an MBR signature
         r = api.put("/v1/images/tiny/file", content=image)
         assert r.status_code == 201, r.text
@@ -236,9 +232,7 @@ def test_a_failed_deploy_shows_its_diagnosis(server: Served, tmp_path: Path) -> 
         # The summary is re-rendered as events arrive: an element read mid-swap is stale, read it again.
         wait = WebDriverWait(driver, WAIT, ignored_exceptions=[StaleElementReferenceException])
         driver.get(server.url + "/ui/login")
-        driver.find_element(By.ID, "user").send_keys("operator")
-        driver.find_element(By.ID, "password").send_keys(PASSWORD)
-        driver.find_element(By.ID, "login").click()
+        _log_in(driver, wait)
         wait.until(ec.presence_of_element_located((By.ID, "fleet-rows")))
         driver.get(f"{server.url}/ui/nodes/{uuid}")
         wait.until(lambda d: d.find_element(By.ID, "provision-state").text.strip() == "available")
@@ -278,11 +272,3 @@ def test_a_failed_deploy_shows_its_diagnosis(server: Served, tmp_path: Path) -> 
         driver.execute_script("arguments[0].scrollIntoView({block: 'end'})", row)
         driver.save_screenshot(str(shots / "deploy-failed.png"))
         assert (shots / "deploy-failed.png").stat().st_size > 0
-    except BaseException:
-        driver.save_screenshot(str(shots / "failure.png"))
-        (shots / "failure.html").write_text(driver.page_source)
-        print(f"failure screenshot and page: {shots}")
-        raise
-    finally:
-        api.close()
-        driver.quit()
