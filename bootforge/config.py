@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bootforge.conductor.rollout_settings import RolloutSettings
 from bootforge.observe.settings import EventSettings, MetricsSettings
 
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "bootforge"
@@ -189,6 +190,9 @@ class NetbootSettings(BaseModel):
     # clients ask for (ipxe.efi, undionly.kpxe, ipxe-arm64.efi, snponly.efi, shimx64.efi, grubx64.efi):
     # an iPXE build for an architecture Debian does not package, or a shim/GRUB from elsewhere.
     loader_dirs: list[Path] = []
+    # Which UEFI x64 nodes DHCP sends to the signed chain (shimx64.efi -> grubx64.efi -> kernel, the
+    # GRUB config by TFTP) instead of iPXE: those whose capabilities say secure_boot:true, or all.
+    secure_boot: Literal["capability", "always"] = "capability"
     # The bootforge ramdisk, as file names under `root` or URLs; a node's driver_info
     # deploy_kernel / deploy_ramdisk overrides them.
     deploy_kernel: str = "bootforge/vmlinuz"
@@ -288,6 +292,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     events: EventSettings = EventSettings()
     images: ImageSettings = ImageSettings()
+    # Rolling re-provisioning: the drain/undrain hooks rollouts may name (conductor/rollout_settings.py).
+    rollouts: RolloutSettings = RolloutSettings()
 
     log_level: str = "info"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -51,19 +53,38 @@ class LoadersFirst:
         return self.root.open(path, client)
 
 
-def tftp_source(found: dict[str, str], root: str, bootstrap: str) -> LoadersFirst:
-    """What TFTP serves: loaders, then `root`, plus the GRUB bootstrap as grub/grub.cfg.
+# The per-node GRUB config on TFTP, named the pxelinux/GRUB way: grub/grub.cfg-01-aa-bb-cc-dd-ee-ff.
+_NODE_GRUB_CFG = re.compile(r"grub/grub\.cfg-01-((?:[0-9a-f]{2}-){5}[0-9a-f]{2})")
+# (MAC with colons, client IP) -> that node's grub.cfg
+NodeGrubConfig = Callable[[str, str], str]
+
+
+def tftp_source(
+    found: dict[str, str], root: str, bootstrap: str, node_config: NodeGrubConfig | None = None
+) -> LoadersFirst:
+    """What TFTP serves: loaders, then `root`, plus the GRUB bootstrap as grub/grub.cfg and, with
+    node_config, each node's grub.cfg as grub/grub.cfg-01-<mac>.
 
     Built from plain values so a TFTP worker process (bootforge.servers.tftp_workers) builds the
-    same source from its JSON spec."""
+    same source from its JSON spec; a worker has no node_config (no database view), so its
+    per-node requests read as missing and the bootstrap falls back to HTTP."""
     data = bootstrap.encode()
 
     def grub(path: str, client: tftp.ClientAddress) -> bytes | None:
-        # Shim -> GRUB asks TFTP for grub/grub.cfg, which hands over to the per-node config
-        # served over HTTP.
-        return data if path == "grub/grub.cfg" else None
+        # Shim -> GRUB asks TFTP for grub/grub.cfg, whose bootstrap asks for the per-node file
+        # (Debian's signed GRUB reads nothing over HTTP).
+        if path == "grub/grub.cfg":
+            return data
+        m = _NODE_GRUB_CFG.fullmatch(path.lower())
+        if m is None or node_config is None:
+            return None
+        return node_config(m.group(1).replace("-", ":"), client[0]).encode()
 
     return LoadersFirst(found, tftp.FileSystemSource(Path(root), virtual=grub))
+
+
+def _node_grub_config(view: NetbootView) -> NodeGrubConfig:
+    return lambda mac, ip: view.grub_config({"mac": mac}, ip, tftp=True)
 
 
 @dataclass
@@ -161,6 +182,8 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
     drivers = drivers or Drivers(settings)
     sink = EventSink(db, settings.host)
     found = find_loaders(nb.loader_dirs)
+    if any(name in found.missing for name in loaders.SIGNED_CHAIN_LOADERS) and nb.tftp:
+        found = await _fetch_signed_chain(nb.loader_dirs)
     view = NetbootView(
         db,
         endpoints,
@@ -169,6 +192,7 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         on_refusal=lambda node, why: sink.emit(node, "boot", why, "warning"),
         bind_to_leases=nb.dhcp == "full",
         missing_loaders={name: loaders.how_to_provide(name) for name in found.missing},
+        secure_boot_always=nb.secure_boot == "always",
     )
     await view.refresh()
     netboot = Netboot(view, sink)
@@ -186,7 +210,7 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
             await server.start()
             netboot.servers.append(server)
         if nb.tftp:
-            await _start_tftp(netboot, settings, root, dict(found.found), http_base)
+            await _start_tftp(netboot, settings, root, dict(found.found), http_base, _node_grub_config(view))
         if nb.dhcp != "off":
             dhcp_server = DhcpServer(
                 _dhcp_config(settings), view, view, DbLeaseStore(db), on_event=netboot.on_dhcp
@@ -214,19 +238,41 @@ def find_loaders(loader_dirs: list[Path]) -> loaders.LoaderSet:
         if not d.is_dir():
             log.warning("netboot.loader_dirs: %s is not a directory; no loaders are taken from it", d)
     found = loaders.find_loaders(
-        loaders.loader_names_for_arches() | set(loaders.LOADERS), extra_dirs=[str(d) for d in loader_dirs]
+        loaders.loader_names_for_arches() | set(loaders.LOADERS),
+        extra_dirs=[str(d) for d in loader_dirs],
+        trees=loaders.cached_loader_trees(),
     )
     for problem in found.problems():
         log.warning("%s", problem)
     return found
 
 
+# Bounds serve's start-up wait for apt; a slower download goes on in its thread for the next start.
+SIGNED_CHAIN_FETCH_TIMEOUT = 120.0
+
+
+async def _fetch_signed_chain(loader_dirs: list[Path]) -> loaders.LoaderSet:
+    """Debian's signed shim and GRUB into bootforge's loader cache (apt-get download, unpacked,
+    never installed), then search again; a failure is logged and the chain stays missing."""
+    log.info("fetching %s into %s", ", ".join(loaders.SIGNED_CHAIN_PACKAGES), loaders.DEFAULT_LOADER_CACHE)
+    try:
+        await asyncio.wait_for(asyncio.to_thread(loaders.fetch_signed_loaders), SIGNED_CHAIN_FETCH_TIMEOUT)
+    except Exception as e:  # RamdiskError, OSError, TimeoutError: Secure Boot nodes are told why
+        log.warning("could not fetch the Secure Boot loaders: %s", str(e) or type(e).__name__)
+    return find_loaders(loader_dirs)
+
+
 async def _start_tftp(
-    netboot: Netboot, settings: Settings, root: Path, found: dict[str, str], http_base: str
+    netboot: Netboot,
+    settings: Settings,
+    root: Path,
+    found: dict[str, str],
+    http_base: str,
+    node_config: NodeGrubConfig | None = None,
 ) -> None:
     nb = settings.netboot
     bootstrap = scripts.render_grub_bootstrap(f"{http_base}/boot/grub.cfg")
-    source = tftp_source(found, str(root), bootstrap)
+    source = tftp_source(found, str(root), bootstrap, node_config)
     workers = nb.tftp_workers > 1
     server = TftpServer(
         source,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -124,8 +125,11 @@ class NetbootView:
         on_refusal: Callable[[str, str], None] | None = None,
         bind_to_leases: bool = False,
         missing_loaders: Mapping[str, str] | None = None,
+        secure_boot_always: bool = False,
     ) -> None:
         self.db = db
+        # netboot.secure_boot = "always": every UEFI x64 PXE client gets the signed chain.
+        self.secure_boot_always = secure_boot_always
         # Boot loader name -> how to provide it, for the loaders `serve` did not find: DHCP offers
         # none of them (the firmware would fail to fetch it) and says so on the node's timeline.
         self.missing_loaders = dict(missing_loaders or {})
@@ -235,10 +239,14 @@ class NetbootView:
         known = self.by_mac.get(client.mac)
         if known is None and node_id is None:
             return None  # unknown machines are served only once auto-enrolment exists
-        if known is not None and known.secure_boot and not client.ipxe:
+        secure = self.secure_boot_always or (known is not None and known.secure_boot)
+        if secure and not client.ipxe:
             refused = self._secure_boot_chain_missing(client)
             if refused is not None:
                 return refused
+            signed = self._secure_boot_chain(client)
+            if signed is not None:
+                return signed
         # Every known machine gets iPXE; its script then says what this node boots now (ramdisk,
         # local disk) or why it refuses and retries. iPXE never gets a loader again (choose_boot).
         e = self.endpoints
@@ -249,6 +257,16 @@ class NetbootView:
             ipxe_script_url=e.ipxe_script_url,
             missing=self.missing_loaders.get,
         )
+
+    def _secure_boot_chain(self, client: ClientInfo) -> BootDecision | None:
+        """Shim over TFTP for a UEFI x64 PXE client: shim loads grubx64.efi from beside itself, and
+        that GRUB (no http module) reads its per-node config and the ramdisk by TFTP too. HTTP-boot
+        firmware keeps the iPXE chain: GRUB's prefix would then be HTTP, which it cannot read."""
+        arch = client.arch
+        if self.endpoints is None or arch is None or client.http_boot or arch.http:
+            return None
+        chain = SECURE_BOOT_CHAIN.get(arch.name)
+        return BootDecision(chain[0], self.endpoints.tftp_server) if chain else None
 
     def _secure_boot_chain_missing(self, client: ClientInfo) -> dhcp.NoBootFile | None:
         """A Secure Boot node's UEFI firmware runs only signed loaders: without shim and the
@@ -351,10 +369,20 @@ class NetbootView:
         url = self.endpoints.ipxe_script_url.format(mac=query.get("mac", "")) if self.endpoints else ""
         return scripts.render_ipxe(self._safe_plan(query, url, client_ip))
 
-    def grub_config(self, query: Mapping[str, str], client_ip: str) -> str:
+    def grub_config(self, query: Mapping[str, str], client_ip: str, tftp: bool = False) -> str:
+        """The per-node grub.cfg. tftp: for the TFTP virtual file that Debian's signed GRUB reads
+        (it has no http module), so the kernel and initrd on bootforge's HTTP root are named by
+        their TFTP path on the same root instead."""
         base = self.endpoints.ipxe_script_url.split("/boot/", 1)[0] if self.endpoints else ""
         url = f"{base}/boot/grub.cfg?mac={query.get('mac', '')}"
-        return scripts.render_grub(self._safe_plan(query, url, client_ip))
+        plan = self._safe_plan(query, url, client_ip)
+        if tftp and isinstance(plan, scripts.RamdiskBoot) and self.endpoints is not None:
+            plan = dataclasses.replace(
+                plan,
+                kernel_url=_as_tftp(plan.kernel_url, self.endpoints),
+                initrd_url=_as_tftp(plan.initrd_url, self.endpoints),
+            )
+        return scripts.render_grub(plan)
 
     def _safe_plan(self, query: Mapping[str, str], script_url: str, client_ip: str) -> scripts.BootPlan:
         try:
@@ -380,6 +408,16 @@ def _wants_secure_boot(properties: Any) -> bool:
     if isinstance(caps, str):
         caps = dict(p.split(":", 1) for p in caps.split(",") if ":" in p)
     return isinstance(caps, dict) and str(caps.get("secure_boot", "")).strip().lower() == "true"
+
+
+def _as_tftp(url: str, e: BootEndpoints) -> str:
+    """An artifact URL on bootforge's HTTP root -> the same file on its TFTP server (both serve
+    netboot.root at the top level); another server's URL is left as the operator wrote it."""
+    prefix = e.http_base.rstrip("/") + "/"
+    if not url.startswith(prefix):
+        return url
+    path = url[len(prefix) :].split("?", 1)[0]  # the ?mac= tag: TFTP fetches are tied by address
+    return f"tftp://{e.tftp_server}/{path}"
 
 
 def _agent_boot(internal: Any) -> str | None:

@@ -18,15 +18,21 @@ import os
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from .arch import ARCHES
 
 __all__ = [
+    "DEFAULT_LOADER_CACHE",
     "LOADERS",
     "LOADER_DIRS_SETTING",
+    "SIGNED_CHAIN_LOADERS",
+    "SIGNED_CHAIN_PACKAGES",
     "LoaderMissing",
     "LoaderSet",
     "LoaderSpec",
+    "cached_loader_trees",
+    "fetch_signed_loaders",
     "find_loaders",
     "how_to_provide",
     "loader_names_for_arches",
@@ -141,18 +147,22 @@ def find_loaders(
     *,
     root: str = "/",
     extra_dirs: Iterable[str] = (),
+    trees: Iterable[str] = (),
 ) -> LoaderSet:
     """Look for each loader (all known ones by default) in extra_dirs, then the package paths.
 
     root relocates the package paths (an unpacked .deb tree in tests); extra_dirs are taken as given.
+    trees are unpacked package trees (fetch_signed_loaders) searched after root's package paths.
     """
     extra = tuple(extra_dirs)
+    unpacked = tuple(trees)
     found: dict[str, str] = {}
     missing: list[_Missing] = []
     for name in sorted(set(LOADERS) if names is None else set(names)):
         spec = LOADERS.get(name, LoaderSpec(name, None, ()))
         candidates = [os.path.join(d, name) for d in extra]
         candidates += [_under(root, p) for p in spec.paths]
+        candidates += [_under(tree, p) for tree in unpacked for p in spec.paths]
         hit = next((c for c in candidates if _usable(c)), None)
         if hit is None:
             missing.append(_Missing(name, spec.package, tuple(candidates)))
@@ -164,3 +174,30 @@ def find_loaders(
 def loader_names_for_arches() -> set[str]:
     """Every loader the DHCP arch table can hand out."""
     return {row.loader for row in ARCHES.values() if row.loader is not None}
+
+
+# The Secure Boot chain's packages. They are never installed on the host: their maintainer scripts
+# may run grub-install / update the host's boot entries. Fetched and unpacked into a cache instead.
+SIGNED_CHAIN_PACKAGES = ("shim-signed", "grub-efi-amd64-signed")
+SIGNED_CHAIN_LOADERS = ("shimx64.efi", "grubx64.efi")
+DEFAULT_LOADER_CACHE = Path(os.environ.get("BOOTFORGE_LOADER_CACHE", "/var/cache/bootforge/loaders"))
+
+
+def cached_loader_trees(cache: Path = DEFAULT_LOADER_CACHE) -> list[str]:
+    """The unpacked package trees already in the cache (no network): for find_loaders(trees=...)."""
+    trees = cache / "trees"
+    if not trees.is_dir():
+        return []
+    # Newest version last in name order; searched newest first.
+    return [
+        str(t) for t in sorted(trees.iterdir(), reverse=True) if t.is_dir() and not t.name.startswith(".")
+    ]
+
+
+def fetch_signed_loaders(cache: Path = DEFAULT_LOADER_CACHE, refresh: bool = False) -> list[str]:
+    """apt-get download Debian's signed shim and GRUB into `cache`, unpack them (once), and
+    return the trees. Raises bootforge.ramdisk.debs.RamdiskError naming what failed."""
+    from bootforge.ramdisk import debs  # the ramdisk builder's fetcher; imported late (zstandard)
+
+    fetched = debs.fetch(list(SIGNED_CHAIN_PACKAGES), cache / "debs", refresh=refresh)
+    return [str(debs.unpack(deb, cache / "trees")) for deb in fetched.values()]

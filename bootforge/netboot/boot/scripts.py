@@ -364,13 +364,21 @@ def _grub_refuse(plan: RefuseBoot) -> list[str]:
 
 def render_grub_bootstrap(config_url: str) -> str:
     """The static /grub/grub.cfg: Debian's grubnetx64 asks for nothing else (no per-MAC files),
-    so it hands over to the per-node config by MAC, the way MAAS does."""
+    so it hands over to the per-node config by MAC: by TFTP (grub.cfg-01-<mac>), else by HTTP."""
     target = _grub_path(config_url)
     joiner = "&" if "?" in target else "?"
     # Double quotes so GRUB expands $net_default_mac; the rest was validated by _grub_path.
     return (
         "# bootforge grub.cfg bootstrap\n"
         "set timeout=0\n"
+        # Debian's signed GRUB has no http module (and Secure Boot forbids loading one): its
+        # per-node config is the TFTP file beside this one, named the pxelinux/GRUB way
+        # (grub.cfg-01-aa-bb-cc-dd-ee-ff); GRUB's regexp turns net_default_mac's colons into dashes.
+        "set m='([0-9a-fA-F][0-9a-fA-F])'\n"
+        "if regexp --set=1:a --set=2:b --set=3:c --set=4:d --set=5:e --set=6:f "
+        '"^$m:$m:$m:$m:$m:$m\\$" "$net_default_mac"; then\n'
+        '  configfile "$prefix/grub.cfg-01-$a-$b-$c-$d-$e-$f"\n'
+        "fi\n"
         f'configfile "{target}{joiner}mac=${{net_default_mac}}"\n'
         "echo 'bootforge: could not fetch the per-node config, rebooting'\n"
         "sleep 10\n"

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from bootforge.netboot.boot.loaders import LOADERS, LoaderMissing, find_loaders, loader_names_for_arches
+from bootforge.netboot.boot.loaders import (
+    LOADERS,
+    LoaderMissing,
+    cached_loader_trees,
+    fetch_signed_loaders,
+    find_loaders,
+    loader_names_for_arches,
+)
 
 
 def _plant(root: Path, path: str, data: bytes = b"MZ loader") -> Path:
@@ -85,7 +92,19 @@ def test_debian_ipxe_package_on_this_machine() -> None:
 
 
 def test_debian_signed_shim_and_grub_on_this_machine() -> None:
-    if not os.path.exists("/usr/lib/shim/shimx64.efi.signed"):
-        pytest.skip("needs Debian's shim-signed and grub-efi-amd64-signed packages")
-    found = find_loaders(["shimx64.efi", "grubx64.efi"])
+    """Fetched into bootforge's loader cache (apt-get download, unpacked, never installed) the way
+    serve does when the host has no shim: the signed PE files land where find_loaders looks."""
+    from bootforge.ramdisk.debs import RamdiskError
+
+    try:
+        trees = fetch_signed_loaders()
+    except (RamdiskError, OSError) as e:
+        pytest.skip(f"needs Debian's shim-signed and grub-efi-amd64-signed packages (apt-get download: {e})")
+    assert cached_loader_trees() and set(trees) <= set(cached_loader_trees())
+    found = find_loaders(["shimx64.efi", "grubx64.efi"], trees=trees)
     assert found.missing == [], found.problems()
+    for name in ("shimx64.efi", "grubx64.efi"):
+        with open(found.path(name), "rb") as f:
+            assert f.read(2) == b"MZ"  # a PE/COFF EFI application
+    # The network GRUB image, the one whose prefix is /grub on the TFTP server.
+    assert found.path("grubx64.efi").endswith("grubnetx64.efi.signed")
