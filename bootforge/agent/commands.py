@@ -15,7 +15,7 @@ from . import log
 from .common import CommandError, Context, Progress
 
 # command name -> module in this package
-COMMANDS = {"inspect": "inspect", "erase": "erase", "write_image": "write"}
+COMMANDS = {"inspect": "inspect", "erase": "erase", "write_image": "write", "finalize_rescue": "rescue"}
 
 
 def execute(name: str, args: object, ctx: Context, progress: Progress) -> dict[str, Any]:

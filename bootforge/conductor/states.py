@@ -145,6 +145,7 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (RESCUEFAIL, "rescue"): RESCUING,
     (UNRESCUEFAIL, "rescue"): RESCUING,
     (RESCUING, "wait"): RESCUEWAIT,
+    (RESCUEWAIT, "resume"): RESCUING,
     (RESCUING, "done"): RESCUE,
     (RESCUEWAIT, "done"): RESCUE,
     (RESCUING, "fail"): RESCUEFAIL,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootforge.config import Settings
-from bootforge.drivers import agent, base, fake, ipmi, qemu, redfish, vmedia
+from bootforge.drivers import agent, base, fake, ipmi, qemu, redfish, rescue, vmedia
 from bootforge.errors import InvalidInput, NotFound
 from bootforge.text import printable
 
@@ -68,7 +68,8 @@ GENERIC: dict[str, list[tuple[str, Factory]]] = {
     "inspect": [("agent", agent.AgentInspect), plain(base.NoInspect)],
     "network": [plain(base.NoopNetwork)],
     "raid": [plain(base.NoRaid)],
-    "rescue": [plain(base.NoRescue)],
+    # no-rescue stays the default, as in Ironic: a rescue opens a login on the machine.
+    "rescue": [plain(base.NoRescue), ("agent", rescue.AgentRescue)],
     "storage": [plain(base.NoopStorage)],
     "vendor": [plain(base.NoVendor)],
 }
@@ -102,7 +103,7 @@ def _fake_hardware() -> HardwareType:
         management=[f(fake.FakeManagement)],
         power=[f(fake.FakePower)],
         raid=[f(fake.FakeRaid), plain(base.NoRaid)],
-        rescue=[f(fake.FakeRescue), plain(base.NoRescue)],
+        rescue=[f(fake.FakeRescue), plain(base.NoRescue), ("agent", rescue.AgentRescue)],
         storage=[f(fake.FakeStorage), plain(base.NoopStorage)],
         vendor=[f(fake.FakeVendor), plain(base.NoVendor)],
     )

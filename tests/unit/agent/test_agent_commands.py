@@ -17,7 +17,7 @@ def no_progress(done: int, total: int, message: str) -> None:
 
 
 def test_the_contracts_commands_have_modules_with_run() -> None:
-    assert set(commands.COMMANDS) == {"inspect", "erase", "write_image"}
+    assert set(commands.COMMANDS) == {"inspect", "erase", "write_image", "finalize_rescue"}
     for name, module in commands.COMMANDS.items():
         if importlib.util.find_spec(f"bootforge.agent.{module}") is None:
             pytest.skip(f"needs bootforge/agent/{module}.py for {name}")
@@ -27,7 +27,10 @@ def test_the_contracts_commands_have_modules_with_run() -> None:
 def test_unknown_command_fails_naming_it() -> None:
     body = commands.execute("frobnicate", {}, Context(), no_progress)
     assert body["status"] == "failed"
-    assert body["error"] == "unknown command 'frobnicate': this agent runs erase, inspect, write_image"
+    assert (
+        body["error"]
+        == "unknown command 'frobnicate': this agent runs erase, finalize_rescue, inspect, write_image"
+    )
 
 
 def test_args_must_be_an_object() -> None:

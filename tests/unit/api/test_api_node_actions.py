@@ -18,7 +18,7 @@ async def test_drivers_list_show_and_properties(api: Api) -> None:
     detailed = (await api.c.get("/v1/drivers", params={"detail": "true"})).json()["drivers"]
     assert {d["name"]: d["default_power_interface"] for d in detailed}["fake-hardware"] == "fake"
     shown = (await api.c.get("/v1/drivers/fake-hardware")).json()
-    assert shown["enabled_rescue_interfaces"] == ["fake", "no-rescue"]
+    assert shown["enabled_rescue_interfaces"] == ["fake", "no-rescue", "agent"]
     assert shown["default_rescue_interface"] == "fake"
     r = await api.c.get("/v1/drivers/fake-hardware/properties")
     assert r.status_code == 200 and isinstance(r.json(), dict)
