@@ -38,8 +38,10 @@ RECIPE = "2"
 # Where --ca-bundle goes (bootforge/agent/cmdline.py CA_BUNDLE names the same path).
 CA_BUNDLE = "etc/bootforge/ca.pem"
 
-# Programs the agent runs (from the zstd, fdisk and util-linux packages), as packaged paths.
-TOOLS = ("usr/bin/zstd", "sbin/sfdisk", "sbin/wipefs")
+# Programs the agent runs (from the zstd, fdisk, util-linux and dropbear-bin packages), as packaged paths.
+# dropbear serves the rescue login (agent/rescue.py): about 0.6 MB installed with its libraries, where
+# openssh-server would bring 2 MB more and PAM, Kerberos and systemd libraries.
+TOOLS = ("usr/bin/zstd", "sbin/sfdisk", "sbin/wipefs", "usr/sbin/dropbear")
 
 
 def packages(pyver: str) -> list[str]:
@@ -52,6 +54,7 @@ def packages(pyver: str) -> list[str]:
         "zstd", "liblzma5", "liblz4-1",
         "fdisk", "libfdisk1", "libsmartcols1", "libuuid1", "libblkid1", "libreadline8", "libtinfo6",
         "util-linux",
+        "dropbear-bin", "libtomcrypt1", "libtommath1", "libgmp10", "libcrypt1",
     ]  # fmt: skip
 
 
