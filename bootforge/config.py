@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bootforge.conductor.rollout_settings import RolloutSettings
 from bootforge.observe.settings import EventSettings, MetricsSettings
 
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "bootforge"
@@ -291,6 +292,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     events: EventSettings = EventSettings()
     images: ImageSettings = ImageSettings()
+    # Rolling re-provisioning: the drain/undrain hooks rollouts may name (conductor/rollout_settings.py).
+    rollouts: RolloutSettings = RolloutSettings()
 
     log_level: str = "info"
 

@@ -27,6 +27,7 @@ from bootforge.api.routes import (
     node_actions,
     nodes,
     ports,
+    rollouts,
     root,
 )
 from bootforge.errors import BootforgeError, Forbidden, NotAcceptable, NotAuthorized
@@ -120,7 +121,7 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
-    for module in (root, nodes, node_actions, diagnosis, ports, allocations, agent, images, events):
+    for module in (root, nodes, node_actions, diagnosis, ports, allocations, agent, images, events, rollouts):
         app.include_router(module.router)
     openapi.install(
         app,

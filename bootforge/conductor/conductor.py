@@ -22,6 +22,7 @@ from bootforge.conductor import states, work
 from bootforge.conductor.agent import AgentService
 from bootforge.conductor.allocations import AllocationService
 from bootforge.conductor.netboot import NETBOOT_EVENT_TYPES
+from bootforge.conductor.rollouts import RolloutService
 from bootforge.conductor.task import NodeTask, age, agent_last_seen, event_row, reserve
 from bootforge.config import Settings
 from bootforge.db.engine import Database
@@ -91,6 +92,7 @@ class Conductor:
         self.drivers = Drivers(settings)
         self.allocations = AllocationService(self)
         self.agent = AgentService(self)
+        self.rollouts = RolloutService(self)
         self._images: ImageCatalogue | None = None
         self._work: dict[int, asyncio.Task[None]] = {}
         self._periodics: list[asyncio.Task[None]] = []
@@ -108,6 +110,8 @@ class Conductor:
         await self.observer.start()
         await self._register()
         await self.recover()
+        # After recover: the nodes a rollout was rebuilding are being worked on again.
+        await self.rollouts.start()
         s = self.settings
         for interval, fn in (
             (s.conductor_heartbeat_interval, self._heartbeat),
@@ -121,6 +125,8 @@ class Conductor:
                 self._periodics.append(asyncio.create_task(self._every(interval, fn)))
 
     async def stop(self, grace: float = 10.0) -> None:
+        # Rollout runners first (their record says where to go on); the nodes' own work is below.
+        await self.rollouts.stop()
         for t in self._periodics:
             t.cancel()
         await asyncio.gather(*self._periodics, return_exceptions=True)

@@ -317,6 +317,35 @@ class EventOutbox(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Rollout(Base):
+    """A rolling re-provisioning of a set of active nodes (conductor/rollouts.py), resumable.
+
+    `nodes` holds one entry per selected node, in rollout order: {uuid, name, status, error,
+    rebuild_at}; the conductor that runs it is `conductor` and a restarted or surviving conductor
+    takes a `running` rollout back from there.
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    selector: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    image: Mapped[str] = mapped_column(Text)
+    batch: Mapped[str] = mapped_column(String(16))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    max_failures: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    drain_hook: Mapped[str | None] = mapped_column(String(64))
+    undrain_hook: Mapped[str | None] = mapped_column(String(64))
+    nodes: Mapped[list[Any]] = mapped_column(default=list)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    conductor: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), onupdate=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 # Plain tables for hot-path Core statements: ORM-enabled DML (insert(Node)) takes the slower
 # bulk-ORM route for every row; the tables compile once and are cached.
 NODES: Table = Node.__table__  # type: ignore[assignment]

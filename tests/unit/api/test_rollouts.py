@@ -1,0 +1,315 @@
+"""Rolling re-provisioning (conductor/rollouts.py, /v1/rollouts) on fake-hardware nodes.
+
+The drain and undrain hooks are a shell script the test writes: it appends "<phase> <node name>" to a
+log, exits 3 when a file fail-<phase>-<name> exists, and holds (polling for its removal) while a file
+hold-<phase>-<name> exists, which is the fence tests use to pause, abort or restart mid-rollout.
+Deploys take fake_delays.deploy seconds so that a rollout is under way while the test acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apihelp import Api, fault
+from support.service import LATEST
+
+from bootforge.api.app import create_app
+from bootforge.api.deps import Services
+from bootforge.cli.serve import build
+from bootforge.conductor.conductor import Conductor
+from bootforge.config import Settings
+
+OLD = "http://127.0.0.1:9/old.img"
+NEW = "http://127.0.0.1:9/new.img"
+
+SCRIPT = """#!/bin/sh
+echo "$1 $BOOTFORGE_NODE_NAME" >> {dir}/hooks.log
+while [ -e {dir}/hold-$1-$BOOTFORGE_NODE_NAME ]; do sleep 0.02; done
+[ -e {dir}/fail-$1-$BOOTFORGE_NODE_NAME ] && {{ echo "refused by the balancer" >&2; exit 3; }}
+exit 0
+"""
+
+
+@dataclass
+class Lab:
+    dir: Path
+    settings: Settings
+    services: Services
+    client: httpx.AsyncClient
+
+    @property
+    def api(self) -> Api:
+        return Api(self)  # type: ignore[arg-type]  # Api needs .client and .conductor only
+
+    @property
+    def conductor(self) -> Conductor:
+        return self.services.conductor
+
+    def log(self) -> list[str]:
+        path = self.dir / "hooks.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    async def restart(self) -> None:
+        """Stop the conductor and start a new one on the same database (what a service restart does)."""
+        await self.conductor.stop(grace=5)
+        conductor = Conductor(self.settings, self.conductor.db)
+        await conductor.start()
+        self.services = Services.build(self.settings, conductor)
+        self.client = _client(self.services)
+
+
+def _client(services: Services) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(services))
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=LATEST)
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
+    script = tmp_path / "hook.sh"
+    script.write_text(SCRIPT.format(dir=tmp_path))
+    script.chmod(0o755)
+    settings = Settings.model_validate(
+        {
+            "state_dir": tmp_path / "state",
+            "host": "test-conductor",
+            "power_sync_interval": 0,
+            "timeout_check_interval": 0,
+            "conductor_heartbeat_interval": 0,
+            "enabled_hardware_types": ["fake-hardware"],
+            "fake_delays": {"deploy": 0.2},
+            "rollouts": {
+                "poll_interval": 0.02,
+                "hooks": [
+                    {"name": "drain", "command": [str(script), "drain"], "timeout": 20},
+                    {"name": "undrain", "command": [str(script), "undrain"], "timeout": 20},
+                ],
+            },
+        }
+    )
+    db, _conductor, services = await build(settings)
+    lab = Lab(tmp_path, settings, services, _client(services))
+    try:
+        yield lab
+    finally:
+        for phase in ("drain", "undrain"):
+            for i in range(1, 5):
+                (tmp_path / f"hold-{phase}-node-{i}").unlink(missing_ok=True)
+        await lab.conductor.stop(grace=5)
+        await db.close()
+
+
+async def active_nodes(lab: Lab, count: int = 4) -> list[dict[str, Any]]:
+    api = lab.api
+    nodes = []
+    for i in range(1, count + 1):
+        node = await api.available(
+            name=f"node-{i}", resource_class="web", instance_info={"image_source": OLD}
+        )
+        r = await api.verb(node["uuid"], "active")
+        assert r.status_code == 202, r.text
+        nodes.append(node)
+    await lab.conductor.wait_idle()
+    for node in nodes:
+        assert (await api.get(node["uuid"]))["provision_state"] == "active"
+    return nodes
+
+
+async def start(lab: Lab, **body: Any) -> dict[str, Any]:
+    body = {
+        "selector": {"resource_class": "web"},
+        "image": NEW,
+        "batch": 2,
+        "drain_hook": "drain",
+        "undrain_hook": "undrain",
+        **body,
+    }
+    r = await lab.client.post("/v1/rollouts", json=body)
+    assert r.status_code == 201, r.text
+    rollout: dict[str, Any] = r.json()
+    return rollout
+
+
+async def until(what: str, check: Any, timeout: float = 20.0) -> None:
+    """Wait for a condition the rollout reaches on its own (a hook called, a node status)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def logged(lab: Lab, line: str) -> None:
+    async def check() -> bool:
+        return line in lab.log()
+
+    await until(f"hook log line {line!r}", check)
+
+
+async def statuses(lab: Lab, uuid: str) -> dict[str, str]:
+    r = await lab.client.get(f"/v1/rollouts/{uuid}")
+    assert r.status_code == 200, r.text
+    return {n["name"]: n["status"] for n in r.json()["nodes"]}
+
+
+async def history(lab: Lab, uuid: str) -> list[str]:
+    r = await lab.client.get(f"/v1/nodes/{uuid}/history", params={"detail": "true"})
+    assert r.status_code == 200, r.text
+    return [e["event"] for e in r.json()["history"]]
+
+
+async def rebuilds(lab: Lab, uuid: str) -> int:
+    return sum("(rebuild)" in e for e in await history(lab, uuid))
+
+
+async def test_four_nodes_in_batches_of_two_with_hooks_in_order(lab: Lab) -> None:
+    nodes = await active_nodes(lab)
+    rollout = await start(lab)
+    assert rollout["batch_size"] == 2 and rollout["state"] == "running"
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "done", done
+    assert done["counts"] == {"done": 4} and done["failures"] == 0
+
+    log = lab.log()
+    assert len(log) == 8, log
+    # Batch by batch: both drains, then both undrains (in the order the rebuilds finished).
+    assert log[:2] == ["drain node-1", "drain node-2"]
+    assert set(log[2:4]) == {"undrain node-1", "undrain node-2"}
+    assert log[4:6] == ["drain node-3", "drain node-4"]
+    assert set(log[6:8]) == {"undrain node-3", "undrain node-4"}
+    for node in nodes:
+        after = await lab.api.get(node["uuid"])
+        assert after["provision_state"] == "active"
+        assert after["instance_info"]["image_source"] == NEW
+        events = await history(lab, node["uuid"])
+        assert await rebuilds(lab, node["uuid"]) == 1
+        assert any("drain hook drain done" in e for e in events), events
+        assert any("undrain hook undrain done" in e for e in events), events
+    table = (await lab.client.get("/v1/rollouts")).json()["rollouts"]
+    assert [r["uuid"] for r in table] == [rollout["uuid"]]
+
+
+async def test_a_failing_hook_on_the_third_node_stops_there(lab: Lab) -> None:
+    nodes = await active_nodes(lab)
+    (lab.dir / "fail-drain-node-3").touch()
+    rollout = await start(lab)
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+
+    assert done["state"] == "failed"
+    assert "node-3" in done["last_error"] and "exited with status 3" in done["last_error"]
+    assert "refused by the balancer" in done["last_error"]
+    assert {n["name"]: n["status"] for n in done["nodes"]} == {
+        "node-1": "done",
+        "node-2": "done",
+        "node-3": "failed",
+        "node-4": "pending",
+    }
+    log = lab.log()
+    assert log[-1] == "drain node-3" and not any("node-4" in line for line in log), log
+    for node, image, rebuilt in zip(nodes, (NEW, NEW, OLD, OLD), (1, 1, 0, 0), strict=True):
+        after = await lab.api.get(node["uuid"])
+        assert after["provision_state"] == "active"
+        assert after["instance_info"]["image_source"] == image, node["name"]
+        assert await rebuilds(lab, node["uuid"]) == rebuilt, node["name"]
+
+    # The operator fixes the balancer and resumes: node-3 is drained again, the rest go on.
+    (lab.dir / "fail-drain-node-3").unlink()
+    r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/resume")
+    assert r.status_code == 200, r.text
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "done" and done["counts"] == {"done": 4}, done
+
+
+async def test_pause_then_resume(lab: Lab) -> None:
+    await active_nodes(lab)
+    (lab.dir / "hold-drain-node-1").touch()
+    rollout = await start(lab)
+    await logged(lab, "drain node-1")
+    r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/pause")
+    assert r.status_code == 200 and r.json()["state"] == "paused", r.text
+    (lab.dir / "hold-drain-node-1").unlink()
+    paused = await lab.conductor.rollouts.wait(rollout["uuid"])
+    # The node under way finished (rebuilt, undrained); nothing after it was touched.
+    assert paused["state"] == "paused"
+    assert await statuses(lab, rollout["uuid"]) == {
+        "node-1": "done",
+        "node-2": "pending",
+        "node-3": "pending",
+        "node-4": "pending",
+    }
+    assert lab.log() == ["drain node-1", "undrain node-1"]
+    r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/pause")
+    assert r.status_code == 409 and "paused" in fault(r)
+
+    r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/resume")
+    assert r.status_code == 200 and r.json()["state"] == "running", r.text
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "done" and done["counts"] == {"done": 4}, done
+    assert len(lab.log()) == 8
+
+
+async def test_abort_leaves_the_rest_untouched(lab: Lab) -> None:
+    nodes = await active_nodes(lab)
+    (lab.dir / "hold-drain-node-1").touch()
+    rollout = await start(lab)
+    await logged(lab, "drain node-1")
+    r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/abort")
+    assert r.status_code == 200 and r.json()["state"] == "aborted", r.text
+    (lab.dir / "hold-drain-node-1").unlink()
+    aborted = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert aborted["state"] == "aborted" and aborted["finished_at"]
+    assert [n["status"] for n in aborted["nodes"]] == ["done", "pending", "pending", "pending"]
+    for node in nodes[1:]:
+        assert await rebuilds(lab, node["uuid"]) == 0
+    r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/resume")
+    assert r.status_code == 409 and "aborted" in fault(r)
+    # Its nodes are free again for a new rollout.
+    again = await start(lab, selector={"name_prefix": "node-"})
+    assert (await lab.conductor.rollouts.wait(again["uuid"]))["state"] == "done"
+
+
+async def test_a_conductor_restart_resumes_the_rollout(lab: Lab) -> None:
+    nodes = await active_nodes(lab)
+    # Held in node-1's undrain: node-1 is rebuilt, its rollout step is not finished.
+    (lab.dir / "hold-undrain-node-1").touch()
+    rollout = await start(lab)
+    await logged(lab, "undrain node-1")
+    await lab.restart()
+    assert (await statuses(lab, rollout["uuid"]))["node-1"] == "undraining"
+    (lab.dir / "hold-undrain-node-1").unlink()
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "done" and done["counts"] == {"done": 4}, done
+    for node in nodes:
+        # Resumed from the record: no node rebuilt twice; node-1's undrain was called again.
+        assert await rebuilds(lab, node["uuid"]) == 1, node["name"]
+    assert lab.log().count("undrain node-1") == 2
+    assert lab.log().count("drain node-1") == 1
+
+
+async def test_bad_requests_name_the_field_and_hooks_come_only_from_the_config(lab: Lab) -> None:
+    await active_nodes(lab, 1)
+    cases = [
+        ({"drain_hook": "rm -rf /"}, "drain_hook"),
+        ({"command": ["/bin/true"]}, "command"),
+        ({"batch": "0%"}, "batch"),
+        ({"batch": "x"}, "batch"),
+        ({"max_failures": -1}, "max_failures"),
+        ({"selector": {"provision_state": "available"}}, "provision_state"),
+        ({"selector": {"resource_class": "nothing-here"}}, "selector"),
+        ({"image": "no-such-image"}, "image"),
+    ]
+    for body, word in cases:
+        r = await lab.client.post("/v1/rollouts", json={"image": NEW, **body})
+        assert r.status_code == 400, (body, r.text)
+        assert word in fault(r), (body, fault(r))
+    first = await start(lab, drain_hook=None, undrain_hook=None)
+    assert first["state"] == "running"
+    r = await lab.client.post("/v1/rollouts", json={"image": NEW, "selector": {"name_prefix": "node-"}})
+    assert r.status_code == 409 and "node-1" in fault(r) and first["uuid"] in fault(r), r.text
+    r = await lab.client.get("/v1/rollouts/no-such")
+    assert r.status_code == 404
