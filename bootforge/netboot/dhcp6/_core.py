@@ -390,7 +390,11 @@ class Dhcp6Core:
         duration = (
             self.config.advertise_hold if event is Lease6Event.ADVERTISE else self.config.valid_lifetime
         )
-        for ia in self._ias(request):
+        ias = self._ias(request)
+        self._table.ensure_room(
+            sum(self._table.binding(request.duid.raw, ia.iaid) is None for ia in ias), now
+        )
+        for ia in ias:
             ip = self._pick(request, ia, now)
             if ip is None:
                 options.append(self._ia_option(ia, None, 0, 0, Status.NO_ADDRS_AVAIL))

@@ -173,6 +173,14 @@ class Lease6Table:
         self._put(fresh)
         return fresh
 
+    def ensure_room(self, rows: int, now: float) -> None:
+        """Raise `lease_table_full` unless `rows` new leases fit, before anything is changed: a request
+        refused half-way would leave leases bound in memory that no reply or commit speaks of."""
+        if len(self.by_ip) + rows > self.max_leases:
+            self._reclaim(now)
+            if len(self.by_ip) + rows > self.max_leases:
+                raise Dhcp6Error("lease_table_full")
+
     def _reclaim(self, now: float) -> None:
         dead = [ip for ip, lease in self.by_ip.items() if not lease.live(now)]
         for ip in dead:

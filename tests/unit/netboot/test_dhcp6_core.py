@@ -15,6 +15,7 @@ from dhcp6_samples import (
     dhclient_solicit,
     duid_ll,
     duid_llt,
+    ia_na,
     information_request,
     ipxe_solicit,
     ovmf_solicit,
@@ -264,3 +265,15 @@ def test_config_errors_name_the_field() -> None:
         full_config(pool_first=IPv6Address("2001:db8::1"))
     with pytest.raises(ValueError, match="server_duid"):
         full_config(server_duid=b"\x00")
+
+
+def test_a_request_refused_for_room_binds_nothing() -> None:
+    """Two IAs, room for one: refused before either is bound (no lease in memory the store never saw)."""
+    server = core(max_leases=1)
+    request = dhclient_message(3, bytes(16)) + ia_na(7)
+    outcome = server.receive(request, "eth0", 1.0, src=CLIENT)
+    assert outcome.dropped == "lease_table_full" and outcome.records == ()
+    assert (
+        server.binding(duid_llt(UNKNOWN_MAC), 0xFF) is None
+        and server.binding(duid_llt(UNKNOWN_MAC), 7) is None
+    )
