@@ -401,6 +401,10 @@ from bootforge.cli.secrets import secrets_app  # noqa: E402
 
 app.add_typer(secrets_app, name="secrets")
 
+from bootforge.cli.fleet import fleet_app  # noqa: E402
+
+app.add_typer(fleet_app, name="fleet")
+
 from bootforge.cli.why import why  # noqa: E402
 
 node_app.command("why")(why)
