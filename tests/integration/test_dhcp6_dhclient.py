@@ -1,0 +1,118 @@
+"""The DHCPv6 core against a peer bootforge did not write: ISC `dhclient -6` in a network namespace
+gets an address from the core (SOLICIT/ADVERTISE/REQUEST/REPLY) over a veth, then releases it.
+
+The server is a few lines of asyncio around `Dhcp6Core` in this test (bootforge has no DHCPv6 server
+yet: wiring the core into `bootforge serve` is a later step), on a socket made inside the server
+namespace, bound to [::]:547 and joined to ff02::1:2 on eth0. dhclient runs with `-sf /bin/true`:
+its script would rewrite /etc/resolv.conf, which a namespace shares with the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import struct
+import time
+from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
+from typing import cast
+
+import pytest
+from support.netns import Host, Lan
+
+from bootforge.netboot import dhcp, dhcp6
+
+pytestmark = pytest.mark.netns
+
+PREFIX = IPv6Network("fd00:213::/64")
+SERVER_DUID = bytes.fromhex("0003000102aabbccdd01")
+ALL_SERVERS = "ff02::1:2"
+
+
+def need(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"needs {binary} (Debian package {package})")
+    return path
+
+
+async def link_local_ready(host: Host, deadline: float) -> str:
+    """The host's eth0 link-local address once duplicate address detection has finished with it."""
+    while True:
+        out = host.ns.ip("-6", "-o", "addr", "show", "dev", host.ifname, "scope", "link").stdout
+        if out and "tentative" not in out:
+            return out.split()[3].split("/")[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{host.name}: no usable IPv6 link-local address: {out!r}")
+        await asyncio.sleep(0.05)
+
+
+class Server(asyncio.DatagramProtocol):
+    def __init__(self, core: dhcp6.Dhcp6Core) -> None:
+        self.core = core
+        self.bound = asyncio.Event()
+        self.released = asyncio.Event()
+        self.kinds: list[str] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int, int, int]) -> None:  # type: ignore[override]
+        host, port, _, scope = addr
+        outcome = self.core.receive(data, "eth0", time.monotonic(), src=(host.split("%")[0], port))
+        for record in outcome.records:  # the in-test "store" commits at once
+            if record.state is dhcp6.Lease6State.BOUND:
+                self.bound.set()
+            if record.state is dhcp6.Lease6State.RELEASED:
+                self.released.set()
+        assert self.transport is not None
+        for reply in outcome.replies:
+            self.kinds.append(reply.kind)
+            self.transport.sendto(reply.data, (reply.address, reply.port, 0, scope))
+
+
+async def test_dhclient_gets_an_address_and_releases_it(netns_lan: Lan, tmp_path: Path) -> None:
+    dhclient = need("dhclient", "isc-dhcp-client")
+    server_host, client = netns_lan.server, netns_lan.client
+    server_host.ns.ip("-6", "addr", "add", "fd00:213::1/64", "dev", "eth0", "nodad")
+    deadline = time.monotonic() + 20
+    await link_local_ready(server_host, deadline)
+    await link_local_ready(client, deadline)
+    config = dhcp6.Dhcp6Config(
+        dhcp6.Mode6.FULL, SERVER_DUID, PREFIX,
+        pool_first=IPv6Address("fd00:213::1000"), pool_last=IPv6Address("fd00:213::10ff"),
+        dns_servers=(IPv6Address("fd00:213::1"),),
+    )  # fmt: skip
+    boot = dhcp6.StaticBoot6Source(IPv6Address("fd00:213::1"), "http://[fd00:213::1]:8080/boot", "x")
+    core = dhcp6.Dhcp6Core(config, boot, dhcp.StaticReservations({}))
+    sock = server_host.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::", 547))
+    ifindex = int(server_host.ns.link_info("eth0")["ifindex"])
+    group = socket.inet_pton(socket.AF_INET6, ALL_SERVERS) + struct.pack("@I", ifindex)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    transport, server = await loop.create_datagram_endpoint(lambda: Server(core), sock=sock)
+    leases, pidfile = tmp_path / "dhclient6.leases", tmp_path / "dhclient6.pid"
+    argv = [dhclient, "-6", "-1", "-v", "-sf", "/bin/true", "-lf", str(leases), "-pf", str(pidfile)]
+    try:
+        got = await asyncio.to_thread(client.ns.run, [*argv, client.ifname], check=False, timeout=40)
+        assert got.returncode == 0, got.stderr
+        await asyncio.wait_for(server.bound.wait(), 5)
+        text = leases.read_text()
+        (binding,) = [r for r in core._table.by_ip.values() if r.state is dhcp6.Lease6State.BOUND]
+        address = str(IPv6Address(binding.ip))
+        assert f"iaaddr {address}" in text, text
+        assert IPv6Address(address) in PREFIX
+        assert server.kinds[:2] == ["advertise", "reply"]
+        released = await asyncio.to_thread(
+            client.ns.run, [*argv, "-r", client.ifname], check=False, timeout=40
+        )
+        assert released.returncode == 0, released.stderr
+        await asyncio.wait_for(server.released.wait(), 10)
+        assert core.drops == {} or set(core.drops) <= {"unhandled_message"}, core.drops
+    finally:
+        transport.close()
