@@ -13,6 +13,7 @@ import asyncio
 import shutil
 import socket
 import struct
+import subprocess
 import time
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
@@ -54,6 +55,8 @@ class Server(asyncio.DatagramProtocol):
         self.bound = asyncio.Event()
         self.released = asyncio.Event()
         self.kinds: list[str] = []
+        self.bound_record: dhcp6.Lease6Record | None = None
+        self.sent_to: list[tuple[str, int]] = []
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,12 +67,14 @@ class Server(asyncio.DatagramProtocol):
         outcome = self.core.receive(data, "eth0", time.monotonic(), src=(host.split("%")[0], port))
         for record in outcome.records:  # the in-test "store" commits at once
             if record.state is dhcp6.Lease6State.BOUND:
+                self.bound_record = record
                 self.bound.set()
             if record.state is dhcp6.Lease6State.RELEASED:
                 self.released.set()
         assert self.transport is not None
         for reply in outcome.replies:
             self.kinds.append(reply.kind)
+            self.sent_to.append((reply.address, reply.port))
             self.transport.sendto(reply.data, (reply.address, reply.port, 0, scope))
 
 
@@ -87,15 +92,7 @@ async def test_dhclient_gets_an_address_and_releases_it(netns_lan: Lan, tmp_path
     )  # fmt: skip
     boot = dhcp6.StaticBoot6Source(IPv6Address("fd00:213::1"), "http://[fd00:213::1]:8080/boot", "x")
     core = dhcp6.Dhcp6Core(config, boot, dhcp.StaticReservations({}))
-    sock = server_host.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("::", 547))
-    ifindex = int(server_host.ns.link_info("eth0")["ifindex"])
-    group = socket.inet_pton(socket.AF_INET6, ALL_SERVERS) + struct.pack("@I", ifindex)
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    transport, server = await loop.create_datagram_endpoint(lambda: Server(core), sock=sock)
+    transport, server = await serve(server_host, core)
     leases, pidfile = tmp_path / "dhclient6.leases", tmp_path / "dhclient6.pid"
     argv = [dhclient, "-6", "-1", "-v", "-sf", "/bin/true", "-lf", str(leases), "-pf", str(pidfile)]
     try:
@@ -103,8 +100,9 @@ async def test_dhclient_gets_an_address_and_releases_it(netns_lan: Lan, tmp_path
         assert got.returncode == 0, got.stderr
         await asyncio.wait_for(server.bound.wait(), 5)
         text = leases.read_text()
-        (binding,) = [r for r in core._table.by_ip.values() if r.state is dhcp6.Lease6State.BOUND]
-        address = str(IPv6Address(binding.ip))
+        binding = server.bound_record
+        assert binding is not None
+        address = str(binding.ip)
         assert f"iaaddr {address}" in text, text
         assert IPv6Address(address) in PREFIX
         assert server.kinds[:2] == ["advertise", "reply"]
@@ -116,3 +114,76 @@ async def test_dhclient_gets_an_address_and_releases_it(netns_lan: Lan, tmp_path
         assert core.drops == {} or set(core.drops) <= {"unhandled_message"}, core.drops
     finally:
         transport.close()
+
+
+async def serve(host: Host, core: dhcp6.Dhcp6Core) -> tuple[asyncio.DatagramTransport, Server]:
+    sock = host.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::", 547))
+    ifindex = int(host.ns.link_info("eth0")["ifindex"])
+    group = socket.inet_pton(socket.AF_INET6, ALL_SERVERS) + struct.pack("@I", ifindex)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    transport, server = await loop.create_datagram_endpoint(lambda: Server(core), sock=sock)
+    return transport, server
+
+
+async def test_dhclient_behind_isc_dhcrelay_gets_an_address_through_relay_repl(
+    netns_lan: Lan, tmp_path: Path
+) -> None:
+    dhclient = need("dhclient", "isc-dhcp-client")
+    dhcrelay = need("dhcrelay", "isc-dhcp-relay")
+    segment = netns_lan.add_relay()
+    server_host, relay, client = netns_lan.server, segment.relay, segment.client
+    server_host.ns.ip("-6", "addr", "add", "fd00:213::1/64", "dev", "eth0", "nodad")
+    relay.ip("-6", "addr", "add", "fd00:213::2/64", "dev", "eth0", "nodad")
+    relay.ip("-6", "addr", "add", "fd00:214::1/64", "dev", "eth1", "nodad")
+    relay.set_sysctl("net.ipv6.conf.all.forwarding", "1")
+    server_host.ns.ip("-6", "route", "add", "fd00:214::/64", "via", "fd00:213::2")
+    deadline = time.monotonic() + 20
+    await link_local_ready(server_host, deadline)
+    await link_local_ready(client, deadline)
+    await link_local_ready(segment.downstream, deadline)
+    await link_local_ready(segment.upstream, deadline)
+    config = dhcp6.Dhcp6Config(
+        dhcp6.Mode6.FULL, SERVER_DUID, IPv6Network("fd00:214::/64"),
+        pool_first=IPv6Address("fd00:214::1000"), pool_last=IPv6Address("fd00:214::10ff"),
+    )  # fmt: skip
+    boot = dhcp6.StaticBoot6Source(IPv6Address("fd00:213::1"), "http://[fd00:213::1]:8080/boot", "x")
+    core = dhcp6.Dhcp6Core(config, boot, dhcp.StaticReservations({}))
+    transport, server = await serve(server_host, core)
+    relay_proc = relay.popen(
+        [dhcrelay, "-6", "-d", "-q", "-pf", str(tmp_path / "relay.pid"),
+         "-l", "eth1", "-u", "fd00:213::1%eth0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    leases = tmp_path / "dhclient6.leases"
+    argv = [
+        dhclient,
+        "-6",
+        "-1",
+        "-v",
+        "-sf",
+        "/bin/true",
+        "-lf",
+        str(leases),
+        "-pf",
+        str(tmp_path / "c.pid"),
+    ]
+    try:
+        got = await asyncio.to_thread(client.ns.run, [*argv, client.ifname], check=False, timeout=40)
+        assert got.returncode == 0, got.stderr
+        await asyncio.wait_for(server.bound.wait(), 5)
+        binding = server.bound_record
+        assert binding is not None
+        address = str(binding.ip)
+        assert f"iaaddr {address}" in leases.read_text()
+        assert server.kinds[:2] == ["advertise", "reply"]
+        # Both went back as RELAY-REPL to the relay's server-side address, port 547.
+        assert server.sent_to[:2] == [("fd00:213::2", 547)] * 2
+        assert binding.mac == client.mac  # from dhclient's DUID-LLT (dhcrelay adds no option 79)
+    finally:
+        transport.close()
+        relay_proc.terminate()
+        relay_proc.wait(10)
