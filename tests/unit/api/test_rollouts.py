@@ -9,6 +9,7 @@ Deploys take fake_delays.deploy seconds so that a rollout is under way while the
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -313,3 +314,119 @@ async def test_bad_requests_name_the_field_and_hooks_come_only_from_the_config(l
     assert r.status_code == 409 and "node-1" in fault(r) and first["uuid"] in fault(r), r.text
     r = await lab.client.get("/v1/rollouts/no-such")
     assert r.status_code == 404
+
+
+async def test_a_restart_while_a_node_rebuilds_does_not_rebuild_it_again(lab: Lab) -> None:
+    nodes = await active_nodes(lab)
+
+    async def rebuilding() -> bool:
+        return (await statuses(lab, rollout["uuid"]))["node-1"] == "rebuilding"
+
+    (lab.dir / "hold-undrain-node-1").touch()
+    rollout = await start(lab, undrain_hook=None)
+    await until("node-1 rebuilding", rebuilding)
+    # The rebuild was asked for; the restart lets the node's own work finish (grace) and comes back
+    # to a rollout record that still says "rebuilding".
+    await lab.restart()
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "done", done
+    for node in nodes:
+        assert await rebuilds(lab, node["uuid"]) == 1, node["name"]
+
+
+async def test_failed_rebuilds_count_against_max_failures(lab: Lab) -> None:
+    nodes = await active_nodes(lab)
+    r = await lab.client.patch(
+        f"/v1/nodes/{nodes[1]['uuid']}",
+        json=[{"op": "add", "path": "/driver_info/fake_boot_error", "value": "ramdisk refused"}],
+    )
+    assert r.status_code == 200, r.text
+    rollout = await start(lab, max_failures=0)
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "failed" and "more than max_failures 0" in done["last_error"], done
+    by_name = {n["name"]: n for n in done["nodes"]}
+    assert [by_name[f"node-{i}"]["status"] for i in range(1, 5)] == ["done", "failed", "pending", "pending"]
+    assert "ramdisk refused" in by_name["node-2"]["error"]
+    # The failed node is left drained, in its failed state, for the operator.
+    assert "undrain node-2" not in lab.log()
+    assert (await lab.api.get(nodes[1]["uuid"]))["provision_state"] == "deploy failed"
+
+    await active_nodes_again(lab, nodes[1]["uuid"])
+    second = await start(lab, max_failures=1, selector={"name_prefix": "node-3"})
+    assert (await lab.conductor.rollouts.wait(second["uuid"]))["state"] == "done"
+
+
+async def active_nodes_again(lab: Lab, uuid: str) -> None:
+    """Put a node failed by the rollout back to active (what the operator does after fixing it)."""
+    r = await lab.client.patch(
+        f"/v1/nodes/{uuid}", json=[{"op": "remove", "path": "/driver_info/fake_boot_error"}]
+    )
+    assert r.status_code == 200, r.text
+    await lab.api.drive(uuid, "active")
+
+
+async def test_a_hook_that_hangs_is_killed_at_its_timeout(tmp_path: Path) -> None:
+    from bootforge.conductor.rollout_settings import RolloutHook
+    from bootforge.conductor.rollouts import run_hook
+
+    script = tmp_path / "slow.sh"
+    script.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 30\n")
+    script.chmod(0o755)
+    hook = RolloutHook(name="slow", command=[str(script)], timeout=0.5)
+    started = time.monotonic()
+    error = await run_hook(hook, "drain", "r1", "u1", "node-1")
+    assert error == "hook slow timed out after 0.5 s and was killed"
+    assert time.monotonic() - started < 5
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
+        os.kill(pid, 0)
+
+    missing = RolloutHook(name="gone", command=[str(tmp_path / "nope")])
+    assert "cannot run" in (await run_hook(missing, "drain", "r1", "u1", "node-1") or "")
+
+
+async def test_a_webhook_hook_is_signed_and_its_refusal_fails(tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bootforge.conductor.rollout_settings import RolloutHook
+    from bootforge.conductor.rollouts import run_hook
+
+    secret = "s3cret-s3cret-s3cret"
+    seen: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((dict(self.headers), body))
+            self.send_response(204 if self.path == "/ok" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        ok = RolloutHook(name="lb", url=f"{base}/ok", secret=secret, timeout=5)
+        assert await run_hook(ok, "drain", "r1", "u1", "node-1") is None
+        headers, body = seen[0]
+        stamp = headers["X-Bootforge-Timestamp"]
+        expected = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        assert headers["X-Bootforge-Signature"] == "sha256=" + expected
+        assert json.loads(body) == {
+            "rollout": "r1",
+            "phase": "drain",
+            "node": {"uuid": "u1", "name": "node-1"},
+        }
+        refused = RolloutHook(name="lb", url=f"{base}/no", secret=secret, timeout=5)
+        error = await run_hook(refused, "undrain", "r1", "u1", "node-1")
+        assert error == "hook lb: answered HTTP 503"  # the hook's name, never its URL
+    finally:
+        server.shutdown()
+        server.server_close()
