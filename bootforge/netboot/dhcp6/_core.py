@@ -62,6 +62,9 @@ SERVER_PORT = 547  # also where relays listen
 # IPv6's minimum MTU (1280) less the IPv6 and UDP headers: a reply that fits is never fragmented.
 MAX_REPLY = 1280 - 40 - 8
 M = MsgType
+# Room kept for the client's own reply inside relay wrappings: two DUIDs (at most 134 bytes each),
+# four IA_NAs with an address (44 each), a boot URL and DNS servers.
+_REPLY_BUDGET = 640
 
 
 class Mode6(enum.Enum):
@@ -217,12 +220,20 @@ class Dhcp6Core:
         parsed = parse(datagram)
         self.option_drops.update(parsed.defects)
         relays: list[RelayMessage] = []
+        overhead = 0
         while isinstance(parsed, RelayMessage):
             if parsed.msg_type != M.RELAY_FORW:
                 raise _Drop("not_request", "RELAY-REPL")
             if len(relays) >= self.config.max_relay_depth or parsed.hop_count >= self.config.max_relay_depth:
                 raise _Drop("too_many_hops")
             relays.append(parsed)
+            # What wrapping the reply for this relay costs: its header, the Relay Message option
+            # header and the echoed Interface-ID. Checked now, because a reply found too large
+            # only after the handler ran would leave leases changed that no reply announces.
+            interface_id = parsed.get(Opt6.INTERFACE_ID)
+            overhead += 34 + 4 + (4 + len(interface_id) if interface_id is not None else 0)
+            if overhead > MAX_REPLY - _REPLY_BUDGET:
+                raise _Drop("relay_too_large", f"{overhead} bytes of relay headers")
             inner = parsed.get(Opt6.RELAY_MSG)
             if inner is None:
                 raise _Drop("relay_without_message")

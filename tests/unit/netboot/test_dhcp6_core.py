@@ -277,3 +277,15 @@ def test_a_request_refused_for_room_binds_nothing() -> None:
         server.binding(duid_llt(UNKNOWN_MAC), 0xFF) is None
         and server.binding(duid_llt(UNKNOWN_MAC), 7) is None
     )
+
+
+def test_relays_whose_wrapping_cannot_fit_a_reply_are_refused_before_anything_is_bound() -> None:
+    """Five relays with 250-byte Interface-IDs: the RELAY-REPL could not fit in 1232 bytes, so the
+    REQUEST is dropped up front rather than after binding an address no reply announces."""
+    server = core()
+    datagram = dhclient_message(3, IPv6Address("fd00::1:0:0:1000").packed)
+    for hops in range(5):
+        datagram = relay_forw(datagram, hops=hops, interface_id=bytes(250))
+    outcome = server.receive(datagram, "eth0", 1.0, src=("fd00::1:1", 547))
+    assert outcome.dropped == "relay_too_large" and outcome.records == ()
+    assert server.binding(duid_llt(UNKNOWN_MAC), 0xFF) is None
