@@ -105,6 +105,8 @@ class Dhcp6Config:
             raise ValueError("preferred_lifetime: must be positive and at most valid_lifetime")
         if not 0 <= self.preference <= 255:
             raise ValueError("preference: 0..255")
+        if len(self.dns_servers) > 8:
+            raise ValueError("dns_servers: at most 8 (the reply must fit in 1232 bytes)")
         if not 1 <= self.max_relay_depth <= 32:
             raise ValueError("max_relay_depth: 1..32")
 
