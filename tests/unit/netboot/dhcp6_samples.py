@@ -1,7 +1,7 @@
-"""DHCPv6 client messages assembled byte by byte, as the clients we boot send them.
+"""DHCPv6 client messages: three captured from ISC dhclient, the rest assembled byte by byte.
 
-Not captures: each is written out from the client's own option list, in its order. OVMF's PXE and
-HTTP-boot SOLICITs follow EDK2 (NetworkPkg UefiPxeBcDxe / HttpBootDxe: ORO asking for 59/60/23/24,
+The assembled ones are not captures: each is written out from the client's own option list, in its
+order. OVMF's PXE and HTTP-boot SOLICITs follow EDK2 (NetworkPkg UefiPxeBcDxe / HttpBootDxe: ORO asking for 59/60/23/24,
 a DUID-UUID client id when SMBIOS has a UUID, one IA_NA with zero T1/T2, elapsed time, option 61,
 option 62 (UNDI 3.16), vendor class with enterprise 343 and "PXEClient:Arch:00007:UNDI:003016").
 dhclient -6 sends a DUID-LLT, elapsed time, ORO and an IA_NA; iPXE adds user class "iPXE". The
@@ -140,9 +140,38 @@ def relay_forw(
     return bytes((12, hops)) + RELAY_LINK + LINK_LOCAL + options
 
 
+# Captured: isc-dhclient-4.4.3-P1 (`dhclient -6 -1`, then `-r`) in a network namespace, its eth0 MAC
+# 5e:1c:43:c7:cf:c6, talking to Dhcp6Core (server DUID-LL 02:aa:bb:cc:dd:01) as in
+# tests/integration/test_dhcp6_dhclient.py; the bytes each message carried, verbatim.
+CAPTURED_MAC = bytes.fromhex("5e1c43c7cfc6")
+CAPTURED_SERVER_DUID = bytes.fromhex("0003000102aabbccdd01")
+DHCLIENT_SOLICIT = bytes.fromhex(
+    "0199d9910001000e0001000132a99d235e1c43c7cfc600060008001700180027001f0008000200000003000c43c7"
+    "cfc600000e1000001518"
+)
+DHCLIENT_REQUEST = bytes.fromhex(
+    "031e28330001000e0001000132a99d235e1c43c7cfc60002000a0003000102aabbccdd0100060008001700180027"
+    "001f0008000200000003002843c7cfc600000e100000151800050018fd0002130000000000000000000010ba0000"
+    "1c2000001d4c"
+)
+DHCLIENT_RELEASE = bytes.fromhex(
+    "082e90ee0001000e0001000132a99d235e1c43c7cfc60002000a0003000102aabbccdd0100060008001700180027"
+    "001f0008000200000003002843c7cfc6000000000000000000050018fd0002130000000000000000000010ba0000"
+    "000000000000"
+)
+
+
+def for_our_server(captured: bytes) -> bytes:
+    """A captured message addressed to SERVER_DUID instead (the two DUIDs have the same length)."""
+    return captured.replace(CAPTURED_SERVER_DUID, SERVER_DUID)
+
+
 def seeds() -> list[tuple[str, bytes]]:
     addr = bytes.fromhex("fd000000000000010000000000001000")
     return [
+        ("captured-dhclient-solicit", DHCLIENT_SOLICIT),
+        ("captured-dhclient-request", for_our_server(DHCLIENT_REQUEST)),
+        ("captured-dhclient-release", for_our_server(DHCLIENT_RELEASE)),
         ("ovmf-pxe-solicit", ovmf_solicit(7, duid_llt())),
         ("ovmf-pxe-solicit-uuid", ovmf_solicit(7)),
         ("ovmf-http-solicit", ovmf_solicit(0x10, duid_ll())),

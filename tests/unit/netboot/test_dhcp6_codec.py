@@ -7,6 +7,11 @@ import struct
 
 import pytest
 from dhcp6_samples import (
+    CAPTURED_MAC,
+    CAPTURED_SERVER_DUID,
+    DHCLIENT_RELEASE,
+    DHCLIENT_REQUEST,
+    DHCLIENT_SOLICIT,
     MAC,
     SMBIOS_UUID,
     dhclient_solicit,
@@ -165,3 +170,23 @@ def test_sizes_are_bounded() -> None:
         dhcp6.decode_string_list(b"\x00\x05abc")
     with pytest.raises(dhcp6.Dhcp6EncodeError):
         dhcp6.encode(dhcp6.Message(1, 1 << 24))
+
+
+def test_captured_dhclient_messages_decode() -> None:
+    solicit = dhcp6.parse(DHCLIENT_SOLICIT)
+    assert isinstance(solicit, dhcp6.Message) and solicit.defects == ()
+    assert solicit.msg_type == dhcp6.MsgType.SOLICIT and solicit.transaction_id == 0x99D991
+    duid = dhcp6.decode_duid(solicit.get(Opt6.CLIENTID) or b"")
+    assert duid.duid_type == 1 and duid.mac == CAPTURED_MAC
+    assert dhcp6.decode_oro(solicit.get(Opt6.ORO) or b"") == (23, 24, 39, 31)
+    (ia,) = [dhcp6.decode_ia_na(v) for v in solicit.all(Opt6.IA_NA)]
+    assert (ia.iaid, ia.t1, ia.t2) == (0x43C7CFC6, 3600, 5400)
+    request = dhcp6.parse(DHCLIENT_REQUEST)
+    assert isinstance(request, dhcp6.Message) and request.get(Opt6.SERVERID) == CAPTURED_SERVER_DUID
+    (ia,) = [dhcp6.decode_ia_na(v) for v in request.all(Opt6.IA_NA)]
+    (address,) = ia.addresses()
+    assert (address.address.hex(), address.preferred, address.valid) == (
+        "fd0002130000000000000000000010ba", 7200, 7500)  # fmt: skip
+    release = dhcp6.parse(DHCLIENT_RELEASE)
+    assert isinstance(release, dhcp6.Message) and release.msg_type == dhcp6.MsgType.RELEASE
+    assert dhcp6.encode(release) == DHCLIENT_RELEASE  # and back, byte for byte
