@@ -1,9 +1,10 @@
 """DHCPv6 client messages: three captured from ISC dhclient, the rest assembled byte by byte.
 
-The assembled ones are not captures: each is written out from the client's own option list, in its
-order. OVMF's PXE and HTTP-boot SOLICITs follow EDK2 (NetworkPkg UefiPxeBcDxe / HttpBootDxe: ORO asking for 59/60/23/24,
-a DUID-UUID client id when SMBIOS has a UUID, one IA_NA with zero T1/T2, elapsed time, option 61,
-option 62 (UNDI 3.16), vendor class with enterprise 343 and "PXEClient:Arch:00007:UNDI:003016").
+The assembled ones are not captures: each is written out from the client's own option list, in
+its order. OVMF's PXE and HTTP-boot SOLICITs follow EDK2 (NetworkPkg UefiPxeBcDxe / HttpBootDxe:
+ORO asking for 59/60/23/24, a DUID-UUID client id when SMBIOS has a UUID, one IA_NA with zero
+T1/T2, elapsed time, option 61, option 62 (UNDI 3.16), vendor class with enterprise 343 and
+"PXEClient:Arch:00007:UNDI:003016").
 dhclient -6 sends a DUID-LLT, elapsed time, ORO and an IA_NA; iPXE adds user class "iPXE". The
 relayed one wraps OVMF's SOLICIT in a RELAY-FORW with Interface-ID and RFC 6939 option 79, the way
 ISC dhcrelay and Kea's relays do. Every helper returns bytes; nothing here uses the codec under test.
