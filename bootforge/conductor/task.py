@@ -6,6 +6,12 @@ A request that finds the node locked gets NodeLocked (409) at once; it never que
 
 The lock is held from the API call that starts an action until the action's background work ends, so
 "the node is busy" is visible to every client and every conductor.
+
+Fencing: every reserve (a takeover too) bumps the node's `lock_generation`, and the holder remembers the
+one it got. Each write the holder makes (save, transition, release, flush, unlock) is conditioned on
+`reservation = me AND lock_generation = mine` in the same transaction; one that matches no row raises
+LockLost and applies nothing. A conductor that stalled past conductor_offline_after and was taken over
+(even by a restart of itself under the same name) so cannot overwrite the new holder's work.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ import logging
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 
 from bootforge.conductor import states
 from bootforge.db import secrets
@@ -27,7 +33,7 @@ from bootforge.db.models import NODE_EVENTS, AgentSession, Node, NodeEvent, Port
 from bootforge.db.queries import is_uuid
 from bootforge.drivers.base import NetworkBoot, updated_internal
 from bootforge.drivers.hardware import INTERFACE_TYPES, DriverSet
-from bootforge.errors import NodeLocked, NotFound
+from bootforge.errors import Conflict, NodeLocked, NotFound
 from bootforge.text import MESSAGE_LIMIT, printable
 
 if TYPE_CHECKING:
@@ -42,6 +48,60 @@ def locked_message(node: Node, holder: str | None) -> str:
     return (
         f"Node {node.uuid} is locked by host {holder}, please retry after the current operation is completed."
     )
+
+
+class LockLost(Conflict):
+    """The node's lock is no longer this task's (taken over after a stall): nothing was written."""
+
+    def __init__(self, node_uuid: str, host: str, generation: int) -> None:
+        super().__init__(
+            f"Node {node_uuid}: the lock of conductor {host} (generation {generation}) was taken over; "
+            "its write was refused."
+        )
+        self.node_uuid = node_uuid
+
+
+# Where the generation a reserve got is kept: on the node object it locked (its instance state, which
+# survives the object's expiry), so every task working on that object writes as that holder.
+HELD: Final = "bootforge.lock_generation"
+
+
+def remember_generation(node: Node, generation: int) -> None:
+    set_committed_value(node, "lock_generation", generation)
+    instance_state(node).info[HELD] = generation
+
+
+def held_generation(node: Node) -> int | None:
+    """The lock generation this process got for `node` (None: it does not hold the lock)."""
+    held: int | None = instance_state(node).info.get(HELD)
+    return held
+
+
+def forget_generation(node: Node) -> None:
+    instance_state(node).info.pop(HELD, None)
+
+
+def held_by(node_id: int, host: str, generation: int) -> tuple[Any, ...]:
+    """The WHERE clause of a write by the lock's holder: its name and the generation it got."""
+    return (Node.id == node_id, Node.reservation == host, Node.lock_generation == generation)
+
+
+async def check_held(s: Any, node_id: int, node_uuid: str, host: str, generation: int) -> None:
+    """Fail the transaction `s` with LockLost unless this holder still has the node's lock.
+
+    A no-op UPDATE rather than a SELECT: it takes the row's lock (PostgreSQL), so a takeover waits
+    for this transaction, and a takeover that committed first makes it match nothing.
+    """
+    result = await s.execute(
+        update(Node)
+        .where(*held_by(node_id, host, generation))
+        .values(lock_generation=Node.lock_generation, updated_at=Node.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        await s.rollback()
+        log.error("node %s: lock generation %d of %s lost; write refused", node_uuid, generation, host)
+        raise LockLost(node_uuid, host, generation)
 
 
 def event_row(node_id: int, event_type: str, message: str, severity: str, conductor: str) -> dict[str, Any]:
@@ -134,12 +194,23 @@ class NodeTask:
         """Send these outbound events with the next save (that is, only if it commits)."""
         self._outbound.extend(outbound)
 
+    @property
+    def generation(self) -> int | None:
+        """The lock generation this task writes as; None when it does not hold the lock."""
+        return held_generation(self.node)
+
+    async def _check_held(self, s: Any) -> None:
+        generation = self.generation
+        if generation is not None:
+            await check_held(s, self.node_id, self.node_uuid, self.conductor.host, generation)
+
     async def flush(self) -> None:
         """Write recorded events that no save has carried yet."""
         if self._events or self._outbound:
             events, self._events = self._events, []
             outbound, self._outbound = self._outbound, []
             async with self.conductor.db.write() as s:
+                await self._check_held(s)
                 if events:
                     await s.execute(insert(NODE_EVENTS), events)
                 await self.conductor.observer.stage(s, outbound)
@@ -151,11 +222,14 @@ class NodeTask:
         events, self._events = self._events, []
         outbound, self._outbound = self._outbound, []
         async with self.conductor.db.write() as s:
+            await self._check_held(s)
             s.add(self.node)
             if events:
                 await s.execute(insert(NODE_EVENTS), events)
             await self.conductor.observer.stage(s, outbound)
             await s.commit()
+        if self.node.reservation is None:
+            forget_generation(self.node)
         self.conductor.observer.published(outbound)
         if self.node.driver_internal_info.get("agent_command"):
             # An agent may be long-polling for this command in this process: wake it now.
@@ -248,13 +322,18 @@ async def reserve(
     """
     now = utcnow()
     changes = {"reservation": conductor.host, "updated_at": now, **(values or {})}
-    stmt = update(Node).where(Node.id == node.id, Node.reservation.is_(None))
+    stmt = update(Node).where(Node.id == node.id, Node.reservation.is_(None)).returning(Node.lock_generation)
     if expect_state is not None:
         stmt = stmt.where(Node.provision_state == expect_state)
     async with conductor.db.write() as s:
         stored = secrets.seal_columns(conductor.db, node.uuid, changes)
-        result = await s.execute(stmt.values(**stored).execution_options(synchronize_session=False))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        result = await s.execute(
+            stmt.values(lock_generation=Node.lock_generation + 1, **stored).execution_options(
+                synchronize_session=False
+            )
+        )
+        generation = result.scalar()
+        if generation is None:
             await s.rollback()
             current = await load_node(conductor, node.uuid)
             if current.reservation is not None:
@@ -275,6 +354,7 @@ async def reserve(
     # save() that sets one back (reservation -> None) would look like "no change" and write nothing.
     for key, value in changes.items():
         set_committed_value(node, key, value)
+    remember_generation(node, generation)
 
 
 @asynccontextmanager
@@ -309,16 +389,19 @@ async def give_back(task: NodeTask) -> None:
         await task.flush()
     except Exception:
         log.exception("node %s: the events of %r could not be written", task.node_uuid, task.purpose)
-    await unlock(task.conductor, task.node_id)
+    generation = task.generation
+    if generation is not None:
+        await unlock(task.conductor, task.node_id, generation)
+        forget_generation(task.node)
     task.exclusive = False
 
 
-async def unlock(conductor: ConductorContext, node_id: int) -> bool:
-    """Clear the node's lock if this conductor holds it, in one UPDATE of that column alone."""
+async def unlock(conductor: ConductorContext, node_id: int, generation: int) -> bool:
+    """Clear the node's lock if this conductor still holds it (that generation), in one UPDATE."""
     async with conductor.db.write() as s:
         result = await s.execute(
             update(Node)
-            .where(Node.id == node_id, Node.reservation == conductor.host)
+            .where(*held_by(node_id, conductor.host, generation))
             .values(reservation=None, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )

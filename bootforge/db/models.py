@@ -81,6 +81,9 @@ class Node(Timestamps, Base):
     fault: Mapped[str | None] = mapped_column(String(255))
     # The conductor holding the node's exclusive lock; NULL when unlocked.
     reservation: Mapped[str | None] = mapped_column(String(255), index=True)
+    # Bumped by every reserve (a takeover too); the holder's writes require the one it got, so a
+    # stalled holder's late writes after a takeover match no row (conductor/task.py, fencing).
+    lock_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     conductor_affinity: Mapped[str | None] = mapped_column(String(255))
     protected: Mapped[bool] = mapped_column(Boolean, default=False)
     protected_reason: Mapped[str | None] = mapped_column(Text)
