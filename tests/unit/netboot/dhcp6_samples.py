@@ -7,8 +7,9 @@ T1/T2, elapsed time, option 61, option 62 (UNDI 3.16), vendor class with enterpr
 "PXEClient:Arch:00007:UNDI:003016").
 dhclient -6 sends a DUID-LLT, elapsed time, ORO and an IA_NA; iPXE adds user class "iPXE". The
 relayed one wraps OVMF's SOLICIT in a RELAY-FORW with an Interface-ID and RFC 6939 option 79, as a
-relay implementing RFC 6939 sends it (ISC dhcrelay 4.4 adds neither by default: see
-tests/integration/test_dhcp6_dhclient.py). Helpers return bytes; none uses the codec under test.
+relay implementing RFC 6939 sends it (ISC dhcrelay 4.4, as started in
+tests/integration/test_dhcp6_dhclient.py, adds no option 79). Helpers return bytes; none uses the
+codec under test.
 """
 
 from __future__ import annotations
