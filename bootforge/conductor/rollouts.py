@@ -115,14 +115,19 @@ class RolloutService:
     # --- life cycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Take back the running rollouts of this conductor and of conductors no longer alive."""
+        await self.take_over()
+
+    async def take_over(self) -> None:
+        """Run the running rollouts of this conductor (after a restart) and of conductors no longer
+        alive (periodic, with the nodes' own takeover); one conditional UPDATE claims each, so of
+        several conductors noticing the same dead one, one takes it."""
         live = set(await self.conductor.live_hosts()) - {self.conductor.host}
         async with self.db.read() as s:
             rows = (
                 await s.execute(select(Rollout.id, Rollout.conductor).where(Rollout.state == RUNNING))
             ).all()
         for rid, owner in rows:
-            if owner in live:
+            if owner in live or rid in self._runs:
                 continue
             same_owner = Rollout.conductor.is_(None) if owner is None else Rollout.conductor == owner
             async with self.db.write() as s:
@@ -366,8 +371,9 @@ class RolloutService:
 
     async def _state(self, rid: int) -> str | None:
         async with self.db.read() as s:
-            state: str | None = await s.scalar(select(Rollout.state).where(Rollout.id == rid))
-        return state
+            row = (await s.execute(select(Rollout.state, Rollout.conductor).where(Rollout.id == rid))).first()
+        # A rollout resumed through another conductor is that one's to run: this runner stops.
+        return row.state if row is not None and row.conductor == self.conductor.host else None
 
     async def _run(self, rid: int) -> None:
         while True:
@@ -381,7 +387,7 @@ class RolloutService:
             while True:
                 async with self.db.read() as s:
                     row: Rollout | None = await s.scalar(select(Rollout).where(Rollout.id == rid))
-                if row is None or row.state != RUNNING:
+                if row is None or row.state != RUNNING or row.conductor != self.conductor.host:
                     return
                 run = _Run(row)
                 todo = [i for i, e in enumerate(run.entries) if e["status"] not in FINISHED]

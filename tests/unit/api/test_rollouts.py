@@ -57,9 +57,12 @@ class Lab:
         path = self.dir / "hooks.log"
         return path.read_text().splitlines() if path.exists() else []
 
-    async def restart(self) -> None:
-        """Stop the conductor and start a new one on the same database (what a service restart does)."""
+    async def restart(self, host: str | None = None) -> None:
+        """Stop the conductor and start a new one on the same database (what a service restart does);
+        with `host`, another conductor of the same fleet takes over."""
         await self.conductor.stop(grace=5)
+        if host:
+            self.settings = self.settings.model_copy(update={"host": host})
         conductor = Conductor(self.settings, self.conductor.db)
         await conductor.start()
         self.services = Services.build(self.settings, conductor)
@@ -430,3 +433,17 @@ async def test_a_webhook_hook_is_signed_and_its_refusal_fails(tmp_path: Path) ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_another_conductor_takes_over_the_rollout_of_a_stopped_one(lab: Lab) -> None:
+    await active_nodes(lab)
+    (lab.dir / "hold-drain-node-1").touch()
+    rollout = await start(lab)
+    await logged(lab, "drain node-1")
+    # Stopped while the drain hook is held (the hook is killed with the runner).
+    await lab.restart(host="other-conductor")
+    (lab.dir / "hold-drain-node-1").unlink()
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "done" and done["conductor"] == "other-conductor", done
+    assert done["counts"] == {"done": 4}
+    assert lab.log().count("drain node-1") == 2, lab.log()
