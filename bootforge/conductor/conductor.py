@@ -9,7 +9,6 @@ own nodes the same way, so a SIGKILL loses nothing: each node is resumed, or fai
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,8 +22,19 @@ from bootforge.conductor.agent import AgentService
 from bootforge.conductor.allocations import AllocationService
 from bootforge.conductor.netboot import NETBOOT_EVENT_TYPES
 from bootforge.conductor.rollouts import RolloutService
-from bootforge.conductor.task import NodeTask, age, agent_last_seen, event_row, reserve
+from bootforge.conductor.task import (
+    LockLost,
+    NodeTask,
+    age,
+    agent_last_seen,
+    event_row,
+    forget_generation,
+    held_by,
+    remember_generation,
+    reserve,
+)
 from bootforge.config import Settings
+from bootforge.db.clock import db_now, heartbeat_fresh
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, Node, NodeEvent, utcnow
 from bootforge.db.models import Conductor as ConductorRow
@@ -160,7 +170,8 @@ class Conductor:
             "online": True,
             "conductor_group": self.settings.conductor_group,
             "hardware_types": sorted(self.drivers.types),
-            "heartbeat_at": now,
+            # Liveness is judged by the database's clock, never this host's (db/clock.py).
+            "heartbeat_at": db_now(),
             "updated_at": now,
         }
         async with self.db.write() as s:
@@ -177,19 +188,20 @@ class Conductor:
             await s.execute(
                 update(ConductorRow)
                 .where(ConductorRow.hostname == self.host)
-                .values(heartbeat_at=utcnow(), online=True)
+                .values(heartbeat_at=db_now(), online=True)
             )
             await s.commit()
 
     async def live_hosts(self) -> list[str]:
-        now = utcnow()
+        """Conductors online whose heartbeat is fresh by the database's clock (not this host's)."""
         async with self.db.read() as s:
-            rows = (
-                await s.execute(select(ConductorRow.hostname, ConductorRow.heartbeat_at, ConductorRow.online))
-            ).all()
-        return [
-            h for h, hb, online in rows if online and age(hb, now) <= self.settings.conductor_offline_after
-        ]
+            rows = await s.scalars(
+                select(ConductorRow.hostname).where(
+                    ConductorRow.online.is_(True),
+                    heartbeat_fresh(ConductorRow.heartbeat_at, self.settings.conductor_offline_after),
+                )
+            )
+            return list(rows.all())
 
     # --- running work -----------------------------------------------------------------------------
 
@@ -220,6 +232,14 @@ class Conductor:
             await fn(task, *args)
         except asyncio.CancelledError:
             raise
+        except LockLost as exc:
+            # Another conductor took the node over while this one stalled: its work is the node's
+            # now. Nothing of ours was written (the write that found out was refused whole); failing
+            # or releasing the node would overwrite the new holder, and retrying would race it.
+            log.error("%s on node %s stopped: %s", fn.__name__, task.node_uuid, exc.message)
+            task.exclusive = False
+            forget_generation(task.node)
+            return
         except Exception as exc:
             reason = exc.message if isinstance(exc, BootforgeError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, BootforgeError):
@@ -285,10 +305,13 @@ class Conductor:
     async def _fail_unsaved(self, task: NodeTask, reason: str) -> None:
         """Fail the node and release it from what the database holds, dropping the task's pending
         changes: used when saving them is what failed."""
+        generation = task.generation
+        if generation is None:
+            task.exclusive = False
+            return
+        held = held_by(task.node_id, self.host, generation)
         async with self.db.write() as s:
-            old = await s.scalar(
-                select(Node.provision_state).where(Node.id == task.node_id, Node.reservation == self.host)
-            )
+            old = await s.scalar(select(Node.provision_state).where(*held).with_for_update())
             values: dict[str, Any] = {"reservation": None, "target_power_state": None, "last_error": reason}
             text = reason
             outbound = self.observer.failure(task.node_uuid, None, old or "", reason) if old else []
@@ -302,7 +325,6 @@ class Conductor:
                 )
                 text = f"{old} -> {new} (fail): {reason}"
             if old is not None:
-                held = (Node.id == task.node_id, Node.reservation == self.host)
                 await s.execute(update(Node).where(*held).values(**values))
                 await s.execute(
                     insert(NODE_EVENTS), [event_row(task.node_id, "provisioning", text, "error", self.host)]
@@ -312,6 +334,7 @@ class Conductor:
         if old is not None:
             self.observer.published(outbound)
         task.exclusive = False
+        forget_generation(task.node)
         if old is not None:
             self.state_changed()
 
@@ -361,12 +384,11 @@ class Conductor:
         over, whichever claims second finds the row changed and leaves the node to the other.
         """
         now = utcnow()
-        cutoff = now - dt.timedelta(seconds=self.settings.conductor_offline_after)
         holder_alive = exists().where(
             ConductorRow.hostname == holder,
             ConductorRow.hostname != self.host,
             ConductorRow.online.is_(True),
-            ConductorRow.heartbeat_at >= cutoff,
+            heartbeat_fresh(ConductorRow.heartbeat_at, self.settings.conductor_offline_after),
         )
         async with self.db.write() as s:
             result = await s.execute(
@@ -377,13 +399,18 @@ class Conductor:
                     Node.updated_at == node.updated_at,
                     ~holder_alive,
                 )
-                .values(reservation=self.host, updated_at=now)
+                # A new generation: the old holder's writes (a stalled process, or this host
+                # before its restart) no longer match the row (fencing, conductor/task.py).
+                .values(reservation=self.host, updated_at=now, lock_generation=Node.lock_generation + 1)
+                .returning(Node.lock_generation)
             )
+            generation = result.scalar()
             await s.commit()
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if generation is None:
             return False
         set_committed_value(node, "reservation", self.host)
         set_committed_value(node, "updated_at", now)
+        remember_generation(node, generation)
         return True
 
     async def _resume(self, node: Node, why: str) -> None:
@@ -425,10 +452,13 @@ class Conductor:
             )
             text = f"{old} -> {new} (fail): {why}"
         log.error("node %s: %s", node.uuid, text)
+        generation = node.lock_generation
         async with self.db.write() as s:
-            await s.execute(
-                update(Node).where(Node.id == node.id, Node.reservation == self.host).values(**values)
-            )
+            r = await s.execute(update(Node).where(*held_by(node.id, self.host, generation)).values(**values))
+            if r.rowcount != 1:  # type: ignore[attr-defined]
+                await s.rollback()
+                log.error("node %s: taken over before it could be abandoned; left to its holder", node.uuid)
+                return
             await s.execute(
                 insert(NODE_EVENTS), [event_row(node.id, "provisioning", text, "error", self.host)]
             )
