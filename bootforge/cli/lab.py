@@ -40,7 +40,10 @@ def _fail(e: Exception) -> typer.Exit:
 @lab_app.command("up")
 def up(
     vms: Annotated[int, typer.Option("--vms", help="how many VMs")] = 3,
-    firmware: Annotated[str, typer.Option(help="bios, uefi (OVMF PXE), uefi-http or mixed")] = "bios",
+    firmware: Annotated[
+        str,
+        typer.Option(help="bios, uefi (OVMF PXE), uefi-http, uefi-sb (Secure Boot enforced, TCG) or mixed"),
+    ] = "bios",
     memory: Annotated[int, typer.Option(help="MiB per VM")] = 512,
     dhcp: Annotated[
         str,

@@ -61,6 +61,11 @@ OVMF_CANDIDATES: tuple[tuple[str, str], ...] = (
     ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
     ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
 )
+# Secure Boot enforced: the SMM build with Microsoft's keys enrolled (Debian's ovmf package), so
+# only Microsoft-signed loaders (shim) run; it needs SMM (TCG: KVM here lacks it) and a secure pflash.
+OVMF_SECURE_BOOT_CANDIDATES: tuple[tuple[str, str], ...] = (
+    ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+)
 
 
 class QemuError(RuntimeError):
@@ -107,6 +112,8 @@ class VmDefinition(BaseModel):
     netns: str | None = None
     qemu_binary: str = DEFAULT_BINARY
     extra_args: list[str] = []
+    # UEFI with Secure Boot enforced (OVMF_SECURE_BOOT_CANDIDATES; machine should say smm=on).
+    secure_boot: bool = False
 
 
 def load_definition(path: Path, boot_mode: str | None = None) -> VmDefinition:
@@ -235,7 +242,9 @@ def _firmware_args(defn: VmDefinition, firmware: Firmware) -> list[str]:
         return ["-fw_cfg", f"name=etc/sercon-port,file={sercon_path(defn)}"]
     if firmware.code is None:
         raise QemuError("UEFI boot mode needs OVMF firmware code")
+    secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if defn.secure_boot else []
     return [
+        *secure,
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={firmware.code}",
         "-drive", f"if=pflash,format=raw,unit=1,file={vars_path(defn)}",
     ]  # fmt: skip

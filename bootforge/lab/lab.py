@@ -54,7 +54,9 @@ from bootforge.ramdisk import build as build_agent_ramdisk
 
 __all__ = ["BMCS", "FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
 
-FIRMWARES = ("bios", "uefi", "uefi-http")
+FIRMWARES = ("bios", "uefi", "uefi-http", "uefi-sb")
+# "mixed": one of each in turn, but not uefi-sb (TCG only: minutes per boot).
+MIXED = FIRMWARES[:3]
 # full: bootforge's DHCP leases; proxy: dnsmasq leases, bootforge answers boots; off: no DHCP at all.
 DHCP_MODES = ("full", "proxy", "off")
 # With dhcp "off": the virtual-media boot interface per BMC (IPMI has no virtual media).
@@ -162,9 +164,9 @@ class LabState:
 
 def firmware_plan(count: int, firmware: str) -> list[str]:
     if firmware == "mixed":
-        return [FIRMWARES[i % len(FIRMWARES)] for i in range(count)]
+        return [MIXED[i % len(MIXED)] for i in range(count)]
     if firmware not in FIRMWARES:
-        raise LabError(f"unknown firmware {firmware!r}: use bios, uefi, uefi-http or mixed")
+        raise LabError(f"unknown firmware {firmware!r}: use bios, uefi, uefi-http, uefi-sb or mixed")
     return [firmware] * count
 
 
@@ -181,7 +183,11 @@ def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str) -> dict[str, 
             "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no",
             "-device", "virtio-rng-pci",
         ]  # fmt: skip
-    return {
+    secure: dict[str, Any] = {}
+    if rec.firmware == "uefi-sb":
+        # Secure Boot enforced with Microsoft's keys; its SMM needs TCG (this KVM has no SMM).
+        secure = {"secure_boot": True, "machine": "q35,smm=on", "accel": "tcg"}
+    return secure | {
         "name": rec.name,
         "memory_mib": memory_mib,
         "boot_mode": "bios" if rec.firmware == "bios" else "uefi",
@@ -564,6 +570,8 @@ class Lab:
     def _enrol(self, api: httpx.Client, rec: VmRecord) -> None:
         driver, info = self._driver(rec)
         body = {"driver": driver, "name": f"lab-{rec.name}", "driver_info": info}
+        if rec.firmware == "uefi-sb":  # DHCP then offers it the signed chain (shim -> GRUB)
+            body["properties"] = {"capabilities": "boot_mode:uefi,secure_boot:true"}
         vmedia = self._vmedia_boot()
         if vmedia:
             body |= {"boot_interface": vmedia, "network_data": static_network_data(rec)}
