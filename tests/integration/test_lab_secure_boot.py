@@ -49,3 +49,21 @@ def test_secure_boot_vm_boots_the_ramdisk_through_shim_and_signed_grub(make_lab:
         assert any(e.startswith(f"tftp {name} completed") for e in tftp), (name, tftp)
     # Nothing unsigned was offered: no ipxe.efi fetch at all.
     assert not any("ipxe" in e for e in tftp), tftp
+
+
+def test_the_same_vm_offered_unsigned_ipxe_is_refused_by_its_firmware(make_lab: LabFactory) -> None:
+    """The negative: without secure_boot:true in its capabilities the node is offered ipxe.efi, which
+    Secure Boot firmware refuses to run. This is what every Secure Boot machine saw before #12."""
+    h = make_lab(vms=1, firmware="uefi-sb")
+    rec = h.vms[0]
+    patch = [{"op": "replace", "path": "/properties/capabilities", "value": "boot_mode:uefi"}]
+    r = h.api.patch(f"/v1/nodes/{rec.node}", json=patch)
+    assert r.status_code == 200, r.text
+    h.serve_ramdisk(rec)  # waits until the view hands out the ramdisk, so it read the new capabilities
+    since = console_offset(rec)
+    h.power(rec, "power on")
+    line = wait_console(rec, re.compile(r"Access Denied|BOOTFORGE-LAB-RAMDISK"), SECURE_BOOT_TIMEOUT, since)
+    assert "Access Denied" in line, line
+    tftp = [e["event"] for e in h.history(rec, "tftp")]
+    assert any(e.startswith("tftp ipxe.efi completed") for e in tftp), tftp
+    h.power(rec, "power off")
