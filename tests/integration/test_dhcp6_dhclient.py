@@ -57,6 +57,7 @@ class Server(asyncio.DatagramProtocol):
         self.kinds: list[str] = []
         self.bound_record: dhcp6.Lease6Record | None = None
         self.sent_to: list[tuple[str, int]] = []
+        self.received: list[int] = []
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,6 +65,7 @@ class Server(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int, int, int]) -> None:  # type: ignore[override]
         host, port, _, scope = addr
+        self.received.append(data[0])
         outcome = self.core.receive(data, "eth0", time.monotonic(), src=(host.split("%")[0], port))
         for record in outcome.records:  # the in-test "store" commits at once
             if record.state is dhcp6.Lease6State.BOUND:
@@ -187,3 +189,36 @@ async def test_dhclient_behind_isc_dhcrelay_gets_an_address_through_relay_repl(
         transport.close()
         relay_proc.terminate()
         relay_proc.wait(10)
+
+
+async def test_dhclient_stateless_information_request_gets_the_dns_servers(
+    netns_lan: Lan, tmp_path: Path
+) -> None:
+    """`dhclient -6 -S`: an INFORMATION-REQUEST, answered with the configured DNS server and no address."""
+    dhclient = need("dhclient", "isc-dhcp-client")
+    server_host, client = netns_lan.server, netns_lan.client
+    deadline = time.monotonic() + 20
+    await link_local_ready(server_host, deadline)
+    await link_local_ready(client, deadline)
+    config = dhcp6.Dhcp6Config(
+        dhcp6.Mode6.FULL, SERVER_DUID, PREFIX,
+        pool_first=IPv6Address("fd00:213::1000"), pool_last=IPv6Address("fd00:213::10ff"),
+        dns_servers=(IPv6Address("fd00:213::53"),),
+    )  # fmt: skip
+    boot = dhcp6.StaticBoot6Source(IPv6Address("fd00:213::1"), "http://[fd00:213::1]:8080/boot", "x")
+    core = dhcp6.Dhcp6Core(config, boot, dhcp.StaticReservations({}))
+    transport, server = await serve(server_host, core)
+    # Stateless mode writes no lease file: what dhclient learnt reaches its script's environment.
+    seen, script = tmp_path / "script.log", tmp_path / "script.sh"
+    script.write_text(f'#!/bin/sh\necho "$reason $new_dhcp6_name_servers" >> {seen}\n')
+    script.chmod(0o755)
+    argv = [dhclient, "-6", "-S", "-1", "-v", "-sf", str(script), "-lf", str(tmp_path / "l"),
+            "-pf", str(tmp_path / "p")]  # fmt: skip
+    try:
+        got = await asyncio.to_thread(client.ns.run, [*argv, client.ifname], check=False, timeout=40)
+        assert got.returncode == 0, got.stderr
+        assert server.kinds[:1] == ["reply"] and server.bound_record is None
+        assert server.received[:1] == [dhcp6.MsgType.INFORMATION_REQUEST]
+        assert "fd00:213::53" in seen.read_text()  # dhclient 4.4 calls this reason RENEW6
+    finally:
+        transport.close()
