@@ -1,5 +1,7 @@
-"""The DHCPv6 core against a peer bootforge did not write: ISC `dhclient -6` in a network namespace
-gets an address from the core (SOLICIT/ADVERTISE/REQUEST/REPLY) over a veth, then releases it.
+"""The DHCPv6 core against peers bootforge did not write: ISC `dhclient -6` in a network namespace
+gets an address from the core (SOLICIT/ADVERTISE/REQUEST/REPLY) over a veth and releases it; gets
+one through ISC `dhcrelay -6` on a routed segment (RELAY-FORW/RELAY-REPL); and, stateless (`-S`),
+gets the DNS servers by INFORMATION-REQUEST.
 
 The server is a few lines of asyncio around `Dhcp6Core` in this test (bootforge has no DHCPv6 server
 yet: wiring the core into `bootforge serve` is a later step), on a socket made inside the server
