@@ -181,9 +181,10 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
     )
     drivers = drivers or Drivers(settings)
     sink = EventSink(db, settings.host)
+    # The signed chain is fetched by `bootforge ramdisk build` (and the lab), never here: a serve
+    # that starts on an air-gapped network must not wait on apt. What is missing is logged, and a
+    # Secure Boot node is told on its timeline.
     found = find_loaders(nb.loader_dirs)
-    if any(name in found.missing for name in loaders.SIGNED_CHAIN_LOADERS) and nb.tftp:
-        found = await _fetch_signed_chain(nb.loader_dirs)
     view = NetbootView(
         db,
         endpoints,
@@ -245,21 +246,6 @@ def find_loaders(loader_dirs: list[Path]) -> loaders.LoaderSet:
     for problem in found.problems():
         log.warning("%s", problem)
     return found
-
-
-# Bounds serve's start-up wait for apt; a slower download goes on in its thread for the next start.
-SIGNED_CHAIN_FETCH_TIMEOUT = 120.0
-
-
-async def _fetch_signed_chain(loader_dirs: list[Path]) -> loaders.LoaderSet:
-    """Debian's signed shim and GRUB into bootforge's loader cache (apt-get download, unpacked,
-    never installed), then search again; a failure is logged and the chain stays missing."""
-    log.info("fetching %s into %s", ", ".join(loaders.SIGNED_CHAIN_PACKAGES), loaders.DEFAULT_LOADER_CACHE)
-    try:
-        await asyncio.wait_for(asyncio.to_thread(loaders.fetch_signed_loaders), SIGNED_CHAIN_FETCH_TIMEOUT)
-    except Exception as e:  # RamdiskError, OSError, TimeoutError: Secure Boot nodes are told why
-        log.warning("could not fetch the Secure Boot loaders: %s", str(e) or type(e).__name__)
-    return find_loaders(loader_dirs)
 
 
 async def _start_tftp(

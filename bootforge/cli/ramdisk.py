@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from bootforge.netboot.boot import loaders
 from bootforge.ramdisk import DEFAULT_CACHE, BuildResult, RamdiskError, build
 from bootforge.ramdisk.image import COMPRESSORS
 
@@ -83,6 +84,12 @@ def build_cmd(
             help="PEM CA bundle the agent verifies the API's certificate against (an https public_url)"
         ),
     ] = None,
+    signed_loaders: Annotated[
+        bool,
+        typer.Option(
+            help="also fetch Debian's signed shim and GRUB (Secure Boot nodes) into the loader cache"
+        ),
+    ] = True,
 ) -> None:
     """Build the deploy ramdisk from Debian packages, reproducibly; prints its size and build time."""
     if compression not in COMPRESSORS:
@@ -112,3 +119,17 @@ def build_cmd(
         err.print(f"[red]ramdisk build failed:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
     _report(result)
+    if signed_loaders:
+        _fetch_signed_loaders()
+
+
+def _fetch_signed_loaders() -> None:
+    """Debian's signed shim and GRUB into the loader cache (unpacked, never installed): `serve` finds
+    them there for nodes that boot with Secure Boot. A failure is a warning: the ramdisk is built."""
+    try:
+        with console.status("fetching the Secure Boot loaders (shim-signed, grub-efi-amd64-signed)"):
+            trees = loaders.fetch_signed_loaders()
+    except (RamdiskError, OSError) as e:
+        err.print(f"[yellow]Secure Boot loaders not fetched:[/yellow] {escape(str(e))}")
+        return
+    console.print(f"Secure Boot loaders (shim, signed GRUB) in {escape(', '.join(trees))}")

@@ -50,6 +50,8 @@ import httpx
 
 from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import netns, procs, ramdisk, redfish_bmc
+from bootforge.netboot.boot import loaders
+from bootforge.ramdisk import RamdiskError as AgentRamdiskError
 from bootforge.ramdisk import build as build_agent_ramdisk
 
 __all__ = ["BMCS", "FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
@@ -357,6 +359,14 @@ class Lab:
             rd = ramdisk.build()
             for src, name in ((rd.kernel, "vmlinuz"), (rd.initrd, "initrd")):
                 shutil.copyfile(src, boot / name)
+        if "uefi-sb" in plan:
+            say("fetching Debian's signed shim and GRUB into the loader cache (cached after the first time)")
+            try:
+                loaders.fetch_signed_loaders()
+            except (AgentRamdiskError, OSError) as e:
+                raise LabError(
+                    f"uefi-sb needs Debian's signed shim and GRUB, which were not fetched: {e}"
+                ) from e
         say(f"creating namespace {self.state.netns} with bridge br0 ({ADDRESS}/24)")
         topo = self._network(len(plan))
         self._plan_vms(plan)

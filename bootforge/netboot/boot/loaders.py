@@ -97,6 +97,13 @@ def how_to_provide(name: str) -> str:
     own = f"put a file named {name} into a directory listed in {LOADER_DIRS_SETTING}"
     if spec is None or spec.package is None:
         return f"no Debian package ships it; build it and {own}"
+    if name in SIGNED_CHAIN_LOADERS:
+        # Installing shim-signed / grub-efi-amd64-signed runs maintainer scripts that may change the
+        # host's own boot: they are fetched and unpacked into bootforge's cache instead.
+        return (
+            f"run `bootforge ramdisk build`, which fetches {spec.package} into {DEFAULT_LOADER_CACHE} "
+            f"without installing it, or {own}"
+        )
     return f"install it with: apt-get install -y {spec.package}, or {own}"
 
 

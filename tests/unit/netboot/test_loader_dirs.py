@@ -54,7 +54,7 @@ def test_missing_loader_message_names_the_setting_and_the_file(tmp_path: Path) -
     with pytest.raises(LoaderMissing) as shim:
         found.path("shimx64.efi")
     text = str(shim.value)
-    assert "apt-get install -y shim-signed" in text
+    assert "`bootforge ramdisk build`, which fetches shim-signed" in text
     assert "shimx64.efi into a directory listed in netboot.loader_dirs" in text
 
 
