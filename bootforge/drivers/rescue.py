@@ -111,8 +111,13 @@ class AgentRescue(base.RescueInterface):
         hashed = hash_password(password)
         # The plaintext is not kept once hashed (the API asks for it again for another rescue).
         task.node.instance_info = {k: v for k, v in instance.items() if k != "rescue_password"}
-        # From `active` there is no agent boot (the deploy ended it): the machine is power cycled into
-        # the ramdisk. A rescue of a node in `rescue` reuses its running agent, with the new password.
+        # From `active` there is no agent boot (the deploy ended it). Like Ironic, the machine is powered
+        # off first and then on into the ramdisk: with the qemu driver a reset of a running VM was seen to
+        # boot its disk despite the one-time pxe device (lab run, 2026-12-07). A rescue of a node in
+        # `rescue` reuses its running agent, with the new password.
+        if not await agent.agent_alive(task):
+            await task.driver.power.set_power_state(task, base.POWER_OFF)
+            task.node.power_state = base.POWER_OFF
         await agent.boot_ramdisk(task, "rescue")
         args = {"hashed_rescue_password": hashed, "authorized_keys": [ssh_key] if ssh_key else []}
         return await agent.send_command(task, FINALIZE, args, "open the rescue login")
