@@ -199,6 +199,35 @@ class NodeTask:
         """The lock generation this task writes as; None when it does not hold the lock."""
         return held_generation(self.node)
 
+    async def _write_held(self, s: Any, generation: int) -> dict[str, Any]:
+        """The holder's save: the node's changed columns in one UPDATE conditioned on the lock (the
+        fencing predicate costs nothing more than the ORM's own UPDATE by id); LockLost if it
+        matched nothing. Returns the plain values written, to record as committed after the commit.
+        """
+        state = instance_state(self.node)
+        columns = state.mapper.column_attrs
+        changes = {k: state.dict[k] for k in state.committed_state if k in columns and k in state.dict}
+        if not changes:
+            await check_held(s, self.node_id, self.node_uuid, self.conductor.host, generation)
+            return {}
+        changes.setdefault("updated_at", utcnow())
+        result = await s.execute(
+            update(Node)
+            .where(*held_by(self.node_id, self.conductor.host, generation))
+            .values(**secrets.seal_columns(self.conductor.db, self.node_uuid, changes))
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            await s.rollback()
+            log.error(
+                "node %s: lock generation %d of %s lost; write refused",
+                self.node_uuid,
+                generation,
+                self.conductor.host,
+            )
+            raise LockLost(self.node_uuid, self.conductor.host, generation)
+        return changes
+
     async def _check_held(self, s: Any) -> None:
         generation = self.generation
         if generation is not None:
@@ -221,13 +250,21 @@ class NodeTask:
         """Write the node's changes and the events recorded since the last save, in one transaction."""
         events, self._events = self._events, []
         outbound, self._outbound = self._outbound, []
+        generation = self.generation
+        written: dict[str, Any] = {}
         async with self.conductor.db.write() as s:
-            await self._check_held(s)
-            s.add(self.node)
+            if generation is None:
+                s.add(self.node)
+            else:
+                written = await self._write_held(s, generation)
             if events:
                 await s.execute(insert(NODE_EVENTS), events)
             await self.conductor.observer.stage(s, outbound)
             await s.commit()
+        for key, value in written.items():
+            set_committed_value(self.node, key, value)
+        if written:
+            secrets.note_unreadable(self.node)
         if self.node.reservation is None:
             forget_generation(self.node)
         self.conductor.observer.published(outbound)

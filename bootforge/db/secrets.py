@@ -339,6 +339,16 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
         session.info.setdefault(PENDING, []).extend(pending)
 
 
+def note_unreadable(node: Node) -> None:
+    """Record which of the node's secrets still do not decrypt, after a Core write of its columns."""
+    info = attributes.instance_state(node).info
+    still = [p for f in FIELDS for p in sealed_paths(f, getattr(node, f, None))]
+    if still:
+        info[UNREADABLE] = still
+    else:
+        info.pop(UNREADABLE, None)
+
+
 def _restore(session: Session) -> None:
     # The object goes on with its plaintext, recorded as what the row holds (not a pending change).
     for obj, field, plain in session.info.pop(PENDING, ()):
