@@ -41,7 +41,7 @@ def print_diagnosis(d: dict[str, Any]) -> None:
     target = f" -> {d['target_provision_state']}" if d.get("target_provision_state") else ""
     console.print(
         f"node {name} ({d['node_uuid']}): {escape(d['provision_state'] + target)}, "
-        f"power {escape(str(d.get('power_state') or 'unknown'))}"
+        f"{escape(str(d.get('power_state') or 'power state unknown'))}"
         + (", in maintenance" if d.get("maintenance") else ""),
         highlight=False,
     )
