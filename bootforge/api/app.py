@@ -69,14 +69,12 @@ class IronicMiddleware:
             path = scope["path"]
             # The dashboard (bootforge/web) checks its own session cookie against the same htpasswd.
             dashboard = path == "/ui" or path.startswith("/ui/")
-            if self.htpasswd is None and not dashboard:
+            public = path in self.public or AGENT_PATH.match(path) is not None
+            # The agent's routes and version discovery answer strangers by design (the agent reaches
+            # them by whatever address routes to bootforge); the rest answers only loopback names.
+            if self.htpasswd is None and not dashboard and not public:
                 check_noauth_host(headers.get("host"))
-            if (
-                self.htpasswd is not None
-                and path not in self.public
-                and not AGENT_PATH.match(path)
-                and not dashboard
-            ):
+            if self.htpasswd is not None and not public and not dashboard:
                 client = scope.get("client")
                 scope.setdefault("state", {})["user"] = await self.htpasswd.authenticate(
                     headers.get("authorization"), client[0] if client else ""

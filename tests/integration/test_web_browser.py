@@ -27,6 +27,17 @@ from support.service import Served, free_port, served
 
 pytestmark = pytest.mark.slow
 
+
+def _stale() -> tuple[type[Exception], ...]:
+    """What waits ignore: the node page re-renders its summary as events arrive, so an element found
+    a moment ago may be gone when it is read; the wait reads it again."""
+    try:
+        from selenium.common.exceptions import StaleElementReferenceException
+    except ImportError:
+        return ()
+    return (StaleElementReferenceException,)
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 PASSWORD = "dashboard horse"
@@ -119,7 +130,7 @@ def test_login_fleet_node_action_live(server: Served, tmp_path: Path) -> None:
         console = server.state_dir / "console" / f"{node['uuid']}.log"
         console.parent.mkdir(parents=True, exist_ok=True)
         console.write_text("SeaBIOS (version 1.16)\n")
-        wait = WebDriverWait(driver, WAIT)
+        wait = WebDriverWait(driver, WAIT, ignored_exceptions=_stale())
 
         driver.get(server.url + "/ui/")
         wait.until(ec.presence_of_element_located((By.ID, "password")))
@@ -179,7 +190,7 @@ def test_a_failed_verification_shows_its_diagnosis(server: Served, tmp_path: Pat
         r = api.post("/v1/nodes", json={"driver": "redfish", "name": "bmc-dead", "driver_info": info})
         assert r.status_code == 201, r.text
         uuid = r.json()["uuid"]
-        wait = WebDriverWait(driver, 90)
+        wait = WebDriverWait(driver, 90, ignored_exceptions=_stale())
         driver.get(server.url + "/ui/login")
         _log_in(driver, wait)
         wait.until(ec.presence_of_element_located((By.ID, "fleet-rows")))
@@ -211,7 +222,6 @@ def _wait_provision_state(api: httpx.Client, uuid: str, state: str, timeout: flo
 def test_a_failed_deploy_shows_its_diagnosis(server: Served, tmp_path: Path) -> None:
     """A deploy from the page's form whose ramdisk boot is refused: the page follows it to `deploy failed`
     without a reload, says why, and marks the failing row."""
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -230,7 +240,7 @@ def test_a_failed_deploy_shows_its_diagnosis(server: Served, tmp_path: Path) -> 
             _wait_provision_state(api, uuid, state)
 
         # The summary is re-rendered as events arrive: an element read mid-swap is stale, read it again.
-        wait = WebDriverWait(driver, WAIT, ignored_exceptions=[StaleElementReferenceException])
+        wait = WebDriverWait(driver, WAIT, ignored_exceptions=_stale())
         driver.get(server.url + "/ui/login")
         _log_in(driver, wait)
         wait.until(ec.presence_of_element_located((By.ID, "fleet-rows")))

@@ -25,6 +25,16 @@ from bootforge.lab.sample_os import BOOTED_MARKER, USER_DATA_MARKER, build_test_
 pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow]
 
 
+def _stale() -> tuple[type[Exception], ...]:
+    """What waits ignore: the node page re-renders its summary as events arrive, so an element found
+    a moment ago may be gone when it is read; the wait reads it again."""
+    try:
+        from selenium.common.exceptions import StaleElementReferenceException
+    except ImportError:
+        return ()
+    return (StaleElementReferenceException,)
+
+
 def login(driver: Any, h: LabHandle) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -34,7 +44,9 @@ def login(driver: Any, h: LabHandle) -> None:
     driver.find_element(By.ID, "user").send_keys(USER)
     driver.find_element(By.ID, "password").send_keys(h.lab.state.password)
     driver.find_element(By.ID, "login").click()
-    WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.ID, "fleet-rows")))
+    WebDriverWait(driver, 30, ignored_exceptions=_stale()).until(
+        ec.presence_of_element_located((By.ID, "fleet-rows"))
+    )
 
 
 def test_power_on_from_the_dashboard_follows_the_boot(make_lab: LabFactory, tmp_path: Path) -> None:
@@ -50,7 +62,7 @@ def test_power_on_from_the_dashboard_follows_the_boot(make_lab: LabFactory, tmp_
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = WebDriverWait(driver, 30, ignored_exceptions=_stale())
         driver.get(h.lab.state.url + "/ui/login")
         driver.find_element(By.ID, "user").send_keys(USER)
         driver.find_element(By.ID, "password").send_keys(h.lab.state.password)
@@ -62,7 +74,7 @@ def test_power_on_from_the_dashboard_follows_the_boot(make_lab: LabFactory, tmp_
         wait.until(ec.presence_of_element_located((By.ID, "timeline")))
         driver.execute_script("window.bootforgeNotReloaded = true")
 
-        boot = WebDriverWait(driver, BOOT_TIMEOUT)
+        boot = WebDriverWait(driver, BOOT_TIMEOUT, ignored_exceptions=_stale())
         boot.until(ec.text_to_be_present_in_element((By.ID, "console"), API_MARKER))
         # The chain as the timeline shows it: the DHCP exchange, iPXE's script and the ramdisk's files.
         rows = driver.find_element(By.ID, "timeline").text
@@ -106,12 +118,12 @@ def test_provide_and_deploy_from_the_dashboard_to_active(make_lab: LabFactory, t
     try:
         login(driver, h)
         driver.get(f"{h.lab.state.url}/ui/nodes/{rec.node}")
-        wait = WebDriverWait(driver, 30)
+        wait = WebDriverWait(driver, 30, ignored_exceptions=_stale())
         driver.find_element(By.ID, "act-provide").click()
         wait.until(ec.alert_is_present()).accept()
         wait.until(ec.presence_of_element_located((By.ID, "timeline")))
         driver.execute_script("window.bootforgeNotReloaded = true")
-        WebDriverWait(driver, RAMDISK_TIMEOUT).until(state_is("available"))
+        WebDriverWait(driver, RAMDISK_TIMEOUT, ignored_exceptions=_stale()).until(state_is("available"))
         assert driver.execute_script("return window.bootforgeNotReloaded === true"), "the page reloaded"
         timeline = driver.find_element(By.ID, "timeline").text
         assert "agent looked up from" in timeline, timeline[-3000:]
@@ -124,8 +136,8 @@ def test_provide_and_deploy_from_the_dashboard_to_active(make_lab: LabFactory, t
         wait.until(ec.alert_is_present()).accept()
         wait.until(ec.presence_of_element_located((By.ID, "timeline")))
         driver.execute_script("window.bootforgeNotReloaded = true")
-        WebDriverWait(driver, RAMDISK_TIMEOUT).until(state_is("active"))
-        WebDriverWait(driver, 180).until(
+        WebDriverWait(driver, RAMDISK_TIMEOUT, ignored_exceptions=_stale()).until(state_is("active"))
+        WebDriverWait(driver, 180, ignored_exceptions=_stale()).until(
             ec.text_to_be_present_in_element((By.ID, "console"), USER_DATA_MARKER + user_data)
         )
         assert BOOTED_MARKER in driver.find_element(By.ID, "console").text

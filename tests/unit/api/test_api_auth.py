@@ -122,3 +122,10 @@ async def test_noauth_answers_only_to_loopback_names(bf: InProcess, host: str) -
         assert (await c.get("/v1/nodes", headers={"Host": host})).status_code == 403
         for ok in ("127.0.0.1:6385", "localhost", "[::1]:6385", "127.0.0.2"):
             assert (await c.get("/v1/nodes", headers={"Host": ok})).status_code == 200, ok
+        # Open by design, whatever address reaches bootforge: version discovery and the agent's
+        # routes (a ramdisk behind a forwarder names the forwarder's address).
+        assert (await c.get("/", headers={"Host": host})).status_code == 200
+        lookup = await c.get("/v1/lookup?addresses=52:54:00:00:00:01", headers={"Host": host})
+        assert lookup.status_code == 404
+        command = await c.get("/v1/nodes/x/agent/command", headers={"Host": host})
+        assert command.status_code != 403
