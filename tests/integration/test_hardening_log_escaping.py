@@ -8,20 +8,17 @@ escaped, on one line, and an over-long name cut with a marker.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
 from support.service import InProcess
+from support.timeline import timeline, until
 
 from bootforge.cli.netboot import Netboot
 from bootforge.conductor.netboot import EventSink, NetbootView
-from bootforge.db.models import Node, NodeEvent
 from bootforge.netboot.tftp import FileSystemSource, Opcode, Request, encode_packet
 from bootforge.servers.http_boot import HttpBootServer, HttpFetchEvent
 from bootforge.servers.tftp import TftpEvent, TftpServer
@@ -36,24 +33,6 @@ async def enrol(bf: InProcess) -> str:
     r = await bf.client.post("/v1/ports", json={"node_uuid": node["uuid"], "address": MAC})
     assert r.status_code == 201, r.text
     return str(node["uuid"])
-
-
-async def timeline(bf: InProcess, uuid: str, kind: str) -> list[str]:
-    async with bf.conductor.db.read() as s:
-        node_id = await s.scalar(select(Node.id).where(Node.uuid == uuid))
-        rows = await s.scalars(
-            select(NodeEvent.event)
-            .where(NodeEvent.node_id == node_id, NodeEvent.event_type == kind)
-            .order_by(NodeEvent.id)
-        )
-        return list(rows)
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for the servers' event callbacks (the fence: the events this test's requests cause)."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - the callbacks are the servers', not this test's
-            await asyncio.sleep(0.01)
 
 
 def messages(caplog: pytest.LogCaptureFixture, logger: str, start: str) -> list[str]:

@@ -7,20 +7,19 @@ on 127.0.0.1 feeding the product's composition (cli.netboot.Netboot), the node's
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import update
 from support.service import InProcess
+from support.timeline import timeline, until
 
 from bootforge.cli.netboot import Netboot
 from bootforge.conductor import states
 from bootforge.conductor.netboot import BootEndpoints, EventSink, NetbootView, RamdiskSource
-from bootforge.db.models import Node, NodeEvent
+from bootforge.db.models import Node
 from bootforge.netboot import dhcp
 from bootforge.netboot.boot import scripts
 from bootforge.netboot.tftp import FileSystemSource, Opcode, Request, encode_packet
@@ -58,23 +57,6 @@ async def setup(bf: InProcess) -> tuple[Netboot, str]:
     view = NetbootView(bf.conductor.db, ENDPOINTS, ramdisk)
     await view.refresh()
     return Netboot(view, EventSink(bf.conductor.db, "test")), str(node["uuid"])
-
-
-async def timeline(bf: InProcess, uuid: str, kind: str) -> list[str]:
-    async with bf.conductor.db.read() as s:
-        node_id = await s.scalar(select(Node.id).where(Node.uuid == uuid))
-        rows = await s.scalars(
-            select(NodeEvent.event)
-            .where(NodeEvent.node_id == node_id, NodeEvent.event_type == kind)
-            .order_by(NodeEvent.id)
-        )
-        return list(rows)
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - the callbacks are the servers', not this test's
-            await asyncio.sleep(0.01)
 
 
 async def test_tftp_fetch_from_the_address_seen_in_the_proxy_exchange_is_on_the_timeline(
