@@ -1,0 +1,19 @@
+"""burn-in results (#15): placeholder filled in by that work, if it needs a table
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-07
+"""
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
