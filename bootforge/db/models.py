@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -349,9 +350,75 @@ class Rollout(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+
+class DiscoveryRule(Timestamps, Base):
+    """A discovery rule (conductor/discovery_rules.py): conditions on an inventory -> actions on the node,
+    run in priority order (highest first) on discovery and on every inspection."""
+
+    __tablename__ = "discovery_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str | None] = mapped_column(String(64), unique=True)
+    description: Mapped[str | None] = mapped_column(String(255))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    match: Mapped[str] = mapped_column(String(8), default="all")
+    conditions: Mapped[list[Any]] = mapped_column(default=list)
+    actions: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class MachineSerial(Base):
+    """The system serial number a node reported (inventory.system_vendor.serial_number): one node per
+    serial, enforced by the primary key, so two conductors discovering the same machine at once
+    cannot enrol it twice."""
+
+    __tablename__ = "machine_serials"
+
+    serial: Mapped[str] = mapped_column(String(255), primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
 # Plain tables for hot-path Core statements: ORM-enabled DML (insert(Node)) takes the slower
 # bulk-ORM route for every row; the tables compile once and are cached.
 NODES: Table = Node.__table__  # type: ignore[assignment]
 PORTS: Table = Port.__table__  # type: ignore[assignment]
 NODE_EVENTS: Table = NodeEvent.__table__  # type: ignore[assignment]
 EVENT_OUTBOX: Table = EventOutbox.__table__  # type: ignore[assignment]
+
+
+class VolumeConnector(Timestamps, Base):
+    """How a node reaches storage (Ironic's volume connector, API 1.32): its initiator IQN, a WWPN, an IP.
+
+    `type` + `connector_id` is unique across all nodes: one initiator name belongs to one machine.
+    """
+
+    __tablename__ = "volume_connectors"
+    __table_args__ = (UniqueConstraint("type", "connector_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    # iqn | ip | mac | wwnn | wwpn | port | portgroup
+    type: Mapped[str] = mapped_column(String(32))
+    connector_id: Mapped[str] = mapped_column(String(255))
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class VolumeTarget(Timestamps, Base):
+    """A volume a node uses (Ironic's volume target, API 1.32); boot_index 0 is the one it boots from.
+
+    `properties` holds the connection (iSCSI: target_iqn, target_portal, target_lun, auth_method,
+    auth_username, auth_password); its secret-named values are stored sealed (conductor/volumes.py).
+    """
+
+    __tablename__ = "volume_targets"
+    __table_args__ = (UniqueConstraint("node_id", "boot_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    volume_type: Mapped[str] = mapped_column(String(64))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    boot_index: Mapped[int] = mapped_column(Integer)
+    volume_id: Mapped[str] = mapped_column(String(255))
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
