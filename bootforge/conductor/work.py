@@ -1,12 +1,19 @@
 """The background work behind each provisioning action, run while the node's lock is held.
 
 Every function here is safe to run again from the start for a node left in its state by a conductor
-that died: steps are re-entered at the index persisted before they started (a step may therefore run
-twice and must be idempotent), and the other phases only converge the machine towards the target.
+that died: steps are re-entered at the index persisted before they started, and the other phases only
+converge the machine towards the target.
 
 Steps: the ordered list of a deploy or clean is written to `driver_internal_info` before the first
-step runs; before each step its index and description are saved (`deploy_step` / `clean_step`), so the
-node record always says where the work is.
+step runs, each entry carrying the step's `may_rerun` declaration (drivers/base.py). Before each step
+its index is saved and its entry marked `started` (conductor, time), so the node record always says
+where the work is. After a step that may not run twice the next index is saved before anything else
+runs. A node resumed (restart, takeover) at a step marked started was interrupted in it: a step that
+may run again is run again (a warning on the timeline says so), one that may not fails the node with
+the reason, so it never runs twice. A step that hands its work to the agent ends (for the conductor)
+with the node's move to its wait state, saved in the same transaction as the next index and the agent's
+command: a conductor that dies before that leaves no command for the agent, and one after it leaves
+nothing under way.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from bootforge.db.models import utcnow
 from bootforge.drivers import base
 from bootforge.drivers.agent import DEPLOY_CONFIGDRIVE, DEPLOY_IMAGE
 from bootforge.drivers.hardware import INTERFACE_TYPES
-from bootforge.errors import InvalidInput
+from bootforge.errors import BootforgeError, InvalidInput
 
 # Ironic's tie-break when two steps share a priority: power first, then management, deploy, ...
 STEP_INTERFACE_ORDER = ("power", "management", "deploy", "bios", "raid", "inspect", "boot", "rescue")
@@ -31,6 +38,13 @@ POWER_RESULT = {
     base.SOFT_POWER_OFF: base.POWER_OFF,
     base.SOFT_REBOOT: base.POWER_ON,
 }
+
+
+class StepInterrupted(BootforgeError):
+    """A conductor stopped in the middle of a step that may not run twice: the node is failed instead."""
+
+
+STARTED = "started"
 
 
 def collect_steps(task: NodeTask, kind: str, *, automated_only: bool = True) -> list[dict[str, Any]]:
@@ -48,6 +62,7 @@ def collect_steps(task: NodeTask, kind: str, *, automated_only: bool = True) -> 
                     "priority": info.priority,
                     "args": {},
                     "abortable": info.abortable,
+                    "may_rerun": info.may_rerun,
                 }
             )
     order = {name: i for i, name in enumerate(STEP_INTERFACE_ORDER)}
@@ -65,7 +80,7 @@ def check_requested_steps(task: NodeTask, kind: str, requested: list[dict[str, A
         iface_type = step["interface"]
         if iface_type not in task.driver.interfaces:
             raise InvalidInput(f"{field}[{i}]: unknown interface {iface_type!r}", field)
-        offered = {s.name for s in task.driver.interfaces[iface_type].steps(kind)}
+        offered = {s.name: s for s in task.driver.interfaces[iface_type].steps(kind)}
         if step["step"] not in offered:
             raise InvalidInput(
                 f"{field}[{i}]: {kind} step {step['step']!r} is not supported by the node's "
@@ -81,37 +96,82 @@ def check_requested_steps(task: NodeTask, kind: str, requested: list[dict[str, A
                 "step": step["step"],
                 "args": args,
                 "priority": int(step.get("priority", 0)),
+                "may_rerun": offered[step["step"]].may_rerun,
             }
         )
     return checked
 
 
 async def run_steps(task: NodeTask, kind: str) -> str | None:
-    """Run the persisted step list of `kind` from its saved index; WAIT if a step went asynchronous."""
+    """Run the persisted step list of `kind` from its saved index; WAIT if a step went asynchronous.
+
+    On WAIT nothing is saved here: the caller's move to the wait state saves the next index with it.
+    """
     info = task.node.driver_internal_info
-    steps: list[dict[str, Any]] = info.get(f"{kind}_steps", [])
+    steps: list[dict[str, Any]] = list(info.get(f"{kind}_steps", []))
     index: int = info.get(f"{kind}_step_index", 0)
     for i in range(index, len(steps)):
         step = steps[i]
         name = f"{kind} step {step['interface']}.{step['step']}"
-        setattr(task.node, f"{kind}_step", step)
-        task.set_internal(**{f"{kind}_step_index": i})
+        if step.get(STARTED):
+            await _interrupted(task, kind, name, step)
+        step = {**step, STARTED: {"conductor": task.conductor.host, "at": utcnow().isoformat()}}
+        steps[i] = step
+        setattr(task.node, f"{kind}_step", _shown(step))
+        task.set_internal(**{f"{kind}_steps": list(steps), f"{kind}_step_index": i})
         # The event goes out with the index it describes: one transaction, and both or neither.
         await task.record("step", f"{name} started")
         await task.save()
         task.conductor.observer.step_started(task.node_uuid, kind, f"{step['interface']}.{step['step']}")
         iface = task.driver.interfaces[step["interface"]]
         result = await iface.execute_step(task, step["step"], step.get("args", {}))
+        task.set_internal(**{f"{kind}_step_index": i + 1})
         if result == base.WAIT:
-            task.set_internal(**{f"{kind}_step_index": i + 1})
             await task.record("step", f"{name} waits for the agent")
-            await task.save()
             return base.WAIT
         await task.record("step", f"{name} done")
+        if not may_rerun(task, kind, step):
+            # On record before anything else runs: a crash from here on must not look like this
+            # step was still under way (it would fail a node whose step in fact finished).
+            await task.save()
     setattr(task.node, f"{kind}_step", {})
     task.set_internal(**{f"{kind}_steps": None, f"{kind}_step_index": None})
     task.conductor.observer.steps_finished(task.node_uuid)
     return None
+
+
+def may_rerun(task: NodeTask, kind: str, step: dict[str, Any]) -> bool:
+    """The step record's declaration; records persisted before steps declared it ask the interface
+    (a step it no longer offers counts as one that may not run twice)."""
+    declared = step.get("may_rerun")
+    if isinstance(declared, bool):
+        return declared
+    iface = task.driver.interfaces.get(step["interface"])
+    offered = {s.name: s for s in iface.steps(kind)} if iface is not None else {}
+    found = offered.get(step["step"])
+    return found.may_rerun if found is not None else False
+
+
+async def _interrupted(task: NodeTask, kind: str, name: str, step: dict[str, Any]) -> None:
+    """The node resumes at a step that was started and never finished: run it again or refuse."""
+    started = step.get(STARTED) or {}
+    where = f"conductor {started.get('conductor', 'unknown')}"
+    if not may_rerun(task, kind, step):
+        raise StepInterrupted(
+            f"{name} was interrupted on {where} and may not run twice; check the machine before "
+            "starting the operation again"
+        )
+    await task.record(
+        "step",
+        f"{name} was interrupted on {where} (started {started.get('at', '?')}); it may run again: "
+        "running it again",
+        severity="warning",
+    )
+
+
+def _shown(step: dict[str, Any]) -> dict[str, Any]:
+    """The step as the node's deploy_step / clean_step shows it (Ironic's fields and may_rerun)."""
+    return {k: v for k, v in step.items() if k != STARTED}
 
 
 async def verify(task: NodeTask) -> None:

@@ -157,7 +157,10 @@ class AgentDeploy(base.DeployInterface):
                 "instance_info.image_source",
             )
 
-    @base.deploy_step(priority=100)
+    # May run again: the conductor's part boots the ramdisk (a new boot id: an agent of the earlier
+    # boot can no longer act) and queues the command, which is persisted only with the node's move to
+    # its wait state; writing the same image over a half-written disk gives the same disk.
+    @base.deploy_step(priority=100, may_rerun=True)
     async def deploy(self, task: base.Task) -> base.StepResult:
         """Boot the ramdisk and have the agent write the image (and config drive) to the root disk."""
         info = task.node.driver_internal_info
@@ -172,7 +175,9 @@ class AgentDeploy(base.DeployInterface):
         }
         return await send_command(task, "write_image", args, f"write {image['url']}")
 
-    @base.deploy_step(priority=20)
+    # May run again: boot device and power are set to the same end state, and the hand-off watch
+    # starts over from the new power-on.
+    @base.deploy_step(priority=20, may_rerun=True)
     async def boot_instance(self, task: base.Task) -> base.StepResult:
         """Hand the machine to its disk and watch that it does not come back to the network."""
         task.set_internal(**{AGENT_BOOT: None, AGENT_COMMAND: None, DEPLOY_CONFIGDRIVE: None})
@@ -200,14 +205,19 @@ class AgentDeploy(base.DeployInterface):
         await task.record("deploy", f"handoff seen: no network boot from the machine within {window:g} s")
         return None
 
-    @base.clean_step(priority=99)
+    # May run again: erasing signatures that are already gone changes nothing.
+    @base.clean_step(priority=99, may_rerun=True)
     async def erase_devices_metadata(self, task: base.Task) -> base.StepResult:
         """Erase partition tables (both ends) and filesystem signatures on every disk."""
         await boot_ramdisk(task, "cleaning")
         return await send_command(task, "erase", {"mode": "metadata"}, "erase disk metadata")
 
+    # May run again, for the same reason as `deploy`: the conductor only boots the ramdisk and queues
+    # the erase; the agent gets the command after the node's move to clean wait, never during the step.
+    # (An interrupted ATA/NVMe secure erase inside the agent is the agent's to resume, not a re-run.)
     @base.clean_step(
         priority=0,
+        may_rerun=True,
         abortable=True,
         argsinfo={
             "mode": {"description": "'full' (write zeros, the default) or 'secure'", "required": False}

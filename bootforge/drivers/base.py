@@ -4,9 +4,15 @@ Every interface has `validate(task)`, which must be cheap: it runs inside API re
 manage) and must not touch the BMC. Methods that change a machine are coroutines; drivers built on
 blocking libraries (pyghmi) wrap them in `asyncio.to_thread`.
 
-Steps: a method decorated with `@clean_step(priority=..)` or `@deploy_step(priority=..)` is collected when
-the class is defined (`__init_subclass__`). A step returns None when it is done, or `WAIT` when the work
-continues outside the conductor (the ramdisk agent) and a callback will resume it.
+Steps: a method decorated with `@clean_step(priority=.., may_rerun=..)` or `@deploy_step(...)` is
+collected when the class is defined (`__init_subclass__`). A step returns None when it is done, or `WAIT`
+when the work continues outside the conductor (the ramdisk agent) and a callback will resume it.
+
+Every step declares `may_rerun`: whether running it again from its start is safe after a conductor died
+(or was taken over) while it was under way. The conductor persists "started" on the step's record
+before running it; a node resumed with its step started but not finished re-runs a step that may run
+again, and is failed with the reason when it may not (conductor/work.py). Only the part the conductor
+runs counts: what a step hands to the agent (after `WAIT`) is not under way on the conductor.
 """
 
 from __future__ import annotations
@@ -101,6 +107,8 @@ class StepInfo:
     kind: str  # "clean" or "deploy"
     name: str
     priority: int
+    # Safe to run again from its start when a conductor stopped in the middle of it (see above).
+    may_rerun: bool
     abortable: bool = False
     argsinfo: dict[str, Any] = field(default_factory=dict)
 
@@ -108,24 +116,32 @@ class StepInfo:
 F = TypeVar("F", bound=StepFn)
 
 
-def _step(kind: str, priority: int, abortable: bool, argsinfo: dict[str, Any] | None) -> Callable[[F], F]:
+def _step(
+    kind: str, priority: int, may_rerun: bool, abortable: bool, argsinfo: dict[str, Any] | None
+) -> Callable[[F], F]:
+    if not isinstance(may_rerun, bool):
+        raise TypeError(f"{kind} step: may_rerun must be True or False, not {may_rerun!r}")
+
     def mark(fn: F) -> F:
         fn.__bootforge_step__ = StepInfo(  # type: ignore[attr-defined]
-            kind, fn.__name__, priority, abortable, argsinfo or {}
+            kind, fn.__name__, priority, may_rerun, abortable, argsinfo or {}
         )
         return fn
 
     return mark
 
 
+# `may_rerun` has no default: whoever writes a step says whether a second run is safe.
 def clean_step(
-    priority: int, abortable: bool = False, argsinfo: dict[str, Any] | None = None
+    priority: int, *, may_rerun: bool, abortable: bool = False, argsinfo: dict[str, Any] | None = None
 ) -> Callable[[F], F]:
-    return _step("clean", priority, abortable, argsinfo)
+    return _step("clean", priority, may_rerun, abortable, argsinfo)
 
 
-def deploy_step(priority: int, argsinfo: dict[str, Any] | None = None) -> Callable[[F], F]:
-    return _step("deploy", priority, False, argsinfo)
+def deploy_step(
+    priority: int, *, may_rerun: bool, argsinfo: dict[str, Any] | None = None
+) -> Callable[[F], F]:
+    return _step("deploy", priority, may_rerun, False, argsinfo)
 
 
 class BaseInterface(abc.ABC):

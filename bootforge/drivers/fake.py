@@ -88,13 +88,20 @@ class FakeBoot(_FakeMixin, base.BootInterface):
 
 
 class FakeDeploy(_FakeMixin, base.DeployInterface):
-    @base.deploy_step(priority=100)
+    @base.deploy_step(priority=100, may_rerun=True)
     async def deploy(self, task: Task) -> base.StepResult:
         await task.driver.boot.prepare_ramdisk(task)
         await self._sleep("deploy")
         return None
 
-    @base.clean_step(priority=99)
+    # Not run unless a deploy asks for it (priority 0): it stands in for a step that must never run
+    # twice (a firmware flash), so tests see the conductor refuse to re-run an interrupted one.
+    @base.deploy_step(priority=0, may_rerun=False)
+    async def flash_once(self, task: Task) -> base.StepResult:
+        await self._sleep("management")
+        return None
+
+    @base.clean_step(priority=99, may_rerun=True)
     async def erase_devices_metadata(self, task: Task) -> base.StepResult:
         await self._sleep("clean")
         return None

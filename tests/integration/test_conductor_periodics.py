@@ -31,11 +31,11 @@ BMC_KEY = "test_bmc_power"
 class AgentDeploy(fake.FakeDeploy):
     """Deploy and clean steps hand the work to an agent that never calls back."""
 
-    @base.deploy_step(priority=100)
+    @base.deploy_step(priority=100, may_rerun=True)
     async def deploy(self, task: Task) -> base.StepResult:
         return base.WAIT
 
-    @base.clean_step(priority=99)
+    @base.clean_step(priority=99, may_rerun=True)
     async def erase_devices_metadata(self, task: Task) -> base.StepResult:
         return base.WAIT
 

@@ -63,12 +63,12 @@ def test_subclass_inherits_and_extends_steps() -> None:
         async def tear_down(self, task: base.Task) -> None:
             return None
 
-        @base.deploy_step(priority=50)
+        @base.deploy_step(priority=50, may_rerun=True)
         async def write_image(self, task: base.Task) -> base.StepResult:
             return base.WAIT
 
     class More(Custom):
-        @base.deploy_step(priority=10)
+        @base.deploy_step(priority=10, may_rerun=False)
         async def finish(self, task: base.Task) -> base.StepResult:
             return None
 
