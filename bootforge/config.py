@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -296,6 +297,16 @@ class Settings(BaseSettings):
     rollouts: RolloutSettings = RolloutSettings()
 
     log_level: str = "info"
+
+    @field_validator("conductor_group")
+    @classmethod
+    def _check_group(cls, value: str) -> str:
+        # The same rule as a node's conductor_group (Ironic's), stored lower-case like it.
+        if not re.fullmatch(r"[a-zA-Z0-9_\-.]{0,255}", value):
+            raise ValueError(
+                f"conductor_group must be letters, digits, '_', '-' or '.' (at most 255), got {value!r}"
+            )
+        return value.lower()
 
     @field_validator("listen")
     @classmethod

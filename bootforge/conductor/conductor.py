@@ -21,6 +21,7 @@ from bootforge.conductor import states, work
 from bootforge.conductor.agent import AgentService
 from bootforge.conductor.allocations import AllocationService
 from bootforge.conductor.netboot import NETBOOT_EVENT_TYPES
+from bootforge.conductor.ring import Member, Rings
 from bootforge.conductor.rollouts import RolloutService
 from bootforge.conductor.task import (
     LockLost,
@@ -56,6 +57,9 @@ WAIT_TIMEOUT_SETTING = {
     states.INSPECTWAIT: "inspect_wait_timeout",
     states.RESCUEWAIT: "rescue_callback_timeout",
 }
+
+# Seconds a read of the live conductors (the rings) is reused for; periodic rounds read afresh.
+RINGS_TTL = 1.0
 
 POWER_SYNC_FAILURES_TO_MAINTENANCE = 3
 # The fault bootforge sets with the maintenance it puts a node in when its BMC stops answering; only
@@ -110,6 +114,11 @@ class Conductor:
         # again from zero (a node already in maintenance stays there, that is in the database).
         self._power_failures: dict[int, int] = {}
         self._power_round = asyncio.Lock()
+        # The rings of live conductors, re-read from the database at most every RINGS_TTL seconds.
+        self._rings: tuple[float, Rings] | None = None
+        # True once started as a conductor (registered, heartbeating): it is then on its own rings
+        # whatever its last heartbeat says. An API-only or netboot-only process never is.
+        self.serving = False
         self.observer = Observer(settings, db)
         # Called after a node this conductor works on changes provision state (the netboot view).
         self.state_listeners: list[Callable[[], None]] = []
@@ -119,6 +128,7 @@ class Conductor:
     async def start(self) -> None:
         await self.observer.start()
         await self._register()
+        self.serving = True
         await self.recover()
         # After recover: the nodes a rollout was rebuilding are being worked on again.
         await self.rollouts.start()
@@ -191,6 +201,37 @@ class Conductor:
                 .values(heartbeat_at=db_now(), online=True)
             )
             await s.commit()
+
+    async def rings(self, *, fresh: bool = False) -> Rings:
+        """Who owns which node: hash rings over the conductors alive by the database's clock.
+
+        Re-read at most every RINGS_TTL seconds (every API request asks for a node's owner); a
+        periodic round asks with fresh=True. Two conductors whose reads straddle a heartbeat may
+        disagree for a moment: every claim is a conditional UPDATE, so at worst a node waits a round.
+        """
+        now = asyncio.get_running_loop().time()
+        if not fresh and self._rings is not None and now - self._rings[0] < RINGS_TTL:
+            return self._rings[1]
+        async with self.db.read() as s:
+            rows = await s.execute(
+                select(
+                    ConductorRow.hostname, ConductorRow.conductor_group, ConductorRow.hardware_types
+                ).where(
+                    ConductorRow.online.is_(True),
+                    heartbeat_fresh(ConductorRow.heartbeat_at, self.settings.conductor_offline_after),
+                )
+            )
+            members = [Member(h, g or "", frozenset(t or ())) for h, g, t in rows.all()]
+        if self.serving and self.host not in {m.hostname for m in members}:
+            # A running conductor counts itself alive even if its heartbeat is late (the database
+            # was slow, or heartbeats are off in a test); peers judge it by the heartbeat alone.
+            members.append(Member(self.host, self.settings.conductor_group, frozenset(self.drivers.types)))
+        rings = Rings(members)
+        self._rings = (now, rings)
+        return rings
+
+    def owner(self, rings: Rings, node: Node) -> str | None:
+        return rings.owner(node.uuid, node.conductor_group, node.driver)
 
     async def live_hosts(self) -> list[str]:
         """Conductors online whose heartbeat is fresh by the database's clock (not this host's)."""
@@ -361,16 +402,25 @@ class Conductor:
                 await self._abandon(node, why)
 
     async def take_over_orphans(self) -> None:
-        """Take the nodes locked by conductors that stopped heartbeating, and resume their work."""
-        live = set(await self.live_hosts()) | {self.host}
+        """Take the nodes locked by conductors that stopped heartbeating, and resume their work.
+
+        Only the nodes the ring now gives this conductor: a dead conductor's nodes go to their new
+        owners (spread as the ring spreads them, pinned to their conductor group), not to whichever
+        conductor looked first.
+        """
+        rings = await self.rings(fresh=True)
+        live = rings.hostnames() | {self.host}
         async with self.db.read() as s:
-            held = list((await s.scalars(select(Node).where(Node.reservation.is_not(None)))).all())
+            held = list(
+                (
+                    await s.scalars(
+                        select(Node).where(Node.reservation.is_not(None), Node.reservation.not_in(live))
+                    )
+                ).all()
+            )
         for node in held:
-            if node.reservation in live:
-                continue
             dead = node.reservation
-            # Like a hash ring keyed by hardware type: leave the node to a conductor that can drive it.
-            if node.driver not in self.drivers.types:
+            if node.driver not in self.drivers.types or self.owner(rings, node) != self.host:
                 continue
             if await self._claim(node, dead):
                 await self._resume(node, f"conductor {dead} stopped heartbeating; taken over by {self.host}")
@@ -481,8 +531,10 @@ class Conductor:
                     )
                 ).all()
             )
+        rings = await self.rings(fresh=True)
         for node in waiting:
-            if node.driver not in self.drivers.types:
+            # The ring's owner checks its nodes; the others leave them alone.
+            if node.driver not in self.drivers.types or self.owner(rings, node) != self.host:
                 continue
             # A report taken by another conductor (or that raced the node into its wait state).
             if await self.agent.resume(node.id):
@@ -510,7 +562,7 @@ class Conductor:
             )
 
     async def sync_power_states(self) -> PowerSyncRound:
-        """One round: read the power state of every idle node through its BMC.
+        """One round: read the power state of every idle node this conductor owns through its BMC.
 
         Changes made outside bootforge are recorded; a node whose BMC failed
         POWER_SYNC_FAILURES_TO_MAINTENANCE reads in a row goes into maintenance (fault "power
@@ -536,7 +588,9 @@ class Conductor:
                     )
                 ).all()
             )
-        nodes = [n for n in nodes if n.driver in self.drivers.types]
+        # Only this conductor's share: with n conductors each reads about 1/n of the BMCs.
+        rings = await self.rings(fresh=True)
+        nodes = [n for n in nodes if n.driver in self.drivers.types and self.owner(rings, n) == self.host]
         # Failing BMCs first (as Ironic): the longest reads start first, so they overlap the quick
         # ones instead of trailing after them.
         nodes.sort(key=lambda n: -self._power_failures.get(n.id, 0))

@@ -51,6 +51,8 @@ from bootforge.masking import mask_node_field
 
 NAME_RE = re.compile(r"^[A-Za-z0-9\-._~]+$")
 TRAIT_RE = re.compile(r"^[A-Z0-9_]+$")
+# Ironic's rule for conductor groups (compared case-insensitively: stored lower-case).
+GROUP_RE = re.compile(r"^[a-zA-Z0-9_\-.]{0,255}$")
 MAX_TRAITS = 50
 
 # Verbs refused while a node is in maintenance: they would drive a machine nobody should touch.
@@ -224,6 +226,15 @@ class NodeService:
             )
         if "uuid" in values and values["uuid"] is not None and not is_uuid(str(values["uuid"])):
             raise InvalidInput(f"Expected a UUID but received {values['uuid']}.", "uuid")
+        if "conductor_group" in values:
+            group = values["conductor_group"] or ""
+            if not GROUP_RE.match(group):
+                raise InvalidInput(
+                    f"Invalid conductor_group {group[:64]!r}: at most 255 letters, digits, '_', '-' and '.'",
+                    "conductor_group",
+                )
+            # The group picks the conductors that may own the node (conductor/ring.py).
+            values["conductor_group"] = group.lower()
         rc = values.get("resource_class")
         if rc is not None and len(rc) > 80:
             raise InvalidInput("resource_class is longer than 80 characters", "resource_class")

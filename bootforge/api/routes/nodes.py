@@ -52,13 +52,16 @@ async def node_dicts(
     if ids and not known and "allocation_uuid" in fields:
         found = await reads.allocation_uuids(db, (r["allocation_id"] for r in rows))
         extra["allocation_uuid"] = {r["id"]: found.get(r["allocation_id"]) for r in rows}
-    host = c.services.conductor.host
+    conductor = c.services.conductor
+    # The node's owner on the ring of live conductors (conductor/ring.py): the one that acts on it.
+    rings = await conductor.rings() if "conductor" in fields else None
     out = []
     for r in rows:
         row = dict(r)
         for name, by_id in extra.items():
             row[name] = by_id.get(r["id"])
-        row["conductor"] = host
+        if rings is not None:
+            row["conductor"] = rings.owner(r["uuid"], r["conductor_group"], r["driver"])
         row["chassis_uuid"] = None
         out.append(views.node(row, c.version, c.base, fields, links=links))
     return out
@@ -67,8 +70,9 @@ async def node_dicts(
 @functools.lru_cache(maxsize=256)
 def node_column_names(fields: tuple[str, ...]) -> tuple[str, ...]:
     """The nodes-table columns a response with `fields` needs (cached: computed per request otherwise)."""
+    owner = {"driver", "conductor_group"} if "conductor" in fields else set()
     return tuple(
-        sorted({"id", "uuid", "allocation_id"} | {f for f in fields if f not in views.NODE_COMPUTED})
+        sorted({"id", "uuid", "allocation_id"} | owner | {f for f in fields if f not in views.NODE_COMPUTED})
     )
 
 
