@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bootforge.conductor.discovery_settings import DiscoverySettings
 from bootforge.conductor.rollout_settings import RolloutSettings
 from bootforge.observe.settings import EventSettings, MetricsSettings
 
@@ -201,6 +202,58 @@ class NetbootSettings(BaseModel):
     # The last console= is the one init and the agent write to: the serial port, where BMCs (SOL) and
     # the lab read it.
     kernel_args: list[str] = ["console=tty0", "console=ttyS0,115200n8"]
+    # IPv6 (dual stack): with address6 set, TFTP and HTTP boot listen on it too, and boot URLs for
+    # clients that came over IPv6 name it ("tftp://[fd00::1]/ipxe.efi"). DHCPv6 (RFC 8415) "full"
+    # leases addresses from dhcp6_pool inside dhcp6_prefix and hands out boot file URLs; "proxy"
+    # answers only netboot clients' boot options (59) beside a site DHCPv6 server.
+    address6: str = ""
+    dhcp6: Literal["off", "full", "proxy"] = "off"
+    dhcp6_interfaces: list[str] = []
+    dhcp6_prefix: str = ""  # "fd00:77::/64": the link's prefix
+    dhcp6_pool: str = ""  # "fd00:77::1000-fd00:77::1fff" (full mode)
+    dhcp6_dns_servers: list[str] = []
+    dhcp6_lease_time: int = Field(default=3600, ge=60, le=86400 * 7)
+    # The API URL given to ramdisks that booted over IPv6 ("http://[fd00::1]:6385"); empty: public_url.
+    public_url6: str = ""
+
+    @model_validator(mode="after")
+    def _check6(self) -> NetbootSettings:
+        if self.address6:
+            try:
+                address = ipaddress.IPv6Address(self.address6)
+            except ValueError:
+                raise ValueError(f"netboot.address6: {self.address6!r} is not an IPv6 address") from None
+            if address.is_link_local or address.is_multicast or address.is_unspecified:
+                raise ValueError("netboot.address6: a unicast, non-link-local address (boot URLs name it)")
+        if self.dhcp6 == "off":
+            return self
+        if not self.address6:
+            raise ValueError("netboot.address6 is required when dhcp6 is on (boot URLs name it)")
+        if not self.dhcp6_interfaces:
+            raise ValueError("netboot.dhcp6_interfaces must name the interfaces to serve")
+        try:
+            prefix = ipaddress.IPv6Network(self.dhcp6_prefix)
+        except ValueError:
+            raise ValueError(
+                f"netboot.dhcp6_prefix: {self.dhcp6_prefix!r} is not an IPv6 prefix (such as fd00:77::/64)"
+            ) from None
+        if self.dhcp6 == "full":
+            first, sep, last = self.dhcp6_pool.partition("-")
+            try:
+                lo, hi = ipaddress.IPv6Address(first.strip()), ipaddress.IPv6Address(last.strip())
+            except ValueError:
+                raise ValueError(
+                    f"netboot.dhcp6_pool: {self.dhcp6_pool!r} is not FIRST-LAST "
+                    "(such as fd00:77::1000-fd00:77::1fff)"
+                ) from None
+            if not sep or lo not in prefix or hi not in prefix or lo > hi:
+                raise ValueError(f"netboot.dhcp6_pool: must be FIRST-LAST inside dhcp6_prefix {prefix}")
+        for d in self.dhcp6_dns_servers:
+            try:
+                ipaddress.IPv6Address(d)
+            except ValueError:
+                raise ValueError(f"netboot.dhcp6_dns_servers: {d!r} is not an IPv6 address") from None
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> NetbootSettings:
@@ -295,6 +348,8 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     # Rolling re-provisioning: the drain/undrain hooks rollouts may name (conductor/rollout_settings.py).
     rollouts: RolloutSettings = RolloutSettings()
+    # Discovery of unknown machines on the subnets it names (conductor/discovery_settings.py); off by default.
+    discovery: DiscoverySettings = DiscoverySettings()
 
     log_level: str = "info"
 
@@ -330,6 +385,7 @@ class Settings(BaseSettings):
         if not self.public_url:
             host, port = self.listen_host_port
             shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            shown = f"[{shown}]" if ":" in shown else shown  # an IPv6 literal in a URL
             scheme = "https" if self.tls_cert_file else "http"
             self.public_url = f"{scheme}://{shown}:{port}"
         self.public_url = self.public_url.rstrip("/")

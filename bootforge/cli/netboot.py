@@ -10,20 +10,30 @@ import asyncio
 import contextlib
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from bootforge.conductor.netboot import BootEndpoints, DbLeaseStore, EventSink, NetbootView, RamdiskSource
+from bootforge.conductor.netboot import (
+    BootEndpoints,
+    BootEndpoints6,
+    DbLeaseStore,
+    EventSink,
+    NetbootView,
+    RamdiskSource,
+)
+from bootforge.conductor.netboot6 import Netboot6Source
 from bootforge.config import Settings
 from bootforge.db.engine import Database
 from bootforge.drivers.hardware import Drivers
-from bootforge.netboot import dhcp, tftp
+from bootforge.netboot import dhcp, dhcp6, tftp
 from bootforge.netboot.boot import loaders, scripts
 from bootforge.netboot.clients import ClientAddresses
 from bootforge.servers.dhcp import DhcpServer
+from bootforge.servers.dhcp6 import Dhcp6Server, FileLease6Store
 from bootforge.servers.http_boot import HttpBootServer, HttpFetchEvent
 from bootforge.servers.tftp import TftpEvent, TftpServer
 from bootforge.servers.tftp_workers import TftpWorkers, WorkerSpec
@@ -126,6 +136,22 @@ class Netboot:
             network_boot=e.boot_file is not None,
         )
 
+    def on_dhcp6(self, e: dhcp.NodeEvent) -> None:
+        """A DHCPv6 exchange of a node (its MAC from the DUID, the relay's option 79, or the EUI-64
+        link-local address): on its timeline, and the leased address tied to it for TFTP/HTTP."""
+        if e.ip and e.kind in ("dhcp6.release", "dhcp6.decline", "dhcp6.expired"):
+            self.ip_to_node.forget(e.ip, e.node_id)
+        elif e.ip:
+            self.ip_to_node[e.ip] = e.node_id
+        text = f"{e.kind} {e.mac}" + (f" {e.ip}" if e.ip else "") + f" on {e.interface}"
+        self.sink.emit(
+            e.node_id,
+            "dhcp",
+            text + (f": {e.detail}" if e.detail else ""),
+            "warning" if e.kind in ("dhcp6.decline", "dhcp6.dropped", "dhcp6.no_boot_file") else "info",
+            network_boot=e.boot_file is not None,
+        )
+
     def on_tftp(self, e: TftpEvent) -> None:
         node = self.ip_to_node.get(e.client[0])
         if node is None:
@@ -163,7 +189,7 @@ class Netboot:
 async def start_netboot(settings: Settings, db: Database, drivers: Drivers | None = None) -> Netboot | None:
     """Start the netboot services the settings switch on; None when all are off."""
     nb = settings.netboot
-    if nb.dhcp == "off" and not nb.tftp and not nb.http:
+    if nb.dhcp == "off" and nb.dhcp6 == "off" and not nb.tftp and not nb.http:
         return None
     root = nb.root or settings.state_dir / "boot"
     root.mkdir(parents=True, exist_ok=True)
@@ -176,8 +202,19 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         ipxe_script_url=f"{http_base}/boot/ipxe?mac={{mac}}",
     )
     key_path = settings.secret_key_path if settings.agent.require_boot_token else None
+    endpoints6 = None
+    if nb.address6:
+        http_base6 = f"http://[{nb.address6}]:{nb.http_port}"
+        endpoints6 = BootEndpoints6(
+            IPv6Address(nb.address6), http_base6, f"{http_base6}/boot/ipxe?mac={{mac}}"
+        )
     ramdisk = RamdiskSource(
-        settings.public_url, nb.deploy_kernel, nb.deploy_ramdisk, tuple(nb.kernel_args), key_path
+        settings.public_url,
+        nb.deploy_kernel,
+        nb.deploy_ramdisk,
+        tuple(nb.kernel_args),
+        key_path,
+        api_url6=nb.public_url6.rstrip("/") or None,
     )
     drivers = drivers or Drivers(settings)
     sink = EventSink(db, settings.host)
@@ -194,38 +231,57 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         bind_to_leases=nb.dhcp == "full",
         missing_loaders={name: loaders.how_to_provide(name) for name in found.missing},
         secure_boot_always=nb.secure_boot == "always",
+        endpoints6=endpoints6,
     )
     await view.refresh()
     netboot = Netboot(view, sink)
     netboot.tasks += [asyncio.create_task(view.run()), asyncio.create_task(sink.run())]
     try:
-        if nb.http:
-            server = HttpBootServer(
-                root,
-                address=nb.address,
-                port=nb.http_port,
-                scripts=view,
-                files=dict(found.found),
-                on_event=netboot.on_http,
-            )
-            await server.start()
-            netboot.servers.append(server)
-        if nb.tftp:
-            await _start_tftp(netboot, settings, root, dict(found.found), http_base, _node_grub_config(view))
+        # Dual stack: the same servers again on address6, each on one address (client addresses
+        # then read as plain IPv4 or IPv6, never IPv4-mapped, for the lease and node maps).
+        for address in (nb.address, nb.address6) if nb.address6 else (nb.address,):
+            if nb.http:
+                server = HttpBootServer(
+                    root,
+                    address=address,
+                    port=nb.http_port,
+                    scripts=view,
+                    files=dict(found.found),
+                    on_event=netboot.on_http,
+                )
+                await server.start()
+                netboot.servers.append(server)
+            if nb.tftp:
+                await _start_tftp(
+                    netboot, settings, root, dict(found.found), http_base, _node_grub_config(view), address
+                )
         if nb.dhcp != "off":
             dhcp_server = DhcpServer(
                 _dhcp_config(settings), view, view, DbLeaseStore(db), on_event=netboot.on_dhcp
             )
             await dhcp_server.start()
             netboot.servers.append(dhcp_server)
+        if nb.dhcp6 != "off" and endpoints6 is not None:
+            dhcp6_server = Dhcp6Server(
+                _dhcp6_config(settings),
+                Netboot6Source(view, endpoints6),
+                view,
+                FileLease6Store(settings.state_dir / "dhcp6-leases.json"),
+                nb.dhcp6_interfaces,
+                on_event=netboot.on_dhcp6,
+            )
+            await dhcp6_server.start()
+            netboot.servers.append(dhcp6_server)
     except BaseException:
         await netboot.close()
         raise
     log.info(
-        "netboot on %s: DHCP %s on %s, TFTP %s, HTTP boot %s",
-        nb.address,
+        "netboot on %s: DHCP %s on %s, DHCPv6 %s on %s, TFTP %s, HTTP boot %s",
+        nb.address + (f" and {nb.address6}" if nb.address6 else ""),
         nb.dhcp,
         ",".join(nb.dhcp_interfaces) or "-",
+        nb.dhcp6,
+        ",".join(nb.dhcp6_interfaces) or "-",
         "on" if nb.tftp else "off",
         f"{http_base}" if nb.http else "off",
     )
@@ -255,14 +311,16 @@ async def _start_tftp(
     found: dict[str, str],
     http_base: str,
     node_config: NodeGrubConfig | None = None,
+    address: str | None = None,
 ) -> None:
     nb = settings.netboot
+    address = address or nb.address
     bootstrap = scripts.render_grub_bootstrap(f"{http_base}/boot/grub.cfg")
     source = tftp_source(found, str(root), bootstrap, node_config)
     workers = nb.tftp_workers > 1
     server = TftpServer(
         source,
-        nb.address,
+        address,
         port=nb.tftp_port,
         on_event=netboot.on_tftp,
         reuse_port=workers,
@@ -273,7 +331,7 @@ async def _start_tftp(
     netboot.servers.append(server)
     if workers:
         spec = WorkerSpec(
-            address=nb.address,
+            address=address,
             port=nb.tftp_port,
             source_factory=f"{__name__}:tftp_source",
             source_args={"found": found, "root": str(root), "bootstrap": bootstrap},
@@ -305,5 +363,24 @@ def _dhcp_config(settings: Settings) -> dhcp.DhcpConfig:
         mode=dhcp.Mode(nb.dhcp),
         interfaces=tuple(nb.dhcp_interfaces),
         subnets=tuple(subnets),
+        unknown_clients=dhcp.UnknownClients(nb.unknown_clients),
+    )
+
+
+def _dhcp6_config(settings: Settings) -> dhcp6.Dhcp6Config:
+    nb = settings.netboot
+    first, _, last = nb.dhcp6_pool.partition("-")
+    full = nb.dhcp6 == "full"
+    return dhcp6.Dhcp6Config(
+        mode=dhcp6.Mode6(nb.dhcp6),
+        # A DUID-UUID named after the conductor: stable across restarts (clients RENEW and REQUEST
+        # with it), distinct per conductor.
+        server_duid=dhcp6.duid_uuid(uuid.uuid5(uuid.NAMESPACE_URL, f"bootforge-dhcp6:{settings.host}").bytes),
+        prefix=IPv6Network(nb.dhcp6_prefix),
+        pool_first=IPv6Address(first.strip()) if full else None,
+        pool_last=IPv6Address(last.strip()) if full else None,
+        dns_servers=tuple(IPv6Address(d) for d in nb.dhcp6_dns_servers),
+        preferred_lifetime=nb.dhcp6_lease_time // 2,
+        valid_lifetime=nb.dhcp6_lease_time,
         unknown_clients=dhcp.UnknownClients(nb.unknown_clients),
     )

@@ -19,7 +19,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,15 @@ class BootEndpoints:
 
 
 @dataclass(frozen=True)
+class BootEndpoints6:
+    """The same on IPv6 (netboot.address6): URLs with the bracketed address."""
+
+    tftp_server: IPv6Address
+    http_base: str  # e.g. http://[fd00::1]:8080
+    ipxe_script_url: str  # with "{mac}", e.g. http://[fd00::1]:8080/boot/ipxe?mac={mac}
+
+
+@dataclass(frozen=True)
 class RamdiskSource:
     """The bootforge ramdisk and how it finds its way back to the API."""
 
@@ -112,6 +121,8 @@ class RamdiskSource:
     # The conductor's secret key file, from which each boot's token is derived (bootforge/boot_token.py);
     # None when lookups do not require the token (agent.require_boot_token off): no token is sent.
     key_path: Path | None = None
+    # The API as a machine that booted over IPv6 reaches it (http://[fd00::1]:6385); None: api_url.
+    api_url6: str | None = None
 
 
 class NetbootView:
@@ -126,8 +137,11 @@ class NetbootView:
         bind_to_leases: bool = False,
         missing_loaders: Mapping[str, str] | None = None,
         secure_boot_always: bool = False,
+        endpoints6: BootEndpoints6 | None = None,
     ) -> None:
         self.db = db
+        # Where a client that asks over IPv6 fetches the next stages (netboot.address6), if served.
+        self.endpoints6 = endpoints6
         # netboot.secure_boot = "always": every UEFI x64 PXE client gets the signed chain.
         self.secure_boot_always = secure_boot_always
         # Boot loader name -> how to provide it, for the loaders `serve` did not find: DHCP offers
@@ -325,13 +339,22 @@ class NetbootView:
                         f"node {name}'s ramdisk script was asked for from an address that bootforge's "
                         f"DHCP did not lease to {mac} (leased: {', '.join(sorted(leased)) or 'none'})"
                     )
+            if _is_ipv6(client_ip) and self.endpoints6 is not None:
+                # Booted over IPv6: kernel, initrd and the agent's API on IPv6 too (the machine
+                # may have no IPv4 at all).
+                ramdisk = dataclasses.replace(
+                    self.ramdisk, api_url=self.ramdisk.api_url6 or self.ramdisk.api_url
+                )
+                return self._ramdisk_plan(known, ramdisk, self.endpoints6)
             return self._ramdisk_plan(known, self.ramdisk, self.endpoints)
         if known.provision_state == states.ACTIVE:
             return scripts.LocalDiskBoot(_firmware(query, known))
         return refuse(f"node {name} is {known.provision_state}: nothing to boot until it is deployed")
 
     @staticmethod
-    def _ramdisk_plan(known: KnownPort, r: RamdiskSource, e: BootEndpoints) -> scripts.RamdiskBoot:
+    def _ramdisk_plan(
+        known: KnownPort, r: RamdiskSource, e: BootEndpoints | BootEndpoints6
+    ) -> scripts.RamdiskBoot:
         def url(ref: str) -> str:
             if "://" in ref:
                 return ref  # someone else's server: its URL as the operator wrote it
@@ -365,8 +388,12 @@ class NetbootView:
         self._refusals_told[key] = now
         self.on_refusal(node_uuid, f"boot script refused: {why}")
 
+    def _endpoints_for(self, client_ip: str) -> BootEndpoints | BootEndpoints6 | None:
+        return self.endpoints6 if _is_ipv6(client_ip) and self.endpoints6 is not None else self.endpoints
+
     def ipxe_script(self, query: Mapping[str, str], client_ip: str) -> str:
-        url = self.endpoints.ipxe_script_url.format(mac=query.get("mac", "")) if self.endpoints else ""
+        e = self._endpoints_for(client_ip)
+        url = e.ipxe_script_url.format(mac=query.get("mac", "")) if e else ""
         return scripts.render_ipxe(self._safe_plan(query, url, client_ip))
 
     def grub_config(self, query: Mapping[str, str], client_ip: str, tftp: bool = False) -> str:
@@ -418,6 +445,11 @@ def _as_tftp(url: str, e: BootEndpoints) -> str:
         return url
     path = url[len(prefix) :].split("?", 1)[0]  # the ?mac= tag: TFTP fetches are tied by address
     return f"tftp://{e.tftp_server}/{path}"
+
+
+def _is_ipv6(client_ip: str) -> bool:
+    """A client address seen over IPv6 (not an IPv4-mapped one, which is an IPv4 client)."""
+    return ":" in client_ip and not client_ip.lower().startswith("::ffff:")
 
 
 def _agent_boot(internal: Any) -> str | None:

@@ -44,7 +44,17 @@ from ._codec import (
     encode_vendor_class,
     parse,
 )
-from ._core import CLIENT_PORT, MAX_REPLY, SERVER_PORT, Dhcp6Config, Dhcp6Core, Mode6, Outcome6, Reply6
+from ._core import (
+    CLIENT_PORT,
+    MAX_REPLY,
+    SERVER_PORT,
+    Dhcp6Config,
+    Dhcp6Core,
+    Mode6,
+    Outcome6,
+    Reply6,
+    eui64_mac,
+)
 from ._leases import (
     TRANSITIONS,
     InMemoryLease6Store,
@@ -111,6 +121,7 @@ __all__ = [
     "encode_status",
     "encode_string_list",
     "encode_vendor_class",
+    "eui64_mac",
     "is_netboot6",
     "parse",
 ]

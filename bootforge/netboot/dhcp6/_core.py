@@ -55,7 +55,7 @@ from ._codec import (
 )
 from ._leases import Lease6, Lease6Event, Lease6Record, Lease6State, Lease6Table
 
-__all__ = ["Dhcp6Config", "Dhcp6Core", "Mode6", "Outcome6", "Reply6"]
+__all__ = ["Dhcp6Config", "Dhcp6Core", "Mode6", "Outcome6", "Reply6", "eui64_mac"]
 
 CLIENT_PORT = 546
 SERVER_PORT = 547  # also where relays listen
@@ -65,6 +65,17 @@ M = MsgType
 # Room kept for the client's own reply inside relay wrappings: two DUIDs (at most 134 bytes each),
 # four IA_NAs with an address (44 each), a boot URL and DNS servers.
 _REPLY_BUDGET = 640
+
+
+def eui64_mac(address: str | bytes) -> bytes | None:
+    """The MAC inside a link-local address formed by modified EUI-64 (RFC 4291 appendix A), else None."""
+    try:
+        packed = address if isinstance(address, bytes) else IPv6Address(address.partition("%")[0]).packed
+    except ValueError:
+        return None
+    if len(packed) != 16 or packed[:8] != b"\xfe\x80" + bytes(6) or packed[11:13] != b"\xff\xfe":
+        return None
+    return bytes((packed[8] ^ 0x02,)) + packed[9:11] + packed[13:16]
 
 
 class Mode6(enum.Enum):
@@ -263,6 +274,11 @@ class Dhcp6Core:
             if raw79 is not None:
                 hardware, address = decode_link_layer(raw79)
                 mac = address if hardware == 1 and len(address) == 6 else None
+        if mac is None:
+            # iPXE and edk2 identify themselves with a DUID-UUID; both form their link-local address
+            # from the MAC (EUI-64). The client's own address: the source, or the innermost relay's
+            # peer-address. A stable-privacy or random link-local address names no MAC.
+            mac = eui64_mac(relays[-1].peer_address if relays else src[0])
         mac_text = mac.hex(":") if mac is not None else None
         reservation = self._reservations.reservation_for(mac_text) if mac_text is not None else None
         if reservation is None:
