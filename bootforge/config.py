@@ -18,7 +18,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bootforge.conductor.discovery_settings import DiscoverySettings
 from bootforge.conductor.rollout_settings import RolloutSettings
 from bootforge.observe.settings import EventSettings, MetricsSettings
 
@@ -348,8 +347,6 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     # Rolling re-provisioning: the drain/undrain hooks rollouts may name (conductor/rollout_settings.py).
     rollouts: RolloutSettings = RolloutSettings()
-    # Discovery of unknown machines on the subnets it names (conductor/discovery_settings.py); off by default.
-    discovery: DiscoverySettings = DiscoverySettings()
 
     log_level: str = "info"
 
