@@ -22,6 +22,7 @@ from bootforge.api.routes import (
     agent,
     allocations,
     diagnosis,
+    discovery,
     events,
     images,
     node_actions,
@@ -37,7 +38,7 @@ from bootforge.web import install as install_web
 log = logging.getLogger("bootforge.api")
 
 # Version discovery is public, as in Ironic; everything else needs credentials when auth is on.
-PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/", "/v1/lookup"})
+PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/", "/v1/lookup", "/v1/discovery/report"})
 # The agent's own calls carry its per-boot token (checked by the agent service), not an operator's login.
 AGENT_PATH = re.compile(r"^/v1/nodes/[^/]+/agent/command(/[^/]+)?$")
 
@@ -119,7 +120,8 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
-    for module in (root, nodes, node_actions, diagnosis, ports, allocations, agent, images, events, rollouts):
+    routes = (root, nodes, node_actions, diagnosis, ports, allocations, agent, images, events, rollouts)
+    for module in (*routes, discovery):
         app.include_router(module.router)
     openapi.install(
         app,

@@ -25,6 +25,7 @@ from sqlalchemy import delete, insert, select, update
 
 from bootforge import boot_token
 from bootforge.conductor import states, work
+from bootforge.conductor.discovery import DiscoveryService
 from bootforge.conductor.netboot import RAMDISK_STATES
 from bootforge.conductor.ports import NEW_PORT
 from bootforge.conductor.task import NodeTask, event_row, give_back, load_node, reserve
@@ -68,6 +69,8 @@ class AgentService:
         self._wakeups: dict[int, asyncio.Event] = {}
         self._progress_logged: dict[int, float] = {}
         self._refusals_logged: dict[tuple[int, str], float] = {}
+        # Unknown machines' reports and the discovery rules, which also run on every inspection.
+        self.discovery = DiscoveryService(conductor)
 
     # --- the agent's calls ------------------------------------------------------------------------
 
@@ -273,6 +276,7 @@ class AgentService:
             )
             await s.commit()
         added = await self._add_ports(task, inventory)
+        await self.discovery.on_inspection(task, inventory)
         disks = ", ".join(
             f"{d.get('name')} {int(d.get('size') or 0) / GiB:.1f} GiB" for d in _disks(inventory)
         )

@@ -175,6 +175,7 @@ async def test_security_is_declared_only_when_auth_is_on(bf: InProcess, tmp_path
         "/v1",
         "/v1/",
         "/v1/lookup",
+        "/v1/discovery/report",
         "/v1/nodes/{ident}/agent/command",
         "/v1/nodes/{ident}/agent/command/{command_id}",
     }
