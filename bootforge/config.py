@@ -201,6 +201,16 @@ class NetbootSettings(BaseModel):
     # The last console= is the one init and the agent write to: the serial port, where BMCs (SOL) and
     # the lab read it.
     kernel_args: list[str] = ["console=tty0", "console=ttyS0,115200n8"]
+    # The API URL boot scripts and the ramdisk's agent are given; empty: public_url. A netboot-only
+    # process (serve --role netboot) runs no API and names an API process here.
+    api_url: str = ""
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"netboot.api_url must be an http:// or https:// URL, got {value[:100]!r}")
+        return value.rstrip("/")
     # IPv6 (dual stack): with address6 set, TFTP and HTTP boot listen on it too, and boot URLs for
     # clients that came over IPv6 name it ("tftp://[fd00::1]/ipxe.efi"). DHCPv6 (RFC 8415) "full"
     # leases addresses from dhcp6_pool inside dhcp6_prefix and hands out boot file URLs; "proxy"
@@ -278,6 +288,10 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:6385"
     # False runs only what else is switched on (e.g. one netboot service alone) without the REST API.
     api: bool = True
+    # What this process runs (serve --role): "all" (API, conductor, netboot: one process), "api" (the
+    # REST API only; node work goes to the nodes' conductors), "conductor" (periodics and node work,
+    # no API, no netboot), "netboot" (DHCP/TFTP/HTTP boot for the nodes of conductor_group only).
+    role: Literal["all", "api", "conductor", "netboot"] = "all"
     # The URL clients (and later the deploy agent) use to reach the API; derived from `listen` if empty.
     public_url: str = ""
     # HTTPS for the API, the agent's routes included: a PEM certificate (chain) and its private key.

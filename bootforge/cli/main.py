@@ -41,6 +41,14 @@ def serve(
         str | None, typer.Option(help="SQLAlchemy URL; SQLite in state dir if unset")
     ] = None,
     host: Annotated[str | None, typer.Option(help="this conductor's name (unique per process)")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="all (default: API, conductor and netboot in one process), api (REST API only), "
+            "conductor (periodics and node work, no API), netboot (DHCP/TFTP/HTTP boot of its "
+            "conductor_group's nodes)"
+        ),
+    ] = None,
 ) -> None:
     """Run the API and the conductor in one process (SQLite in the state directory by default)."""
     from bootforge.cli.serve import serve as run
@@ -55,6 +63,7 @@ def serve(
             "listen": listen,
             "database_url": database_url,
             "host": host,
+            "role": role,
         }.items()
         if v is not None
     }

@@ -209,7 +209,8 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
             IPv6Address(nb.address6), http_base6, f"{http_base6}/boot/ipxe?mac={{mac}}"
         )
     ramdisk = RamdiskSource(
-        settings.public_url,
+        # The API the ramdisk's agent calls: any API process will do (serve --role netboot runs none).
+        nb.api_url or settings.public_url,
         nb.deploy_kernel,
         nb.deploy_ramdisk,
         tuple(nb.kernel_args),
@@ -232,6 +233,8 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         missing_loaders={name: loaders.how_to_provide(name) for name in found.missing},
         secure_boot_always=nb.secure_boot == "always",
         endpoints6=endpoints6,
+        # Machines of other conductor groups are answered by their own site's netboot process.
+        conductor_group=settings.conductor_group,
     )
     await view.refresh()
     netboot = Netboot(view, sink)

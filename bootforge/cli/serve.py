@@ -1,4 +1,11 @@
-"""The composition root: settings -> database -> conductor -> API, all in one asyncio loop."""
+"""The composition root: settings -> database -> conductor -> API, all in one asyncio loop.
+
+`settings.role` (serve --role) picks the parts: "all" runs everything in one process (the embedded
+default); "api" the REST API only (it never runs node work: conductor/handoff.py hands each action to
+the node's owner on the ring); "conductor" registers, heartbeats, runs the periodics and node work,
+and serves no HTTP at all; "netboot" runs DHCP/TFTP/HTTP boot for the nodes of its conductor group,
+on the same database, pointing ramdisks at `netboot.api_url`.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +26,13 @@ from bootforge.conductor.conductor import Conductor
 from bootforge.config import Settings
 from bootforge.db import secrets
 from bootforge.db.engine import Database, private_dir
+from bootforge.drivers.hardware import Drivers
 
 log = logging.getLogger("bootforge")
 
 
-async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
-    """Open the database (migrating it to the newest schema) and start the conductor."""
+async def open_database(settings: Settings) -> Database:
+    """Open the database, migrated to the newest schema, with the key of its secrets."""
     private_dir(settings.state_dir)
     db = Database(settings.database_url)
     await db.migrate()
@@ -34,18 +42,40 @@ async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
     except BaseException:
         await db.close()
         raise
+    return db
+
+
+async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
+    """Open the database and start the conductor (an API-only process builds one it never starts:
+    the API's services read through it and hand node work to the owners)."""
+    db = await open_database(settings)
     conductor = Conductor(settings, db)
-    await conductor.start()
+    if settings.role != "api":
+        try:
+            await conductor.start()
+        except BaseException:
+            await db.close()
+            raise
     return db, conductor, Services.build(settings, conductor)
 
 
+async def _stop(conductor: Conductor) -> None:
+    if conductor.serving:
+        await conductor.stop()
+    else:
+        await conductor.drivers.close()
+
+
 async def serve(settings: Settings) -> None:
+    if settings.role == "netboot":
+        await serve_netboot(settings)
+        return
     try:
         db, conductor, services = await build(settings)
     except secrets.SecretKeyRefused as exc:
         # What to restore or run, not a traceback: the operator's next step is in the message.
         raise SystemExit(f"bootforge serve: {exc}") from None
-    netboot = await start_netboot(settings, db, conductor.drivers)
+    netboot = await start_netboot(settings, db, conductor.drivers) if settings.role == "all" else None
     if netboot is not None:
         # The view refreshes on its own every few seconds; a state change this conductor makes
         # reaches it at once (one that another conductor makes waits for the refresh).
@@ -79,21 +109,52 @@ async def serve(settings: Settings) -> None:
     server = _Server(config)
     # Event streams (api/routes/events.py) end when shutdown starts: uvicorn waits for every response.
     app.state.stopping = lambda: server.should_exit
+    api = settings.api and settings.role != "conductor"
     log.info(
-        "bootforge serving: API %s, database %s, conductor %s",
-        settings.public_url if settings.api else "off",
+        "bootforge serving (role %s): API %s, database %s, conductor %s",
+        settings.role,
+        settings.public_url if api else "off",
         _safe_url(settings.database_url),
-        settings.host,
+        f"{settings.host} (group {settings.conductor_group or 'default'})" if conductor.serving else "off",
     )
     try:
-        if settings.api:
+        if api:
             await server.serve()
         else:
             await _until_signalled()
     finally:
         if netboot is not None:
             await netboot.close()
-        await conductor.stop()
+        await _stop(conductor)
+        await db.close()
+
+
+async def serve_netboot(settings: Settings) -> None:
+    """DHCP/TFTP/HTTP boot alone, for the nodes of settings.conductor_group, until SIGINT/SIGTERM."""
+    try:
+        db = await open_database(settings)
+    except secrets.SecretKeyRefused as exc:
+        raise SystemExit(f"bootforge serve: {exc}") from None
+    drivers = Drivers(settings)
+    try:
+        netboot = await start_netboot(settings, db, drivers)
+        if netboot is None:
+            raise SystemExit(
+                "bootforge serve --role netboot: no netboot service is on (netboot.dhcp, netboot.tftp, "
+                "netboot.http)"
+            )
+        log.info(
+            "bootforge serving (role netboot): group %s, ramdisks call %s, database %s",
+            settings.conductor_group or "default",
+            settings.netboot.api_url or settings.public_url,
+            _safe_url(settings.database_url),
+        )
+        try:
+            await _until_signalled()
+        finally:
+            await netboot.close()
+    finally:
+        await drivers.close()
         await db.close()
 
 

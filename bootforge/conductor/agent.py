@@ -196,7 +196,7 @@ class AgentService:
             await s.commit()
         if status in FINAL:
             self._progress_logged.pop(node.id, None)
-            await self.resume(node.id)
+            await self.conductor.agent_reported(node.id)
 
     # --- resuming the node ------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from bootforge.conductor import states, work
 from bootforge.conductor.agent import AgentService
 from bootforge.conductor.allocations import AllocationService
+from bootforge.conductor.handoff import Listener, notify_stmt
 from bootforge.conductor.netboot import NETBOOT_EVENT_TYPES
 from bootforge.conductor.ring import Member, Rings
 from bootforge.conductor.rollouts import RolloutService
@@ -35,12 +36,13 @@ from bootforge.conductor.task import (
     reserve,
 )
 from bootforge.config import Settings
+from bootforge.db import secrets
 from bootforge.db.clock import db_now, heartbeat_fresh
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, Node, NodeEvent, utcnow
 from bootforge.db.models import Conductor as ConductorRow
 from bootforge.drivers.hardware import Drivers
-from bootforge.errors import BootforgeError
+from bootforge.errors import BootforgeError, InvalidInput, NodeLocked
 from bootforge.observe.events import Observer
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ WAIT_TIMEOUT_SETTING = {
     states.INSPECTWAIT: "inspect_wait_timeout",
     states.RESCUEWAIT: "rescue_callback_timeout",
 }
+
+# Where a power action handed to the node's owner keeps its request (target verb and timeout).
+POWER_REQUEST = "power_request"
 
 # Seconds a read of the live conductors (the rings) is reused for; periodic rounds read afresh.
 RINGS_TTL = 1.0
@@ -119,6 +124,9 @@ class Conductor:
         # True once started as a conductor (registered, heartbeating): it is then on its own rings
         # whatever its last heartbeat says. An API-only or netboot-only process never is.
         self.serving = False
+        # Work other processes hand to this conductor (conductor/handoff.py), and its wake-ups.
+        self._listener = Listener(db, self.host, self._wake)
+        self._woken: set[asyncio.Task[None]] = set()
         self.observer = Observer(settings, db)
         # Called after a node this conductor works on changes provision state (the netboot view).
         self.state_listeners: list[Callable[[], None]] = []
@@ -129,6 +137,7 @@ class Conductor:
         await self.observer.start()
         await self._register()
         self.serving = True
+        await self._listener.ensure()
         await self.recover()
         # After recover: the nodes a rollout was rebuilding are being worked on again.
         await self.rollouts.start()
@@ -137,6 +146,8 @@ class Conductor:
             (s.conductor_heartbeat_interval, self._heartbeat),
             (s.timeout_check_interval, self.check_wait_timeouts),
             (s.timeout_check_interval, self.take_over_orphans),
+            # The fallback for a lost wake-up: work handed to this conductor while it was not listening.
+            (s.timeout_check_interval, self.pick_up_work),
             (s.timeout_check_interval, self.rollouts.take_over),
             (s.power_sync_interval, self.sync_power_states),
             (60.0, self.drivers.sweep),
@@ -148,9 +159,10 @@ class Conductor:
     async def stop(self, grace: float = 10.0) -> None:
         # Rollout runners first (their record says where to go on); the nodes' own work is below.
         await self.rollouts.stop()
-        for t in self._periodics:
+        for t in [*self._periodics, *self._woken]:
             t.cancel()
-        await asyncio.gather(*self._periodics, return_exceptions=True)
+        await asyncio.gather(*self._periodics, *self._woken, return_exceptions=True)
+        await self._listener.close()
         running = list(self._work.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace)
@@ -232,6 +244,124 @@ class Conductor:
 
     def owner(self, rings: Rings, node: Node) -> str | None:
         return rings.owner(node.uuid, node.conductor_group, node.driver)
+
+    async def runs_here(self, node: Node) -> bool:
+        """Whether this process carries out `node`'s work: it is a running conductor and the owner."""
+        return self.serving and self.owner(await self.rings(), node) == self.host
+
+    async def hand_off(
+        self,
+        node: Node,
+        values: dict[str, Any],
+        *,
+        expect_state: str | None,
+        event: tuple[str, str],
+        outbound: list[Outbound],
+    ) -> str:
+        """Write an action's first change for the node's owner to carry out, and wake it; its name.
+
+        The node stays unlocked (conductor/handoff.py): one conditional UPDATE, as `reserve` would
+        write, without taking the lock, and the NOTIFY in the same transaction.
+        """
+        rings = await self.rings()
+        owner = self.owner(rings, node)
+        if owner is None:
+            # Ironic's NoValidHost: nothing alive may act on the node, so nothing is written.
+            raise InvalidInput(
+                f"No conductor is alive in conductor group {node.conductor_group or '(default)'!r} with "
+                f"hardware type {node.driver} to act on node {node.uuid}",
+                "conductor_group",
+            )
+        now = utcnow()
+        changes = {"updated_at": now, **values}
+        stmt = update(Node).where(Node.id == node.id, Node.reservation.is_(None))
+        if expect_state is not None:
+            stmt = stmt.where(Node.provision_state == expect_state)
+        async with self.db.write() as s:
+            stored = secrets.seal_columns(self.db, node.uuid, changes)
+            result = await s.execute(stmt.values(**stored).execution_options(synchronize_session=False))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                await s.rollback()
+                raise NodeLocked(f"Node {node.uuid} is locked or changed state while the request was handled")
+            text = f"{event[1]}; handed to conductor {owner}"
+            await s.execute(insert(NODE_EVENTS), [event_row(node.id, event[0], text, "info", self.host)])
+            await self.observer.stage(s, outbound)
+            if self.db.write_engine.dialect.name == "postgresql":
+                await s.execute(notify_stmt(owner, node.id))
+            await s.commit()
+        self.observer.published(outbound)
+        return owner
+
+    async def agent_reported(self, node_id: int) -> None:
+        """An agent reported a final outcome to this process: resume the node here, or wake its owner."""
+        async with self.db.read() as s:
+            node = await s.get(Node, node_id)
+        if node is None:
+            return
+        rings = await self.rings()
+        owner = self.owner(rings, node)
+        if self.serving and owner == self.host:
+            await self.agent.resume(node_id)
+        elif owner is not None and self.db.write_engine.dialect.name == "postgresql":
+            # The report is stored; the owner's timeout check would find it too, this is sooner.
+            async with self.db.write() as s:
+                await s.execute(notify_stmt(owner, node_id))
+                await s.commit()
+
+    def _wake(self, node_id: int) -> None:
+        t = asyncio.create_task(self.pick_up_work([node_id]), name=f"pick up {node_id}")
+        self._woken.add(t)
+        t.add_done_callback(self._woken.discard)
+
+    async def pick_up_work(self, node_ids: list[int] | None = None) -> None:
+        """Claim and run the work handed to this conductor: unlocked nodes in a working state or with
+        a target power state that the ring gives to it; with `node_ids` (a wake-up), those nodes only,
+        and an agent's stored report for them is taken too."""
+        try:
+            await self._pick_up(node_ids)
+        except Exception:
+            if node_ids is None:
+                raise
+            # A wake-up that failed (the database went away): the next poll round finds the work.
+            log.exception("picking up work for nodes %s failed", node_ids)
+
+    async def _pick_up(self, node_ids: list[int] | None) -> None:
+        if node_ids is None:
+            await self._listener.ensure()
+        stmt = select(Node).where(
+            Node.reservation.is_(None),
+            or_(Node.provision_state.in_(work.RESUMABLE), Node.target_power_state.is_not(None)),
+        )
+        if node_ids is not None:
+            stmt = select(Node).where(Node.id.in_(node_ids))
+        async with self.db.read() as s:
+            nodes = list((await s.scalars(stmt)).all())
+        rings = await self.rings(fresh=node_ids is None)
+        for node in nodes:
+            if node.driver not in self.drivers.types or self.owner(rings, node) != self.host:
+                continue
+            if node.reservation is None and node.provision_state in states.WAIT_STATES:
+                await self.agent.resume(node.id)
+                continue
+            if node.reservation is not None:
+                continue
+            if node.provision_state not in work.RESUMABLE and node.target_power_state is None:
+                continue
+            if await self._claim(node, None):
+                await self._start_handed(node)
+
+    async def _start_handed(self, node: Node) -> None:
+        task = NodeTask(self, node, None, "handoff")
+        fn = work.RESUMABLE.get(node.provision_state)
+        if fn is not None:
+            await task.record("provisioning", f"picked up by conductor {self.host}: {node.provision_state}")
+            self.spawn(task, fn)
+            return
+        request = node.driver_internal_info.get(POWER_REQUEST) or {}
+        target = request.get("target") or node.target_power_state
+        task.set_internal(**{POWER_REQUEST: None})
+        await task.record("power", f"picked up by conductor {self.host}: {target}")
+        self.spawn(task, work.change_power, target, request.get("timeout"))
 
     async def live_hosts(self) -> list[str]:
         """Conductors online whose heartbeat is fresh by the database's clock (not this host's)."""

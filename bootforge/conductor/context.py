@@ -61,3 +61,8 @@ class ConductorContext(Protocol):
     def state_changed(self) -> None:
         """A node changed provision state (the netboot view refreshes)."""
         ...
+
+    async def agent_reported(self, node_id: int) -> None:
+        """An agent reported its command's outcome: carry on here if this process owns the node,
+        else wake the node's owner (conductor/handoff.py)."""
+        ...

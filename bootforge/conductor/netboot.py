@@ -138,8 +138,12 @@ class NetbootView:
         missing_loaders: Mapping[str, str] | None = None,
         secure_boot_always: bool = False,
         endpoints6: BootEndpoints6 | None = None,
+        conductor_group: str | None = None,
     ) -> None:
         self.db = db
+        # Answer only for the nodes of this conductor group (a netboot process per site or rack);
+        # None: every node.
+        self.conductor_group = conductor_group
         # Where a client that asks over IPv6 fetches the next stages (netboot.address6), if served.
         self.endpoints6 = endpoints6
         # netboot.secure_boot = "always": every UEFI x64 PXE client gets the signed chain.
@@ -184,6 +188,8 @@ class NetbootView:
             .join(Node, Node.id == Port.node_id)
             .where(Port.pxe_enabled.is_(True))
         )
+        if self.conductor_group is not None:
+            stmt = stmt.where(Node.conductor_group == self.conductor_group)
         leases = select(Lease.mac, Lease.ip).where(
             Lease.state == LeaseState.BOUND.value, Lease.expires > time.time()
         )

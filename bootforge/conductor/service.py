@@ -19,7 +19,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor import patching, states, work
-from bootforge.conductor.conductor import Conductor
+from bootforge.conductor.conductor import POWER_REQUEST, Conductor
 from bootforge.conductor.task import (
     NodeTask,
     acquire,
@@ -365,6 +365,12 @@ class NodeService:
             values["last_error"] = f"{verb} requested by the operator in state {old}"
         error = values.get("last_error")
         outbound = self.conductor.observer.provision(node.uuid, node.name, old, new, event, error)
+        if fn is not None and not await self.conductor.runs_here(node):
+            # Another conductor owns the node (conductor/ring.py), or this process runs no work
+            # (serve --role api): the owner carries the action out (conductor/handoff.py).
+            event_text = ("provisioning", f"{old} -> {new} ({verb})")
+            await self.conductor.hand_off(node, values, expect_state=old, event=event_text, outbound=outbound)
+            return
         await reserve(
             self.conductor,
             node,
@@ -436,6 +442,22 @@ class NodeService:
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise InvalidInput("timeout must be a positive number of seconds", "timeout")
         _validate_iface(task, "power")
+        if not await self.conductor.runs_here(node):
+            if node.provision_state in work.RESUMABLE:
+                # Handed-off work not yet picked up by the owner holds the node as a lock would.
+                raise NodeLocked(
+                    f"Node {node.uuid} is {node.provision_state}, waiting for its conductor; please retry."
+                )
+            request = {"target": target, "timeout": timeout}
+            info = {**node.driver_internal_info, POWER_REQUEST: request}
+            await self.conductor.hand_off(
+                node,
+                {"target_power_state": work.POWER_RESULT[target], "driver_internal_info": info},
+                expect_state=None,
+                event=("power", f"{target} requested"),
+                outbound=[],
+            )
+            return
         await reserve(
             self.conductor,
             node,
