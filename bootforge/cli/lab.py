@@ -64,6 +64,14 @@ def up(
             "that driver"
         ),
     ] = "qemu",
+    ipv6: Annotated[
+        bool,
+        typer.Option(
+            "--ipv6",
+            help="an IPv6-only provisioning network (fd77::/64): bootforge's DHCPv6 and router "
+            "advertisements with the Managed flag, TFTP/HTTP/API on [fd77::1]; no DHCPv4",
+        ),
+    ] = False,
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """Create the lab: namespace + bridge, bootforge serve on it, N VMs enrolled as nodes.
@@ -83,6 +91,7 @@ def up(
                 say=lambda m: console.print(f"  {m}"),
                 ramdisk=ramdisk,
                 bmc=bmc,
+                ipv6=ipv6,
             )
     except KeyboardInterrupt as e:
         with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone

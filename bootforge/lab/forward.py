@@ -26,7 +26,7 @@ def _host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"expected HOST:PORT, got {value!r}")
-    return host, int(port)
+    return host.strip("[]"), int(port)  # [fd77::1]:6385 in an IPv6 lab
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -43,7 +43,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def _connect(factory: SocketFactory, target: tuple[str, int]) -> socket.socket:
-    sock = await asyncio.to_thread(factory.socket, socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    sock = await asyncio.to_thread(factory.socket, family, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, target), 10)

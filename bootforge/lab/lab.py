@@ -77,6 +77,11 @@ PREFIX_BASE = "bflab"  # not "bft": test sessions sweep their own leftovers by t
 SUBNET = "10.77.0.0/24"
 ADDRESS = "10.77.0.1"
 DNSMASQ_ADDRESS = "10.77.0.2"
+# `lab up --ipv6`: an IPv6-only provisioning network on the bridge (ULA prefix), bootforge's DHCPv6
+# leasing from POOL6, router advertisements with the Managed flag; no DHCPv4 answers.
+PREFIX6 = "fd77::/64"
+ADDRESS6 = "fd77::1"
+POOL6 = "fd77::1000-fd77::1fff"
 API_PORT = 6385
 USER = "lab"
 MAC_PREFIX = "52:54:00:77:00:"
@@ -133,6 +138,7 @@ class LabState:
     password: str = ""
     bmc: str = "qemu"
     bmc_password: str = ""
+    ipv6: bool = False
     pids: dict[str, int] = field(default_factory=dict)
     vms: list[VmRecord] = field(default_factory=list)
 
@@ -146,7 +152,7 @@ class LabState:
 
     @property
     def api_in_lab(self) -> str:
-        return f"http://{ADDRESS}:{API_PORT}"
+        return f"http://[{ADDRESS6}]:{API_PORT}" if self.ipv6 else f"http://{ADDRESS}:{API_PORT}"
 
     def save(self) -> None:
         path = Path(self.dir) / STATE_FILE
@@ -172,10 +178,13 @@ def firmware_plan(count: int, firmware: str) -> list[str]:
     return [firmware] * count
 
 
-def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str) -> dict[str, Any]:
+def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str, ipv6: bool = False) -> dict[str, Any]:
     """The VM definition file's content for one lab VM (see bootforge.drivers.qemu_machine.VmDefinition)."""
     nic: dict[str, Any] = {"mac": rec.mac, "tap": rec.tap}
     extra: list[str] = []
+    if ipv6 and rec.firmware == "uefi":
+        # IPv6 lab: no DHCPv4 answers, so OVMF's PXEv4 would only wait out its retries first.
+        extra += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]
     if rec.firmware != "bios":
         nic["romfile"] = ""  # no iPXE ROM: OVMF's own PXE or HTTP boot (lab pitfall 11)
     if rec.firmware == "uefi-http":
@@ -223,9 +232,12 @@ def static_network_data(rec: VmRecord) -> dict[str, Any]:
 def serve_config(state: LabState, boot_root: Path) -> str:
     d = Path(state.dir)
     dhcp = state.dhcp if state.dhcp in ("full", "off") else "proxy"
+    listen = f"[{ADDRESS6}]:{API_PORT}" if state.ipv6 else f"{ADDRESS}:{API_PORT}"
+    if state.ipv6:
+        dhcp = "off"  # IPv6 only: DHCPv6 below, nothing answers DHCPv4
     lines = [
         f'state_dir = "{d / "serve"}"',
-        f'listen = "{ADDRESS}:{API_PORT}"',
+        f'listen = "{listen}"',
         'auth_strategy = "http_basic"',
         f'htpasswd_file = "{d / "serve" / "htpasswd"}"',
         f'host = "{state.prefix}conductor"',
@@ -251,6 +263,15 @@ def serve_config(state: LabState, boot_root: Path) -> str:
         f'root = "{boot_root}"',
         'kernel_args = ["console=ttyS0,115200n8", "quiet"]',
     ]
+    if state.ipv6:
+        lines += [
+            f'address6 = "{ADDRESS6}"',
+            'dhcp6 = "full"',
+            'dhcp6_interfaces = ["br0"]',
+            f'dhcp6_prefix = "{PREFIX6}"',
+            f'dhcp6_pool = "{POOL6}"',
+            f'public_url6 = "http://[{ADDRESS6}]:{API_PORT}"',
+        ]
     if dhcp == "full":
         lines += ["", "[[netboot.subnets]]", f'network = "{SUBNET}"', 'pool = "10.77.0.100-10.77.0.199"']
     return "\n".join(lines) + "\n"
@@ -314,6 +335,7 @@ class Lab:
         say: Callable[[str], None] = lambda _: None,
         ramdisk: str = "agent",
         bmc: str = "qemu",
+        ipv6: bool = False,
     ) -> Lab:
         """Build a lab in `directory` (which must not hold one); on failure, remove what was made."""
         directory = directory.resolve()
@@ -333,9 +355,14 @@ class Lab:
                 f"use --bmc {' or '.join(VMEDIA_BOOT)}"
             )
         plan = firmware_plan(vms, firmware)
+        if ipv6 and (dhcp != "full" or "uefi-sb" in plan):
+            raise LabError(
+                "--ipv6 runs bootforge's DHCPv6 (--dhcp full) and boots bios, uefi or uefi-http VMs "
+                "(the Secure Boot chain is offered over IPv4 only)"
+            )
         _preflight(plan, dhcp, bmc)
         directory.mkdir(parents=True, exist_ok=True)
-        state = LabState(str(directory), netns.unique_prefix(PREFIX_BASE), dhcp, bmc=bmc)
+        state = LabState(str(directory), netns.unique_prefix(PREFIX_BASE), dhcp, bmc=bmc, ipv6=ipv6)
         state.save()
         lab = cls(directory, state)
         try:
@@ -400,6 +427,9 @@ class Lab:
         self.state.save()
         ns = topo.namespace("net")
         bridge = topo.bridge(ns, "br0", f"{ADDRESS}/24")
+        if self.state.ipv6:
+            # nodad: serve binds it at once (duplicate address detection would hold it ~1 s).
+            ns.ip("-6", "addr", "add", f"{ADDRESS6}/64", "dev", "br0", "nodad")
         for i in range(count):
             topo.tap(ns, f"tap{i}", bridge)
         if self.state.dhcp == "proxy":
@@ -449,11 +479,12 @@ class Lab:
     def _start_router_adverts(self) -> None:
         # Without them every iPXE boot waits ~13 s for IPv6 router discovery (see bootforge.lab.ra).
         argv = ["ip", "netns", "exec", self.state.netns, sys.executable, "-m", "bootforge.lab.ra", "br0"]
-        self._spawn("ra", [*argv, str(self.dir)], self.dir / "ra.log")
+        managed = ["--managed", PREFIX6] if self.state.ipv6 else []
+        self._spawn("ra", [*argv, str(self.dir), *managed], self.dir / "ra.log")
 
     def _start_forwarder(self) -> None:
         self.state.host_port = procs.free_port()
-        target = f"{ADDRESS}:{API_PORT}"
+        target = f"[{ADDRESS6}]:{API_PORT}" if self.state.ipv6 else f"{ADDRESS}:{API_PORT}"
         argv = [sys.executable, "-m", "bootforge.lab.forward", f"127.0.0.1:{self.state.host_port}"]
         argv += [self.state.netns, target, str(self.dir)]
         self._spawn("forwarder", argv, self.dir / "forwarder.log")
@@ -478,7 +509,7 @@ class Lab:
 
     def _write_vm(self, rec: VmRecord, memory_mib: int) -> None:
         rec.path.mkdir(parents=True, exist_ok=True)
-        definition = vm_definition(rec, memory_mib, self.state.netns)
+        definition = vm_definition(rec, memory_mib, self.state.netns, self.state.ipv6)
         if self._vmedia_boot() == "virtual-media":
             definition["cdrom"] = True  # where the qemu virtual-media interface inserts its ISO
         rec.definition.write_text(json.dumps(definition, indent=2))

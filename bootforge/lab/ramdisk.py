@@ -67,7 +67,18 @@ while [ -z "$ifc" ] && [ $n -lt 60 ]; do
 done
 echo "bootforge-lab-ramdisk: interface ${ifc:-none}"
 ip link set "$ifc" up
-udhcpc -i "$ifc" -s /etc/udhcpc.script -n -q -t 20 -T 2 -V bootforge-lab-ramdisk
+case "$api" in
+  *://\[*)
+    # The API is on IPv6: the kernel takes its address from the lab's router advertisements
+    # (SLAAC); wait for a global one that is no longer tentative.
+    n=0
+    until ip -6 addr show dev "$ifc" | grep "scope global" | grep -qv tentative || [ $n -ge 60 ]; do
+      sleep 0.5; n=$((n + 1))
+    done
+    ip -6 addr show dev "$ifc" | sed -n 's/.*inet6 \([^/ ]*\).*scope global.*/\1/p' | head -n 1 > /tmp/ip
+    echo "bootforge-lab-ramdisk: ipv6 $(cat /tmp/ip) on $ifc" ;;
+  *) udhcpc -i "$ifc" -s /etc/udhcpc.script -n -q -t 20 -T 2 -V bootforge-lab-ramdisk ;;
+esac
 ok=""
 for try in 1 2 3 4 5; do
   # busybox-static 1.35's wget segfaults with -T; timeout(1) bounds the call instead.

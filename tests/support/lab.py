@@ -290,13 +290,16 @@ class LabFactory:
         dhcp: str = "full",
         ramdisk: str = "probe",
         bmc: str = "qemu",
+        ipv6: bool = False,
     ) -> LabHandle:
         reason = lab_unavailable_reason(firmware, dhcp)
         if reason is not None:
             pytest.skip(reason)
         directory = self.root / f"lab{len(self.labs)}"
         try:
-            lab = Lab.up(directory, vms, firmware, memory_mib, dhcp, start=False, ramdisk=ramdisk, bmc=bmc)
+            lab = Lab.up(
+                directory, vms, firmware, memory_mib, dhcp, start=False, ramdisk=ramdisk, bmc=bmc, ipv6=ipv6
+            )
         except LabError as e:
             pytest.fail(f"lab up failed: {e}")
         self.labs.append(lab)
