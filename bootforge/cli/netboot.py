@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
+from bootforge.conductor.discovery_boot import DiscoveryOffer
 from bootforge.conductor.netboot import (
     BootEndpoints,
     BootEndpoints6,
@@ -236,6 +237,8 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         # Machines of other conductor groups are answered by their own site's netboot process.
         conductor_group=settings.conductor_group,
     )
+    if settings.discovery.enabled:
+        view.discovery = DiscoveryOffer(settings.discovery, settings.secret_key_path)
     await view.refresh()
     netboot = Netboot(view, sink)
     netboot.tasks += [asyncio.create_task(view.run()), asyncio.create_task(sink.run())]
@@ -350,6 +353,7 @@ async def _start_tftp(
 
 def _dhcp_config(settings: Settings) -> dhcp.DhcpConfig:
     nb = settings.netboot
+    discovery = settings.discovery.enabled
     subnets = []
     for s in nb.subnets:
         first, _, last = s.pool.partition("-")
@@ -366,7 +370,11 @@ def _dhcp_config(settings: Settings) -> dhcp.DhcpConfig:
         mode=dhcp.Mode(nb.dhcp),
         interfaces=tuple(nb.dhcp_interfaces),
         subnets=tuple(subnets),
-        unknown_clients=dhcp.UnknownClients(nb.unknown_clients),
+        # Discovery serves unknown machines, but only on its own subnets.
+        unknown_clients=dhcp.UnknownClients("discover" if discovery else nb.unknown_clients),
+        unknown_networks=tuple(
+            n for n in settings.discovery.networks() if discovery and isinstance(n, IPv4Network)
+        ),
     )
 
 

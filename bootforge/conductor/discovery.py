@@ -19,12 +19,10 @@ Known nodes keep their own per-boot token rule (bootforge/boot_token.py): nothin
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import json
 import re
-import secrets
 import time
 import uuid as uuidlib
 from collections import deque
@@ -34,6 +32,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from bootforge.conductor import discovery_rules as rules
+from bootforge.conductor.discovery_boot import MAC_RE, token_for
 from bootforge.conductor.ports import NEW_PORT
 from bootforge.conductor.task import event_row
 from bootforge.db.models import (
@@ -55,10 +54,8 @@ from bootforge.netboot.dhcp import LeaseState
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
 
-PURPOSE = "discovery-boot-token"
 REFUSED = "bootforge does not expect a discovery report from this address now"
 BOOT_ID_RE = re.compile(r"^([0-9]{10})\.([0-9a-f]{16})$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_RULES = 200
 # Serial numbers that vendors ship unset: never a machine's identity.
 JUNK_SERIALS = frozenset(
@@ -72,14 +69,6 @@ class TooManyEnrolments(BootforgeError):
 
 
 # --- discovery boot tokens ------------------------------------------------------------------------
-
-
-def new_boot_id(now: float | None = None) -> str:
-    return f"{int(now if now is not None else time.time()):010d}.{secrets.token_hex(8)}"
-
-
-def token_for(key: SecretKey, mac: str, boot_id: str) -> str:
-    return hmac.new(key.derive(PURPOSE), f"{mac}\n{boot_id}".encode(), hashlib.sha256).hexdigest()
 
 
 def token_problem(key: SecretKey, mac: str, boot_id: str, token: str, ttl: float, now: float) -> str | None:

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bootforge import boot_token
 from bootforge.conductor import states
+from bootforge.conductor.discovery_boot import MAC_RE, DiscoveryOffer
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, Lease, Node, Port, utcnow
 from bootforge.netboot import dhcp
@@ -126,6 +127,9 @@ class RamdiskSource:
 
 
 class NetbootView:
+    # Set by serve when discovery is on: unknown MACs on its subnets get the discovery ramdisk.
+    discovery: DiscoveryOffer | None = None
+
     def __init__(
         self,
         db: Database,
@@ -257,8 +261,8 @@ class NetbootView:
         if self.endpoints is None:
             return None
         known = self.by_mac.get(client.mac)
-        if known is None and node_id is None:
-            return None  # unknown machines are served only once auto-enrolment exists
+        if known is None and node_id is None and not self._discovers(str(client.link or "")):
+            return None  # unknown machines are served only on discovery.subnets
         secure = self.secure_boot_always or (known is not None and known.secure_boot)
         if secure and not client.ipxe:
             refused = self._secure_boot_chain_missing(client)
@@ -323,7 +327,7 @@ class NetbootView:
             return scripts.RefuseBoot(REFUSED, scripts.with_attempt(script_url, attempt), attempt=attempt)
 
         if known is None:
-            return refuse("unknown MAC")
+            return self._discovery_plan(mac, client_ip) or refuse("unknown MAC")
         name = known.node_name or known.node_uuid
         if known.provision_state in RAMDISK_STATES:
             if not known.network_boot:
@@ -378,6 +382,31 @@ class NetbootView:
                 r.api_url, known.node_uuid, known.mac, r.kernel_args, boot_token=token
             ),
             purpose=RAMDISK_PURPOSE.get(known.provision_state, "deploy"),
+        )
+
+    # --- discovery -------------------------------------------------------------------------------
+
+    def _discovers(self, address: str) -> bool:
+        return self.discovery is not None and self.discovery.allows(address)
+
+    def _discovery_plan(self, mac: str, client_ip: str) -> scripts.RamdiskBoot | None:
+        """The discovery ramdisk for an unknown MAC asking from a discovery subnet (with bootforge's
+        DHCP in full mode: from the address it leased to that MAC), else None (refused like any
+        unknown MAC). Its token is bound to the MAC (conductor/discovery_boot.py)."""
+        offer, r, e = self.discovery, self.ramdisk, self.endpoints
+        if offer is None or r is None or e is None or not offer.allows(client_ip) or _is_ipv6(client_ip):
+            return None
+        if not MAC_RE.match(mac) or (self.bind_to_leases and client_ip not in self.leased_to(mac)):
+            return None
+
+        def url(ref: str) -> str:
+            return ref if "://" in ref else f"{e.http_base.rstrip('/')}/{ref.lstrip('/')}?mac={mac}"
+
+        return scripts.RamdiskBoot(
+            kernel_url=url(r.kernel),
+            initrd_url=url(r.ramdisk),
+            kernel_args=offer.kernel_args(r.api_url, mac, r.kernel_args),
+            purpose="discovery",
         )
 
     def _tell_refusal(self, node_uuid: str, why: str) -> None:

@@ -62,6 +62,9 @@ class DhcpConfig:
     interfaces: tuple[str, ...]
     subnets: tuple[Subnet, ...] = ()
     unknown_clients: UnknownClients = UnknownClients.IGNORE
+    # With DISCOVER: unknown clients are served only when their link (relay, or the interface they
+    # came in on) is inside one of these networks (discovery.subnets); empty: on every link.
+    unknown_networks: tuple[IPv4Network, ...] = ()
     offer_hold: float = 30.0  # seconds an offered address stays reserved for the client
     decline_hold: float = 600.0  # seconds a declined (conflicting) address is quarantined
     max_hops: int = 16

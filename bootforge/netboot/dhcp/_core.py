@@ -19,9 +19,11 @@ proxy mode are two handler sets over the same request and reply machinery (`_rep
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address
 
 from ._boot import BootDecision, BootSource, NoBootFile, Reservation, Reservations
 from ._config import DhcpConfig, Interface, Mode, UnknownClients
@@ -129,24 +131,31 @@ class DhcpCore:
             if self.config.unknown_clients is UnknownClients.IGNORE:
                 raise _Drop("unknown_client")
             reservation = _UNKNOWN
-        return Request(packet, message_type, mac, interface, relay, src, reservation)
+        request = Request(packet, message_type, mac, interface, relay, src, reservation)
+        if reservation is _UNKNOWN and self.config.unknown_networks:
+            link = IPv4Address(self._link_address(request))
+            if not any(link in net for net in self.config.unknown_networks):
+                raise _Drop("unknown_client")
+        return request
 
-    def _subnet(self, request: Request) -> SubnetState:
+    def _link_address(self, request: Request) -> int:
         """RFC 3527 link selection, then RFC 3011 subnet selection, then giaddr; unrelayed
-        requests belong to the subnet of the interface they arrived on."""
+        requests belong to the link of the interface they arrived on."""
         packet = request.packet
         if packet.giaddr != ZERO4:
             link = request.relay.link_selection if request.relay is not None else None
             selection = packet.options.get(Opt.SUBNET_SELECTION)
             if link is None and selection is not None and len(selection) == 4:
                 link = selection
-            address = int.from_bytes(link or packet.giaddr, "big")
-        elif packet.ciaddr != ZERO4:
+            return int.from_bytes(link or packet.giaddr, "big")
+        if packet.ciaddr != ZERO4:
             # RENEWING and INFORM unicast straight to us, also from behind a router: the
             # client's own address says where it is (RFC 2131 4.3.2 / 4.3.5).
-            address = int.from_bytes(packet.ciaddr, "big")
-        else:
-            address = int(request.interface.address)
+            return int.from_bytes(packet.ciaddr, "big")
+        return int(request.interface.address)
+
+    def _subnet(self, request: Request) -> SubnetState:
+        address = self._link_address(request)
         for subnet in self._subnets:
             if address & subnet.mask == subnet.net:
                 return subnet
@@ -158,6 +167,7 @@ class DhcpCore:
         if not is_netboot_client(request.packet):
             return None, None, None
         client = classify(request.packet, request.relay, request.interface.name)
+        client = dataclasses.replace(client, link=IPv4Address(self._link_address(request)))
         decision = self._boot_source.boot_for(client, request.reservation.node_id)
         if isinstance(decision, NoBootFile):
             return None, client, decision

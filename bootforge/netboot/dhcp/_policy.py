@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import uuid
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from bootforge.netboot.boot.arch import Arch, arch_from_vendor_class, lookup_arch
 
@@ -53,6 +54,9 @@ class ClientInfo:
     guid_raw: bytes | None  # option 97 as received, echoed in PXE replies
     relay: RelayAgentInfo | None
     interface: str
+    # The address that locates the client's link: link selection, giaddr, ciaddr, else the address of
+    # the interface it came in on (set by the core; discovery serves unknown machines by it).
+    link: IPv4Address | None = None
 
 
 def is_netboot_client(packet: DhcpPacket) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from apihelp import Api, api_with, fault
 
-from bootforge.conductor.discovery import new_boot_id, token_for
+from bootforge.conductor.discovery_boot import new_boot_id, token_for
 from bootforge.keys import load_or_create
 
 RULE = {

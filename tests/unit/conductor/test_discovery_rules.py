@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bootforge.conductor import discovery_rules as r
-from bootforge.conductor.discovery import clean_serial, new_boot_id, token_for, token_problem
+from bootforge.conductor.discovery import clean_serial, token_problem
+from bootforge.conductor.discovery_boot import new_boot_id, token_for
 from bootforge.errors import InvalidInput
 from bootforge.keys import SecretKey
 
