@@ -9,6 +9,7 @@ own nodes the same way, so a SIGKILL loses nothing: each node is resumed, or fai
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from bootforge.conductor.task import (
 from bootforge.config import Settings
 from bootforge.db import secrets
 from bootforge.db.clock import db_now, heartbeat_fresh
-from bootforge.db.engine import Database
+from bootforge.db.engine import Database, is_connection_lost, wait_until_reachable
 from bootforge.db.models import NODE_EVENTS, Node, NodeEvent, utcnow
 from bootforge.db.models import Conductor as ConductorRow
 from bootforge.drivers.hardware import Drivers
@@ -67,6 +68,11 @@ POWER_REQUEST = "power_request"
 RINGS_TTL = 1.0
 
 POWER_SYNC_FAILURES_TO_MAINTENANCE = 3
+# Seconds a lock of this conductor may be held with no job of it running before recover_stranded
+# resumes the node (longer than any synchronous API action under the node's lock).
+STRANDED_AFTER = 120.0
+# Times a node whose work lost the database connection is resumed before it is left for a restart.
+OUTAGE_RESUME_ATTEMPTS = 20
 # The fault bootforge sets with the maintenance it puts a node in when its BMC stops answering; only
 # that maintenance is lifted by a later good read.
 POWER_FAILURE = "power failure"
@@ -119,6 +125,8 @@ class Conductor:
         # again from zero (a node already in maintenance stays there, that is in the database).
         self._power_failures: dict[int, int] = {}
         self._power_round = asyncio.Lock()
+        # Per node id: resumes after a lost database connection, and since when (loop time).
+        self._outage_resumes: dict[int, tuple[int, float]] = {}
         # The rings of live conductors, re-read from the database at most every RINGS_TTL seconds.
         self._rings: tuple[float, Rings] | None = None
         # True once started as a conductor (registered, heartbeating): it is then on its own rings
@@ -146,6 +154,7 @@ class Conductor:
             (s.conductor_heartbeat_interval, self._heartbeat),
             (s.timeout_check_interval, self.check_wait_timeouts),
             (s.timeout_check_interval, self.take_over_orphans),
+            (s.timeout_check_interval, self.recover_stranded),
             # The fallback for a lost wake-up: work handed to this conductor while it was not listening.
             (s.timeout_check_interval, self.pick_up_work),
             (s.timeout_check_interval, self.rollouts.take_over),
@@ -183,7 +192,13 @@ class Conductor:
             await asyncio.sleep(interval)
             try:
                 await fn()
-            except Exception:
+            except Exception as exc:
+                if is_connection_lost(exc):
+                    # One line, not a traceback per round: the next round tries again.
+                    log.warning(
+                        "periodic task %s: database unreachable (%s)", fn.__name__, type(exc).__name__
+                    )
+                    continue
                 log.exception("periodic task %s failed", fn.__name__)
 
     async def _register(self) -> None:
@@ -412,6 +427,11 @@ class Conductor:
             forget_generation(task.node)
             return
         except Exception as exc:
+            if is_connection_lost(exc):
+                # The database went away (restart, failover), not the work: resume the node from its
+                # last persisted step once the database answers again (db/engine.py).
+                self._resume_after_outage(task, fn.__name__, exc)
+                return
             reason = exc.message if isinstance(exc, BootforgeError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, BootforgeError):
                 log.exception("%s failed on node %s", fn.__name__, task.node_uuid)
@@ -531,6 +551,32 @@ class Conductor:
                 why = f"hardware type {node.driver} is not enabled on conductor {self.host}"
                 await self._abandon(node, why)
 
+    async def recover_stranded(self) -> None:
+        """Resume nodes locked by this live conductor with no work of it running on them.
+
+        Left so when a lock outlived its work without a crash: a synchronous API action whose release
+        the database dropped (restart, failover), or a reserve that committed while its answer was
+        lost. Only locks older than STRANDED_AFTER (no synchronous action runs that long) and not
+        held by a job here; the claim bumps the generation, so a late write of the old holder fails.
+        """
+        cutoff = utcnow() - dt.timedelta(seconds=STRANDED_AFTER)
+        async with self.db.read() as s:
+            nodes = list(
+                (
+                    await s.scalars(
+                        select(Node).where(Node.reservation == self.host, Node.updated_at < cutoff)
+                    )
+                ).all()
+            )
+        for node in nodes:
+            if node.id in self._work or node.driver not in self.drivers.types:
+                continue
+            if await self._claim(node, self.host):
+                log.warning(
+                    "node %s: locked by %s with no work running on it; resuming it", node.uuid, self.host
+                )
+                await self._resume(node, f"lock of {self.host} held with no work running")
+
     async def take_over_orphans(self) -> None:
         """Take the nodes locked by conductors that stopped heartbeating, and resume their work.
 
@@ -592,6 +638,51 @@ class Conductor:
         set_committed_value(node, "updated_at", now)
         remember_generation(node, generation)
         return True
+
+    def _resume_after_outage(self, task: NodeTask, what: str, exc: BaseException) -> None:
+        """Work on `task`'s node stopped because the database connection was lost: keep the node's
+        lock (it is still ours in the database), wait until the database answers, then take the lock
+        again under a new generation and resume the node from its last persisted step, as a restart
+        would. Runs as the node's job, so wait_idle waits for it and stop cancels it."""
+        task.exclusive = False
+        forget_generation(task.node)
+        node_id, node_uuid = task.node_id, task.node_uuid
+        log.warning("%s on node %s: database connection lost (%s); resuming it once the database answers",
+                    what, node_uuid, type(exc).__name__)  # fmt: skip
+
+        now = asyncio.get_running_loop().time()
+        count, since = self._outage_resumes.get(node_id, (0, now))
+        if now - since > 600:
+            count, since = 0, now
+        self._outage_resumes[node_id] = (count + 1, since)
+        if count >= OUTAGE_RESUME_ATTEMPTS:
+            # Not an outage that ends (a standby answering SELECT 1 but refusing writes, say):
+            # stop spinning; the node stays locked by this conductor and its next start resumes it.
+            log.error("node %s: database connection lost %d times in 10 minutes; left for the next start",
+                      node_uuid, count + 1)  # fmt: skip
+            return
+
+        async def resume() -> None:
+            for _attempt in range(OUTAGE_RESUME_ATTEMPTS):
+                await asyncio.sleep(0.5)  # the server that just closed our connection is not back yet
+                await wait_until_reachable(self.db, give_up_after=float("inf"))
+                try:
+                    async with self.db.read() as s:
+                        node = await s.scalar(select(Node).where(Node.id == node_id))
+                    if node is None or node.reservation != self.host:
+                        return  # deleted, or a peer took it over while our heartbeat lapsed
+                    if await self._claim(node, self.host):
+                        await self._resume(node, f"database connection lost during {what} on {self.host}")
+                    return
+                except Exception as again:
+                    if not is_connection_lost(again):
+                        raise
+            log.error("node %s: the database kept dropping the connection; left for the next start",
+                      node_uuid)  # fmt: skip
+
+        job = asyncio.create_task(resume(), name=f"resume-after-outage:{node_uuid}")
+        self._work[node_id] = job
+        job.add_done_callback(lambda _t: self._forget(node_id, job))
 
     async def _resume(self, node: Node, why: str) -> None:
         task = NodeTask(self, node, None, "resume")

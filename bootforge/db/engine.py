@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
@@ -54,7 +56,89 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         if writer:
             event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # pool_pre_ping: a pooled connection that a PostgreSQL restart or failover closed is found dead
+    # at checkout and replaced, instead of failing the first statement of every piece of work after
+    # it. pool_recycle bounds how long a connection may stay pinned to one server (after a failover
+    # the old primary may come back as a standby). The multi-host URL and target_session_attrs
+    # (libpq's, understood by asyncpg and psycopg) pick the writable server at each connect.
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=600)
+
+
+# asyncpg's exceptions for a server that went away or is not (yet) accepting connections, by name:
+# class 08 (connection exception) and 57P01-57P03 (admin/crash shutdown, cannot connect now).
+_LOST_NAMES = frozenset(
+    {
+        "ConnectionDoesNotExistError",
+        "PostgresConnectionError",
+        "ConnectionFailureError",
+        "ConnectionRejectionError",
+        "ClientCannotConnectError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "CannotConnectNowError",
+        "ReadOnlySQLTransactionError",  # 25006: connected to a standby (a failover under way)
+    }
+)
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True when `exc` says the database went away (restart, failover, network), not that a statement
+    was wrong: the work that hit it is to be retried once the database answers, not failed.
+
+    Raw socket errors count only when raised inside the database driver or SQLAlchemy (asyncpg
+    raises ConnectionRefusedError from connect unwrapped); a BMC driver's own ConnectionError does not.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError):
+            if current.connection_invalidated:
+                return True
+            if current.orig is not None and type(current.orig).__name__ in _LOST_NAMES:
+                return True
+            if isinstance(current, OperationalError) and "server closed the connection" in str(current):
+                return True
+        if type(current).__name__ in _LOST_NAMES:
+            return True
+        if isinstance(current, ConnectionError | socket.gaierror) and _raised_in_database_code(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _raised_in_database_code(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        if name.startswith(("sqlalchemy.", "asyncpg.", "psycopg.")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+async def wait_until_reachable(db: Database, *, give_up_after: float, first_delay: float = 0.2) -> bool:
+    """Wait (backing off to 5 s between tries) until `SELECT 1` on the write engine succeeds.
+
+    True once it does; False after `give_up_after` seconds. The pool's pre-ping replaces the dead
+    connections on the way.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after
+    delay = first_delay
+    while True:
+        try:
+            async with db.write_engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception as exc:
+            if not is_connection_lost(exc):
+                raise
+            if loop.time() + delay > deadline:
+                return False
+            log.debug("database still unreachable: %s", exc)
+        await asyncio.sleep(delay)
+        delay = min(5.0, delay * 2)
 
 
 def private_dir(path: Path) -> None:

@@ -1,0 +1,58 @@
+"""Helpers for the scale-out tests that break things on purpose: PostgreSQL restarted under running
+conductors, conductors killed or frozen by PID. Processes are only ever signalled by the PID the test
+started; every server listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from support.postgres import PostgresServer
+from support.service import Served, served
+
+
+def stop_postgres(pg: PostgresServer) -> None:
+    """A fast shutdown: the server terminates every client connection (as a restart or a failover's
+    demotion does) and stops listening."""
+    pg._run("pg_ctl", "-D", str(pg.datadir), "-w", "-t", "60", "-m", "fast", "stop")
+
+
+def start_postgres(pg: PostgresServer) -> None:
+    """Start the stopped server again on the port its clients know."""
+    opts = (
+        f"-c listen_addresses=127.0.0.1 -p {pg.port} -k {pg.sockdir} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB "
+        "-c max_connections=300"
+    )
+    pg._run("pg_ctl", "-D", str(pg.datadir), "-l", str(pg.logfile), "-w", "-t", "120", "-o", opts, "start")
+
+
+def restart_postgres(pg: PostgresServer, down_for: float) -> float:
+    """Stop the server, keep it down `down_for` seconds, start it; the seconds it was unreachable."""
+    began = time.monotonic()
+    stop_postgres(pg)
+    time.sleep(down_for)  # the outage itself is what is being tested, not a wait for something
+    start_postgres(pg)
+    return time.monotonic() - began
+
+
+def freeze(proc: Served) -> None:
+    assert proc.proc is not None and proc.proc.poll() is None
+    proc.proc.send_signal(signal.SIGSTOP)
+
+
+def thaw(proc: Served) -> None:
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def pg_conductor(tmp_path: Path, name: str, database_url: str, env: dict[str, str]) -> Iterator[Served]:
+    """A `bootforge serve` named `name` on `database_url`; every conductor of the test shares one key file."""
+    home = tmp_path / name
+    home.mkdir()
+    full = {**env, "BOOTFORGE_SECRET_KEY_FILE": str(tmp_path / "secret.key")}
+    yield from served(home, env=full, args=["--host", name, "--database-url", database_url])
