@@ -30,6 +30,7 @@ from bootforge.api.routes import (
     ports,
     rollouts,
     root,
+    volume,
 )
 from bootforge.errors import BootforgeError, Forbidden, NotAcceptable, NotAuthorized
 from bootforge.observe.asgi import AgentCallMetrics
@@ -121,7 +122,7 @@ def create_app(services: Services, htpasswd: Htpasswd | None = None) -> FastAPI:
     )
     app.state.services = services
     routes = (root, nodes, node_actions, diagnosis, ports, allocations, agent, images, events, rollouts)
-    for module in (*routes, discovery):
+    for module in (*routes, discovery, volume):
         app.include_router(module.router)
     openapi.install(
         app,

@@ -118,6 +118,42 @@ PORTGROUP_CREATE: Schema = {
     },
 }
 
+VOLUME_CONNECTOR_CREATE: Schema = {
+    "type": "object",
+    "description": "A volume connector (API 1.32): how the node reaches storage, e.g. its initiator IQN.",
+    "required": ["node_uuid", "type", "connector_id"],
+    "additionalProperties": False,
+    "properties": {
+        "uuid": UUID,
+        "node_uuid": {**STRING, "description": "The node's UUID (or name)"},
+        "type": {"enum": ["iqn", "ip", "mac", "wwnn", "wwpn", "port", "portgroup"]},
+        "connector_id": {**STRING, "maxLength": 255, "description": "e.g. iqn.2024-01.org.example:node1"},
+        "extra": OBJECT,
+    },
+}
+
+VOLUME_TARGET_CREATE: Schema = {
+    "type": "object",
+    "description": "A volume target (API 1.32); boot_index 0 is the volume the node boots from.",
+    "required": ["node_uuid", "volume_type", "boot_index", "volume_id"],
+    "additionalProperties": False,
+    "properties": {
+        "uuid": UUID,
+        "node_uuid": {**STRING, "description": "The node's UUID (or name)"},
+        "volume_type": {**STRING, "maxLength": 64, "description": "e.g. iscsi"},
+        "boot_index": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        "volume_id": {**STRING, "maxLength": 255},
+        "properties": {
+            **OBJECT,
+            "description": (
+                "iscsi: target_iqn, target_portal (host:port), target_lun (0-255), auth_method "
+                "(CHAP), auth_username, auth_password (write-only)"
+            ),
+        },
+        "extra": OBJECT,
+    },
+}
+
 ALLOCATION_CREATE: Schema = {
     "type": "object",
     "additionalProperties": False,

@@ -1,4 +1,5 @@
-"""Ironic's wire shape for nodes, ports, port groups, allocations, drivers and events, per microversion.
+"""Ironic's wire shape for nodes, ports, port groups, allocations, volumes, drivers and events, per
+microversion.
 
 Each resource has a table of its fields with the microversion that introduced them: a client asking
 for an older version sees exactly the fields it knows. Secrets are masked here, the one place every
@@ -130,6 +131,29 @@ ALLOCATION_FIELDS: dict[str, int] = {
     "owner": 60,
 }
 
+VOLUME_CONNECTOR_FIELDS: dict[str, int] = {
+    "uuid": 32,
+    "node_uuid": 32,
+    "type": 32,
+    "connector_id": 32,
+    "extra": 32,
+    "created_at": 32,
+    "updated_at": 32,
+}
+VOLUME_CONNECTOR_LIST_FIELDS = ("uuid", "node_uuid", "type", "connector_id")
+VOLUME_TARGET_FIELDS: dict[str, int] = {
+    "uuid": 32,
+    "node_uuid": 32,
+    "volume_type": 32,
+    "properties": 32,
+    "boot_index": 32,
+    "volume_id": 32,
+    "extra": 32,
+    "created_at": 32,
+    "updated_at": 32,
+}
+VOLUME_TARGET_LIST_FIELDS = ("uuid", "node_uuid", "volume_type", "boot_index", "volume_id")
+
 EVENT_LIST_FIELDS = ("uuid", "created_at", "severity", "event")
 EVENT_FIELDS = (*EVENT_LIST_FIELDS, "event_type", "conductor", "user")
 
@@ -197,6 +221,8 @@ def node(
             out["states"] = _links(base, "nodes", f"{uuid}/states")
         if version.minor >= 24:
             out["portgroups"] = _links(base, "nodes", f"{uuid}/portgroups")
+        if version.minor >= 32:
+            out["volume"] = _links(base, "nodes", f"{uuid}/volume")
     return out
 
 
@@ -217,6 +243,19 @@ def portgroup(row: Mapping[str, Any], version: Version, base: str, fields: Itera
 def allocation(row: Mapping[str, Any], version: Version, base: str, fields: Iterable[str]) -> dict[str, Any]:
     out = {f: row.get(f) for f in fields}
     out["links"] = _links(base, "allocations", row["uuid"])
+    return out
+
+
+def volume_connector(row: Mapping[str, Any], base: str, fields: Iterable[str]) -> dict[str, Any]:
+    out = {f: row.get(f) for f in fields}
+    out["links"] = _links(base, "volume/connectors", row["uuid"])
+    return out
+
+
+def volume_target(row: Mapping[str, Any], base: str, fields: Iterable[str]) -> dict[str, Any]:
+    # CHAP credentials (auth_password) by the one masking rule; stored sealed, they mask the same.
+    out = {f: (mask_secrets(row.get(f)) if f == "properties" else row.get(f)) for f in fields}
+    out["links"] = _links(base, "volume/targets", row["uuid"])
     return out
 
 

@@ -39,6 +39,7 @@ from bootforge.text import MESSAGE_LIMIT, printable
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
     from bootforge.config import Settings
+    from bootforge.drivers.storage import BootVolume
     from bootforge.observe.events import Outbound
 
 log = logging.getLogger("bootforge.conductor")
@@ -186,6 +187,12 @@ class NodeTask:
         if self._ports is None:
             self._ports = await load_ports(self.conductor, self.node.id)
         return self._ports
+
+    async def boot_volume(self) -> BootVolume | None:
+        # Imported here: conductor/volumes.py builds on this module (event_row).
+        from bootforge.conductor.volumes import boot_volumes
+
+        return (await boot_volumes(self.conductor.db, self.node.id)).get(self.node.uuid)
 
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self._events.append(event_row(self.node.id, event_type, message, severity, self.conductor.host))

@@ -397,7 +397,8 @@ class VolumeConnector(Timestamps, Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
-    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    # Deleted with their node, as in Ironic.
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
     # iqn | ip | mac | wwnn | wwpn | port | portgroup
     type: Mapped[str] = mapped_column(String(32))
     connector_id: Mapped[str] = mapped_column(String(255))
@@ -416,7 +417,7 @@ class VolumeTarget(Timestamps, Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
-    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
     volume_type: Mapped[str] = mapped_column(String(64))
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
     boot_index: Mapped[int] = mapped_column(Integer)

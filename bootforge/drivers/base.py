@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from bootforge.config import Settings
     from bootforge.db.models import Node, Port
     from bootforge.drivers.hardware import DriverSet
+    from bootforge.drivers.storage import BootVolume
 
 WAIT: Final = "wait"
 
@@ -91,6 +92,10 @@ class Task(Protocol):
 
     async def get_ports(self) -> list[Port]:
         """The node's ports (NICs), loaded on first use."""
+        ...
+
+    async def boot_volume(self) -> BootVolume | None:
+        """The node's boot volume (its boot_index 0 volume target, opened), or None."""
         ...
 
     async def record(self, event_type: str, message: str, severity: str = "info") -> None: ...
@@ -383,6 +388,11 @@ class NetworkInterface(_Simple):
 
 class StorageInterface(_Simple):
     interface_type = "storage"
+
+    async def boot_volume(self, task: Task) -> BootVolume | None:
+        """The volume the node boots from instead of a written image (drivers/storage.py), or None:
+        the deploy writes the image to a local disk and the machine boots from it."""
+        return None
 
 
 class RaidInterface(_Simple):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootforge.config import Settings
-from bootforge.drivers import agent, base, fake, ipmi, qemu, redfish, rescue, vmedia
+from bootforge.drivers import agent, base, fake, ipmi, qemu, redfish, rescue, storage, vmedia
 from bootforge.errors import InvalidInput, NotFound
 from bootforge.text import printable
 
@@ -70,7 +70,7 @@ GENERIC: dict[str, list[tuple[str, Factory]]] = {
     "raid": [plain(base.NoRaid)],
     # no-rescue stays the default, as in Ironic: a rescue opens a login on the machine.
     "rescue": [plain(base.NoRescue), ("agent", rescue.AgentRescue)],
-    "storage": [plain(base.NoopStorage)],
+    "storage": [plain(base.NoopStorage), plain(storage.IscsiStorage)],
     "vendor": [plain(base.NoVendor)],
 }
 
@@ -104,7 +104,7 @@ def _fake_hardware() -> HardwareType:
         power=[f(fake.FakePower)],
         raid=[f(fake.FakeRaid), plain(base.NoRaid)],
         rescue=[f(fake.FakeRescue), plain(base.NoRescue), ("agent", rescue.AgentRescue)],
-        storage=[f(fake.FakeStorage), plain(base.NoopStorage)],
+        storage=[f(fake.FakeStorage), plain(base.NoopStorage), plain(storage.IscsiStorage)],
         vendor=[f(fake.FakeVendor), plain(base.NoVendor)],
     )
 
@@ -175,6 +175,11 @@ class DriverSet:
     @property
     def inspect(self) -> base.InspectInterface:
         iface: base.InspectInterface = self._get("inspect", base.InspectInterface)  # type: ignore[type-abstract]
+        return iface
+
+    @property
+    def storage(self) -> base.StorageInterface:
+        iface: base.StorageInterface = self._get("storage", base.StorageInterface)
         return iface
 
     @property

@@ -27,7 +27,9 @@ def upgrade() -> None:
         sa.Column("extra", JSON, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["node_id"], ["nodes.id"], name=op.f("fk_volume_connectors_node_id_nodes")),
+        sa.ForeignKeyConstraint(
+            ["node_id"], ["nodes.id"], name=op.f("fk_volume_connectors_node_id_nodes"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_volume_connectors")),
         sa.UniqueConstraint("type", "connector_id", name=op.f("uq_volume_connectors_type")),
         sa.UniqueConstraint("uuid", name=op.f("uq_volume_connectors_uuid")),
@@ -45,7 +47,9 @@ def upgrade() -> None:
         sa.Column("extra", JSON, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["node_id"], ["nodes.id"], name=op.f("fk_volume_targets_node_id_nodes")),
+        sa.ForeignKeyConstraint(
+            ["node_id"], ["nodes.id"], name=op.f("fk_volume_targets_node_id_nodes"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_volume_targets")),
         sa.UniqueConstraint("node_id", "boot_index", name=op.f("uq_volume_targets_node_id")),
         sa.UniqueConstraint("uuid", name=op.f("uq_volume_targets_uuid")),
