@@ -283,7 +283,7 @@ class Conductor:
         if owner is None:
             # Ironic's NoValidHost: nothing alive may act on the node, so nothing is written.
             raise InvalidInput(
-                f"No conductor is alive in conductor group {node.conductor_group or '(default)'!r} with "
+                f"No conductor is alive in the node's conductor_group {node.conductor_group!r} with "
                 f"hardware type {node.driver} to act on node {node.uuid}",
                 "conductor_group",
             )
