@@ -3,8 +3,9 @@
 Each socket is bound to [::]:547 and pinned to its interface with SO_BINDTODEVICE, and joins the
 All_DHCP_Relay_Agents_and_Servers group (ff02::1:2) on that interface's index only: a client's
 SOLICIT (multicast) and a relay's RELAY-FORW (unicast to us) both arrive there, and nothing from
-another interface does. Replies go to the client's link-local address with the interface's scope
-(or to the relay, on port 547, as the core says).
+another interface does. Proxy mode adds [::]:4011 per interface, where UEFI firmware sends its
+boot-service REQUEST (edk2's ProxyBinl) and expects the answer from. Replies go to the client's
+address (a link-local one with the interface's scope), or to the relay on port 547, as the core says.
 
 As the DHCPv4 shell: readiness by `loop.add_reader` and a bounded drain per wakeup; replies whose
 bindings must be durable wait until one `commit` covers everything queued meanwhile; the core's
@@ -41,6 +42,7 @@ from bootforge.netboot.dhcp6 import (
     Dhcp6Core,
     Lease6Record,
     Lease6State,
+    Mode6,
     Outcome6,
 )
 
@@ -161,6 +163,7 @@ class Dhcp6Server:
         on_event: Callable[[NodeEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
         port: int = SERVER_PORT,
+        boot_service_port: int = 4011,
         sweep_interval: float = 10.0,
         recv_buffer: int = 1 << 20,
         rate: float = 20.0,
@@ -177,6 +180,7 @@ class Dhcp6Server:
         self._on_event = on_event
         self._clock = clock  # wall clock: lease deadlines are persisted
         self._port = port
+        self._boot_service_port = boot_service_port
         self._sweep_interval = sweep_interval
         self._recv_buffer = recv_buffer
         self._rate, self._burst = rate, float(burst)
@@ -207,9 +211,13 @@ class Dhcp6Server:
         self.core = Dhcp6Core(self.config, self._boot_source, self._reservations, records)
         loop = asyncio.get_running_loop()
         try:
+            ports = [self._port]
+            if self.config.mode is Mode6.PROXY:
+                ports.append(self._boot_service_port)
             for name in self._interfaces:
-                sock, index = self._open(name)
-                loop.add_reader(sock.fileno(), self._readable, sock, name, index)
+                for port in ports:
+                    sock, index = self._open(name, port, join=port == self._port)
+                    loop.add_reader(sock.fileno(), self._readable, sock, name, index)
         except BaseException:
             await self.close()
             raise
@@ -217,7 +225,7 @@ class Dhcp6Server:
         self._committer = asyncio.create_task(self._commit_loop(), name="dhcp6-commit")
         log.info("dhcp6 %s serving %s on port %d", self.config.mode.value, list(self._interfaces), self._port)
 
-    def _open(self, name: str) -> tuple[socket.socket, int]:
+    def _open(self, name: str, port: int, join: bool) -> tuple[socket.socket, int]:
         sock = self._socket_factory()
         # The index as the socket's namespace sees it (a test's socket is made in another one).
         try:
@@ -231,9 +239,10 @@ class Dhcp6Server:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, name.encode())
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._recv_buffer)
-        sock.bind(("::", self._port))
-        group = socket.inet_pton(socket.AF_INET6, ALL_DHCP_SERVERS) + struct.pack("@I", index)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group)
+        sock.bind(("::", port))
+        if join:
+            group = socket.inet_pton(socket.AF_INET6, ALL_DHCP_SERVERS) + struct.pack("@I", index)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group)
         sock.setblocking(False)
         return sock, index
 

@@ -15,7 +15,9 @@ HOP_COUNT_LIMIT), the client's message handled, and the reply wrapped in one REL
 each echoing its relay's addresses and Interface-ID, sent to the outermost relay on port 547.
 
 Proxy-style mode answers only boot options (Boot File URL, no IA) to netboot clients' SOLICIT and
-INFORMATION-REQUEST, beside a site DHCPv6 server that gives the addresses.
+INFORMATION-REQUEST, beside a site DHCPv6 server that gives the addresses; and the REQUEST that UEFI
+firmware (edk2's "ProxyBinl" path) sends to the host of that URL on port 4011 once the site server
+bound its address: a copy of its REQUEST to the site server, without IA, with our Server ID.
 
 Not here: the unicast option and UseMulticast, reconfigure, prefix delegation (IA_PD), temporary
 addresses (IA_TA), authentication; messages needing them are dropped and counted.
@@ -598,6 +600,13 @@ class Dhcp6Core:
             replies=(reply,), events=self._event(request, "dhcp6.proxy_advertise", None, client, url)
         )
 
+    def _proxy_request(self, request: _Request, now: float) -> Outcome6:
+        """edk2's boot-service request (PxeBcRequestBootService): our Server ID was checked in
+        `_request`; any IA it carries is another server's business and is not answered."""
+        url, client = self._proxy_boot(request)
+        reply = self._reply(request, M.REPLY, self._boot_options(url), "proxy_reply")
+        return Outcome6(replies=(reply,), events=self._event(request, "dhcp6.proxy_reply", None, client, url))
+
     def _proxy_information(self, request: _Request, now: float) -> Outcome6:
         if request.message.get(Opt6.IA_NA) is not None:
             raise _Drop("ia_in_information_request")
@@ -623,4 +632,5 @@ _HANDLERS: dict[tuple[Mode6, int], _Handler] = {
     (Mode6.FULL, M.INFORMATION_REQUEST): Dhcp6Core._information,
     (Mode6.PROXY, M.SOLICIT): Dhcp6Core._proxy_solicit,
     (Mode6.PROXY, M.INFORMATION_REQUEST): Dhcp6Core._proxy_information,
+    (Mode6.PROXY, M.REQUEST): Dhcp6Core._proxy_request,
 }

@@ -18,6 +18,7 @@ from dhcp6_samples import (
     ia_na,
     information_request,
     ipxe_solicit,
+    ovmf_request,
     ovmf_solicit,
     relay_forw,
 )
@@ -163,8 +164,26 @@ def test_proxy_mode_answers_netboot_clients_with_boot_options_only() -> None:
     assert url_of(reply) == "http://[fd00::1]:8080/boot/ipxe.efi"
     assert server.receive(dhclient_solicit(), "eth0", 1.0, src=CLIENT).dropped == "not_netboot"
     assert (
-        server.receive(dhclient_message(3, bytes(16)), "eth0", 1.0, src=CLIENT).dropped == "unhandled_message"
+        server.receive(dhclient_message(5, bytes(16)), "eth0", 1.0, src=CLIENT).dropped == "unhandled_message"
     )
+    # A REQUEST that is not a netboot client's (the site server's business) gets nothing from us.
+    assert server.receive(dhclient_message(3, bytes(16)), "eth0", 1.0, src=CLIENT).dropped == "not_netboot"
+
+
+def test_proxy_mode_answers_edk2s_boot_service_request_on_port_4011() -> None:
+    """edk2's ProxyBinl path: once the site server bound an address, the firmware sends its REQUEST
+    (our Server ID, IA and all) to the host of our boot URL on port 4011 and wants the URL back."""
+    server = proxy()
+    site_address = bytes.fromhex("fd000000000000000000000000001234")
+    outcome = server.receive(ovmf_request(site_address), "eth0", 1.0, src=("fd00::1234", 4011))
+    reply = answer(outcome)
+    assert reply.msg_type == MsgType.REPLY and url_of(reply) == "tftp://[fd00::1]/ipxe.efi"
+    assert reply.all(Opt6.IA_NA) == []  # the address is the site server's to give
+    assert (outcome.replies[0].address, outcome.replies[0].port) == ("fd00::1234", 4011)
+    assert [e.kind for e in outcome.events] == ["dhcp6.proxy_reply"]
+    kea = ovmf_request(site_address, server_duid=b"\x00\x03\x00\x01" + bytes(6))
+    other = server.receive(kea, "eth0", 1.0, src=("fd00::1234", 4011))
+    assert other.dropped == "other_server"
 
 
 def test_a_missing_loader_gets_no_boot_url_and_a_timeline_line() -> None:
