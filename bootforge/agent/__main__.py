@@ -88,6 +88,12 @@ def settings_from(argv: list[str] | None = None) -> tuple[Settings, dict[str, st
 
 def main(argv: list[str] | None = None) -> int:
     settings, params = settings_from(argv)
+    if params.get("bootforge.discovery"):
+        # A machine bootforge does not know yet: report it, then power off. Imported only then: the
+        # lookup path stays light (test_agent_imports).
+        from . import discover
+
+        return discover.run(settings.api, params, settings.sys_root, settings.cafile)
     try:
         agent = Agent(settings, cmdline=params)
     except ValueError as exc:

@@ -72,6 +72,7 @@ def collect(ctx: Context) -> dict[str, Any]:
             "pxe_interface": _pxe_mac(ctx),
         },
         "hostname": hostname(root),
+        "bmc_address": bmc_address(root),
     }
 
 
@@ -272,3 +273,104 @@ def _listen_lldp(ctx: Context, interfaces: list[dict[str, Any]], wait: float) ->
     for name, error in sorted(errors.items()):
         log(f"inspect: no LLDP on {name}: {error}")
     return heard
+
+
+# -- the BMC's address -----------------------------------------------------------------------------
+
+IPMI_DEVICES = ("dev/ipmi0", "dev/ipmi/0", "dev/ipmidev/0")
+IPMITOOL_TIMEOUT = 10.0
+# LAN channels tried after the default one (vendors put the BMC's LAN on 1, 2, 8 ...), as far as
+# Ironic's agent looks.
+IPMI_CHANNELS = tuple(range(1, 12))
+SMBIOS_HOST_INTERFACE = 42
+REDFISH_OVER_IP = 0x04
+
+
+def bmc_address(root: str) -> str | None:
+    """The BMC's address: `ipmitool lan print` when the machine has an IPMI device and the ramdisk has
+    ipmitool, else the Redfish service address of the SMBIOS Redfish host interface (type 42), else None."""
+    found = None
+    if any(os.path.exists(_path(root, d)) for d in IPMI_DEVICES) and _is_live(root):
+        found = _ipmitool_address()
+    return found or redfish_host_interface_address(root)
+
+
+def _ipmitool_address() -> str | None:
+    import shutil
+    import subprocess
+
+    tool = shutil.which("ipmitool")
+    if tool is None:
+        log("inspect: the machine has an IPMI device but the ramdisk has no ipmitool: no BMC address")
+        return None
+    for channel in ("", *map(str, IPMI_CHANNELS)):
+        argv = [tool, "lan", "print", *([channel] if channel else [])]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=IPMITOOL_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log(f"inspect: {' '.join(argv)}: {exc}")
+            return None
+        address = parse_lan_print(done.stdout) if done.returncode == 0 else None
+        if address:
+            return address
+    return None
+
+
+def parse_lan_print(text: str) -> str | None:
+    """The "IP Address" of `ipmitool lan print` output; None when unset (0.0.0.0) or absent."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "IP Address":
+            value = value.strip()
+            try:
+                packed = socket.inet_aton(value)
+            except OSError:
+                return None
+            return None if packed == bytes(4) or value.count(".") != 3 else value
+    return None
+
+
+def redfish_host_interface_address(root: str) -> str | None:
+    """The Redfish service's IP address from an SMBIOS type 42 record (DSP0270), if the firmware has one."""
+    entries = _path(root, "sys/firmware/dmi/entries")
+    try:
+        names = sorted(n for n in os.listdir(entries) if n.startswith(f"{SMBIOS_HOST_INTERFACE}-"))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(entries, name, "raw"), "rb") as f:
+                address = parse_host_interface(f.read())
+        except OSError:
+            continue
+        if address:
+            return address
+    return None
+
+
+def parse_host_interface(raw: bytes) -> str | None:
+    """Type 42: header (4), interface type (1), data length n (1), data (n), protocol count (1), then
+    records of protocol type (1), length m (1), data (m). Redfish over IP's data: service UUID (16),
+    host IP assignment (1), host address format (1), host address (16), host mask (16), service
+    discovery (1), service address format (1: 1 IPv4, 2 IPv6), service address (16), ..."""
+    if len(raw) < 7 or raw[0] != SMBIOS_HOST_INTERFACE or raw[1] > len(raw):
+        return None
+    end = raw[1]
+    at = 6 + raw[5]
+    if at >= end:
+        return None
+    count, at = raw[at], at + 1
+    for _ in range(count):
+        if at + 2 > end:
+            return None
+        kind, length = raw[at], raw[at + 1]
+        data = raw[at + 2 : at + 2 + length]
+        at += 2 + length
+        if kind != REDFISH_OVER_IP or len(data) < 68:
+            continue
+        fmt, address = data[51], data[52:68]
+        if fmt == 1 and address[:4] != bytes(4):
+            return socket.inet_ntop(socket.AF_INET, address[:4])
+        if fmt == 2 and address != bytes(16):
+            return socket.inet_ntop(socket.AF_INET6, address)
+    return None
