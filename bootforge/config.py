@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bootforge.conductor.rollout_settings import RolloutSettings
+from bootforge.drivers.burnin_settings import BurninSettings
 from bootforge.observe.settings import EventSettings, MetricsSettings
 
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "bootforge"
@@ -361,6 +362,8 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     # Rolling re-provisioning: the drain/undrain hooks rollouts may name (conductor/rollout_settings.py).
     rollouts: RolloutSettings = RolloutSettings()
+    # Burn-in clean steps: which run in automated cleaning, default arguments (drivers/burnin_settings.py).
+    burnin: BurninSettings = BurninSettings()
 
     log_level: str = "info"
 

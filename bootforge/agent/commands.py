@@ -15,7 +15,13 @@ from . import log
 from .common import CommandError, Context, Progress
 
 # command name -> module in this package
-COMMANDS = {"inspect": "inspect", "erase": "erase", "write_image": "write", "finalize_rescue": "rescue"}
+COMMANDS = {
+    "inspect": "inspect",
+    "erase": "erase",
+    "write_image": "write",
+    "finalize_rescue": "rescue",
+    "burnin": "burnin",
+}
 
 
 def execute(name: str, args: object, ctx: Context, progress: Progress) -> dict[str, Any]:

@@ -90,6 +90,14 @@ def build_cmd(
             help="also fetch Debian's signed shim and GRUB (Secure Boot nodes) into the loader cache"
         ),
     ] = True,
+    with_tools: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--with",
+            help="add an optional tool set with its libraries: burn-in (stress-ng, memtester, fio, "
+            "iperf3 for the burn-in clean steps); repeatable",
+        ),
+    ] = None,
 ) -> None:
     """Build the deploy ramdisk from Debian packages, reproducibly; prints its size and build time."""
     if compression not in COMPRESSORS:
@@ -114,6 +122,7 @@ def build_cmd(
             result = build(
                 directory, cache_dir, kernel_name=kernel_name, initrd_name=initrd_name,
                 compression=compression, refresh=refresh, ca_bundle=ca_bundle, say=say,
+                with_tools=with_tools or (),
             )  # fmt: skip
     except RamdiskError as e:
         err.print(f"[red]ramdisk build failed:[/red] {escape(str(e))}")

@@ -253,6 +253,11 @@ class AgentService:
             await task.driver.inspect.tear_down_inspection(task)
             await task.transition("done", release=True)
             return
+        if name == "burnin":
+            from bootforge.drivers import burnin
+
+            # Kept on the node and judged against the step's thresholds: a miss fails the node.
+            await burnin.take_result(task, command.get("args") or {}, session.result)
         task.set_internal(**{f"agent_{name}_result": _summary(session.result)})
         new = await task.transition("resume")
         fn = work.RESUMABLE.get(new)

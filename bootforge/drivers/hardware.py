@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bootforge.config import Settings
-from bootforge.drivers import agent, base, fake, ipmi, qemu, redfish, rescue, storage, vmedia
+from bootforge.drivers import agent, base, burnin, fake, ipmi, qemu, redfish, rescue, storage, vmedia
 from bootforge.errors import InvalidInput, NotFound
 from bootforge.text import printable
 
@@ -63,7 +63,8 @@ GENERIC: dict[str, list[tuple[str, Factory]]] = {
     "bios": [plain(base.NoBios)],
     "boot": [("pxe", agent.PxeBoot), ("ipxe", agent.IpxeBoot)],
     "console": [plain(base.NoConsole)],
-    "deploy": [("direct", agent.AgentDeploy)],
+    # The agent's deploy and clean steps, with the burn-in clean steps (drivers/burnin.py).
+    "deploy": [("direct", burnin.BurninAgentDeploy)],
     "firmware": [plain(base.NoFirmware)],
     "inspect": [("agent", agent.AgentInspect), plain(base.NoInspect)],
     "network": [plain(base.NoopNetwork)],
@@ -97,7 +98,7 @@ def _fake_hardware() -> HardwareType:
         # The agent's interfaces too: a test can run the real agent against a fake machine.
         boot=[f(fake.FakeBoot), ("pxe", agent.PxeBoot)],
         console=[f(fake.FakeConsole), plain(base.NoConsole)],
-        deploy=[f(fake.FakeDeploy), ("direct", agent.AgentDeploy)],
+        deploy=[f(fake.FakeDeploy), ("direct", burnin.BurninAgentDeploy)],
         firmware=[f(fake.FakeFirmware), plain(base.NoFirmware)],
         inspect=[f(fake.FakeInspect), ("agent", agent.AgentInspect), plain(base.NoInspect)],
         management=[f(fake.FakeManagement)],

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bootforge.ramdisk import python as py
 from bootforge.ramdisk.debs import RamdiskError, fetch, kernel_package, python_version, unpack
+from bootforge.ramdisk.extras import add_extras
 from bootforge.ramdisk.image import Image, compress, cpio
 from bootforge.ramdisk.kmod import DEFAULT_MODULES, Kernel, depmod, extract_kernel
 from bootforge.ramdisk.rootfs import LIB_DIRS, RootFs, normalise
@@ -84,6 +85,8 @@ class _Ctx:
     kernel: Kernel
     python: py.Interpreter
     say: Callable[[str], None]
+    # Programs of optional tool sets (`with_tools`), shipped with their libraries.
+    extra_tools: tuple[str, ...] = ()
 
 
 def build(
@@ -98,15 +101,24 @@ def build(
     refresh: bool = False,
     ca_bundle: Path | None = None,
     say: Callable[[str], None] = lambda _: None,
+    with_tools: Sequence[str] = (),
 ) -> BuildResult:
     """Build into ``output_dir/<kernel_name>`` and ``output_dir/<initrd_name>`` (see the module doc).
 
     The names may hold directories ("bootforge/vmlinuz"), as the netboot settings name the files.
     `ca_bundle`: PEM certificates the agent verifies an https API against (CA_BUNDLE in the initrd).
+    `with_tools`: optional tool sets (bootforge/ramdisk/extras.py: "burn-in"), with their libraries.
     """
     start = time.monotonic()
     ca = read_ca_bundle(ca_bundle) if ca_bundle is not None else None
     ctx = _prepare(cache, modules, refresh, say)
+    if with_tools:
+        if getattr(ctx, "foreign", False):
+            raise RamdiskError("--with is only built for the build machine's own architecture")
+        lab = [LAB_DEBS] if LAB_DEBS.is_dir() else []
+        ctx.extra_tools = add_extras(
+            ctx.rootfs, cache, with_tools, base_packages=ctx.debs, also=lab, refresh=refresh, say=say
+        )
     image = Image()
     agent_paths = _layout(ctx, image, agent_dir, ca)
     say("checking the shipped Python imports the agent")
@@ -240,7 +252,7 @@ def _relative(target: str, link: str) -> str:
 
 def _tools(ctx: _Ctx, image: Image) -> list[tuple[str, bytes]]:
     out = []
-    for path in (*TOOLS, f"usr/bin/python{ctx.pyver}"):
+    for path in (*TOOLS, *ctx.extra_tools, f"usr/bin/python{ctx.pyver}"):
         data, target = ctx.rootfs.read(path), normalise(path)
         image.file(target, data, 0o755)  # replaces a busybox applet of the same name
         out.append((target, data))

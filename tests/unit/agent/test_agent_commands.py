@@ -17,7 +17,7 @@ def no_progress(done: int, total: int, message: str) -> None:
 
 
 def test_the_contracts_commands_have_modules_with_run() -> None:
-    assert set(commands.COMMANDS) == {"inspect", "erase", "write_image", "finalize_rescue"}
+    assert set(commands.COMMANDS) == {"inspect", "erase", "write_image", "finalize_rescue", "burnin"}
     for name, module in commands.COMMANDS.items():
         if importlib.util.find_spec(f"bootforge.agent.{module}") is None:
             pytest.skip(f"needs bootforge/agent/{module}.py for {name}")
@@ -29,7 +29,7 @@ def test_unknown_command_fails_naming_it() -> None:
     assert body["status"] == "failed"
     assert (
         body["error"]
-        == "unknown command 'frobnicate': this agent runs erase, finalize_rescue, inspect, write_image"
+        == "unknown command 'frobnicate': this agent runs burnin, erase, finalize_rescue, inspect, write_image"
     )
 
 
