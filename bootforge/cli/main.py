@@ -410,9 +410,11 @@ from bootforge.cli.secrets import secrets_app  # noqa: E402
 
 app.add_typer(secrets_app, name="secrets")
 
+from bootforge.cli.discovery import discovery_app  # noqa: E402
 from bootforge.cli.fleet import fleet_app  # noqa: E402
 
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(discovery_app, name="discovery")
 
 from bootforge.cli.why import why  # noqa: E402
 

@@ -7,6 +7,7 @@ the same node. (--sys-root keeps the agent from powering the test host off.)"""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.service import LATEST, Served, served
+from support.service import BOOTFORGE, LATEST, Served, served
 
 from bootforge.conductor.discovery_boot import new_boot_id, token_for
 from bootforge.keys import load_or_create
@@ -91,3 +92,42 @@ def test_discovered_and_merged_by_serial(server: Served, tmp_path: Path) -> None
         assert done.returncode == 1 and "discovery: refused" in done.stdout, done.stdout
         events = api.get(f"/v1/nodes/{node['uuid']}/history?detail=true").json()
         assert json.dumps(events).count("rediscovered") == 1
+
+
+def cli(server: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "BOOTFORGE_URL")}
+    env |= {"BOOTFORGE_URL": server.url, "COLUMNS": "200"}
+    return subprocess.run(
+        [BOOTFORGE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_discovery_cli(server: Served) -> None:
+    add = cli(
+        server,
+        *("discovery", "rule", "add", "rack1", "--priority", "5", "--match", "any"),
+        *("--if", "inventory.system_vendor.manufacturer eq QEMU", "--if", "inventory.cpu.count gt 64"),
+        *(
+            "--driver",
+            "ipmi",
+            "--driver-info",
+            "ipmi_address={inventory.bmc_address}",
+            "--trait",
+            "CUSTOM_R1",
+        ),
+        *("--name-pattern", "rack1-{inventory.system_vendor.serial_number}", "--property", "rack=1"),
+    )
+    assert add.returncode == 0, add.stdout + add.stderr
+    listed = cli(server, "discovery", "rule", "list")
+    assert "inventory.cpu.count gt 64" in listed.stdout and "set-driver" in listed.stdout
+    shown = json.loads(cli(server, "discovery", "rule", "show", "rack1").stdout)
+    assert shown["match"] == "any" and shown["conditions"][1]["value"] == 64
+    assert {"action": "set-property", "field": "rack", "value": 1} in shown["actions"]
+    bad = cli(
+        server, "discovery", "rule", "add", "x", "--if", "inventory.cpu.count between 4", "--driver", "a"
+    )
+    assert bad.returncode == 1 and "conditions[0].op" in bad.stderr
+    status = cli(server, "discovery", "status")
+    assert "discovery on; subnets: 127.0.0.0/8" in status.stdout and "1 rules" in status.stdout
+    assert cli(server, "discovery", "rule", "delete", "rack1").returncode == 0
+    assert cli(server, "discovery", "rule", "show", "rack1").returncode == 1
