@@ -160,9 +160,17 @@ def parse_stress_ng(text: str, stressor: str = "cpu") -> dict[str, Any]:
     "bogo_ops_per_s_cpu_time": float (usr+sys time)}.
     """
     version = re.search(r"stress-ng-version:\s*(\S+)", text)
-    block = re.search(rf"-\s*stressor:\s*{re.escape(stressor)}\s*\n((?:\s+[a-z-]+:\s*\S+\s*\n?)+)", text)
-    if block is not None:
-        fields = dict(re.findall(r"([a-z-]+):\s*(\S+)", block.group(1)))
+    fields: dict[str, str] = {}
+    lines = iter(text.splitlines())
+    for line in lines:
+        if re.fullmatch(rf"\s*-\s*stressor:\s*{re.escape(stressor)}\s*", line):
+            for item in lines:
+                m = re.fullmatch(r"\s+([a-z-]+):\s*(\S+)\s*", item)
+                if m is None:
+                    break
+                fields[m.group(1)] = m.group(2)
+            break
+    if fields:
         try:
             return {
                 "tool": f"stress-ng {version.group(1) if version else '?'}",
