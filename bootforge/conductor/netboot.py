@@ -23,18 +23,20 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bootforge import boot_token
-from bootforge.conductor import states
+from bootforge.conductor import states, volumes
 from bootforge.conductor.discovery_boot import MAC_RE, DiscoveryOffer
 from bootforge.db.engine import Database
 from bootforge.db.models import NODE_EVENTS, Lease, Node, Port, utcnow
+from bootforge.drivers.storage import BootVolume
+from bootforge.errors import InvalidInput
 from bootforge.netboot import dhcp
 from bootforge.netboot.boot import scripts
-from bootforge.netboot.boot.arch import Firmware
+from bootforge.netboot.boot.arch import ARCHES, Arch, Firmware, cpu_arch, ramdisk_file
 from bootforge.netboot.dhcp import BootDecision, ClientInfo, LeaseRecord, LeaseState, Reservation
 from bootforge.text import MESSAGE_LIMIT, printable
 
@@ -91,6 +93,8 @@ class KnownPort:
     agent_boot: str | None = None
     # properties.capabilities says secure_boot:true: its UEFI firmware only runs signed loaders.
     secure_boot: bool = False
+    # properties.cpu_arch (Ironic's name: x86_64, aarch64): picks the node's ramdisk build.
+    cpu_arch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,14 @@ class NetbootView:
         self.boots_from_network = boots_from_network or (lambda driver, boot: True)
         self.refresh_every = refresh_every
         self.by_mac: dict[str, KnownPort] = {}
+        # node UUID -> boot volume, for nodes with the iscsi storage interface (boot from volume).
+        self.boot_volumes: dict[str, BootVolume] = {}
         self._wake = asyncio.Event()
+        # MAC -> the CPU architecture its firmware announced in DHCP (option 93, or the PXE/HTTP
+        # vendor class), for a node whose properties do not say it yet; bounded.
+        self._dhcp_cpu: dict[str, str] = {}
+        # Nodes whose cpu_arch is being recorded from DHCP (one background write each at a time).
+        self._recording: dict[str, asyncio.Task[None]] = {}
 
     async def refresh(self) -> None:
         stmt = (
@@ -217,9 +228,11 @@ class NetbootView:
                 self.boots_from_network(driver, boot),
                 _agent_boot(internal),
                 _wants_secure_boot(props),
+                _cpu_arch(props),
             )
             for mac, uuid, name, state, maint, mode, info, driver, boot, internal, props in rows
         }
+        self.boot_volumes = await volumes.boot_volumes(self.db)
 
     def note_dhcp(self, kind: str, mac: str, ip: str | None) -> None:
         """A DHCP event of this process's server: an ACK binds `ip` to `mac` at once; a release,
@@ -263,9 +276,14 @@ class NetbootView:
         known = self.by_mac.get(client.mac)
         if known is None and node_id is None and not self._discovers(str(client.link or "")):
             return None  # unknown machines are served only on discovery.subnets
+        if known is not None and client.arch is not None and not client.ipxe:
+            self._note_cpu_arch(known, client.arch)
         secure = self.secure_boot_always or (known is not None and known.secure_boot)
-        if secure and not client.ipxe:
-            refused = self._secure_boot_chain_missing(client)
+        # A UEFI architecture without an iPXE build (ARM64: Debian packages none) boots the signed
+        # chain whether or not Secure Boot is on; an operator's build in loader_dirs is used instead.
+        no_ipxe = self._needs_signed_chain(client.arch)
+        if (secure or no_ipxe) and not client.ipxe:
+            refused = self._secure_boot_chain_missing(client, secure)
             if refused is not None:
                 return refused
             signed = self._secure_boot_chain(client)
@@ -289,26 +307,124 @@ class NetbootView:
         arch = client.arch
         if self.endpoints is None or arch is None or client.http_boot or arch.http:
             return None
-        chain = SECURE_BOOT_CHAIN.get(arch.name)
+        chain = arch.signed_chain
         return BootDecision(chain[0], self.endpoints.tftp_server) if chain else None
 
-    def _secure_boot_chain_missing(self, client: ClientInfo) -> dhcp.NoBootFile | None:
+    def _needs_signed_chain(self, arch: Arch | None) -> bool:
+        """The architecture's iPXE build is missing but it has a signed chain (ARM64 UEFI)."""
+        return arch is not None and bool(arch.signed_chain) and arch.loader in self.missing_loaders
+
+    def _secure_boot_chain_missing(self, client: ClientInfo, secure: bool = True) -> dhcp.NoBootFile | None:
         """A Secure Boot node's UEFI firmware runs only signed loaders: without shim and the
-        signed GRUB it cannot boot from bootforge at all, so it is told so instead of offered one."""
+        signed GRUB it cannot boot from bootforge at all, so it is told so instead of offered one.
+        The same for an architecture whose only chain is the signed one (no iPXE build)."""
         arch = client.arch
         if arch is None or arch.firmware is not Firmware.UEFI:
             return None
-        chain = [
-            n for n in SECURE_BOOT_CHAIN.get(arch.name.removesuffix("-http"), ()) if n in self.missing_loaders
-        ]
+        chain = [n for n in arch.signed_chain if n in self.missing_loaders]
         if not chain:
             return None
         how = "; ".join(f"{n}: {self.missing_loaders[n]}" for n in chain)
+        if not secure and arch.loader is not None:
+            return dhcp.NoBootFile(
+                dhcp.LOADER_MISSING,
+                f"no boot file offered to this {arch.name} client (DHCP architecture 0x{arch.code:02x}): "
+                f"it has no iPXE build ({arch.loader}: {self.missing_loaders[arch.loader]}) and its "
+                f"signed boot chain is missing {', '.join(chain)} ({how})",
+            )
         return dhcp.NoBootFile(
             SECURE_BOOT_LOADER_MISSING,
             f"no boot file offered to this Secure Boot node ({arch.name}, DHCP architecture "
             f"0x{arch.code:02x}): its signed boot chain is missing {', '.join(chain)} ({how})",
         )
+
+    # --- the node's CPU architecture, from DHCP -------------------------------------------------
+
+    def cpu_of(self, known: KnownPort) -> str | None:
+        """The node's CPU architecture: properties.cpu_arch, else what its firmware said in DHCP."""
+        return known.cpu_arch or self._dhcp_cpu.get(known.mac)
+
+    def _note_cpu_arch(self, known: KnownPort, arch: Arch) -> None:
+        """Remember the architecture a node's firmware announced; record it as properties.cpu_arch
+        (with a timeline event) when the node has none, as inspection would."""
+        if arch.cpu is None:
+            return
+        if len(self._dhcp_cpu) >= 10_000 and known.mac not in self._dhcp_cpu:
+            self._dhcp_cpu.clear()  # a flood of strangers' MACs cannot grow it without bound
+        self._dhcp_cpu[known.mac] = arch.cpu
+        if known.cpu_arch or known.node_uuid in self._recording:
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(self._record_cpu_arch(known, arch))
+        except RuntimeError:  # no event loop (a synchronous caller): remembered in memory only
+            return
+        self._recording[known.node_uuid] = task
+        task.add_done_callback(lambda _: self._recording.pop(known.node_uuid, None))
+
+    async def _record_cpu_arch(
+        self, known: KnownPort, arch: Arch, tries: int = 30, every: float = 2.0
+    ) -> None:
+        """properties.cpu_arch = arch.cpu, written only while nobody holds the node's lock (one
+        UPDATE conditioned on no reservation and the lock generation read), retried while the
+        conductor holds it (it powers the machine on around this DHCP exchange); bounded."""
+        assert arch.cpu is not None
+        for _ in range(tries):
+            try:
+                if await self._write_cpu_arch(known.node_uuid, arch):
+                    self._wake.set()
+                    return
+            except Exception:
+                log.exception("recording cpu_arch of node %s failed", known.node_uuid)
+                return
+            await asyncio.sleep(every)
+
+    async def _write_cpu_arch(self, node_uuid: str, arch: Arch) -> bool:
+        """True when done (written, or no longer needed); False: the node is locked, try again."""
+        async with self.db.write() as s:
+            row = (
+                await s.execute(
+                    select(Node.id, Node.properties, Node.reservation, Node.lock_generation).where(
+                        Node.uuid == node_uuid
+                    )
+                )
+            ).one_or_none()
+            if row is None:
+                return True
+            node_id, props, reservation, generation = row
+            props = dict(props or {})
+            if props.get("cpu_arch"):
+                return True
+            if reservation is not None:
+                return False
+            props["cpu_arch"] = arch.cpu
+            done = await s.execute(
+                update(Node)
+                .where(Node.id == node_id, Node.reservation.is_(None), Node.lock_generation == generation)
+                .values(properties=props, updated_at=utcnow())
+            )
+            if getattr(done, "rowcount", 0) != 1:
+                await s.rollback()
+                return False
+            text = (
+                f"properties.cpu_arch set to {arch.cpu}: the firmware announced DHCP architecture "
+                f"0x{arch.code:02x} ({arch.name})"
+            )
+            await s.execute(
+                insert(NODE_EVENTS),
+                [
+                    {
+                        "uuid": str(uuidlib.uuid4()),
+                        "node_id": node_id,
+                        "created_at": utcnow(),
+                        "severity": "info",
+                        # Not "dhcp": it is a fact about the node, not a step of its boot chain.
+                        "event_type": "inspect",
+                        "event": text,
+                    }
+                ],
+            )
+            await s.commit()
+        return True
 
     # --- servers.http_boot.BootScripts ----------------------------------------------------------
 
@@ -329,6 +445,21 @@ class NetbootView:
         if known is None:
             return self._discovery_plan(mac, client_ip) or refuse("unknown MAC")
         name = known.node_name or known.node_uuid
+        volume = self.boot_volumes.get(known.node_uuid)
+        if volume is not None and known.provision_state in volumes.SAN_BOOT_STATES:
+            try:
+                san = volumes.san_plan(volume)
+            except (InvalidInput, scripts.ScriptError) as e:
+                return refuse(
+                    f"node {name} boots from volume {volume.volume_id}, which cannot be booted: {e}"
+                )
+            # Like a ramdisk script's boot token: a CHAP secret goes only to the address leased to the MAC.
+            if san.password is not None and self.bind_to_leases and client_ip not in self.leased_to(mac):
+                return refuse(
+                    f"node {name}'s iSCSI boot script (it carries the CHAP secret) was asked for from an "
+                    f"address that bootforge's DHCP did not lease to {mac}"
+                )
+            return san
         if known.provision_state in RAMDISK_STATES:
             if not known.network_boot:
                 return refuse(
@@ -337,6 +468,18 @@ class NetbootView:
                 )
             if self.ramdisk is None or self.endpoints is None:
                 return refuse(f"node {name} needs the bootforge ramdisk but none is configured")
+            cpu = self.cpu_of(known)
+            if (
+                cpu is not None
+                and cpu_arch(cpu) is None
+                and not (known.deploy_kernel and known.deploy_ramdisk)
+            ):
+                return refuse(
+                    f"node {name}'s CPU architecture {cpu} has no bootforge ramdisk: set its "
+                    "driver_info deploy_kernel and deploy_ramdisk"
+                )
+            # The architecture its firmware announced, when its properties do not say it yet.
+            known = dataclasses.replace(known, cpu_arch=cpu)
             if self.ramdisk.key_path is not None and not known.agent_boot:
                 # Saved before the machine is powered on; the view may not have read it yet.
                 return refuse(f"node {name}'s ramdisk boot is not prepared yet (no boot id)")
@@ -375,11 +518,18 @@ class NetbootView:
         token = None
         if r.key_path is not None and known.agent_boot:
             token = boot_token.for_boot(r.key_path, known.node_uuid, known.agent_boot)
+        # The ramdisk built for the node's CPU ("bootforge/arm64/vmlinuz" for aarch64), and that
+        # CPU's serial console after the operator's (the last console= one that exists wins).
+        cpu = known.cpu_arch
+        arch = cpu_arch(cpu) if cpu else None
+        extra = r.kernel_args
+        if arch is not None and arch.serial_console:
+            extra = (*extra, f"console={arch.serial_console}")
         return scripts.RamdiskBoot(
-            kernel_url=url(known.deploy_kernel or r.kernel),
-            initrd_url=url(known.deploy_ramdisk or r.ramdisk),
+            kernel_url=url(known.deploy_kernel or ramdisk_file(r.kernel, cpu)),
+            initrd_url=url(known.deploy_ramdisk or ramdisk_file(r.ramdisk, cpu)),
             kernel_args=scripts.ramdisk_kernel_args(
-                r.api_url, known.node_uuid, known.mac, r.kernel_args, boot_token=token
+                r.api_url, known.node_uuid, known.mac, extra, boot_token=token
             ),
             purpose=RAMDISK_PURPOSE.get(known.provision_state, "deploy"),
         )
@@ -438,6 +588,12 @@ class NetbootView:
         base = self.endpoints.ipxe_script_url.split("/boot/", 1)[0] if self.endpoints else ""
         url = f"{base}/boot/grub.cfg?mac={query.get('mac', '')}"
         plan = self._safe_plan(query, url, client_ip)
+        if isinstance(plan, scripts.SanBoot):
+            # GRUB has no iSCSI initiator: a node on the shim -> GRUB chain cannot boot its volume.
+            known = self.by_mac.get((query.get("mac") or "").lower())
+            if known is not None:
+                self._tell_refusal(known.node_uuid, "its boot volume needs iPXE's sanboot; GRUB has no iSCSI")
+            plan = scripts.RefuseBoot(REFUSED, scripts.with_attempt(url, 1))
         if tftp and isinstance(plan, scripts.RamdiskBoot) and self.endpoints is not None:
             plan = dataclasses.replace(
                 plan,
@@ -460,7 +616,9 @@ class NetbootView:
 
 # The signed loaders a Secure Boot node of an architecture needs, by arch-table name (HTTP rows
 # share their firmware's chain); an architecture without a row here has no known chain.
-SECURE_BOOT_CHAIN: dict[str, tuple[str, ...]] = {"x64-uefi": ("shimx64.efi", "grubx64.efi")}
+SECURE_BOOT_CHAIN: dict[str, tuple[str, ...]] = {
+    a.name: a.signed_chain for a in ARCHES.values() if a.signed_chain
+}
 SECURE_BOOT_LOADER_MISSING = "secure_boot_loader_missing"
 
 
@@ -485,6 +643,11 @@ def _as_tftp(url: str, e: BootEndpoints) -> str:
 def _is_ipv6(client_ip: str) -> bool:
     """A client address seen over IPv6 (not an IPv4-mapped one, which is an IPv4 client)."""
     return ":" in client_ip and not client_ip.lower().startswith("::ffff:")
+
+
+def _cpu_arch(properties: Any) -> str | None:
+    value = properties.get("cpu_arch") if isinstance(properties, dict) else None
+    return str(value) if value else None
 
 
 def _agent_boot(internal: Any) -> str | None:

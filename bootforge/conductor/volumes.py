@@ -38,6 +38,7 @@ from bootforge.drivers.base import POWER_OFF
 from bootforge.drivers.storage import IQN, ISCSI, BootVolume, check_iscsi_properties
 from bootforge.errors import Conflict, InvalidInput, NodeLocked, NotFound
 from bootforge.masking import is_secret_key
+from bootforge.netboot.boot import scripts
 
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
@@ -525,3 +526,23 @@ async def connectors_and_targets(
             ).all()
         )
     return connectors, targets
+
+
+# Provision states in which a node with a boot volume boots from it: a deploy writes nothing, so from
+# its power-on onwards the machine's boot is the volume's (conductor/netboot.py).
+SAN_BOOT_STATES: Final = frozenset({states.DEPLOYING, states.DEPLOYWAIT, states.ACTIVE})
+
+
+def san_plan(volume: BootVolume) -> scripts.SanBoot:
+    """The iPXE sanboot plan of a node's boot volume; InvalidInput (naming the property) or
+    ScriptError when the volume cannot be booted. Messages never carry the CHAP secret."""
+    conn = volume.iscsi()
+    return scripts.SanBoot(
+        host=conn.host,
+        port=conn.port,
+        lun=conn.lun,
+        target_iqn=conn.iqn,
+        initiator_iqn=volume.initiator_iqn,
+        username=conn.username,
+        password=conn.password,
+    )

@@ -214,7 +214,8 @@ async def deploy(task: NodeTask) -> None:
         extra = task.node.driver_internal_info.get("requested_deploy_steps") or []
         steps = _merge_steps(steps, extra)
         task.set_internal(deploy_steps=steps, deploy_step_index=0, requested_deploy_steps=None)
-        if task.driver.deploy.needs_image:
+        # A node booting from its volume (storage interface iscsi, a boot_index 0 target) gets no image.
+        if task.driver.deploy.needs_image and await task.driver.storage.boot_volume(task) is None:
             await prepare_agent_deploy(task)
     if await run_steps(task, "deploy") == base.WAIT:
         await task.transition("wait", release=True)

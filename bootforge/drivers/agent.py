@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bootforge.config import Settings
-from bootforge.drivers import base
+from bootforge.drivers import base, storage
 from bootforge.errors import DriverError, InvalidInput
 
 AGENT_BOOT: Final = "agent_boot"
@@ -134,7 +134,9 @@ class PxeBoot(base.BootInterface):
         await task.driver.management.set_boot_device(task, "pxe", persistent=False)
 
     async def prepare_instance(self, task: base.Task) -> None:
-        await task.driver.management.set_boot_device(task, "disk", persistent=True)
+        # A node that boots from a volume has every boot go through iPXE, whose script sanboots it.
+        from_volume = await task.driver.storage.boot_volume(task) is not None
+        await task.driver.management.set_boot_device(task, "pxe" if from_volume else "disk", persistent=True)
 
 
 class IpxeBoot(PxeBoot):
@@ -151,6 +153,10 @@ class AgentDeploy(base.DeployInterface):
         self.settings = settings
 
     def validate(self, task: base.Task) -> None:
+        # With the iscsi storage interface a node may boot from its volume with no image at all; the
+        # volume targets are read (and the rule applied) when the deploy starts (storage.boot_volume).
+        if isinstance(task.driver.storage, storage.IscsiStorage):
+            return
         if not task.node.instance_info.get("image_source"):
             raise InvalidInput(
                 "instance_info.image_source is required: a URL or a name from `bootforge image list`",
@@ -163,6 +169,10 @@ class AgentDeploy(base.DeployInterface):
     @base.deploy_step(priority=100, may_rerun=True)
     async def deploy(self, task: base.Task) -> base.StepResult:
         """Boot the ramdisk and have the agent write the image (and config drive) to the root disk."""
+        volume = await task.driver.storage.boot_volume(task)
+        if volume is not None:
+            await task.record("deploy", f"the node boots from volume {volume.volume_id}: no image is written")
+            return None
         info = task.node.driver_internal_info
         image = info.get(DEPLOY_IMAGE)
         if not image:
@@ -180,6 +190,10 @@ class AgentDeploy(base.DeployInterface):
     @base.deploy_step(priority=20, may_rerun=True)
     async def boot_instance(self, task: base.Task) -> base.StepResult:
         """Hand the machine to its disk and watch that it does not come back to the network."""
+        volume = await task.driver.storage.boot_volume(task)
+        if volume is not None:
+            await storage.boot_from_volume(task, volume)
+            return None
         task.set_internal(**{AGENT_BOOT: None, AGENT_COMMAND: None, DEPLOY_CONFIGDRIVE: None})
         await task.driver.boot.clean_up_ramdisk(task)
         await task.driver.boot.prepare_instance(task)

@@ -213,3 +213,26 @@ class IscsiStorage(base.StorageInterface):
                 "volume_connector",
             )
         return volume
+
+
+async def boot_from_volume(task: base.Task, volume: BootVolume) -> None:
+    """The deploy's hand-over for a node that boots from its volume: power it onto the network, where
+    its boot script (SanBoot) has iPXE sanboot the volume; no disk hand-off to watch for."""
+    # Imported here: drivers/agent.py builds on this module.
+    from bootforge.drivers.agent import AGENT_BOOT, AGENT_COMMAND, DEPLOY_CONFIGDRIVE
+
+    conn = volume.iscsi()
+    task.set_internal(**{AGENT_BOOT: None, AGENT_COMMAND: None, DEPLOY_CONFIGDRIVE: None})
+    await task.driver.boot.clean_up_ramdisk(task)
+    await task.driver.boot.prepare_instance(task)
+    power = task.driver.power
+    await power.set_power_state(task, base.POWER_OFF)
+    # Saved before the power-on: the netboot view must no longer see a ramdisk boot for the node.
+    await task.save()
+    await power.set_power_state(task, base.POWER_ON)
+    task.node.power_state = base.POWER_ON
+    await task.record(
+        "deploy",
+        f"power cycled to boot from volume {volume.volume_id}: iPXE sanboot of iSCSI {conn.iqn} LUN "
+        f"{conn.lun} at {conn.host}:{conn.port} (initiator {volume.initiator_iqn})",
+    )

@@ -28,6 +28,7 @@ __all__ = [
     "LocalDiskBoot",
     "RamdiskBoot",
     "RefuseBoot",
+    "SanBoot",
     "ScriptError",
     "render_grub",
     "render_grub_bootstrap",
@@ -184,7 +185,61 @@ class RefuseBoot:
         return self.attempt >= self.max_attempts
 
 
-BootPlan = RamdiskBoot | LocalDiskBoot | RefuseBoot
+# iSCSI names (RFC 3720: iqn.YYYY-MM.domain[:name] or eui.<16 hex>) as iPXE's URI parser and a
+# `set initiator-iqn` line take them: no ':' beyond the name part's, nothing iPXE expands.
+_IQN = re.compile(
+    r"(iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.\-]*[a-z0-9])?(?::[A-Za-z0-9.:_\-]+)?|eui\.[0-9A-Fa-f]{16})"
+)
+_SAN_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+# CHAP credentials on `set username` / `set password` lines: one word, nothing iPXE expands.
+_CHAP = re.compile(r"[A-Za-z0-9._~:/?&=%@+,\-\[\]!*()#^]{1,255}")
+
+
+@dataclass(frozen=True, slots=True)
+class SanBoot:
+    """Boot from an iSCSI volume with iPXE's sanboot: the machine has no disk of its own to boot.
+
+    iPXE connects to the target, hooks it as the BIOS's first hard disk (INT 13h) or as an EFI block
+    device, publishes an iBFT describing the connection (so an OS with iSCSI in its initrd can find
+    its root there again), and boots the volume's boot sector or EFI loader.
+    """
+
+    host: str  # IPv4 address, DNS name, or [IPv6]
+    port: int
+    lun: int
+    target_iqn: str
+    initiator_iqn: str | None = None
+    username: str | None = None  # CHAP, with password
+    password: str | None = None
+    attempts: int = 3
+    retry_delay: int = 5
+
+    def __post_init__(self) -> None:
+        if not _SAN_HOST.fullmatch(self.host):
+            raise ScriptError(f"bad iSCSI target host {self.host[:80]!r}")
+        _check_count("port", self.port, 1, 65535)
+        # Single-level LUNs: iPXE reads the URI's LUN field as hexadecimal groups.
+        _check_count("lun", self.lun, 0, 255)
+        for name, value in (("target_iqn", self.target_iqn), ("initiator_iqn", self.initiator_iqn)):
+            if value is not None and not _IQN.fullmatch(value):
+                raise ScriptError(f"{name} is not an iSCSI qualified name: {value[:80]!r}")
+        if (self.username is None) != (self.password is None):
+            raise ScriptError("CHAP needs both a username and a password")
+        for value in (self.username, self.password):
+            # The value is never shown: the password is a secret.
+            if value is not None and not _CHAP.fullmatch(value):
+                raise ScriptError("a CHAP username or password has characters a boot script cannot carry")
+        _check_count("attempts", self.attempts, 1, _MAX_ATTEMPTS)
+        _check_count("retry_delay", self.retry_delay, 0, 3600)
+
+    @property
+    def uri(self) -> str:
+        """iPXE's iSCSI URI: iscsi:<server>:<protocol>:<port>:<LUN>:<target name> (protocol 6, TCP,
+        when empty; the LUN in hexadecimal)."""
+        return f"iscsi:{self.host}::{self.port}:{self.lun:x}:{self.target_iqn}"
+
+
+BootPlan = RamdiskBoot | LocalDiskBoot | RefuseBoot | SanBoot
 
 
 # -- iPXE -----------------------------------------------------------------------------------------
@@ -195,6 +250,8 @@ def render_ipxe(plan: BootPlan) -> str:
         lines = _ipxe_ramdisk(plan)
     elif isinstance(plan, LocalDiskBoot):
         lines = _ipxe_local(plan)
+    elif isinstance(plan, SanBoot):
+        lines = _ipxe_san(plan)
     else:
         lines = _ipxe_refuse(plan)
     return "\n".join(["#!ipxe", *lines]) + "\n"
@@ -253,6 +310,38 @@ def _ipxe_local(plan: LocalDiskBoot) -> list[str]:
     ]
 
 
+def _ipxe_san(plan: SanBoot) -> list[str]:
+    lines = [
+        "# bootforge: boot from the node's iSCSI volume. sanboot connects, hooks the volume as the",
+        "# first disk (BIOS INT 13h drive 0x80, or an EFI block device), describes it in an iBFT for",
+        "# the OS, and boots it; a failed attempt is retried a bounded number of times, then reboot.",
+    ]
+    if plan.initiator_iqn is not None:
+        lines.append(f"set initiator-iqn {plan.initiator_iqn}")
+    if plan.username is not None and plan.password is not None:
+        lines += [f"set username {plan.username}", f"set password {plan.password}"]
+    else:
+        # Settings left by an earlier script in the same iPXE must not be sent to this target.
+        lines += ["clear username", "clear password"]
+    for n in range(1, plan.attempts + 1):
+        lines += [
+            f"echo bootforge: booting from iSCSI {plan.target_iqn} LUN {plan.lun} at {plan.host}:{plan.port}",
+            f"sanboot {plan.uri} || goto retry{n}",
+            f":retry{n}",
+        ]
+        if n < plan.attempts:
+            lines += [
+                f"echo bootforge: iSCSI boot attempt {n} of {plan.attempts} failed",
+                f"sleep {plan.retry_delay}",
+            ]
+    lines += [
+        f"echo bootforge: iSCSI boot failed {plan.attempts} times, rebooting in {plan.retry_delay} s",
+        f"sleep {plan.retry_delay}",
+        "reboot",
+    ]
+    return lines
+
+
 def _ipxe_refuse(plan: RefuseBoot) -> list[str]:
     lines = [f"echo bootforge: {_text(plan.message)}"]
     if plan.gives_up:
@@ -304,6 +393,9 @@ def render_grub(plan: BootPlan) -> str:
         lines = _grub_ramdisk(plan)
     elif isinstance(plan, LocalDiskBoot):
         lines = _grub_local(plan)
+    elif isinstance(plan, SanBoot):
+        # GRUB has no iSCSI initiator: a SAN-booting node is handed iPXE instead of GRUB.
+        raise ScriptError("GRUB cannot boot from iSCSI; a node that boots from a volume needs iPXE")
     else:
         lines = _grub_refuse(plan)
     return "\n".join(["# bootforge grub.cfg", "set timeout=0", *lines]) + "\n"

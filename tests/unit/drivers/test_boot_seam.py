@@ -73,6 +73,7 @@ class FakeTask:
             boot=boot or RecordingBoot(self.calls),
             power=RecordingPower(self.calls, power_state),
             management=RecordingManagement(self.calls),
+            storage=base.NoopStorage(),
         )
         if boot is None:
             self.driver.boot.calls = self.calls
