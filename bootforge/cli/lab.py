@@ -42,7 +42,10 @@ def up(
     vms: Annotated[int, typer.Option("--vms", help="how many VMs")] = 3,
     firmware: Annotated[
         str,
-        typer.Option(help="bios, uefi (OVMF PXE), uefi-http, uefi-sb (Secure Boot enforced, TCG) or mixed"),
+        typer.Option(
+            help="bios, uefi (OVMF PXE), uefi-http, uefi-sb (Secure Boot enforced, TCG), arm64 (AAVMF on "
+            "qemu-system-aarch64 -M virt, TCG) or mixed"
+        ),
     ] = "bios",
     memory: Annotated[int, typer.Option(help="MiB per VM")] = 512,
     dhcp: Annotated[

@@ -10,9 +10,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from bootforge.netboot.boot import arch as arches
 from bootforge.netboot.boot import loaders
 from bootforge.ramdisk import DEFAULT_CACHE, BuildResult, RamdiskError, build
+from bootforge.ramdisk.debs import host_arch
 from bootforge.ramdisk.image import COMPRESSORS
+from bootforge.ramdisk.target import TARGETS
 
 ramdisk_app: typer.Typer = typer.Typer(
     help="The deploy ramdisk: Debian's kernel, busybox, Python and the bootforge agent.",
@@ -22,8 +25,9 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _targets(state_dir: Path | None, output_dir: Path | None) -> tuple[Path, str, str]:
-    """(directory, kernel name, initrd name): --output-dir, else where the netboot server looks."""
+def _targets(state_dir: Path | None, output_dir: Path | None, cpu: str) -> tuple[Path, str, str]:
+    """(directory, kernel name, initrd name): --output-dir, else where the netboot server looks for
+    the ramdisk of CPU architecture `cpu` (arch.ramdisk_file: bootforge/arm64/vmlinuz for aarch64)."""
     if output_dir is not None:
         return output_dir, "vmlinuz", "initrd"
     from bootforge.config import Settings
@@ -38,7 +42,8 @@ def _targets(state_dir: Path | None, output_dir: Path | None) -> tuple[Path, str
     if urls:
         err.print(f"[red]netboot names the ramdisk by URL ({', '.join(urls)}):[/red] pass --output-dir")
         raise typer.Exit(2)
-    return nb.root or settings.state_dir / "boot", nb.deploy_kernel, nb.deploy_ramdisk
+    kernel, initrd = arches.ramdisk_file(nb.deploy_kernel, cpu), arches.ramdisk_file(nb.deploy_ramdisk, cpu)
+    return nb.root or settings.state_dir / "boot", kernel, initrd
 
 
 def _mib(n: int) -> str:
@@ -57,7 +62,7 @@ def _report(r: BuildResult) -> None:
         )
     console.print(f"total   [bold]{_mib(r.total_size):>9}[/bold]", soft_wrap=True)
     console.print(
-        f"built in [bold]{r.seconds:.1f} s[/bold] from {len(r.debs)} Debian packages", soft_wrap=True
+        f"built in [bold]{r.seconds:.1f} s[/bold] from {len(r.debs)} Debian {r.arch} packages", soft_wrap=True
     )
 
 
@@ -87,9 +92,17 @@ def build_cmd(
     signed_loaders: Annotated[
         bool,
         typer.Option(
-            help="also fetch Debian's signed shim and GRUB (Secure Boot nodes) into the loader cache"
+            help="also fetch Debian's signed shim and GRUB (Secure Boot nodes; every arm64 node) "
+            "for the architecture into the loader cache"
         ),
     ] = True,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Debian architecture to build for: {', '.join(TARGETS)} (default: this machine's); "
+            "other than amd64 the files go under <dir>/<arch>/ (bootforge/arm64/vmlinuz)"
+        ),
+    ] = None,
     with_tools: Annotated[
         list[str] | None,
         typer.Option(
@@ -103,7 +116,12 @@ def build_cmd(
     if compression not in COMPRESSORS:
         err.print(f"[red]unknown compression {compression!r}; use one of {', '.join(COMPRESSORS)}[/red]")
         raise typer.Exit(2)
-    directory, kernel_name, initrd_name = _targets(state_dir, output_dir)
+    debian = arch or host_arch()
+    cpu = arches.cpu_arch(debian)
+    if debian not in TARGETS or cpu is None:
+        err.print(f"[red]--arch: no ramdisk recipe for {debian!r}; use one of {', '.join(TARGETS)}[/red]")
+        raise typer.Exit(2)
+    directory, kernel_name, initrd_name = _targets(state_dir, output_dir, cpu.cpu)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -121,23 +139,25 @@ def build_cmd(
 
             result = build(
                 directory, cache_dir, kernel_name=kernel_name, initrd_name=initrd_name,
-                compression=compression, refresh=refresh, ca_bundle=ca_bundle, say=say,
+                compression=compression, refresh=refresh, ca_bundle=ca_bundle, say=say, arch=debian,
                 with_tools=with_tools or (),
             )  # fmt: skip
     except RamdiskError as e:
         err.print(f"[red]ramdisk build failed:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
     _report(result)
-    if signed_loaders:
-        _fetch_signed_loaders()
+    if signed_loaders and debian in loaders.SIGNED_CHAIN_PACKAGES:
+        _fetch_signed_loaders(debian)
 
 
-def _fetch_signed_loaders() -> None:
+def _fetch_signed_loaders(debian: str) -> None:
     """Debian's signed shim and GRUB into the loader cache (unpacked, never installed): `serve` finds
-    them there for nodes that boot with Secure Boot. A failure is a warning: the ramdisk is built."""
+    them there for nodes that boot with Secure Boot (and arm64 nodes, which have no iPXE). A failure
+    is a warning: the ramdisk is built."""
+    names = ", ".join(loaders.SIGNED_CHAIN_PACKAGES[debian])
     try:
-        with console.status("fetching the Secure Boot loaders (shim-signed, grub-efi-amd64-signed)"):
-            trees = loaders.fetch_signed_loaders()
+        with console.status(f"fetching the signed loaders ({names}, {debian})"):
+            trees = loaders.fetch_signed_loaders(arch=debian)
     except (RamdiskError, OSError) as e:
         err.print(f"[yellow]Secure Boot loaders not fetched:[/yellow] {escape(str(e))}")
         return

@@ -486,8 +486,7 @@ def _start_argv(info: QemuInfo) -> list[str]:
         return list(info.argv)
     assert info.definition is not None
     defn = vm.load_definition(info.definition, info.boot_mode)
-    candidates = vm.OVMF_SECURE_BOOT_CANDIDATES if defn.secure_boot else vm.OVMF_CANDIDATES
-    firmware = vm.find_ovmf(candidates) if defn.boot_mode == "uefi" else vm.Firmware()
+    firmware = vm.firmware_for(defn)  # SeaBIOS, OVMF or (arm64) AAVMF
     vm.prepare_state_files(defn, firmware)
     accel = vm.detect_accel() if defn.accel == "auto" else defn.accel
     return vm.build_argv(defn, accel, firmware)

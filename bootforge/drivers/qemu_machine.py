@@ -16,6 +16,9 @@ is controlled (QMP socket, pid file, daemonizing). Rules the argv follows, and w
   reach the serial log; OVMF writes to the serial port by itself.
 * UEFI mode gets its own copy of the OVMF variable store, kept across power cycles, as on real hardware.
 * The accelerator is chosen by :func:`detect_accel`: KVM only where it can really run firmware.
+* ``arch = "aarch64"``: qemu-system-aarch64's ``virt`` machine with AAVMF (edk2 for arm64) in two
+  pflash devices, always UEFI; it has no IDE, so a CD drive hangs off virtio-scsi. KVM is never used
+  for it on an x86 host (detect_accel answers for the host's own CPU): TCG.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import shutil
 import signal
 from collections.abc import Sequence
@@ -43,6 +47,7 @@ __all__ = [
     "control_args",
     "detect_accel",
     "find_ovmf",
+    "firmware_for",
     "kill_pid",
     "load_definition",
     "pid_alive",
@@ -66,6 +71,17 @@ OVMF_CANDIDATES: tuple[tuple[str, str], ...] = (
 OVMF_SECURE_BOOT_CANDIDATES: tuple[tuple[str, str], ...] = (
     ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
 )
+# arm64 (qemu-system-aarch64 -M virt): Debian's qemu-efi-aarch64, then Fedora's edk2-aarch64.
+AAVMF_CANDIDATES: tuple[tuple[str, str], ...] = (
+    ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+    ("/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw", "/usr/share/edk2/aarch64/vars-template-pflash.raw"),
+)
+# Secure Boot enforced on arm64: the same code with Microsoft's keys enrolled in the variable store
+# (no SMM on arm64: the store is not protected from the OS, which a lab does not need).
+AAVMF_SECURE_BOOT_CANDIDATES: tuple[tuple[str, str], ...] = (
+    ("/usr/share/AAVMF/AAVMF_CODE.ms.fd", "/usr/share/AAVMF/AAVMF_VARS.ms.fd"),
+)
+AARCH64_BINARY = "qemu-system-aarch64"
 
 
 class QemuError(RuntimeError):
@@ -114,6 +130,11 @@ class VmDefinition(BaseModel):
     extra_args: list[str] = []
     # UEFI with Secure Boot enforced (OVMF_SECURE_BOOT_CANDIDATES; machine should say smm=on).
     secure_boot: bool = False
+    # The guest CPU architecture: aarch64 needs qemu_binary qemu-system-aarch64, machine "virt",
+    # boot_mode "uefi" (AAVMF), and a cpu_model (the virt machine's default is a 32-bit core).
+    arch: Literal["x86_64", "aarch64"] = "x86_64"
+    # -cpu; None: QEMU's default for the machine.
+    cpu_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.,=+-]*$")
 
 
 def load_definition(path: Path, boot_mode: str | None = None) -> VmDefinition:
@@ -180,7 +201,21 @@ def find_ovmf(candidates: Sequence[tuple[str, str]] = OVMF_CANDIDATES) -> Firmwa
     for code, template in candidates:
         if Path(code).is_file() and Path(template).is_file():
             return Firmware(Path(code), Path(template))
+    if candidates and candidates[0][0].startswith("/usr/share/AAVMF/"):
+        raise QemuError(
+            "arm64 UEFI boot needs AAVMF firmware; none found (Debian: apt-get install qemu-efi-aarch64)"
+        )
     raise QemuError("UEFI boot needs OVMF firmware; none found (Debian: apt-get install ovmf)")
+
+
+def firmware_for(defn: VmDefinition) -> Firmware:
+    """The firmware a definition boots: SeaBIOS (nothing to find), OVMF or AAVMF, with Secure Boot
+    keys when it asks for them."""
+    if defn.arch == "aarch64":
+        return find_ovmf(AAVMF_SECURE_BOOT_CANDIDATES if defn.secure_boot else AAVMF_CANDIDATES)
+    if defn.boot_mode != "uefi":
+        return Firmware()
+    return find_ovmf(OVMF_SECURE_BOOT_CANDIDATES if defn.secure_boot else OVMF_CANDIDATES)
 
 
 def vars_path(defn: VmDefinition) -> Path:
@@ -212,6 +247,11 @@ def prepare_state_files(defn: VmDefinition, firmware: Firmware) -> None:
 
 def build_argv(defn: VmDefinition, accel: str, firmware: Firmware) -> list[str]:
     """The QEMU argv for a definition (no control arguments: see control_args)."""
+    arm = defn.arch == "aarch64"
+    if arm and defn.boot_mode != "uefi":
+        raise QemuError(f'VM definition {defn.name}: an aarch64 VM boots UEFI only (boot_mode "uefi")')
+    if arm and accel == "kvm" and platform.machine() != "aarch64":
+        accel = "tcg"  # the host's KVM runs its own CPU architecture, not arm64
     prefix = ["ip", "netns", "exec", defn.netns] if defn.netns else []
     argv = [
         *prefix,
@@ -223,15 +263,20 @@ def build_argv(defn: VmDefinition, accel: str, firmware: Firmware) -> list[str]:
         "-smp", str(defn.cpus),
         "-display", "none",
     ]  # fmt: skip
+    if defn.cpu_model:
+        argv += ["-cpu", defn.cpu_model]
     argv += _firmware_args(defn, firmware)
     if defn.serial_log is not None:
         chardev = f"file,id=serial0,path={defn.serial_log},append=on"
         argv += ["-chardev", chardev, "-serial", "chardev:serial0"]
+    if arm and (defn.cdrom or any(d.media == "cdrom" for d in defn.disks)):
+        argv += ["-device", "virtio-scsi-pci,id=scsi0"]  # virt has no IDE: CDs are SCSI
+    cd_device = "scsi-cd" if arm else "ide-cd"
     for i, disk in enumerate(defn.disks):
-        argv += _disk_args(i, disk)
+        argv += _disk_args(i, disk, cd_device)
     if defn.cdrom:
         drive = "if=none,id=cdrom-drive,media=cdrom,readonly=on"
-        argv += ["-drive", drive, "-device", "ide-cd,drive=cdrom-drive,id=cdrom"]
+        argv += ["-drive", drive, "-device", f"{cd_device},drive=cdrom-drive,id=cdrom"]
     for i, nic in enumerate(defn.nics):
         argv += _nic_args(i, nic)
     return argv + list(defn.extra_args)
@@ -242,7 +287,9 @@ def _firmware_args(defn: VmDefinition, firmware: Firmware) -> list[str]:
         return ["-fw_cfg", f"name=etc/sercon-port,file={sercon_path(defn)}"]
     if firmware.code is None:
         raise QemuError("UEFI boot mode needs OVMF firmware code")
-    secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if defn.secure_boot else []
+    # SMM's secure flash is an x86 notion; arm64's Secure Boot keys are in the variable store alone.
+    smm = defn.secure_boot and defn.arch == "x86_64"
+    secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if smm else []
     return [
         *secure,
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={firmware.code}",
@@ -250,12 +297,12 @@ def _firmware_args(defn: VmDefinition, firmware: Firmware) -> list[str]:
     ]  # fmt: skip
 
 
-def _disk_args(i: int, disk: Disk) -> list[str]:
+def _disk_args(i: int, disk: Disk, cd_device: str = "ide-cd") -> list[str]:
     # Device ids make the QOM paths (/machine/peripheral/disk0) readable in logs and errors.
     if disk.media == "cdrom":
         dev_id = f"cd{i}"
         drive = f"file={disk.path},format={disk.format},if=none,id={dev_id}-drive,media=cdrom,readonly=on"
-        return ["-drive", drive, "-device", f"ide-cd,drive={dev_id}-drive,id={dev_id}"]
+        return ["-drive", drive, "-device", f"{cd_device},drive={dev_id}-drive,id={dev_id}"]
     dev_id = f"disk{i}"
     drive = f"file={disk.path},format={disk.format},if=none,id={dev_id}-drive"
     return ["-drive", drive, "-device", f"virtio-blk-pci,drive={dev_id}-drive,id={dev_id}"]

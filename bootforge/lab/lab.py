@@ -31,6 +31,7 @@ namespaces, deletes the namespaces (the bridge and taps go with them) and remove
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -48,6 +49,7 @@ from typing import Any
 import bcrypt
 import httpx
 
+from bootforge.drivers import qemu
 from bootforge.drivers import qemu_machine as vm
 from bootforge.lab import netns, procs, ramdisk, redfish_bmc
 from bootforge.netboot.boot import loaders
@@ -56,9 +58,12 @@ from bootforge.ramdisk import build as build_agent_ramdisk
 
 __all__ = ["BMCS", "FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
 
-FIRMWARES = ("bios", "uefi", "uefi-http", "uefi-sb")
-# "mixed": one of each in turn, but not uefi-sb (TCG only: minutes per boot).
+FIRMWARES = ("bios", "uefi", "uefi-http", "uefi-sb", "arm64")
+# "mixed": one of each in turn, but not uefi-sb or arm64 (TCG only: minutes per boot).
 MIXED = FIRMWARES[:3]
+# arm64: qemu-system-aarch64 -M virt under TCG with AAVMF; the deploy ramdisk built from Debian's
+# arm64 packages (bootforge ramdisk build --arch arm64), reached through shim -> GRUB (signed, arm64).
+ARM64_CPU = "cortex-a72"  # under TCG markedly faster than "max" (no pointer authentication to emulate)
 # full: bootforge's DHCP leases; proxy: dnsmasq leases, bootforge answers boots; off: no DHCP at all.
 DHCP_MODES = ("full", "proxy", "off")
 # With dhcp "off": the virtual-media boot interface per BMC (IPMI has no virtual media).
@@ -139,6 +144,7 @@ class LabState:
     bmc: str = "qemu"
     bmc_password: str = ""
     ipv6: bool = False
+    discovery: bool = False
     pids: dict[str, int] = field(default_factory=dict)
     vms: list[VmRecord] = field(default_factory=list)
 
@@ -174,7 +180,7 @@ def firmware_plan(count: int, firmware: str) -> list[str]:
     if firmware == "mixed":
         return [MIXED[i % len(MIXED)] for i in range(count)]
     if firmware not in FIRMWARES:
-        raise LabError(f"unknown firmware {firmware!r}: use bios, uefi, uefi-http, uefi-sb or mixed")
+        raise LabError(f"unknown firmware {firmware!r}: use bios, uefi, uefi-http, uefi-sb, arm64 or mixed")
     return [firmware] * count
 
 
@@ -198,10 +204,21 @@ def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str, ipv6: bool = 
     if rec.firmware == "uefi-sb":
         # Secure Boot enforced with Microsoft's keys; its SMM needs TCG (this KVM has no SMM).
         secure = {"secure_boot": True, "machine": "q35,smm=on", "accel": "tcg"}
+    if rec.firmware == "arm64":
+        # AAVMF's own PXE (no option ROM on virt); the RNG seeds the kernel's pool at once (Python
+        # waits for it) and edk2's network stack wants one.
+        secure = {
+            "arch": "aarch64",
+            "qemu_binary": vm.AARCH64_BINARY,
+            "machine": "virt",
+            "cpu_model": ARM64_CPU,
+            "accel": "tcg",
+        }
+        extra += ["-device", "virtio-rng-pci"]
     return secure | {
         "name": rec.name,
         "memory_mib": memory_mib,
-        "boot_mode": "bios" if rec.firmware == "bios" else "uefi",
+        "boot_mode": "bios" if rec.firmware == "bios" else "uefi",  # arm64: AAVMF, UEFI
         "disks": [{"path": "disk.qcow2", "format": "qcow2"}],
         "nics": [nic],
         "serial_log": "console.log",
@@ -274,6 +291,8 @@ def serve_config(state: LabState, boot_root: Path) -> str:
         ]
     if dhcp == "full":
         lines += ["", "[[netboot.subnets]]", f'network = "{SUBNET}"', 'pool = "10.77.0.100-10.77.0.199"']
+    if state.discovery:
+        lines += ["", "[discovery]", "enabled = true", f'subnets = ["{SUBNET}"]', 'driver = "qemu"']
     return "\n".join(lines) + "\n"
 
 
@@ -336,6 +355,7 @@ class Lab:
         ramdisk: str = "agent",
         bmc: str = "qemu",
         ipv6: bool = False,
+        discovery: bool = False,
     ) -> Lab:
         """Build a lab in `directory` (which must not hold one); on failure, remove what was made."""
         directory = directory.resolve()
@@ -363,6 +383,9 @@ class Lab:
         _preflight(plan, dhcp, bmc)
         directory.mkdir(parents=True, exist_ok=True)
         state = LabState(str(directory), netns.unique_prefix(PREFIX_BASE), dhcp, bmc=bmc, ipv6=ipv6)
+        # discovery: serve discovers unknown machines on the lab's subnet, and the VMs are not enrolled
+        # (started with start_unknown, each with an SMBIOS serial: its name).
+        state.discovery = discovery
         state.save()
         lab = cls(directory, state)
         try:
@@ -377,7 +400,11 @@ class Lab:
     ) -> None:
         boot = self.dir / "boot" / "bootforge"
         boot.mkdir(parents=True, exist_ok=True)
-        if kind == "agent":
+        if "arm64" in plan:
+            self._arm64_boot(boot, say)
+        if all(fw == "arm64" for fw in plan):
+            pass  # no x86 VM: no x86 ramdisk
+        elif kind == "agent":
             say("building the deploy ramdisk (bootforge ramdisk build; cached after the first time)")
             built = build_agent_ramdisk(boot, say=lambda m: say(f"  {m}"))
             say(f"deploy ramdisk: {built.total_size / 2**20:.1f} MiB in {built.seconds:.1f} s")
@@ -410,7 +437,7 @@ class Lab:
             say(f"starting {self.state.bmc} BMCs on {ADDRESS} in the lab")
             self._start_bmcs()
         with self.client() as api:
-            for rec in self.state.vms:
+            for rec in [] if self.state.discovery else self.state.vms:
                 self._enrol(api, rec)
                 via = f" behind {rec.bmc}" if rec.bmc else ""
                 say(f"enrolled {rec.name} ({rec.firmware}, {rec.mac}) as node {rec.node}{via}")
@@ -418,6 +445,21 @@ class Lab:
                 for rec in self.state.vms:
                     self.power(api, rec, "power on")
                     say(f"powered on {rec.name} through the API")
+
+    @staticmethod
+    def _arm64_boot(boot: Path, say: Callable[[str], None]) -> None:
+        """The arm64 deploy ramdisk (whatever `ramdisk` says: the probe ramdisk is x86 only) under
+        bootforge/arm64/, where serve looks for an aarch64 node's, and the signed arm64 chain."""
+        say("building the arm64 deploy ramdisk (ramdisk build --arch arm64; cached after the first time)")
+        built = build_agent_ramdisk(boot / "arm64", say=lambda m: say(f"  {m}"), arch="arm64")
+        say(f"arm64 deploy ramdisk: {built.total_size / 2**20:.1f} MiB in {built.seconds:.1f} s")
+        say("fetching Debian's signed arm64 shim and GRUB into the loader cache")
+        try:
+            loaders.fetch_signed_loaders(arch="arm64")
+        except (AgentRamdiskError, OSError) as e:
+            raise LabError(
+                f"arm64 VMs need Debian's signed arm64 shim and GRUB, which were not fetched: {e}"
+            ) from e
 
     def _network(self, count: int) -> netns.Topology:
         topo = netns.Topology(self.state.prefix)
@@ -632,6 +674,28 @@ class Lab:
         """The boot interface of nodes that boot the ramdisk from a virtual CD (the lab runs no DHCP)."""
         return VMEDIA_BOOT.get(self.state.bmc) if self.state.dhcp == "off" else None
 
+    # --- discovery -----------------------------------------------------------------------------
+
+    def start_unknown(self, rec: VmRecord, mac: str | None = None, timeout: float = 60.0) -> None:
+        """Start a VM that bootforge does not know, as someone racking a machine would: its QEMU
+        process from its definition, with an SMBIOS serial (the VM's name) and, with `mac`, a new NIC
+        MAC (the same machine with its NIC replaced)."""
+        definition = json.loads(rec.definition.read_text())
+        if mac is not None:
+            definition["nics"][0]["mac"] = mac
+        serial = ["-smbios", f"type=1,manufacturer=QEMU,serial={rec.name}"]
+        if serial[1] not in definition["extra_args"]:
+            definition["extra_args"] += serial
+        rec.definition.write_text(json.dumps(definition, indent=2))
+        info = qemu.QemuInfo(rec.qmp_socket, definition=rec.definition, pid_file=rec.pid_file)
+
+        async def start() -> None:
+            await qemu.start_process(info, f"cannot start {rec.name}")
+            async with qemu.qmp_session(rec.qmp_socket) as s:
+                await s.run("cont")  # started paused (-S)
+
+        asyncio.run(asyncio.wait_for(start(), timeout))
+
     # --- operations on nodes ------------------------------------------------------------------
 
     def vm(self, name: str) -> VmRecord:
@@ -778,7 +842,14 @@ def _preflight(plan: list[str], dhcp: str, bmc: str = "qemu") -> None:
         missing.append("dnsmasq (Debian package dnsmasq-base)")
     if missing:
         raise LabError(f"the lab needs {', '.join(missing)}")
-    if any(fw != "bios" for fw in plan):
+    if any(fw == "arm64" for fw in plan):
+        if shutil.which(vm.AARCH64_BINARY) is None:
+            raise LabError(f"arm64 VMs need {vm.AARCH64_BINARY} (Debian package qemu-system-arm)")
+        try:
+            vm.find_ovmf(vm.AAVMF_CANDIDATES)
+        except vm.QemuError as e:
+            raise LabError(str(e)) from None
+    if any(fw not in ("bios", "arm64") for fw in plan):
         try:
             vm.find_ovmf()
         except vm.QemuError as e:

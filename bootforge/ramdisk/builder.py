@@ -5,6 +5,8 @@ fetch the .deb files (apt-get download), unpack them, take the kernel and the mo
 linux-image-*, find the standard library modules the agent imports, compile them, collect the shared
 libraries every shipped program needs (ELF DT_NEEDED), lay the tree out usr-merged, check that the
 shipped Python imports the agent with only the shipped files, and write two compressed cpio segments.
+`arch` builds another architecture's ramdisk from its Debian packages without running any of its
+binaries (bootforge/ramdisk/target.py says how).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bootforge.ramdisk import python as py
-from bootforge.ramdisk.debs import RamdiskError, fetch, kernel_package, python_version, unpack
+from bootforge.ramdisk.debs import Apt, RamdiskError, fetch, host_arch, kernel_package, python_version, unpack
 from bootforge.ramdisk.extras import add_extras
 from bootforge.ramdisk.image import Image, compress, cpio
-from bootforge.ramdisk.kmod import DEFAULT_MODULES, Kernel, depmod, extract_kernel
-from bootforge.ramdisk.rootfs import LIB_DIRS, RootFs, normalise
+from bootforge.ramdisk.kmod import Kernel, depmod, extract_kernel
+from bootforge.ramdisk.rootfs import RootFs, normalise
 from bootforge.ramdisk.scripts import INIT, UDHCPC_SCRIPT
+from bootforge.ramdisk.target import Target
+from bootforge.ramdisk.target import target as find_target
 
 __all__ = ["AGENT_DIR", "DEFAULT_CACHE", "BuildResult", "build", "packages"]
 
@@ -70,6 +75,7 @@ class BuildResult:
     compression: str
     seconds: float
     debs: dict[str, str] = field(default_factory=dict)  # package -> .deb file name
+    arch: str = "amd64"  # the Debian architecture it was built for
 
     @property
     def total_size(self) -> int:
@@ -81,12 +87,28 @@ class _Ctx:
     cache: Path
     pyver: str
     debs: dict[str, Path]
-    rootfs: RootFs
+    rootfs: RootFs  # the target architecture's packages
     kernel: Kernel
-    python: py.Interpreter
+    python: py.Interpreter  # runs on the build machine (the target's own, when it is the same)
     say: Callable[[str], None]
+    target: Target
+    # Another architecture's build: the build machine's own packages (its Python and busybox),
+    # which run where the target's cannot. None when the target is the build machine's.
+    helper: RootFs | None = None
+    helper_target: Target | None = None
     # Programs of optional tool sets (`with_tools`), shipped with their libraries.
     extra_tools: tuple[str, ...] = ()
+
+    @property
+    def foreign(self) -> bool:
+        return self.helper is not None
+
+    def target_path(self, build_path: str) -> str:
+        """A file name the build machine's Python reported, as the target's package names it
+        (extension modules and _sysconfigdata carry the multiarch triplet)."""
+        if self.helper_target is None:
+            return build_path
+        return build_path.replace(self.helper_target.triplet, self.target.triplet)
 
 
 def build(
@@ -96,22 +118,29 @@ def build(
     kernel_name: str = "vmlinuz",
     initrd_name: str = "initrd",
     agent_dir: Path = AGENT_DIR,
-    modules: Sequence[str] = DEFAULT_MODULES,
+    modules: Sequence[str] | None = None,
     compression: str = "zstd",
     refresh: bool = False,
     ca_bundle: Path | None = None,
     say: Callable[[str], None] = lambda _: None,
     with_tools: Sequence[str] = (),
+    arch: str | None = None,
 ) -> BuildResult:
     """Build into ``output_dir/<kernel_name>`` and ``output_dir/<initrd_name>`` (see the module doc).
 
     The names may hold directories ("bootforge/vmlinuz"), as the netboot settings name the files.
     `ca_bundle`: PEM certificates the agent verifies an https API against (CA_BUNDLE in the initrd).
     `with_tools`: optional tool sets (bootforge/ramdisk/extras.py: "burn-in"), with their libraries.
+    `arch`: the Debian architecture to build for (default: the build machine's); `modules`: the
+    roots of the kernel module set (default: that architecture's list).
     """
     start = time.monotonic()
+    try:
+        tgt = find_target(arch or host_arch())
+    except ValueError as e:
+        raise RamdiskError(str(e)) from None
     ca = read_ca_bundle(ca_bundle) if ca_bundle is not None else None
-    ctx = _prepare(cache, modules, refresh, say)
+    ctx = _prepare(cache, tgt, tgt.modules if modules is None else modules, refresh, say)
     if with_tools:
         if getattr(ctx, "foreign", False):
             raise RamdiskError("--with is only built for the build machine's own architecture")
@@ -121,8 +150,13 @@ def build(
         )
     image = Image()
     agent_paths = _layout(ctx, image, agent_dir, ca)
-    say("checking the shipped Python imports the agent")
-    _verify_python(ctx, image, agent_dir)
+    if ctx.foreign:
+        # The target's interpreter cannot run here: _stdlib and _libraries already refused a
+        # closure module or library the target's packages lack.
+        say(f"{tgt.debian}: the shipped files were checked statically (its Python does not run here)")
+    else:
+        say("checking the shipped Python imports the agent")
+        _verify_python(ctx, image, agent_dir)
     say(f"writing the initrd ({image.size() / 2**20:.1f} MiB unpacked, {compression})")
     base = _segment(cpio(image, image.paths(lambda p: p not in agent_paths)), compression, cache)
     top = compress(cpio(image, image.paths(lambda p: p in agent_paths)), compression)
@@ -139,25 +173,60 @@ def build(
         compression=compression,
         seconds=time.monotonic() - start,
         debs={p: d.name for p, d in sorted(ctx.debs.items())},
+        arch=tgt.debian,
     )
 
 
-def _prepare(cache: Path, modules: Sequence[str], refresh: bool, say: Callable[[str], None]) -> _Ctx:
-    pyver = python_version()
-    kpkg = kernel_package()
+def _prepare(
+    cache: Path, tgt: Target, modules: Sequence[str], refresh: bool, say: Callable[[str], None]
+) -> _Ctx:
+    apt = Apt(tgt.debian, cache)
+    pyver = python_version(apt)
+    kpkg = kernel_package(apt)
     wanted = [kpkg, *packages(pyver)]
-    say(f"fetching {len(wanted)} Debian packages into {cache / 'debs'}")
-    debs = fetch(wanted, cache / "debs", [LAB_DEBS] if LAB_DEBS.is_dir() else [], refresh)
+    lab = [LAB_DEBS] if LAB_DEBS.is_dir() else []
+    say(f"fetching {len(wanted)} Debian {tgt.debian} packages into {cache / 'debs'}")
+    debs = fetch(wanted, cache / "debs", lab, refresh, apt)
     say(f"taking the kernel and {len(modules)} drivers (with their dependencies) out of {debs[kpkg].name}")
     kernel = extract_kernel(debs[kpkg], cache, modules)
     say("unpacking the other packages")
     trees = [unpack(debs[p], cache / "trees") for p in wanted[1:]]
-    rootfs = RootFs(trees)
-    return _Ctx(cache, pyver, debs, rootfs, kernel, _interpreter(cache, pyver, rootfs, debs, trees), say)
+    rootfs = RootFs(trees, tgt.lib_dirs)
+    if not apt.foreign:
+        python = _interpreter(cache, pyver, rootfs, debs, trees, tgt)
+        return _Ctx(cache, pyver, debs, rootfs, kernel, python, say, tgt)
+    # The build machine's own Python and busybox of the same versions do what the target's would.
+    own = find_target(host_arch())
+    helpers = [
+        f"python{pyver}-minimal",
+        f"libpython{pyver}-minimal",
+        f"libpython{pyver}-stdlib",
+        "busybox-static",
+    ]
+    helper_packages = [*packages(pyver)]
+    say(f"fetching the build machine's {own.debian} Python and busybox (they run here; the target's cannot)")
+    hdebs = fetch(helper_packages, cache / "debs", lab, refresh, Apt(own.debian, cache))
+    for name in helpers:
+        if _source_version(hdebs[name]) != _source_version(debs[name]):
+            raise RamdiskError(
+                f"{name} differs between {own.debian} ({hdebs[name].name}) and {tgt.debian} "
+                f"({debs[name].name}): the build needs the same version of both (try --refresh)"
+            )
+    htrees = [unpack(hdebs[p], cache / "trees") for p in helper_packages]
+    helper = RootFs(htrees, own.lib_dirs)
+    python = _interpreter(cache, pyver, helper, hdebs, htrees, own)
+    return _Ctx(cache, pyver, debs, rootfs, kernel, python, say, tgt, helper, own)
+
+
+def _source_version(deb: Path) -> str:
+    """The version in a .deb's name without a binNMU suffix (+b1): the same source and recipe."""
+    parts = deb.name.split("_")
+    version = parts[1] if len(parts) >= 3 else deb.name
+    return re.sub(r"\+b\d+$", "", version)
 
 
 def _interpreter(
-    cache: Path, pyver: str, rootfs: RootFs, debs: dict[str, Path], trees: Sequence[Path]
+    cache: Path, pyver: str, rootfs: RootFs, debs: dict[str, Path], trees: Sequence[Path], tgt: Target
 ) -> py.Interpreter:
     """Debian's Python over its full standard library, in one tree (hard links into the unpacked ones)."""
     names = [f"python{pyver}-minimal", f"libpython{pyver}-minimal", f"libpython{pyver}-stdlib"]
@@ -172,8 +241,8 @@ def _interpreter(
                 dirs_exist_ok=True, copy_function=os.link,
             )  # fmt: skip
         tmp.rename(merged)
-    libdirs = [t / d for t in trees for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")]
-    loader = rootfs.index[rootfs.resolve("lib64/ld-linux-x86-64.so.2")]
+    libdirs = [t / d for t in trees for d in (f"lib/{tgt.triplet}", f"usr/lib/{tgt.triplet}")]
+    loader = rootfs.index[rootfs.resolve(tgt.loader)]
     return py.Interpreter(loader, tuple(d for d in libdirs if d.is_dir()), merged / f"usr/bin/python{pyver}")
 
 
@@ -225,7 +294,11 @@ def _layout(ctx: _Ctx, image: Image, agent_dir: Path, ca: bytes | None = None) -
     if ca is not None:
         image.dir(posixpath.dirname(CA_BUNDLE))
         image.file(CA_BUNDLE, ca)
-    manifest = {"kernel": ctx.kernel.version, "debs": sorted(d.name for d in ctx.debs.values())}
+    manifest = {
+        "arch": ctx.target.debian,
+        "kernel": ctx.kernel.version,
+        "debs": sorted(d.name for d in ctx.debs.values()),
+    }
     image.file("etc/bootforge-ramdisk.json", json.dumps(manifest, indent=1).encode() + b"\n")
     return set(image.entries) - before
 
@@ -233,6 +306,9 @@ def _layout(ctx: _Ctx, image: Image, agent_dir: Path, ca: bytes | None = None) -
 def _busybox(ctx: _Ctx, image: Image) -> None:
     real = ctx.rootfs.index[ctx.rootfs.resolve("bin/busybox")]
     image.file("usr/bin/busybox", real.read_bytes(), 0o755)
+    if ctx.helper is not None:
+        # The build machine's busybox-static of the same source version lists the same applets.
+        real = ctx.helper.index[ctx.helper.resolve("bin/busybox")]
     try:
         applets = subprocess.run(
             [str(real), "--list-full"], capture_output=True, text=True, check=True, timeout=60
@@ -286,8 +362,15 @@ def _stdlib(ctx: _Ctx, image: Image, agent_dir: Path) -> list[tuple[str, bytes]]
     required, maybe = py.agent_imports(agent_dir)
     with tempfile.TemporaryDirectory(prefix="bootforge-agent-") as tmp:
         shutil.copytree(agent_dir, Path(tmp) / py.AGENT_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
-        files = py.stdlib_closure(ctx.python, stdlib, Path(tmp), required, maybe)
-    sources = {rel: stdlib / rel for rel in files if rel.endswith(".py")}
+        found = py.stdlib_closure(ctx.python, stdlib, Path(tmp), required, maybe)
+    # Sources and extension modules are the target's own files (the same names but for the
+    # multiarch triplet); the build machine's interpreter only found them and compiles them.
+    files = [ctx.target_path(rel) for rel in found]
+    sources = {
+        rel: ctx.rootfs.index[ctx.rootfs.resolve(f"{stdlib_rel}/{rel}")]
+        for rel in files
+        if rel.endswith(".py")
+    }
     key = [RECIPE, *(d.name for p, d in sorted(ctx.debs.items()) if "python" in p)]
     pyc = py.cached_compile(ctx.python, sources, ctx.cache, key, "/" + stdlib_rel)
     for rel in sorted(sources):
@@ -295,7 +378,7 @@ def _stdlib(ctx: _Ctx, image: Image, agent_dir: Path) -> list[tuple[str, bytes]]
     extensions = []
     for rel in files:
         if rel.endswith(".so"):
-            data = (stdlib / rel).read_bytes()
+            data = ctx.rootfs.read(f"{stdlib_rel}/{rel}")
             image.file(f"{stdlib_rel}/{rel}", data, 0o755)
             extensions.append((f"{stdlib_rel}/{rel}", data))
     # getpath's landmark for exec_prefix: without lib-dynload the interpreter warns at every start.
@@ -337,8 +420,8 @@ def _verify_python(ctx: _Ctx, image: Image, agent_dir: Path) -> None:
             root, lambda p: not p.startswith("usr/lib/modules/") and image.entries[p].kind != "chardev"
         )
         shipped = py.Interpreter(
-            root / "usr/lib64/ld-linux-x86-64.so.2",
-            tuple(root / d for d in LIB_DIRS),
+            root / ctx.target.loader,
+            tuple(root / d for d in ctx.target.lib_dirs),
             root / f"usr/bin/python{ctx.pyver}",
         )
         expect = {"prefix": str(root / "usr"), "package": py.AGENT_PACKAGE, "modules": required}

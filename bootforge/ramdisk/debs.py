@@ -5,6 +5,10 @@ Each package is fetched once into ``<cache>/debs`` and unpacked once into ``<cac
 (published by an atomic rename, so a build killed half way leaves nothing that looks finished). Which
 version a build uses is the .deb in the cache: a warm cache gives the same inputs, and so the same
 ramdisk, until `refresh` asks apt for the current candidates.
+
+Another architecture's packages (arm64 on an amd64 build machine) come through the host's own
+sources with an apt state of their own (``<cache>/apt-<arch>``: package lists, an empty dpkg status):
+the host's dpkg is never told about a foreign architecture and nothing is installed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import gzip
 import io
 import lzma
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -23,7 +28,16 @@ from typing import IO, Protocol, cast
 
 import zstandard
 
-__all__ = ["RamdiskError", "deb_members", "fetch", "kernel_package", "python_version", "unpack"]
+__all__ = [
+    "Apt",
+    "RamdiskError",
+    "deb_members",
+    "fetch",
+    "host_arch",
+    "kernel_package",
+    "python_version",
+    "unpack",
+]
 
 
 class RamdiskError(RuntimeError):
@@ -40,58 +54,136 @@ def _run(argv: Sequence[str], cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def _depends_on(metapackage: str, pattern: str) -> str:
-    out = _run(["apt-cache", "depends", metapackage])
+_HOST_ARCH: list[str] = []
+# uname's machine name -> Debian's architecture name, for the usual build machines.
+_DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "i386", "riscv64": "riscv64"}
+
+
+def host_arch() -> str:
+    """The build machine's Debian architecture, read once (dpkg --print-architecture elsewhere)."""
+    if not _HOST_ARCH:
+        known = _DEBIAN_ARCH.get(platform.machine())
+        _HOST_ARCH.append(known or _run(["dpkg", "--print-architecture"]).strip())
+    return _HOST_ARCH[0]
+
+
+_ARCH_NAME = re.compile(r"[a-z0-9]+")
+
+
+class Apt:
+    """apt-get / apt-cache for one Debian architecture. The host's own architecture uses the host's
+    apt as it is; another one gets a private state under `state_root` (package lists for that
+    architecture only, an empty dpkg status), fetched with `apt-get update` on first use."""
+
+    def __init__(self, arch: str | None = None, state_root: Path | None = None) -> None:
+        self.arch = arch or host_arch()
+        if not _ARCH_NAME.fullmatch(self.arch):
+            raise RamdiskError(f"not a Debian architecture name: {self.arch!r}")
+        self.foreign = self.arch != host_arch()
+        if self.foreign and state_root is None:
+            raise RamdiskError(f"packages for {self.arch} need a directory for their own apt state")
+        self.state = (state_root / f"apt-{self.arch}") if state_root is not None else None
+
+    def options(self) -> list[str]:
+        if not self.foreign or self.state is None:
+            return []
+        s = self.state
+        return [
+            "-o", f"APT::Architecture={self.arch}",
+            "-o", f"APT::Architectures::={self.arch}",
+            "-o", f"Dir::State::Lists={s / 'lists'}",
+            "-o", f"Dir::State::status={s / 'status'}",
+            "-o", f"Dir::Cache={s / 'cache'}",
+        ]  # fmt: skip
+
+    def _ready(self) -> None:
+        """A foreign architecture's lists, fetched once (later builds read them as they are)."""
+        if not self.foreign or self.state is None:
+            return
+        lists = self.state / "lists"
+        if any(lists.glob("*_Packages*")):
+            return
+        for d in (lists / "partial", self.state / "cache" / "archives" / "partial"):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.state / "status").touch()
+        self.update()
+
+    def update(self) -> None:
+        _run(["apt-get", *self.options(), "update", "-qq"])
+
+    def cache(self, *args: str) -> str:
+        self._ready()
+        return _run(["apt-cache", *self.options(), *args])
+
+    def download(self, packages: Sequence[str], cwd: Path) -> None:
+        self._ready()
+        _run(["apt-get", *self.options(), "download", "-q", *packages], cwd=cwd)
+
+
+def _depends_on(metapackage: str, pattern: str, apt: Apt | None = None) -> str:
+    out = (apt or Apt()).cache("depends", metapackage)
     m = re.search(rf"Depends:\s*({pattern})\s*$", out, re.MULTILINE)
     if m is None:
         raise RamdiskError(f"apt-cache depends {metapackage} names no package matching {pattern}")
     return m.group(1)
 
 
-def kernel_package() -> str:
-    """linux-image-amd64 is a metapackage; the kernel is its linux-image-<abi>-amd64 dependency."""
-    return _depends_on("linux-image-amd64", r"linux-image-\S+-amd64")
+def kernel_package(apt: Apt | None = None) -> str:
+    """linux-image-<arch> is a metapackage; the kernel is its linux-image-<abi>-<arch> dependency."""
+    arch = apt.arch if apt is not None else host_arch()
+    return _depends_on(f"linux-image-{arch}", rf"linux-image-\S+-{arch}", apt)
 
 
-def python_version() -> str:
+def python_version(apt: Apt | None = None) -> str:
     """The distribution's Python ("3.11"), read from python3-minimal's dependency on python3.X-minimal."""
-    name = _depends_on("python3-minimal", r"python3\.\d+-minimal")
+    name = _depends_on("python3-minimal", r"python3\.\d+-minimal", apt)
     return name[len("python") : -len("-minimal")]
 
 
-def _cached(package: str, dirs: Sequence[Path]) -> Path | None:
+def _cached(package: str, dirs: Sequence[Path], arch: str) -> Path | None:
+    # Only that architecture's build or an architecture-independent one: one cache may hold both
+    # an amd64 and an arm64 build of a package.
+    patterns = [f"{package}_*_{arch}.deb", f"{package}_*_all.deb"]
     for d in dirs:
-        found = sorted(d.glob(f"{package}_*.deb"))
+        found = sorted(p for pattern in patterns for p in d.glob(pattern))
         if found:
             return found[-1]
     return None
 
 
 def fetch(
-    packages: Sequence[str], debs: Path, also: Sequence[Path] = (), refresh: bool = False
+    packages: Sequence[str],
+    debs: Path,
+    also: Sequence[Path] = (),
+    refresh: bool = False,
+    apt: Apt | None = None,
 ) -> dict[str, Path]:
     """The .deb of each package: from `debs` or the read-only caches `also`, else `apt-get download`.
 
     Missing packages are downloaded in one apt-get call. `refresh` downloads every package again
-    (the current candidate) and drops the older .deb files it replaces.
+    (the current candidate) and drops the older .deb files it replaces. `apt` names another
+    architecture (its .deb files are told apart by name in shared caches).
     """
     debs.mkdir(parents=True, exist_ok=True)
-    found = {} if refresh else {p: _cached(p, [debs, *also]) for p in packages}
+    arch = apt.arch if apt is not None else host_arch()
+    found = {} if refresh else {p: _cached(p, [debs, *also], arch) for p in packages}
     missing = [p for p in packages if found.get(p) is None]
     if missing:
+        tool = apt or Apt()
         old = {p: set(debs.glob(f"{p}_*.deb")) for p in missing}
         try:
-            _run(["apt-get", "download", "-q", *missing], cwd=debs)
+            tool.download(missing, debs)
         except RamdiskError:
             # Stale package lists name versions the archive no longer has: refresh them once, retry.
-            _run(["apt-get", "update", "-qq"], cwd=debs)
-            _run(["apt-get", "download", "-q", *missing], cwd=debs)
+            tool.update()
+            tool.download(missing, debs)
         for p in missing:
             new = set(debs.glob(f"{p}_*.deb")) - old[p]
             if refresh and new:
-                for stale in old[p]:
-                    stale.unlink()
-            found[p] = _cached(p, [debs])
+                for stale in old[p] - new:
+                    if stale.name.endswith((f"_{arch}.deb", "_all.deb")):
+                        stale.unlink()
+            found[p] = _cached(p, [debs], arch)
     out: dict[str, Path] = {}
     for p in packages:
         deb = found.get(p)

@@ -33,7 +33,8 @@ def normalise(path: str) -> str:
 class RootFs:
     """The union of package trees; with duplicates, the tree listed last wins."""
 
-    def __init__(self, trees: Sequence[Path]) -> None:
+    def __init__(self, trees: Sequence[Path], lib_dirs: Sequence[str] = LIB_DIRS) -> None:
+        self.lib_dirs = tuple(lib_dirs)  # the target architecture's multiarch library directories
         self.index: dict[str, Path] = {}
         for tree in trees:
             for dirpath, dirnames, filenames in os.walk(tree):
@@ -68,7 +69,7 @@ class RootFs:
         return sorted(p for p in self.index if p.startswith(prefix) and "/" not in p[len(prefix) :])
 
     def find_library(self, soname: str) -> str:
-        for d in LIB_DIRS:
+        for d in self.lib_dirs:
             if self.exists(f"{d}/{soname}"):
                 return f"{d}/{soname}"
         raise RamdiskError(

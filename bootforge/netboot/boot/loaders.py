@@ -1,11 +1,13 @@
 """Boot loader binaries from Debian packages: the logical names clients ask for -> files on disk.
 
-bootforge ships no loader binaries. The README's set-up installs Debian's `ipxe`, `shim-signed`
-(+ `shim-helpers-amd64-signed`) and `grub-efi-amd64-signed`; this module finds their files and,
-for anything missing, names the package that provides it. The logical names are the ones the DHCP
-arch table (arch.py) hands out, plus the files shim asks for by fixed name in the Secure Boot
-chain: shim loads `grubx64.efi` (and `mmx64.efi` for MOK management) from the directory it came
-from, so the signed GRUB is published under that name, never renamed or re-signed.
+bootforge ships no loader binaries. The README's set-up installs Debian's `ipxe`; the signed
+chains (`shim-signed`, `grub-efi-amd64-signed`, and for ARM64 the arm64 builds of `shim-signed` and
+`grub-efi-arm64-signed`) are fetched into a cache, never installed. This module finds their files
+and, for anything missing, names what provides it. The logical names are the ones the DHCP arch
+table (arch.py) hands out, plus the files shim asks for by fixed name in the Secure Boot chain:
+shim loads `grubx64.efi` / `grubaa64.efi` (and `mmx64.efi` / `mmaa64.efi` for MOK management) from
+the directory it came from, so the signed GRUB is published under that name, never renamed or
+re-signed.
 
 Operator directories (extra_dirs, the setting `netboot.loader_dirs`) are searched first, in order,
 by logical name, so a locally built iPXE (an architecture Debian does not package, or an embedded
@@ -32,6 +34,7 @@ __all__ = [
     "LoaderSet",
     "LoaderSpec",
     "cached_loader_trees",
+    "chain_arch",
     "fetch_signed_loaders",
     "find_loaders",
     "how_to_provide",
@@ -50,7 +53,11 @@ class LoaderSpec:
 
 
 def _specs() -> dict[str, LoaderSpec]:
-    ipxe, grub = "/usr/lib/ipxe", "/usr/lib/grub/x86_64-efi-signed"
+    ipxe, grub, grub_aa64 = (
+        "/usr/lib/ipxe",
+        "/usr/lib/grub/x86_64-efi-signed",
+        "/usr/lib/grub/arm64-efi-signed",
+    )
     rows = [
         LoaderSpec("undionly.kpxe", "ipxe", (f"{ipxe}/undionly.kpxe",)),
         LoaderSpec("undionly.kkpxe", "ipxe", (f"{ipxe}/undionly.kkpxe",)),
@@ -63,6 +70,10 @@ def _specs() -> dict[str, LoaderSpec]:
         LoaderSpec("mmx64.efi", "shim-helpers-amd64-signed", ("/usr/lib/shim/mmx64.efi.signed",)),
         # The network image: built-in net modules and a /grub prefix (lab capture LOCAL-2).
         LoaderSpec("grubx64.efi", "grub-efi-amd64-signed", (f"{grub}/grubnetx64.efi.signed",)),
+        # ARM64: the arm64 build of shim-signed (the same package name) and its network GRUB.
+        LoaderSpec("shimaa64.efi", "shim-signed", ("/usr/lib/shim/shimaa64.efi.signed",)),
+        LoaderSpec("mmaa64.efi", "shim-helpers-arm64-signed", ("/usr/lib/shim/mmaa64.efi.signed",)),
+        LoaderSpec("grubaa64.efi", "grub-efi-arm64-signed", (f"{grub_aa64}/grubnetaa64.efi.signed",)),
         # Debian 12's ipxe package is x86 only; other architectures need an operator build.
         LoaderSpec("ipxe-i386.efi", None, ()),
         LoaderSpec("ipxe-arm32.efi", None, ()),
@@ -100,8 +111,10 @@ def how_to_provide(name: str) -> str:
     if name in SIGNED_CHAIN_LOADERS:
         # Installing shim-signed / grub-efi-amd64-signed runs maintainer scripts that may change the
         # host's own boot: they are fetched and unpacked into bootforge's cache instead.
+        arch = chain_arch(name)
+        build = "bootforge ramdisk build" + ("" if arch == "amd64" else f" --arch {arch}")
         return (
-            f"run `bootforge ramdisk build`, which fetches {spec.package} into {DEFAULT_LOADER_CACHE} "
+            f"run `{build}`, which fetches {spec.package} ({arch}) into {DEFAULT_LOADER_CACHE} "
             f"without installing it, or {own}"
         )
     return f"install it with: apt-get install -y {spec.package}, or {own}"
@@ -183,11 +196,27 @@ def loader_names_for_arches() -> set[str]:
     return {row.loader for row in ARCHES.values() if row.loader is not None}
 
 
-# The Secure Boot chain's packages. They are never installed on the host: their maintainer scripts
-# may run grub-install / update the host's boot entries. Fetched and unpacked into a cache instead.
-SIGNED_CHAIN_PACKAGES = ("shim-signed", "grub-efi-amd64-signed")
-SIGNED_CHAIN_LOADERS = ("shimx64.efi", "grubx64.efi")
+# The Secure Boot chains' packages by Debian architecture. They are never installed on the host: their
+# maintainer scripts may run grub-install / update the host's boot entries. Fetched and unpacked
+# into a cache instead (another architecture's through its own apt state: bootforge.ramdisk.debs.Apt).
+SIGNED_CHAIN_PACKAGES: dict[str, tuple[str, ...]] = {
+    "amd64": ("shim-signed", "grub-efi-amd64-signed"),
+    "arm64": ("shim-signed", "grub-efi-arm64-signed"),
+}
+# Loader name -> the Debian architecture whose packages provide it.
+_CHAIN_ARCH = {
+    "shimx64.efi": "amd64",
+    "grubx64.efi": "amd64",
+    "shimaa64.efi": "arm64",
+    "grubaa64.efi": "arm64",
+}
+SIGNED_CHAIN_LOADERS = tuple(_CHAIN_ARCH)
 DEFAULT_LOADER_CACHE = Path(os.environ.get("BOOTFORGE_LOADER_CACHE", "/var/cache/bootforge/loaders"))
+
+
+def chain_arch(name: str) -> str:
+    """The Debian architecture whose signed packages hold loader `name` (amd64 for unknown names)."""
+    return _CHAIN_ARCH.get(name, "amd64")
 
 
 def cached_loader_trees(cache: Path = DEFAULT_LOADER_CACHE) -> list[str]:
@@ -201,10 +230,18 @@ def cached_loader_trees(cache: Path = DEFAULT_LOADER_CACHE) -> list[str]:
     ]
 
 
-def fetch_signed_loaders(cache: Path = DEFAULT_LOADER_CACHE, refresh: bool = False) -> list[str]:
-    """apt-get download Debian's signed shim and GRUB into `cache`, unpack them (once), and
-    return the trees. Raises bootforge.ramdisk.debs.RamdiskError naming what failed."""
+def fetch_signed_loaders(
+    cache: Path = DEFAULT_LOADER_CACHE, refresh: bool = False, arch: str = "amd64"
+) -> list[str]:
+    """apt-get download Debian's signed shim and GRUB for Debian architecture `arch` into `cache`,
+    unpack them (once), and return the trees. Raises bootforge.ramdisk.debs.RamdiskError naming
+    what failed (an architecture without a signed chain included)."""
     from bootforge.ramdisk import debs  # the ramdisk builder's fetcher; imported late (zstandard)
 
-    fetched = debs.fetch(list(SIGNED_CHAIN_PACKAGES), cache / "debs", refresh=refresh)
+    packages = SIGNED_CHAIN_PACKAGES.get(arch)
+    if packages is None:
+        raise debs.RamdiskError(
+            f"Debian signs no shim/GRUB for {arch!r}: use one of {', '.join(SIGNED_CHAIN_PACKAGES)}"
+        )
+    fetched = debs.fetch(list(packages), cache / "debs", refresh=refresh, apt=debs.Apt(arch, cache))
     return [str(debs.unpack(deb, cache / "trees")) for deb in fetched.values()]

@@ -1,6 +1,7 @@
 """The conductor's DHCP answers when a loader is missing (#12): an ARM64 node without ipxe-arm64.efi
-and a Secure Boot node without shim/GRUB get no boot file, and their timelines say what is missing
-and how to provide it. DhcpCore -> NetbootView -> Netboot.on_dhcp -> EventSink -> the node's history."""
+and without the signed arm64 chain, and a Secure Boot node without shim/GRUB, get no boot file, and
+their timelines say what is missing and how to provide it. DhcpCore -> NetbootView ->
+Netboot.on_dhcp -> EventSink -> the node's history."""
 
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ async def history(bf: InProcess, uuid: str) -> list[dict[str, str]]:
 async def test_arm64_node_gets_an_address_no_boot_file_and_a_timeline_event(bf: InProcess) -> None:
     mac = "52:54:00:aa:cc:01"
     uuid = await enrol(bf, mac, "arm1")
-    view = NetbootView(bf.conductor.db, ENDPOINTS, missing_loaders=missing("ipxe-arm64.efi", "ipxe-i386.efi"))
+    view = NetbootView(
+        bf.conductor.db, ENDPOINTS, missing_loaders=missing("ipxe-arm64.efi", "ipxe-i386.efi", "shimaa64.efi")
+    )
     await view.refresh()
     sink = EventSink(bf.conductor.db, "test")
     netboot = Netboot(view, sink)
@@ -72,6 +75,7 @@ async def test_arm64_node_gets_an_address_no_boot_file_and_a_timeline_event(bf: 
     assert len(warnings) == 1
     text = warnings[0]["event"]
     assert "arm64-uefi" in text and "ipxe-arm64.efi" in text and "netboot.loader_dirs" in text
+    assert "shimaa64.efi" in text and "ramdisk build --arch arm64" in text
     # x64 UEFI on the same view still gets its iPXE.
     assert view.boot_for(client(mac, 7), None) == dhcp.BootDecision("ipxe.efi", IPv4Address("10.9.0.1"))
 
@@ -79,7 +83,7 @@ async def test_arm64_node_gets_an_address_no_boot_file_and_a_timeline_event(bf: 
 async def test_the_timeline_event_is_rate_limited_like_other_netboot_events(bf: InProcess) -> None:
     mac = "52:54:00:aa:cc:02"
     uuid = await enrol(bf, mac, "arm2")
-    view = NetbootView(bf.conductor.db, ENDPOINTS, missing_loaders=missing("ipxe-arm64.efi"))
+    view = NetbootView(bf.conductor.db, ENDPOINTS, missing_loaders=missing("ipxe-arm64.efi", "grubaa64.efi"))
     await view.refresh()
     sink = EventSink(bf.conductor.db, "test", burst=3, window=3600.0)
     netboot = Netboot(view, sink)
