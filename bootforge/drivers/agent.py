@@ -23,6 +23,7 @@ from typing import Any, Final
 from bootforge.config import Settings
 from bootforge.drivers import base, storage
 from bootforge.errors import DriverError, InvalidInput
+from bootforge.netboot.boot import arch as arches
 
 AGENT_BOOT: Final = "agent_boot"
 AGENT_COMMAND: Final = "agent_command"
@@ -114,19 +115,24 @@ class PxeBoot(base.BootInterface):
     def validate(self, task: base.Task) -> None:
         info = task.node.driver_info
         root = netboot_root(self.settings)
+        # The ramdisk of the node's CPU architecture (bootforge/arm64/... for aarch64); while it is
+        # unknown (no DHCP or inspection yet), any architecture's build will do.
+        cpu = (task.node.properties or {}).get("cpu_arch")
+        cpus = [str(cpu)] if cpu else list(arches.CPU_ARCHES)
         for key, default in (
             ("deploy_kernel", self.settings.netboot.deploy_kernel),
             ("deploy_ramdisk", self.settings.netboot.deploy_ramdisk),
         ):
-            ref = info.get(key) or default
-            if "://" in ref:
+            refs = [info[key]] if info.get(key) else [arches.ramdisk_file(default, c) for c in cpus]
+            if any("://" in ref or (root / ref).is_file() for ref in refs):
                 continue
-            if not (root / ref).is_file():
-                raise InvalidInput(
-                    f"the bootforge ramdisk's {key.split('_')[1]} {root / ref} does not exist: "
-                    "build it with `bootforge ramdisk build`",
-                    f"driver_info.{key}",
-                )
+            found = arches.cpu_arch(cpus[0]) if len(cpus) == 1 else None
+            flag = f" --arch {found.debian}" if found is not None and found.cpu != arches.DEFAULT_CPU else ""
+            raise InvalidInput(
+                f"the bootforge ramdisk's {key.split('_')[1]} {root / refs[0]} does not exist: "
+                f"build it with `bootforge ramdisk build{flag}`",
+                f"driver_info.{key}",
+            )
 
     async def prepare_ramdisk(self, task: base.Task) -> None:
         # Once: a machine that reboots itself later (or after a failed deploy) falls back to its
