@@ -8,8 +8,10 @@ Trust rule (what a discovery report must show; everything else gets the same 404
   command line of the script handed to that MAC; valid for `discovery.token_ttl` seconds. A token is
   worth one MAC: it can enrol that MAC and nothing else, and a MAC that is already a port is never
   re-enrolled (the same boot's retry gets the same answer, any other report 409);
-- new nodes are created at most `max_enrolments_per_minute` per conductor (429 beyond, the agent
-  retries); the inventory is bounded in bytes and list lengths and checked for the types bootforge reads;
+- reports that change the database (a new node, or ports added to a node by serial) are accepted at most
+  `max_enrolments_per_minute` per conductor (429 beyond, the agent retries); one report adds at most
+  MAX_PORTS_PER_REPORT ports; the inventory is bounded in bytes and list lengths and checked for the
+  types bootforge reads;
 - one node per serial (machine_serials, primary key): a rediscovered serial adds the new MACs to the
   existing node as ports with pxe_enabled false (a stranger cannot claim a known serial and be handed
   that node's boot configuration) and says so on its timeline; the node is otherwise left alone.
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
 REFUSED = "bootforge does not expect a discovery report from this address now"
 BOOT_ID_RE = re.compile(r"^([0-9]{10})\.([0-9a-f]{16})$")
 MAX_RULES = 200
+# Ports one report may add (the booting NIC first): a machine has a handful of NICs.
+MAX_PORTS_PER_REPORT = 16
 # Serial numbers that vendors ship unset: never a machine's identity.
 JUNK_SERIALS = frozenset(
     {"", "0", "none", "n/a", "na", "not specified", "not available", "to be filled by o.e.m.",
@@ -258,11 +262,12 @@ class DiscoveryService:
                 return {"node": {"uuid": owner.uuid, "name": owner.name}, "enrolled": True, "power_off": True}
             raise Conflict("this MAC is already a port of a node; it is not discovered again")
         serial = clean_serial(inventory)
+        # Merges count too: each one adds ports, and any machine on the subnet can make reports.
+        self._take_enrolment_slot()
         if serial is not None:
             merged = await self._merge(serial, mac, inventory, client)
             if merged is not None:
                 return merged
-        self._take_enrolment_slot()
         plan = await self.plan(inventory)
         node = await self._create(mac, boot_id, inventory, client, plan, serial)
         self.counts["enrolled"] += 1
@@ -414,7 +419,7 @@ class DiscoveryService:
             mac = str(nic.get("mac_address") or "").lower() if isinstance(nic, dict) else ""
             if MAC_RE.match(mac):
                 macs.append(mac)
-        macs = list(dict.fromkeys(macs))
+        macs = list(dict.fromkeys(macs))[:MAX_PORTS_PER_REPORT]
         async with self.db.write() as s:
             known = set((await s.scalars(select(Port.address).where(Port.address.in_(macs)))).all())
             new = [m for m in macs if m not in known]
