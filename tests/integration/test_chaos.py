@@ -1,0 +1,337 @@
+"""Chaos (#13's Verify, first bullet): conductors killed and frozen, PostgreSQL restarted, mid-deploy.
+
+A PostgreSQL server started by this test; three `bootforge serve` processes on it (role all: API and
+conductor); 300 fake-hardware nodes deployed with fake delays, their deploy requests spread over
+~30 s across the live APIs, each deploy also running fake-hardware's `flash_once`, a step that may not
+run twice. Meanwhile, on a schedule: a conductor is SIGKILLed, one is frozen with SIGSTOP for longer
+than the heartbeat timeout and then continued, PostgreSQL is restarted (fast shutdown, down 2 s), and
+after each kill or freeze a new conductor is started. The victim is the live conductor holding the
+most nodes at that moment, so every blow lands on work under way.
+
+The issue's schedule is every 20 s with production heartbeats; here the heartbeat is 0.5 s, the
+offline timeout 4 s, a freeze 7 s and a blow every ~6 s, so the test takes about two minutes.
+
+Asserted from the database (nodes and the event timeline) and the processes' logs:
+- every node ends `active` and unlocked (nodes failed because their may-not-rerun step was
+  interrupted are deployed again by the test, as an operator would after checking the machine);
+- no deploy attempt started `flash_once` twice, and every such failure names that rule;
+- no write of a frozen conductor was applied after its node was taken over: no event of the old
+  holder recorded before the takeover reached the table after it; the frozen processes' late
+  writes were refused (the fencing log lines are counted);
+- the processes not killed are still running.
+Processes are signalled only by the PIDs this test started; everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from support.chaos import freeze, pg_conductor, restart_postgres, start_postgres, stop_postgres, thaw
+from support.postgres import PostgresServer, running_postgres
+from support.service import LATEST, Served
+
+from bootforge.conductor import states
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings(r"ignore:Exception ignored in. <_io.FileIO name='.*/serve-\d+\.log'"),
+]
+
+NODES = 300
+OFFLINE_AFTER = 4.0
+FREEZE_FOR = 7.0  # longer than OFFLINE_AFTER plus a takeover round
+ENV = {
+    "BOOTFORGE_CONDUCTOR_HEARTBEAT_INTERVAL": "0.5",
+    "BOOTFORGE_CONDUCTOR_OFFLINE_AFTER": str(OFFLINE_AFTER),
+    "BOOTFORGE_TIMEOUT_CHECK_INTERVAL": "0.5",
+    "BOOTFORGE_POWER_SYNC_INTERVAL": "0",
+    "BOOTFORGE_FAKE_DELAYS__POWER": "0.02",
+    "BOOTFORGE_FAKE_DELAYS__BOOT": "0.1",
+    "BOOTFORGE_FAKE_DELAYS__DEPLOY": "3",
+    "BOOTFORGE_FAKE_DELAYS__MANAGEMENT": "0.5",  # flash_once
+    "BOOTFORGE_FAKE_DELAYS__CLEAN": "0.05",
+}
+CLIENTS = 12  # API calls in flight from the test
+SUBMIT_OVER = 30.0  # seconds over which the 300 deploy requests are spread
+# (seconds after the first deploy request, blow)
+SCHEDULE = [(3.0, "kill"), (9.0, "freeze"), (20.0, "postgres"), (25.0, "kill"), (31.0, "freeze")]
+DEPLOY = {"target": "active", "deploy_steps": [{"interface": "deploy", "step": "flash_once", "priority": 90}]}
+FLASH_STARTED = "deploy step deploy.flash_once started"
+REFUSED_WRITE = re.compile(r"lock generation \d+ of (\S+) lost; write refused")
+TAKEOVER = re.compile(r"conductor (\S+) stopped heartbeating; taken over by (\S+)")
+
+
+@pytest.fixture
+def chaos_postgres() -> Iterator[PostgresServer]:
+    try:
+        with running_postgres() as pg:
+            stop_postgres(pg)
+            start_postgres(pg)  # with max_connections=300: up to six conductors' pools
+            yield pg
+    except LookupError as exc:
+        pytest.skip(f"needs {exc}")
+
+
+@dataclass
+class Cluster:
+    tmp_path: Path
+    url: str
+    stack: contextlib.ExitStack
+    procs: dict[str, Served] = field(default_factory=dict)
+    dead: set[str] = field(default_factory=set)
+    frozen: dict[str, float] = field(default_factory=dict)  # name -> when to continue it
+    froze: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (stopped, continued)
+    turn: int = 0
+
+    def start(self) -> str:
+        name = f"chaos-c{len(self.procs)}"
+        self.procs[name] = self.stack.enter_context(pg_conductor(self.tmp_path, name, self.url, ENV))
+        # Unwound before the process's own exit: a frozen process cannot act on SIGTERM.
+        self.stack.callback(self.thaw_if_frozen, name)
+        return name
+
+    def thaw_if_frozen(self, name: str) -> None:
+        if self.frozen.pop(name, None) is not None:
+            thaw(self.procs[name])
+
+    def answering(self) -> list[str]:
+        # Read by the client threads while the main thread changes the cluster: copies, not views.
+        dead, frozen = set(self.dead), set(self.frozen)
+        return [n for n in list(self.procs) if n not in dead and n not in frozen]
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, within: float = 60) -> Any:
+        """One API call to any answering process, retried (other process, backoff) until it succeeds:
+        a process may be killed, frozen, or PostgreSQL down at that moment."""
+        deadline = time.monotonic() + within
+        last = ""
+        while time.monotonic() < deadline:
+            names = self.answering()
+            name = names[self.turn % len(names)]
+            self.turn += 1
+            try:
+                r = httpx.request(method, self.procs[name].url + path, json=body, headers=LATEST, timeout=10)
+                if r.status_code < 500 and r.status_code != 409:
+                    return r
+                last = f"{name}: {r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = f"{name}: {type(exc).__name__}"
+            time.sleep(0.2)
+        raise AssertionError(f"{method} {path} failed for {within} s; last: {last}")
+
+
+def db_rows(engine: sa.Engine, query: str) -> list[Any]:
+    """Rows of `query`, retried while PostgreSQL is restarting."""
+    for _ in range(100):
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(sa.text(query)))
+        except sa.exc.OperationalError:
+            time.sleep(0.2)
+    raise AssertionError("PostgreSQL did not come back")
+
+
+def node_states(engine: sa.Engine) -> dict[str, tuple[str, str | None, str | None]]:
+    rows = db_rows(
+        engine, "SELECT uuid, provision_state, reservation, last_error FROM nodes WHERE name LIKE 'chaos-n%'"
+    )
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def wait_nodes(
+    engine: sa.Engine, done: Callable[[tuple[str, str | None, str | None]], bool], timeout: float, what: str
+) -> dict[str, tuple[str, str | None, str | None]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = node_states(engine)
+        late = {u: s for u, s in found.items() if not done(s)}
+        if len(found) == NODES and not late:
+            return found
+        assert time.monotonic() < deadline, (
+            f"not {what} after {timeout} s: {len(late)} nodes, e.g. {list(late.items())[:5]}"
+        )
+        time.sleep(0.5)
+
+
+def test_chaos_every_node_reaches_active(tmp_path: Path, chaos_postgres: PostgresServer) -> None:
+    pg = chaos_postgres
+    engine = sa.create_engine(pg.url(driver="psycopg"), pool_pre_ping=True)
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        cluster = Cluster(tmp_path, pg.url(), stack)
+        for _ in range(3):
+            cluster.start()
+
+        pool = stack.enter_context(ThreadPoolExecutor(CLIENTS))
+
+        def create(i: int) -> str:
+            r = cluster.call("POST", "/v1/nodes", {"driver": "fake-hardware", "name": f"chaos-n{i}"})
+            assert r.status_code == 201, r.text
+            return str(r.json()["uuid"])
+
+        def act(u: str, verb: str) -> None:
+            r = cluster.call("PUT", f"/v1/nodes/{u}/states/provision", {"target": verb})
+            assert r.status_code == 202, r.text
+
+        uuids = list(pool.map(create, range(NODES)))
+        for verb, state in (("manage", states.MANAGEABLE), ("provide", states.AVAILABLE)):
+            list(pool.map(act, uuids, [verb] * NODES))
+            wait_nodes(engine, lambda s, st=state: s[0] == st and s[1] is None, 120, state)  # type: ignore[misc]
+        setup = time.monotonic() - began
+
+        # Deploy requests spread over SUBMIT_OVER seconds, the blows landing on the schedule.
+        start = time.monotonic()
+        schedule = list(SCHEDULE)
+        blows: list[str] = []
+        victims: set[str] = set()
+        pg_down = 0.0
+
+        def due() -> None:
+            nonlocal pg_down
+            now = time.monotonic()
+            for name, until in list(cluster.frozen.items()):
+                if now >= until:
+                    thaw(cluster.procs[name])
+                    cluster.froze[name] = (cluster.froze[name][0], time.monotonic())
+                    del cluster.frozen[name]
+                    blows.append(f"{now - start:.1f}s continued {name}")
+            while schedule and now - start >= schedule[0][0]:
+                _, blow = schedule.pop(0)
+                if blow == "postgres":
+                    pg_down = restart_postgres(pg, 2.0)
+                    blows.append(f"{now - start:.1f}s PostgreSQL restarted (unreachable {pg_down:.1f} s)")
+                    continue
+                victim = busiest(engine, cluster)
+                victims.add(victim)
+                if blow == "kill":
+                    cluster.procs[victim].kill()
+                    cluster.dead.add(victim)
+                else:
+                    freeze(cluster.procs[victim])
+                    cluster.frozen[victim] = time.monotonic() + FREEZE_FOR
+                    cluster.froze[victim] = (time.monotonic(), 0.0)
+                new = cluster.start()
+                blows.append(f"{now - start:.1f}s {blow} {victim}, started {new}")
+
+        def deploy(u: str) -> None:
+            r = cluster.call("PUT", f"/v1/nodes/{u}/states/provision", DEPLOY)
+            if r.status_code != 202:
+                # A retry of a request whose first answer was lost (PostgreSQL restarting) finds
+                # the node already on its way.
+                assert node_states(engine)[u][0] in (states.DEPLOYING, states.ACTIVE), r.text
+
+        def submit() -> None:
+            """The deploy requests, paced over SUBMIT_OVER seconds, CLIENTS at a time."""
+            pending = []
+            for i, u in enumerate(uuids):
+                pending.append(pool.submit(deploy, u))
+                pause = start + SUBMIT_OVER * (i + 1) / NODES - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)  # pacing the requests, not waiting for an outcome
+            for f in pending:
+                f.result()
+
+        submitter = ThreadPoolExecutor(1)
+        submitted = submitter.submit(submit)
+        while schedule or cluster.frozen or not submitted.done():
+            due()
+            time.sleep(0.1)
+        submitter.shutdown()
+        submitted.result()
+        chaos = time.monotonic() - start
+
+        # Nodes failed by the may-not-rerun rule are deployed again; any other failure is a bug.
+        redeployed: set[str] = set()
+        while True:
+            found = wait_nodes(
+                engine, lambda s: s[1] is None and s[0] in (states.ACTIVE, states.DEPLOYFAIL), 120, "settled"
+            )
+            failed = {u: s for u, s in found.items() if s[0] == states.DEPLOYFAIL}
+            if not failed:
+                break
+            for u, (_, _, error) in failed.items():
+                assert error is not None and "may not run twice" in error, (u, error)
+                deploy(u)
+                redeployed.add(u)
+        total = time.monotonic() - began
+
+        for name, proc in cluster.procs.items():
+            if name not in cluster.dead:
+                assert proc.proc is not None and proc.proc.poll() is None, f"{name} exited: {proc.log}"
+        refused: dict[str, int] = defaultdict(int)
+        for name in cluster.froze:
+            assert cluster.procs[name].log is not None
+            for line in cluster.procs[name].log.read_text(errors="replace").splitlines():
+                m = REFUSED_WRITE.search(line)
+                if m and m.group(1) == name:
+                    refused[name] += 1
+
+    events = db_rows(
+        engine,
+        "SELECT n.uuid, e.id, e.created_at, e.event_type, e.event, e.conductor FROM node_events e "
+        "JOIN nodes n ON n.id = e.node_id WHERE n.name LIKE 'chaos-n%' ORDER BY e.id",
+    )
+    engine.dispose()
+    by_node: dict[str, list[Any]] = defaultdict(list)
+    for row in events:
+        by_node[row[0]].append(row)
+
+    flashes_twice: list[str] = []
+    late_writes: list[str] = []
+    takeovers: dict[str, int] = defaultdict(int)
+    rule_failures = 0
+    reruns = 0
+    for u, rows in by_node.items():
+        started_in_attempt = 0
+        for row in rows:
+            text = row[4]
+            if row[3] == "provisioning" and "-> deploying" in text:
+                started_in_attempt = 0
+            if text == FLASH_STARTED:
+                started_in_attempt += 1
+                if started_in_attempt > 1:
+                    flashes_twice.append(u)
+            if "may not run twice" in text and "deploy failed" in text:
+                rule_failures += 1
+            if "it may run again: running it again" in text:
+                reruns += 1
+            m = TAKEOVER.search(text)
+            if m:
+                old = m.group(1)
+                takeovers[old] += 1
+                # The old holder's events recorded before the takeover must not land after it.
+                late_writes += [
+                    f"{u}: {r[4]!r} by {old}" for r in rows if r[1] > row[1] and r[5] == old and r[2] < row[2]
+                ]
+    summary = (
+        f"setup {setup:.0f} s, chaos {chaos:.0f} s, total {total:.0f} s; blows: {blows}; takeovers "
+        f"{dict(takeovers)}; re-run steps {reruns}; may-not-rerun refusals {rule_failures} "
+        f"(redeployed {len(redeployed)}); refused late writes {dict(refused)}"
+    )
+    print(summary)
+    assert not flashes_twice, (flashes_twice, summary)
+    assert not late_writes, (late_writes[:10], summary)
+    assert rule_failures >= len(redeployed), summary
+    # Every blow landed on work: each victim's nodes were taken over, and the frozen ones (continued
+    # with work in hand) had their late writes refused.
+    assert len(victims) == 4 and victims <= set(takeovers), summary
+    assert sum(refused.values()) >= 1, summary
+    assert total < 240, summary
+
+
+def busiest(engine: sa.Engine, cluster: Cluster) -> str:
+    """The answering conductor holding the most node locks now."""
+    rows = db_rows(engine, "SELECT reservation, count(*) FROM nodes WHERE reservation IS NOT NULL GROUP BY 1")
+    held = {r[0]: r[1] for r in rows}
+    return max(cluster.answering(), key=lambda n: held.get(n, 0))
