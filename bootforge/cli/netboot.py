@@ -267,6 +267,8 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
             )
             await dhcp_server.start()
             netboot.servers.append(dhcp_server)
+            # Discovery: an unknown machine's lease, fresher than the view's copy of the database.
+            view.lease_of = _bound_lease(dhcp_server)
         if nb.dhcp6 != "off" and endpoints6 is not None:
             dhcp6_server = Dhcp6Server(
                 _dhcp6_config(settings),
@@ -349,6 +351,16 @@ async def _start_tftp(
         pool = TftpWorkers(spec, nb.tftp_workers - 1, on_event=netboot.on_tftp)
         await pool.start()
         netboot.servers.append(pool)
+
+
+def _bound_lease(server: DhcpServer) -> Callable[[str], str | None]:
+    def lease_of(mac: str) -> str | None:
+        core = getattr(server, "core", None)
+        record = core.lease_for(mac) if core is not None else None
+        bound = record is not None and record.state is dhcp.LeaseState.BOUND
+        return str(record.ip) if bound and record is not None else None
+
+    return lease_of
 
 
 def _dhcp_config(settings: Settings) -> dhcp.DhcpConfig:

@@ -133,6 +133,8 @@ class RamdiskSource:
 class NetbootView:
     # Set by serve when discovery is on: unknown MACs on its subnets get the discovery ramdisk.
     discovery: DiscoveryOffer | None = None
+    # MAC -> the address bootforge's DHCP server has bound to it now (its own table, not the database's).
+    lease_of: Callable[[str], str | None] | None = None
 
     def __init__(
         self,
@@ -546,7 +548,11 @@ class NetbootView:
         offer, r, e = self.discovery, self.ramdisk, self.endpoints
         if offer is None or r is None or e is None or not offer.allows(client_ip) or _is_ipv6(client_ip):
             return None
-        if not MAC_RE.match(mac) or (self.bind_to_leases and client_ip not in self.leased_to(mac)):
+        if not MAC_RE.match(mac):
+            return None
+        # No DHCP event tells the view about an unknown MAC's lease: the server's own table is asked.
+        live = self.lease_of(mac) if self.lease_of is not None else None
+        if self.bind_to_leases and client_ip not in self.leased_to(mac) and client_ip != live:
             return None
 
         def url(ref: str) -> str:

@@ -66,3 +66,12 @@ async def test_refused_outside_the_subnets_and_without_a_lease(bf: InProcess) ->
     bound.note_dhcp("dhcp.ack", MAC, "10.9.0.77")
     assert isinstance(bound.plan_for({"mac": MAC}, "http://x/boot/ipxe", "10.9.0.77"), scripts.RamdiskBoot)
     assert isinstance(bound.plan_for({"mac": MAC}, "http://x/boot/ipxe", "10.9.0.78"), scripts.RefuseBoot)
+
+
+async def test_the_dhcp_servers_own_lease_counts(bf: InProcess) -> None:
+    """No DHCP event reaches the view for an unknown MAC: the server's live table is asked."""
+    v = view(bf, bind=True)
+    await v.refresh()
+    v.lease_of = lambda mac: "10.9.0.80" if mac == MAC else None
+    assert isinstance(v.plan_for({"mac": MAC}, "http://x/boot/ipxe", "10.9.0.80"), scripts.RamdiskBoot)
+    assert isinstance(v.plan_for({"mac": MAC}, "http://x/boot/ipxe", "10.9.0.81"), scripts.RefuseBoot)
