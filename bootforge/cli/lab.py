@@ -44,7 +44,7 @@ def up(
         str,
         typer.Option(
             help="bios, uefi (OVMF PXE), uefi-http, uefi-sb (Secure Boot enforced, TCG), arm64 (AAVMF on "
-            "qemu-system-aarch64 -M virt, TCG) or mixed"
+            "qemu-system-aarch64 -M virt, TCG), arm64-sb (the same, Secure Boot enforced) or mixed"
         ),
     ] = "bios",
     memory: Annotated[int, typer.Option(help="MiB per VM")] = 512,

@@ -58,7 +58,8 @@ from bootforge.ramdisk import build as build_agent_ramdisk
 
 __all__ = ["BMCS", "FIRMWARES", "Lab", "LabError", "LabState", "VmRecord"]
 
-FIRMWARES = ("bios", "uefi", "uefi-http", "uefi-sb", "arm64")
+FIRMWARES = ("bios", "uefi", "uefi-http", "uefi-sb", "arm64", "arm64-sb")
+ARM64_FIRMWARES = ("arm64", "arm64-sb")  # arm64-sb: AAVMF with Microsoft's keys, Secure Boot enforced
 # "mixed": one of each in turn, but not uefi-sb or arm64 (TCG only: minutes per boot).
 MIXED = FIRMWARES[:3]
 # arm64: qemu-system-aarch64 -M virt under TCG with AAVMF; the deploy ramdisk built from Debian's
@@ -180,7 +181,9 @@ def firmware_plan(count: int, firmware: str) -> list[str]:
     if firmware == "mixed":
         return [MIXED[i % len(MIXED)] for i in range(count)]
     if firmware not in FIRMWARES:
-        raise LabError(f"unknown firmware {firmware!r}: use bios, uefi, uefi-http, uefi-sb, arm64 or mixed")
+        raise LabError(
+            f"unknown firmware {firmware!r}: use bios, uefi, uefi-http, uefi-sb, arm64, arm64-sb or mixed"
+        )
     return [firmware] * count
 
 
@@ -204,7 +207,7 @@ def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str, ipv6: bool = 
     if rec.firmware == "uefi-sb":
         # Secure Boot enforced with Microsoft's keys; its SMM needs TCG (this KVM has no SMM).
         secure = {"secure_boot": True, "machine": "q35,smm=on", "accel": "tcg"}
-    if rec.firmware == "arm64":
+    if rec.firmware in ARM64_FIRMWARES:
         # AAVMF's own PXE (no option ROM on virt); the RNG seeds the kernel's pool at once (Python
         # waits for it) and edk2's network stack wants one.
         secure = {
@@ -213,6 +216,7 @@ def vm_definition(rec: VmRecord, memory_mib: int, netns_name: str, ipv6: bool = 
             "machine": "virt",
             "cpu_model": ARM64_CPU,
             "accel": "tcg",
+            "secure_boot": rec.firmware == "arm64-sb",
         }
         extra += ["-device", "virtio-rng-pci"]
     return secure | {
@@ -400,9 +404,9 @@ class Lab:
     ) -> None:
         boot = self.dir / "boot" / "bootforge"
         boot.mkdir(parents=True, exist_ok=True)
-        if "arm64" in plan:
+        if any(fw in ARM64_FIRMWARES for fw in plan):
             self._arm64_boot(boot, say)
-        if all(fw == "arm64" for fw in plan):
+        if all(fw in ARM64_FIRMWARES for fw in plan):
             pass  # no x86 VM: no x86 ramdisk
         elif kind == "agent":
             say("building the deploy ramdisk (bootforge ramdisk build; cached after the first time)")
@@ -653,7 +657,7 @@ class Lab:
     def _enrol(self, api: httpx.Client, rec: VmRecord) -> None:
         driver, info = self._driver(rec)
         body = {"driver": driver, "name": f"lab-{rec.name}", "driver_info": info}
-        if rec.firmware == "uefi-sb":  # DHCP then offers it the signed chain (shim -> GRUB)
+        if rec.firmware in ("uefi-sb", "arm64-sb"):  # DHCP then offers it the signed chain (shim -> GRUB)
             body["properties"] = {"capabilities": "boot_mode:uefi,secure_boot:true"}
         vmedia = self._vmedia_boot()
         if vmedia:
@@ -842,14 +846,14 @@ def _preflight(plan: list[str], dhcp: str, bmc: str = "qemu") -> None:
         missing.append("dnsmasq (Debian package dnsmasq-base)")
     if missing:
         raise LabError(f"the lab needs {', '.join(missing)}")
-    if any(fw == "arm64" for fw in plan):
+    if any(fw in ARM64_FIRMWARES for fw in plan):
         if shutil.which(vm.AARCH64_BINARY) is None:
             raise LabError(f"arm64 VMs need {vm.AARCH64_BINARY} (Debian package qemu-system-arm)")
         try:
-            vm.find_ovmf(vm.AAVMF_CANDIDATES)
+            vm.find_ovmf(vm.AAVMF_SECURE_BOOT_CANDIDATES if "arm64-sb" in plan else vm.AAVMF_CANDIDATES)
         except vm.QemuError as e:
             raise LabError(str(e)) from None
-    if any(fw not in ("bios", "arm64") for fw in plan):
+    if any(fw not in ("bios", *ARM64_FIRMWARES) for fw in plan):
         try:
             vm.find_ovmf()
         except vm.QemuError as e:
