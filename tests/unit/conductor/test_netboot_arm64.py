@@ -186,3 +186,19 @@ async def test_an_architecture_without_a_ramdisk_is_refused_with_the_reason_on_i
     script = view.ipxe_script({"mac": MAC}, "10.9.0.100")
     assert "nothing to boot" in script and "ppc64le" not in script
     assert told and "ppc64le has no bootforge ramdisk" in told[0] and "deploy_kernel" in told[0]
+
+
+async def test_an_http_boot_client_records_its_architecture_too(bf: InProcess) -> None:
+    """UEFI HTTP boot (HTTPClient:Arch:00019): no boot file for it (no arm64 iPXE), but the node still
+    learns it is aarch64, which is what its operator needs to see to build the right ramdisk."""
+    uuid = await enrol(bf, MAC)
+    view = view_for(bf)
+    await view.refresh()
+    assert isinstance(view.boot_for(client(MAC, 0x13, http=True), None), dhcp.NoBootFile)
+
+    async def recorded() -> bool:
+        return (await node_row(bf, uuid))[0].get("cpu_arch") == "aarch64"
+
+    await wait_for(recorded)
+    assert (await arch_events(bf, uuid))[0].endswith("DHCP architecture 0x13 (arm64-uefi-http)")
+    await wait_for(lambda: _no_tasks(view))
