@@ -19,10 +19,20 @@ and reboot both end in `system_reset` (then `cont`), which is also how boot devi
 Boot devices. QEMU computes the firmware's boot order (fw_cfg `bootorder`, read by SeaBIOS and OVMF)
 from the devices' `bootindex` properties *at each reset*, and `bootindex` can be changed at runtime
 with `qom-set`. So: set the order, `system_reset`, wait for the RESET event, and the firmware boots
-in that order. A one-time device is set before the reset and the previous order put back right
-after it: the running boot already has its snapshot, and the next reset (even one the guest does
-itself) uses the restored order. One-time devices apply to the next power on or reboot done by
-bootforge; persistent ones also take effect at once on a running VM (at its next reset).
+in that order. A one-time device is set before the reset and the previous order put back once the
+firmware has its snapshot, so the next reset (even one the guest does itself) uses the restored
+order. "Once the firmware has its snapshot" is right after our RESET event, except for SeaBIOS on a
+VM that has run before: QEMU does not map the BIOS ROM back over SeaBIOS's shadow copy on a reset,
+so SeaBIOS finds it has already run, restores itself and resets the machine again (RESET events
+with guest=true from some 30 ms later; two to six of them in a row, measured on QEMU 7.2, as its
+reset requests race QEMU's main loop) and POSTs after the last one, with the order QEMU snapshots
+then. Putting the old order back right after our own reset booted the disk instead of the one-time
+pxe device now and then (a rebuild or rescue of an `active` VM). So for a ROM-firmware VM that is
+not fresh, the order is restored only once a POST has mapped the PCI devices' BARs (`query-pci`):
+every reset unmaps them, SeaBIOS's restore-and-reset path does not map them, and SeaBIOS reads the
+boot order (boot_init) before it sets up PCI. OVMF (pflash) and a fresh process (prelaunch) POST
+once, after our reset. One-time devices apply to the next power on or reboot done by bootforge;
+persistent ones also take effect at once on a running VM (at its next reset).
 Every device with a `bootindex` property gets an index, the requested kind first and the others
 after it in their previous order, so the rest stay fallbacks in a known order on both firmwares.
 For `pxe`, the NICs whose MAC is one of the node's PXE-enabled ports come first: OVMF tries PXEv4,
@@ -77,6 +87,9 @@ QMP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
 QUIT_GRACE = 10.0
 SOFT_POLL = 0.5
+# SeaBIOS after a reset: how long its POST may take to reach PCI setup, and how often to look.
+POST_WAIT = 30.0
+POST_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -207,6 +220,23 @@ class _Session:
             except TimeoutError:
                 raise DriverError(f"no RESET event from {self.socket} after system_reset") from None
 
+    async def wait_pci_mapped(self, timeout: float) -> bool:
+        """Until a POST has mapped the PCI BARs since the last reset (see the module docstring);
+        False if none did within `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not _bars_mapped(await self.run("query-pci")):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(POST_POLL)
+        return True
+
+    async def firmware_in_flash(self) -> bool:
+        """Whether the firmware runs from pflash (OVMF); False for a ROM given with -bios (SeaBIOS,
+        QEMU's default). QEMU removes the machine's flash devices when no pflash drive is given."""
+        children = _dicts(await self.run("qom-list", {"path": "/machine"}))
+        return any(c.get("name") == "system.flash0" for c in children)
+
     async def boot_devices(self) -> list[BootDevice]:
         found: list[BootDevice] = []
         for parent in ("/machine/peripheral", "/machine/peripheral-anon"):
@@ -234,6 +264,17 @@ class _Session:
                 value = target[d.path] if final else -1
                 await self.run("qom-set", {"path": d.path, "property": "bootindex", "value": value})
         return [replace(d, index=target[d.path]) for d in devices]
+
+
+def _bars_mapped(buses: object) -> bool:
+    """Whether any device in a query-pci reply has a BAR mapped (QEMU says -1 for an unmapped one)."""
+    for bus in _dicts(buses):
+        for dev in _dicts(bus.get("devices", [])):
+            for region in _dicts(dev.get("regions", [])):
+                address = region.get("address")
+                if isinstance(address, int) and 0 < address < 2**64 - 1:
+                    return True
+    return False
 
 
 async def _negotiate(client: QMPClient, sock: socket.socket, path: Path, timeout: float) -> None:
@@ -400,9 +441,7 @@ class QemuPower(_QemuBase, base.PowerInterface):
         async with self._session(info, "power on") as s:
             if not info.owned:
                 await _keep_process_on_guest_poweroff(s)
-            await _reset_into_next_boot(s, task)
-            if status != "running":
-                await s.run("cont")
+            await _reset_into_next_boot(s, task, status)
 
     async def _start(self, info: QemuInfo) -> None:
         if not info.owned:
@@ -499,8 +538,9 @@ async def _keep_process_on_guest_poweroff(s: _Session) -> None:
         await s.run("set-action", {"shutdown": "pause"})
 
 
-async def _reset_into_next_boot(s: _Session, task: Task) -> None:
-    """Apply the node's boot device(s), reset, and restore the order after a one-time device."""
+async def _reset_into_next_boot(s: _Session, task: Task, status: str) -> None:
+    """Apply the node's boot device(s), reset, run the VM (`status`: its run state before), and
+    restore the order after a one-time device once the firmware has read it."""
     state = _boot_state(task)
     devices = await s.boot_devices()
     macs = await _pxe_macs(task)
@@ -510,12 +550,22 @@ async def _reset_into_next_boot(s: _Session, task: Task) -> None:
     if state.once:
         devices = await s.apply_order(devices, plan_order(devices, state.once, macs))
     await s.reset()
-    if state.once:
-        await s.apply_order(devices, before)
-        _set_boot_state(task, replace(state, once=None))
+    if status != "running":
+        await s.run("cont")
+    if not state.once:
+        return
+    # Only a one-time order has to outlive SeaBIOS's own resets; a fresh process POSTs once.
+    rom_reboots = status != "prelaunch" and not await s.firmware_in_flash()
+    if rom_reboots and not await s.wait_pci_mapped(POST_WAIT):
         await task.record(
-            "management", f"booting from {state.once} once; boot order restored for later boots"
+            "management",
+            f"no POST mapped the VM's PCI devices within {POST_WAIT:g} s of the reset: the "
+            f"one-time {state.once} device may not have been used",
+            "warning",
         )
+    await s.apply_order(devices, before)
+    _set_boot_state(task, replace(state, once=None))
+    await task.record("management", f"booting from {state.once} once; boot order restored for later boots")
 
 
 async def _pxe_macs(task: Task) -> set[str]:

@@ -279,3 +279,105 @@ async def test_boot_device_pxe_puts_the_nic_of_the_nodes_pxe_port_first(
     assert fake.indices() == {"disk0": 1, "nic0": 2, "nic1": 3}  # the persistent order is back
     await mgmt.set_boot_device(task, "pxe", persistent=True)  # applied at once on a running VM
     assert fake.indices() == {"nic1": 1, "nic0": 2, "disk0": 3}
+
+
+class SeaBiosQemu(FakeQemu):
+    """A ROM-firmware VM as QEMU 7.2 runs SeaBIOS (measured, see drivers/qemu.py): once it has run,
+    every host reset is followed by `guest_resets` resets of SeaBIOS's own, a few ms apart, and only
+    the POST after the last one maps the PCI BARs; that POST reads the order of the last reset. With
+    `flash`, the firmware is OVMF (pflash): one POST after the host reset, no resets of its own."""
+
+    def __init__(self, guest_resets: int = 3, flash: bool = False) -> None:
+        super().__init__(status="running")
+        self.guest_resets = 0 if flash else guest_resets
+        self.flash = flash
+        self.bars_mapped = True
+        self.posted_with: list[str] = []  # the order the last POST read
+        self.pci_queries = 0
+
+    def execute(self, cmd: str, args: dict[str, Any], send: Any) -> Any:
+        if cmd == "qom-list" and args["path"] == "/machine":
+            flash = [{"name": "system.flash0", "type": "child<cfi.pflash01>"}] if self.flash else []
+            return [{"name": "type", "type": "string"}, *flash]
+        if cmd == "query-pci":
+            self.pci_queries += 1
+            address = 0xFEB00000 if self.bars_mapped else -1
+            return [{"bus": 0, "devices": [{"qdev_id": "nic0", "regions": [{"bar": 1, "address": address}]}]}]
+        if cmd == "system_reset":
+            self.bars_mapped = False
+            result = super().execute(cmd, args, send)
+            loop = asyncio.get_running_loop()
+            for k in range(1, self.guest_resets + 1):
+                loop.call_later(0.03 * k, self._guest_reset, send, k == self.guest_resets)
+            if not self.guest_resets:
+                loop.call_later(0.03, self._post)
+            return result
+        return super().execute(cmd, args, send)
+
+    def _order(self) -> list[str]:
+        return [n for _, n in sorted((d[2], n) for n, d in self.devices.items() if d[2] >= 0)]
+
+    def _guest_reset(self, send: Any, last: bool) -> None:
+        self.bootorder_at_reset.append(self._order())
+        send({"event": "RESET", "data": {"guest": True}, "timestamp": {"seconds": 0, "microseconds": 0}})
+        if last:
+            self._post()
+
+    def _post(self) -> None:
+        self.posted_with = self.bootorder_at_reset[-1]
+        self.bars_mapped = True
+
+
+@pytest.mark.parametrize("guest_resets", [1, 3, 6])
+async def test_a_running_seabios_vm_posts_with_the_one_time_device(tmp_path: Path, guest_resets: int) -> None:
+    """A one-time pxe on a running SeaBIOS VM (a rebuild of an active node): the old order comes back
+    only after SeaBIOS's own resets, which the old code raced (it restored right after the host's)."""
+    fake = SeaBiosQemu(guest_resets)
+    sock = tmp_path / "qmp.sock"
+    async with await asyncio.start_unix_server(fake.serve, path=str(sock)):
+        task = Task(sock)
+        power, mgmt = qemu.QemuPower(), qemu.QemuManagement()
+        await mgmt.set_boot_device(task, "disk", persistent=True)
+        await mgmt.set_boot_device(task, "pxe")
+        await power.reboot(task)
+        assert len(fake.bootorder_at_reset) == 1 + guest_resets
+        assert fake.posted_with == ["nic0", "disk0"]
+        assert fake.indices() == {"disk0": 1, "nic0": 2}  # restored for the OS's own reboots
+        assert not [e for e in task.events if e[2] == "warning"], task.events
+
+        # Without a one-time device nothing is restored, so nothing is waited for.
+        fake.pci_queries = 0
+        await power.reboot(task)
+        assert fake.pci_queries == 0
+
+
+async def test_ovmf_and_a_fresh_process_are_not_waited_for(tmp_path: Path) -> None:
+    fake = SeaBiosQemu(flash=True)
+    sock = tmp_path / "qmp.sock"
+    async with await asyncio.start_unix_server(fake.serve, path=str(sock)):
+        task = Task(sock)
+        power, mgmt = qemu.QemuPower(), qemu.QemuManagement()
+        await mgmt.set_boot_device(task, "pxe")
+        await power.reboot(task)
+        assert fake.bootorder_at_reset == [["nic0", "disk0"]] and fake.pci_queries == 0
+
+        fake.status, fake.flash = "prelaunch", False  # a process started paused: it POSTs once
+        await mgmt.set_boot_device(task, "pxe")
+        await power.set_power_state(task, base.POWER_ON)
+        assert fake.pci_queries == 0
+
+
+async def test_a_post_that_never_maps_pci_is_a_warning_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qemu, "POST_WAIT", 0.3)
+    fake = SeaBiosQemu(guest_resets=1)
+    fake._post = lambda: None  # type: ignore[method-assign]  # stuck before PCI setup
+    sock = tmp_path / "qmp.sock"
+    async with await asyncio.start_unix_server(fake.serve, path=str(sock)):
+        task = Task(sock)
+        await qemu.QemuManagement().set_boot_device(task, "pxe")
+        await qemu.QemuPower().reboot(task)
+        warnings = [m for _, m, sev in task.events if sev == "warning"]
+        assert len(warnings) == 1 and "within 0.3 s" in warnings[0] and "pxe" in warnings[0], warnings
+        assert task.node.driver_internal_info["qemu_boot"]["once"] is None
