@@ -10,6 +10,7 @@ the rack's conductor.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -17,16 +18,20 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 from support.lifecycle import act, client, create_nodes, history, in_state, nodes, wait_until
 from support.service import BOOTFORGE, TEST_HARDWARE_TYPES, Served, free_port, served
 
 from bootforge.conductor import states
+from bootforge.conductor.netboot import REFUSED
+from bootforge.db.engine import Database
+from bootforge.db.models import Node
 
 pytestmark = [
     pytest.mark.postgres,
@@ -48,9 +53,10 @@ CLUSTER_ENV = {
 
 
 class Headless(Served):
-    """A `serve --role conductor`: no HTTP to poll, so it is ready when the API lists it alive."""
+    """A `serve` without an API (--role conductor or netboot): ready when `ready()` says so (the
+    API process lists the conductor alive, the netboot HTTP server answers)."""
 
-    api: httpx.Client | None = None
+    ready: Callable[[], bool] = staticmethod(lambda: False)
     name: str = ""
 
     def start(self, timeout: float = 30) -> None:
@@ -59,17 +65,23 @@ class Headless(Served):
             self.proc = subprocess.Popen(
                 [*_serve_argv(self), *self.args], stdout=out, stderr=subprocess.STDOUT, env=self.env
             )
-        assert self.api is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bootforge serve exited: {self.log.read_text()[-2000:]}")
-            if alive(self.api).get(self.name):
+            if self.ready():
                 return
             time.sleep(0.2)
-        raise RuntimeError(
-            f"conductor {self.name} not alive after {timeout}s: {self.log.read_text()[-2000:]}"
-        )
+        raise RuntimeError(f"{self.name} not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def conductor(
+    tmp_path: Path, api: httpx.Client, name: str, database_url: str, group: str = ""
+) -> Iterator[Headless]:
+    ready = lambda: alive(api).get(name, False)  # noqa: E731
+    with headless(tmp_path, name, "conductor", database_url, ready, BOOTFORGE_CONDUCTOR_GROUP=group) as h:
+        yield h
 
 
 def _serve_argv(s: Served) -> list[str]:
@@ -95,17 +107,17 @@ def api_process(tmp_path: Path, database_url: str) -> Iterator[Served]:
 
 
 @contextlib.contextmanager
-def conductor(
-    tmp_path: Path, api: httpx.Client, name: str, database_url: str, group: str = ""
+def headless(
+    tmp_path: Path, name: str, role: str, database_url: str, ready: Callable[[], bool], **env_extra: str
 ) -> Iterator[Headless]:
     home = tmp_path / name
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOOTFORGE_")}
     env["BOOTFORGE_ENABLED_HARDWARE_TYPES"] = json.dumps(TEST_HARDWARE_TYPES)
-    env.update(env_for(tmp_path, BOOTFORGE_CONDUCTOR_GROUP=group))
-    args = ["--host", name, "--database-url", database_url, "--role", "conductor"]
+    env.update(env_for(tmp_path, **env_extra))
+    args = ["--host", name, "--database-url", database_url, "--role", role]
     h = Headless(home / "state", free_port(), env, args)
-    h.api, h.name = api, name
+    h.ready, h.name = ready, name
     h.start()
     try:
         yield h
@@ -147,8 +159,8 @@ def test_api_process_hands_work_to_ring_owners_who_survive_each_other(
         api_process(tmp_path, url) as api,
         client(api.url) as c,
         conductor(tmp_path, c, "cond-1", url) as c1,
-        conductor(tmp_path, c, "cond-2", url),
-        conductor(tmp_path, c, "cond-r1", url, group="rack1"),
+        conductor(tmp_path, c, "cond-2", url) as c2,
+        conductor(tmp_path, c, "cond-r1", url, group="rack1") as cr,
     ):
         assert alive(c) == {"cond-1": True, "cond-2": True, "cond-r1": True}
         default = create_nodes(c, [f"n-{i}" for i in range(12)])
@@ -171,8 +183,12 @@ def test_api_process_hands_work_to_ring_owners_who_survive_each_other(
         assert nodes(c, [orphan])[orphan]["conductor"] is None
 
         everyone = default + rack
+        procs = {"api-1": api.proc, **{h.name: h.proc for h in (c1, c2, cr)}}
+        before = {k: cpu_seconds(p) for k, p in procs.items()}
         act(c, everyone, "manage")
         wait_until(c, everyone, in_state(states.MANAGEABLE))
+        used = {k: (cpu_seconds(p) - before[k]) * 1000 / len(everyone) for k, p in procs.items()}
+        print("CPU ms per node during manage:", {k: f"{v:.1f}" for k, v in used.items()})
         latencies = []
         for u in everyone:
             owner, seconds = picked_up(c, u, states.VERIFYING)
@@ -207,3 +223,71 @@ def test_api_process_hands_work_to_ring_owners_who_survive_each_other(
         for u in rack:
             assert final[u]["conductor"] == "cond-r1"
             assert not any("taken over" in e["event"] for e in history(c, u))
+
+
+def set_state(database_url: str, uuids: list[str], state: str) -> None:
+    """Put nodes in a state directly (no conductor runs in the netboot test to get them there)."""
+
+    async def go() -> None:
+        db = Database(database_url)
+        try:
+            async with db.write() as s:
+                # A boot id, as the conductor's boot_ramdisk leaves it: the script is for this boot.
+                values = {"provision_state": state, "driver_internal_info": {"agent_boot": "b007"}}
+                await s.execute(update(Node).where(Node.uuid.in_(uuids)).values(**values))
+                await s.commit()
+        finally:
+            await db.close()
+
+    asyncio.run(go())
+
+
+def test_netboot_process_answers_for_its_group_and_points_ramdisks_at_an_api(
+    tmp_path: Path, postgres_fresh_url: str
+) -> None:
+    """serve --role netboot (HTTP boot on loopback) for group rack1: a rack1 node in a ramdisk state
+    gets the ramdisk script naming the API process (netboot.api_url), a default-group node the same
+    refusal as an unknown machine, and the netboot process writes the rack node's fetch to its
+    timeline in the shared database."""
+    url = postgres_fresh_url
+    http_port = free_port()
+    base = f"http://127.0.0.1:{http_port}"
+
+    def http_up() -> bool:
+        try:
+            return httpx.get(f"{base}/boot/ipxe?mac=00:00:00:00:00:00", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with api_process(tmp_path, url) as api, client(api.url) as c:
+        (in_rack,) = create_nodes(c, ["in-rack"], conductor_group="rack1")
+        (elsewhere,) = create_nodes(c, ["elsewhere"])
+        macs = {in_rack: "52:54:00:00:00:01", elsewhere: "52:54:00:00:00:02"}
+        for u, mac in macs.items():
+            r = c.post("/v1/ports", json={"node_uuid": u, "address": mac})
+            assert r.status_code == 201, r.text
+        set_state(url, [in_rack, elsewhere], states.INSPECTWAIT)
+        with headless(
+            tmp_path,
+            "netboot-rack1",
+            "netboot",
+            url,
+            http_up,
+            BOOTFORGE_CONDUCTOR_GROUP="rack1",
+            BOOTFORGE_NETBOOT__ADDRESS="127.0.0.1",
+            BOOTFORGE_NETBOOT__HTTP="true",
+            BOOTFORGE_NETBOOT__HTTP_PORT=str(http_port),
+            BOOTFORGE_NETBOOT__API_URL=api.url + "/",
+        ):
+            # The view loads at start; nothing to wait for but the answers themselves.
+            script = httpx.get(f"{base}/boot/ipxe", params={"mac": macs[in_rack]}).text
+            assert f"bootforge.api={api.url} " in script, [e["event"] for e in history(c, in_rack)]
+            assert f"bootforge.node={in_rack}" in script, script
+            other = httpx.get(f"{base}/boot/ipxe", params={"mac": macs[elsewhere]}).text
+            assert REFUSED in other and "bootforge.api" not in other, other
+            deadline = time.monotonic() + 20
+            while not any("/boot/ipxe" in e["event"] for e in history(c, in_rack)):
+                assert time.monotonic() < deadline, history(c, in_rack)
+                time.sleep(0.2)
+            # Nothing of the other group's node reached its timeline from this site.
+            assert not any(e["conductor"] == "netboot-rack1" for e in history(c, elsewhere))
