@@ -45,6 +45,7 @@ from ._codec import (
     Opt6,
     RelayMessage,
     Status,
+    VendorClass,
     decode_duid,
     decode_ia_na,
     decode_link_layer,
@@ -53,6 +54,7 @@ from ._codec import (
     encode_ia_address,
     encode_ia_na,
     encode_status,
+    encode_vendor_class,
     parse,
 )
 from ._leases import Lease6, Lease6Event, Lease6Record, Lease6State, Lease6Table
@@ -67,6 +69,7 @@ M = MsgType
 # Room kept for the client's own reply inside relay wrappings: two DUIDs (at most 134 bytes each),
 # four IA_NAs with an address (44 each), a boot URL and DNS servers.
 _REPLY_BUDGET = 640
+_EDK2_ENTERPRISE = 343  # the enterprise number edk2 puts in its vendor class (Intel's)
 
 
 def eui64_mac(address: str | bytes) -> bytes | None:
@@ -338,8 +341,17 @@ class Dhcp6Core:
             raise _Drop("boot_needs_url")
         return decision, client, None
 
-    def _boot_options(self, url: str | None) -> list[tuple[int, bytes]]:
-        return [(Opt6.BOOTFILE_URL, url.encode())] if url is not None else []
+    def _boot_options(self, url: str | None, client: Client6Info | None) -> list[tuple[int, bytes]]:
+        if url is None:
+            return []
+        options: list[tuple[int, bytes]] = [(Opt6.BOOTFILE_URL, url.encode())]
+        if client is not None and client.http_boot:
+            # edk2 counts an offer as an HTTP-boot offer only when it carries vendor class 16 with
+            # "HTTPClient" (as DHCPv4 must echo option 60): without it the URL is ignored.
+            options.append(
+                (Opt6.VENDOR_CLASS, encode_vendor_class(VendorClass(_EDK2_ENTERPRISE, (b"HTTPClient",))))
+            )
+        return options
 
     def _ias(self, request: _Request) -> list[IaNa]:
         raws = request.message.all(Opt6.IA_NA)
@@ -450,7 +462,7 @@ class Dhcp6Core:
         ia_options, leases, durable, ip = self._assign(request, now, event)
         if request.message.all(Opt6.IA_NA) and not leases:
             raise _Drop("pool_exhausted")
-        options = ia_options + self._common_options(request) + self._boot_options(url)
+        options = ia_options + self._common_options(request) + self._boot_options(url, client)
         if rapid:
             reply = self._reply(request, M.REPLY, [(Opt6.RAPID_COMMIT, b""), *options], "reply")
             kind = "dhcp6.reply"
@@ -472,7 +484,7 @@ class Dhcp6Core:
     def _request_msg(self, request: _Request, now: float) -> Outcome6:
         url, client, refused = self._boot(request)
         ia_options, leases, durable, ip = self._assign(request, now, Lease6Event.BIND)
-        options = ia_options + self._common_options(request) + self._boot_options(url)
+        options = ia_options + self._common_options(request) + self._boot_options(url, client)
         reply = self._reply(request, M.REPLY, options, "reply")
         return Outcome6(
             replies=(reply,),
@@ -514,7 +526,7 @@ class Dhcp6Core:
             else:
                 options.append(self._ia_option(ia, None, 0, 0, Status.NO_BINDING))
         url, client, refused = self._boot(request)
-        options += self._common_options(request) + self._boot_options(url)
+        options += self._common_options(request) + self._boot_options(url, client)
         reply = self._reply(request, M.REPLY, options, "reply")
         return Outcome6(
             replies=(reply,), records=tuple(records), hold=bool(records),
@@ -573,7 +585,7 @@ class Dhcp6Core:
         if request.message.get(Opt6.IA_NA) is not None:
             raise _Drop("ia_in_information_request")  # RFC 8415 16.12
         url, client, refused = self._boot(request)
-        options = self._common_options(request) + self._boot_options(url)
+        options = self._common_options(request) + self._boot_options(url, client)
         reply = self._reply(request, M.REPLY, options, "reply")
         return Outcome6(
             replies=(reply,),
@@ -594,7 +606,7 @@ class Dhcp6Core:
 
     def _proxy_solicit(self, request: _Request, now: float) -> Outcome6:
         url, client = self._proxy_boot(request)
-        options = [(Opt6.PREFERENCE, bytes((self.config.preference,))), *self._boot_options(url)]
+        options = [(Opt6.PREFERENCE, bytes((self.config.preference,))), *self._boot_options(url, client)]
         reply = self._reply(request, M.ADVERTISE, options, "proxy_advertise")
         return Outcome6(
             replies=(reply,), events=self._event(request, "dhcp6.proxy_advertise", None, client, url)
@@ -604,15 +616,20 @@ class Dhcp6Core:
         """edk2's boot-service request (PxeBcRequestBootService): our Server ID was checked in
         `_request`; any IA it carries is another server's business and is not answered."""
         url, client = self._proxy_boot(request)
-        reply = self._reply(request, M.REPLY, self._boot_options(url), "proxy_reply")
-        return Outcome6(replies=(reply,), events=self._event(request, "dhcp6.proxy_reply", None, client, url))
+        reply = self._reply(request, M.REPLY, self._boot_options(url, client), "proxy_reply")
+        # Sent from the address the site server bound: the node's, for its TFTP and HTTP fetches.
+        source = IPv6Address(request.src[0].partition("%")[0])
+        bound = int(source) if not (request.relays or source.is_link_local) else None
+        return Outcome6(
+            replies=(reply,), events=self._event(request, "dhcp6.proxy_reply", bound, client, url)
+        )
 
     def _proxy_information(self, request: _Request, now: float) -> Outcome6:
         if request.message.get(Opt6.IA_NA) is not None:
             raise _Drop("ia_in_information_request")
         url, client = self._proxy_boot(request)
         reply = self._reply(
-            request, M.REPLY, self._common_options(request) + self._boot_options(url), "proxy_reply"
+            request, M.REPLY, self._common_options(request) + self._boot_options(url, client), "proxy_reply"
         )
         return Outcome6(replies=(reply,), events=self._event(request, "dhcp6.proxy_reply", None, client, url))
 

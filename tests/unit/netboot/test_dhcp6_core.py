@@ -180,7 +180,8 @@ def test_proxy_mode_answers_edk2s_boot_service_request_on_port_4011() -> None:
     assert reply.msg_type == MsgType.REPLY and url_of(reply) == "tftp://[fd00::1]/ipxe.efi"
     assert reply.all(Opt6.IA_NA) == []  # the address is the site server's to give
     assert (outcome.replies[0].address, outcome.replies[0].port) == ("fd00::1234", 4011)
-    assert [e.kind for e in outcome.events] == ["dhcp6.proxy_reply"]
+    # Sent from the address the site server bound: that ties the node's TFTP/HTTP fetches to it.
+    assert [(e.kind, e.ip) for e in outcome.events] == [("dhcp6.proxy_reply", "fd00::1234")]
     kea = ovmf_request(site_address, server_duid=b"\x00\x03\x00\x01" + bytes(6))
     other = server.receive(kea, "eth0", 1.0, src=("fd00::1234", 4011))
     assert other.dropped == "other_server"
@@ -308,3 +309,15 @@ def test_relays_whose_wrapping_cannot_fit_a_reply_are_refused_before_anything_is
     outcome = server.receive(datagram, "eth0", 1.0, src=("fd00::1:1", 547))
     assert outcome.dropped == "relay_too_large" and outcome.records == ()
     assert server.binding(duid_llt(UNKNOWN_MAC), 0xFF) is None
+
+
+def test_http_boot_offers_echo_the_httpclient_vendor_class() -> None:
+    """edk2 (HttpBootParseDhcp6Packet) takes an offer as an HTTP-boot offer only when option 16 says
+    "HTTPClient"; seen in the lab: without it OVMF ignored the URL and never sent its REQUEST."""
+    advertise = answer(core().receive(ovmf_solicit(0x10, duid_ll()), "eth0", 1.0, src=CLIENT))
+    assert url_of(advertise) == "http://[fd00::1]:8080/boot/ipxe.efi"
+    vendor = advertise.get(Opt6.VENDOR_CLASS)
+    assert vendor is not None and vendor[4:6] == b"\x00\x0a" and vendor[6:16] == b"HTTPClient"
+    assert dhcp6.decode_vendor_class(vendor) == dhcp6.VendorClass(343, (b"HTTPClient",))
+    pxe = answer(core().receive(ovmf_solicit(7, duid_ll()), "eth0", 1.0, src=CLIENT))
+    assert pxe.get(Opt6.VENDOR_CLASS) is None
