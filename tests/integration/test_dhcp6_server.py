@@ -13,6 +13,7 @@ import asyncio
 import json
 import shutil
 import socket
+import subprocess
 import time
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
@@ -149,3 +150,61 @@ async def test_a_flood_from_one_address_is_rate_limited_and_counted(netns_lan: L
     finally:
         sock.close()
         await server.close()
+
+
+async def test_dhclient_behind_isc_dhcrelay_gets_an_address_from_the_server(
+    netns_lan: Lan, tmp_path: Path
+) -> None:
+    """RELAY-FORW in, RELAY-REPL out to the relay's global address on port 547 (the server's socket
+    is pinned to eth0; the reply is routed to the relay on that link)."""
+    need("dhclient", "isc-dhcp-client")
+    dhcrelay = need("dhcrelay", "isc-dhcp-relay")
+    segment = netns_lan.add_relay()
+    server_host, relay, client = netns_lan.server, segment.relay, segment.client
+    server_host.ns.ip("-6", "addr", "add", f"{SERVER}/64", "dev", "eth0", "nodad")
+    relay.ip("-6", "addr", "add", "fd00:215::2/64", "dev", "eth0", "nodad")
+    relay.ip("-6", "addr", "add", "fd00:216::1/64", "dev", "eth1", "nodad")
+    relay.set_sysctl("net.ipv6.conf.all.forwarding", "1")
+    server_host.ns.ip("-6", "route", "add", "fd00:216::/64", "via", "fd00:215::2")
+    deadline = time.monotonic() + 20
+    for host in (server_host, client, segment.downstream, segment.upstream):
+        await link_local_ready(host, deadline)
+    config = dhcp6.Dhcp6Config(
+        dhcp6.Mode6.FULL, dhcp6.duid_ll(bytes.fromhex("02aabbccdd01")), IPv6Network("fd00:216::/64"),
+        pool_first=IPv6Address("fd00:216::1000"), pool_last=IPv6Address("fd00:216::10ff"),
+    )  # fmt: skip
+    events: list[dhcp.NodeEvent] = []
+    server = Dhcp6Server(
+        config,
+        dhcp6.StaticBoot6Source(IPv6Address(SERVER), f"http://[{SERVER}]:8080", "x"),
+        dhcp.StaticReservations({client.mac: dhcp.Reservation(node_id="node-2")}),
+        FileLease6Store(tmp_path / "leases6.json"),
+        [server_host.ifname],
+        socket_factory=lambda: server_host.socket(socket.AF_INET6, socket.SOCK_DGRAM),
+        on_event=events.append,
+    )
+    await server.start()
+    argv = [
+        dhcrelay,
+        "-6",
+        "-d",
+        "-q",
+        "-pf",
+        str(tmp_path / "relay.pid"),
+        "-l",
+        "eth1",
+        "-u",
+        f"{SERVER}%eth0",
+    ]
+    relay_proc = relay.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await run_dhclient(client, tmp_path)
+    finally:
+        relay_proc.terminate()
+        relay_proc.wait(10)
+        await server.close()
+    replies = [e for e in events if e.kind == "dhcp6.reply"]
+    assert replies and replies[0].node_id == "node-2", events
+    assert IPv6Address(replies[0].ip or "") in IPv6Network("fd00:216::/64")
+    assert f"iaaddr {replies[0].ip}" in (tmp_path / "dhclient6.leases").read_text()
+    assert server.sent["reply"] >= 1 and not server.shell_drops, server.shell_drops

@@ -293,6 +293,8 @@ class LabFactory:
         ipv6: bool = False,
     ) -> LabHandle:
         reason = lab_unavailable_reason(firmware, dhcp)
+        if reason is None and ipv6 and dhcp == "proxy" and shutil.which("kea-dhcp6") is None:
+            reason = "needs kea-dhcp6 (Debian package kea-dhcp6-server)"
         if reason is not None:
             pytest.skip(reason)
         directory = self.root / f"lab{len(self.labs)}"
