@@ -485,7 +485,9 @@ class NetbootView:
             if self.ramdisk.key_path is not None and not known.agent_boot:
                 # Saved before the machine is powered on; the view may not have read it yet.
                 return refuse(f"node {name}'s ramdisk boot is not prepared yet (no boot id)")
-            if self.bind_to_leases:
+            # Bound to DHCPv4 leases only: over IPv6 a machine also holds SLAAC addresses that no
+            # DHCP server leased, so there, as in proxy mode, the boot token alone protects.
+            if self.bind_to_leases and not _is_ipv6(client_ip):
                 leased = self.leased_to(mac)
                 if client_ip not in leased:
                     # Not the client's address in the text: the reason stays one timeline event

@@ -107,3 +107,17 @@ def test_dhcp6_full_settings_are_accepted() -> None:
          "dhcp6_pool": "fd00::1000-fd00::1fff"}
     )  # fmt: skip
     assert nb.dhcp6 == "full"
+
+
+async def test_dual_stack_lease_binding_holds_for_ipv4_and_not_for_ipv6(bf: InProcess) -> None:
+    """With DHCPv4 in full mode the script goes only to a leased IPv4 address; an IPv6 client (its
+    SLAAC address was leased by nobody) is served on the boot token alone."""
+    uuid = await enrol(bf, MAC)
+    ramdisk = RamdiskSource("http://10.9.0.1:6385", "bootforge/vmlinuz", "bootforge/initrd")
+    view = NetbootView(bf.conductor.db, ENDPOINTS, ramdisk, endpoints6=ENDPOINTS6, bind_to_leases=True)
+    await set_state(bf, uuid, "deploying")
+    await view.refresh()
+    assert "bootforge.node=" not in view.ipxe_script({"mac": MAC}, "10.9.0.50")  # no DHCPv4 lease
+    view.note_dhcp("dhcp.ack", MAC, "10.9.0.50")
+    assert f"bootforge.node={uuid}" in view.ipxe_script({"mac": MAC}, "10.9.0.50")
+    assert f"bootforge.node={uuid}" in view.ipxe_script({"mac": MAC}, "fd00:9::5054:ff:feaa:bb01")
