@@ -7,6 +7,16 @@ N nodes, server RSS, and a bootforge/Ironic ratio table against the targets.
 
     .venv/bin/python bench/control_plane.py --quick
     .venv/bin/python bench/control_plane.py --target ironic --nodes 1000 --concurrency 50
+
+Scale-out (#13): `--postgres --conductors K` starts a throwaway PostgreSQL server (Debian's binaries,
+127.0.0.1 only, as the tests do) and K `bootforge serve` processes on it (role all: each an API and a
+conductor, one shared key file); the client spreads its requests over the K APIs. It also reports
+GET /v1/nodes?limit=1000 and GET /v1/nodes/{uuid} at N nodes, and the servers' CPU seconds (bootforge
+processes, and PostgreSQL's apart) per node lifecycle. `--lifecycle-nodes M` drives only M of the N
+nodes through the lifecycle (bounded runs at N=10,000).
+
+    .venv/bin/python bench/control_plane.py --target bootforge --postgres --conductors 2 \
+        --nodes 10000 --lifecycle-nodes 3000
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +40,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import servers
+
+# The tests' throwaway PostgreSQL server (tests/support/postgres.py), for --postgres.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IRONIC_VENV = Path("/opt/bootforge-bench/ironic-venv")
@@ -55,6 +68,7 @@ TARGETS = {
     "enrol": (">=", 600.0),
     "lifecycle": (">=", 40.0),
     "list_p50": ("<=", 30.0),
+    "page_p50": ("<=", 50.0),  # #13: GET /v1/nodes?limit=1000 at 10,000 nodes
     "idle_rss": ("<=", 120.0),
 }
 
@@ -109,6 +123,22 @@ class AiohttpTransport:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+class RoundRobin:
+    """Spreads calls over several APIs (one per `bootforge serve` process) in turn."""
+
+    def __init__(self, transports: list[Transport]) -> None:
+        self._all = transports
+        self._next = 0
+
+    async def send(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
+        self._next = (self._next + 1) % len(self._all)
+        return await self._all[self._next].send(method, path, body)
+
+    async def close(self) -> None:
+        for t in self._all:
+            await t.close()
 
 
 @dataclass
@@ -167,6 +197,8 @@ class TargetResult:
     lists: list[Latency] = field(default_factory=list)
     steps: dict[str, Latency] = field(default_factory=dict)
     poller: Latency = field(default_factory=lambda: Latency("poller GET /v1/nodes"))
+    # CPU seconds of the bootforge processes and of PostgreSQL per completed lifecycle, in ms.
+    cpu_ms_per_lifecycle: tuple[float, float] = (float("nan"), float("nan"))
 
     def phase(self, name: str) -> PhaseResult | None:
         return next((p for p in self.phases if p.name == name), None)
@@ -372,19 +404,56 @@ async def list_latency(api: Api, path: str, samples: int) -> Latency:
     return latency
 
 
-async def drive(server: servers.Server, args: argparse.Namespace, result: TargetResult) -> None:
+async def node_latency(api: Api, uuids: list[str], samples: int) -> Latency:
+    """GET /v1/nodes/{uuid} of nodes spread over the whole table."""
+    latency, stats = Latency("GET /v1/nodes/{uuid}"), PhaseStats()
+    step = max(1, len(uuids) // max(1, samples))
+    for uuid in uuids[::step][:samples]:
+        t0 = time.perf_counter()
+        if await api.call(stats, "GET", f"/v1/nodes/{uuid}", "/v1/nodes/{uuid}") is None:
+            break
+        latency.samples.append(time.perf_counter() - t0)
+        latency.items = 1
+    return latency
+
+
+async def drive(
+    base_urls: list[str],
+    args: argparse.Namespace,
+    result: TargetResult,
+    cpu: Callable[[], tuple[float, float]],
+) -> None:
     version = result.api_version
-    api = Api(make_transport(args.client, server.base_url, args.concurrency, version))
-    side = Api(make_transport(args.client, server.base_url, 1, version))
+
+    def transport(limit: int) -> Transport:
+        each = [make_transport(args.client, url, limit, version) for url in base_urls]
+        return each[0] if len(each) == 1 else RoundRobin(each)
+
+    api = Api(transport(args.concurrency))
+    side = Api(transport(1))
     try:
         uuids: list[str] = []
         result.phases.append(await enrol(api, args.nodes, args.concurrency, args.phase_timeout, uuids))
         print_phase(result.phases[-1])
-        for path in ("/v1/nodes", "/v1/nodes?detail=true"):
+        for path in ("/v1/nodes", "/v1/nodes?detail=true", "/v1/nodes?limit=1000"):
             result.lists.append(await list_latency(side, path, LIST_SAMPLES))
             print_latency(result.lists[-1])
-        result.phases.append(await lifecycle(api, side, uuids, args, result))
+        result.lists.append(await node_latency(side, uuids, 200))
+        print_latency(result.lists[-1])
+        driven = uuids[: args.lifecycle_nodes] if args.lifecycle_nodes else uuids
+        before = cpu()
+        result.phases.append(await lifecycle(api, side, driven, args, result))
+        after = cpu()
+        done = max(1, result.phases[-1].done)
+        result.cpu_ms_per_lifecycle = (
+            1000 * (after[0] - before[0]) / done,
+            1000 * (after[1] - before[1]) / done,
+        )
         print_phase(result.phases[-1])
+        print(
+            f"  server CPU per node lifecycle: bootforge {result.cpu_ms_per_lifecycle[0]:.1f} ms"
+            + (f", PostgreSQL {result.cpu_ms_per_lifecycle[1]:.1f} ms" if args.postgres else "")
+        )
         for latency in [*result.steps.values(), result.poller]:
             print_latency(latency)
     finally:
@@ -392,12 +461,71 @@ async def drive(server: servers.Server, args: argparse.Namespace, result: Target
         await side.transport.close()
 
 
-def launch(name: str, args: argparse.Namespace) -> servers.Server:
+def launch(name: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> servers.Server:
     if name == "ironic":
         return servers.launch_ironic(args.ironic_venv)
     return servers.launch_bootforge(
-        args.bootforge_bin, args.bootforge_arg, args.bootforge_automated_clean == "true"
+        args.bootforge_bin, [*args.bootforge_arg, *extra], args.bootforge_automated_clean == "true"
     )
+
+
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of `pid` (and, with `children`, of its exited children it waited for)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Deployment:
+    """What serves one target: its processes and, with --postgres, the database server."""
+
+    servers: list[servers.Server]
+    stack: contextlib.ExitStack
+    postmaster: int | None = None
+
+    def cpu(self) -> tuple[float, float]:
+        mine = sum(_cpu_seconds(p) for s in self.servers for p in servers.process_tree(s.proc.pid))
+        pg = 0.0
+        if self.postmaster is not None:
+            pg = _cpu_seconds(self.postmaster, children=True) + sum(
+                _cpu_seconds(p) for p in servers.process_tree(self.postmaster)[1:]
+            )
+        return mine, pg
+
+
+def deploy_target(name: str, args: argparse.Namespace) -> Deployment:
+    stack = contextlib.ExitStack()
+    if name != "bootforge" or not args.postgres:
+        server = launch(name, args)
+        stack.callback(servers.stop, server, args.keep_state)
+        return Deployment([server], stack)
+    from support.chaos import start_postgres, stop_postgres
+    from support.postgres import running_postgres
+
+    try:
+        pg = stack.enter_context(running_postgres())
+    except LookupError as exc:
+        raise RuntimeError(f"--postgres needs {exc}") from None
+    stop_postgres(pg)
+    start_postgres(pg, shared_buffers="256MB")
+    postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    config = pg.base.parent / f"{pg.base.name}-bench.toml"
+    config.write_text(f'secret_key_file = "{pg.base.parent / (pg.base.name + "-bench.key")}"\n')
+    stack.callback(config.unlink, missing_ok=True)
+    stack.callback(Path(str(config).replace(".toml", ".key")).unlink, missing_ok=True)
+    deployment = Deployment([], stack, postmaster)
+    for i in range(args.conductors):
+        extra = ["--database-url", pg.url(), "--host", f"bench-c{i}", "--config", str(config)]
+        server = launch(name, args, extra)
+        stack.callback(servers.stop, server, args.keep_state)
+        deployment.servers.append(server)
+        # The first one creates the schema and the key's fingerprint; the others start on them.
+        servers.wait_ready(server)
+    return deployment
 
 
 def load() -> str:
@@ -411,30 +539,40 @@ def run_target(name: str, args: argparse.Namespace) -> TargetResult:
         f"\n=== {name}: N={args.nodes} C={args.concurrency} client={args.client} "
         f"poll={args.poll_interval * 1000:.0f} ms, {load()} ==="
     )
-    server = launch(name, args)
+    began = time.monotonic()
+    deployment = deploy_target(name, args)
+    server = deployment.servers[0]
     ok = False
     try:
-        ready_s = servers.wait_ready(server)
+        for s in deployment.servers:
+            servers.wait_ready(s)
+        ready_s = time.monotonic() - began
         time.sleep(args.settle)
-        idle = servers.memory(server)
+        idle = [servers.memory(s) for s in deployment.servers]
         version = asyncio.run(negotiate_version(server.base_url))
-        result = TargetResult(name, version, server.cleaning, ready_s, idle.rss_mib, processes=idle.processes)
+        rss, procs = sum(m.rss_mib for m in idle), sum(m.processes for m in idle)
+        result = TargetResult(name, version, server.cleaning, ready_s, rss, processes=procs)
+        where = f", {len(deployment.servers)} conductor(s) on PostgreSQL" if deployment.postmaster else ""
         print(
-            f"ready in {ready_s:.1f} s, API {version}, {idle.processes} process(es), "
-            f"idle RSS {idle.rss_mib:.0f} MiB; cleaning: {server.cleaning}"
+            f"ready in {ready_s:.1f} s, API {version}, {procs} process(es){where}, "
+            f"idle RSS {rss:.0f} MiB; cleaning: {server.cleaning}"
         )
-        asyncio.run(drive(server, args, result))
-        peak = servers.memory(server)
-        result.peak_rss_mib = peak.hwm_mib
-        print(f"peak RSS (sum of VmHWM over {peak.processes} process(es)) {peak.hwm_mib:.0f} MiB; {load()}")
+        asyncio.run(drive([s.base_url for s in deployment.servers], args, result, deployment.cpu))
+        peak = [servers.memory(s) for s in deployment.servers]
+        result.peak_rss_mib = sum(m.hwm_mib for m in peak)
+        print(
+            f"peak RSS (sum of VmHWM over {sum(m.processes for m in peak)} process(es)) "
+            f"{result.peak_rss_mib:.0f} MiB; {load()}"
+        )
         ok = result.errors == 0
         return result
     finally:
         if not ok:
-            print(f"--- {name} log tail ---\n{servers.log_tail(server)}")
-        servers.stop(server, keep_state=args.keep_state)
+            for s in deployment.servers:
+                print(f"--- {name} log tail ({s.base_url}) ---\n{servers.log_tail(s)}")
+        deployment.stack.close()
         if args.keep_state:
-            print(f"state kept in {server.state_dir}")
+            print(f"state kept in {[str(s.state_dir) for s in deployment.servers]}")
 
 
 def print_phase(phase: PhaseResult) -> None:
@@ -463,6 +601,8 @@ def print_latency(lat: Latency) -> None:
 def metrics(result: TargetResult) -> dict[str, float]:
     enrol_phase, life = result.phase("enrol"), result.phase("lifecycle")
     plain = next((la for la in result.lists if la.name == "GET /v1/nodes"), None)
+    page = next((la for la in result.lists if la.name.endswith("limit=1000")), None)
+    one = next((la for la in result.lists if la.name == "GET /v1/nodes/{uuid}"), None)
     detail = next((la for la in result.lists if la.name.endswith("detail=true")), None)
     nan = float("nan")
     return {
@@ -471,6 +611,12 @@ def metrics(result: TargetResult) -> dict[str, float]:
         "list_p50": plain.pct(0.5) if plain else nan,
         "list_p95": plain.pct(0.95) if plain else nan,
         "detail_p50": detail.pct(0.5) if detail else nan,
+        "page_p50": page.pct(0.5) if page else nan,
+        "page_p95": page.pct(0.95) if page else nan,
+        "node_p50": one.pct(0.5) if one else nan,
+        "node_p95": one.pct(0.95) if one else nan,
+        "cpu_bf": result.cpu_ms_per_lifecycle[0],
+        "cpu_pg": result.cpu_ms_per_lifecycle[1],
         "idle_rss": result.idle_rss_mib,
         "peak_rss": result.peak_rss_mib,
     }
@@ -482,6 +628,12 @@ LABELS = {
     "list_p50": "GET /v1/nodes p50 ms",
     "list_p95": "GET /v1/nodes p95 ms",
     "detail_p50": "GET ?detail=true p50 ms",
+    "page_p50": "GET ?limit=1000 p50 ms",
+    "page_p95": "GET ?limit=1000 p95 ms",
+    "node_p50": "GET /nodes/{id} p50 ms",
+    "node_p95": "GET /nodes/{id} p95 ms",
+    "cpu_bf": "bootforge CPU ms/lifecycle",
+    "cpu_pg": "PostgreSQL CPU ms/lifecycle",
     "idle_rss": "idle RSS MiB",
     "peak_rss": "peak RSS MiB",
 }
@@ -548,6 +700,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="false matches the Ironic config; true runs the fake clean step",
     )
     p.add_argument("--keep-state", action="store_true", help="keep the temp state dirs")
+    p.add_argument("--postgres", action="store_true", help="bootforge on a throwaway PostgreSQL server")
+    p.add_argument("--conductors", type=int, default=1, help="bootforge serve processes (with --postgres)")
+    p.add_argument("--lifecycle-nodes", type=int, default=0, help="drive only this many nodes (0: all)")
     return resolve_defaults(p.parse_args(argv))
 
 
@@ -575,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "bootforge" in names and not args.bootforge_bin.exists():
         print(f"no bootforge at {args.bootforge_bin}")
+        return 2
+    if args.conductors != 1 and not args.postgres:
+        print("--conductors needs --postgres: several conductors share a PostgreSQL database")
         return 2
     results: dict[str, TargetResult] = {}
     for name in names:

@@ -20,11 +20,12 @@ def stop_postgres(pg: PostgresServer) -> None:
     pg._run("pg_ctl", "-D", str(pg.datadir), "-w", "-t", "60", "-m", "fast", "stop")
 
 
-def start_postgres(pg: PostgresServer) -> None:
-    """Start the stopped server again on the port its clients know."""
+def start_postgres(pg: PostgresServer, shared_buffers: str = "32MB") -> None:
+    """Start the stopped server again on the port its clients know (room for 300 connections:
+    several conductors' pools)."""
     opts = (
         f"-c listen_addresses=127.0.0.1 -p {pg.port} -k {pg.sockdir} "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB "
+        f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers={shared_buffers} "
         "-c max_connections=300"
     )
     pg._run("pg_ctl", "-D", str(pg.datadir), "-l", str(pg.logfile), "-w", "-t", "120", "-o", opts, "start")
