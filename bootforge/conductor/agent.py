@@ -340,9 +340,12 @@ class AgentService:
         A node that network-boots the ramdisk got its address from bootforge, so it must have a
         current lease. A node booted from virtual media may have set a static address (and has no
         lease): it is bound to its lease if it has one, else protected by the boot token alone. In
-        proxy mode or with DHCP off, bootforge leases nothing and only the token protects.
+        proxy mode or with DHCP off, bootforge leases nothing and only the token protects; so too
+        over IPv6 (dual stack), where the ramdisk's address is its own SLAAC one, leased by nobody.
         """
         if self.conductor.settings.netboot.dhcp != "full":
+            return None
+        if ":" in client and not client.lower().startswith("::ffff:"):
             return None
         async with self.db.read() as s:
             macs = list((await s.scalars(select(Port.address).where(Port.node_id == node.id))).all())

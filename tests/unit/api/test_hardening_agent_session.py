@@ -219,3 +219,18 @@ async def test_saving_a_new_boot_id_refreshes_the_netboot_view_at_once(agent_api
     task.set_internal(agent_boot="boot-1")
     await task.save()
     assert told == ["refresh"]
+
+
+async def test_with_full_dhcp_an_ipv6_lookup_rests_on_the_boot_token(full_dhcp_api: Api) -> None:
+    """Dual stack: a ramdisk that booted over IPv6 looks up from its own SLAAC address, which no
+    DHCP server leased; the boot token decides (an IPv4-mapped address is still IPv4)."""
+    api = full_dhcp_api
+    _node, token = await waiting(api)
+    async with client_at(api, ("fd77::5054:ff:fe77:1", 5000)) as c:
+        wrong = await c.get("/v1/lookup", params={"addresses": MAC}, headers={HEADER: "x" * 64})
+        assert wrong.status_code == 404 and fault(wrong) == LOOKUP_REFUSED
+        r = await c.get("/v1/lookup", params={"addresses": MAC}, headers={HEADER: token})
+        assert r.status_code == 200, r.text
+    async with client_at(api, ("::ffff:10.77.0.66", 5000)) as mapped:
+        r = await mapped.get("/v1/lookup", params={"addresses": MAC}, headers={HEADER: token})
+        assert r.status_code == 404 and fault(r) == LOOKUP_REFUSED
