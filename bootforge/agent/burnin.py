@@ -181,17 +181,17 @@ def parse_stress_ng(text: str, stressor: str = "cpu") -> dict[str, Any]:
         except (KeyError, ValueError):
             pass
     # stress-ng: metrc: [pid] cpu  7927  3.00  2.96  0.00  2640.69  2670.01
-    line = re.search(
+    metrc = re.search(
         rf"metrc:\s*\[\d+\]\s+{re.escape(stressor)}\s+(\d+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)",
         text,
     )
-    if line is None:
+    if metrc is None:
         raise CommandError(f"stress-ng printed no metrics for the {stressor} stressor: {_tail(text)}")
     return {
         "tool": "stress-ng",
-        "bogo_ops": int(line.group(1)),
-        "bogo_ops_per_s": float(line.group(2)),
-        "bogo_ops_per_s_cpu_time": float(line.group(3)),
+        "bogo_ops": int(metrc.group(1)),
+        "bogo_ops_per_s": float(metrc.group(2)),
+        "bogo_ops_per_s_cpu_time": float(metrc.group(3)),
     }
 
 

@@ -227,20 +227,19 @@ def _summarise_network(result: dict[str, Any]) -> dict[str, Any]:
 def _judge_cpu(s: dict[str, Any], t: dict[str, float]) -> list[str]:
     floor = t.get("min_bogo_ops_per_s")
     if floor is not None and s["bogo_ops_per_s"] < floor:
-        return [f"stress-ng cpu: {s['bogo_ops_per_s']:.1f} bogo-ops/s < min_bogo_ops_per_s {floor:g}"]
+        return [f"stress-ng cpu: {s['bogo_ops_per_s']:.1f} bogo-ops/s < min_bogo_ops_per_s {_fmt(floor)}"]
     return []
 
 
 def _judge_memory(s: dict[str, Any], t: dict[str, float]) -> list[str]:
     failures = []
     if s["failed_tests"]:
-        failures.append(
-            f"memtester: {len(s['failed_tests'])} of {s['tests']} tests failed over {s['tested_mib']:g} MiB: "
-            + ", ".join(s["failed_tests"])
-        )
+        over = f"over {s['tested_mib'] or 0:g} MiB"
+        failed = f"{len(s['failed_tests'])} of {s['tests']} tests failed {over}"
+        failures.append(f"memtester: {failed}: {', '.join(s['failed_tests'])}")
     floor = t.get("min_tested_mib")
     if floor is not None and (s["tested_mib"] or 0) < floor:
-        failures.append(f"memtester could lock {s['tested_mib'] or 0:g} MiB < min_tested_mib {floor:g}")
+        failures.append(f"memtester could lock {s['tested_mib'] or 0:g} MiB < min_tested_mib {_fmt(floor)}")
     if not s["tests"]:
         failures.append("memtester ran no test")
     return failures
@@ -253,22 +252,31 @@ def _judge_disk(s: dict[str, Any], t: dict[str, float]) -> list[str]:
             name = f"fio {job['job']} on {disk['name']}"
             random_job = job["job"].startswith("rand")
             if random_job and "min_iops" in t and job["iops"] < t["min_iops"]:
-                failures.append(f"{name}: {job['iops']:.0f} IOPS < min_iops {t['min_iops']:g}")
+                failures.append(f"{name}: {job['iops']:.0f} IOPS < min_iops {_fmt(t['min_iops'])}")
             floor = t.get("min_bandwidth_mib_s")
             if not random_job and floor is not None and job["bandwidth_mib_s"] < floor:
-                failures.append(f"{name}: {job['bandwidth_mib_s']:.1f} MiB/s < min_bandwidth_mib_s {floor:g}")
+                failures.append(
+                    f"{name}: {job['bandwidth_mib_s']:.1f} MiB/s < min_bandwidth_mib_s {_fmt(floor)}"
+                )
             ceiling = t.get("max_p99_latency_ms")
             p99 = job["lat_p99_ms"]
             if ceiling is not None and p99 is not None and p99 > ceiling:
-                failures.append(f"{name}: p99 latency {p99:g} ms > max_p99_latency_ms {ceiling:g}")
+                failures.append(f"{name}: p99 latency {p99:g} ms > max_p99_latency_ms {_fmt(ceiling)}")
     return failures
 
 
 def _judge_network(s: dict[str, Any], t: dict[str, float]) -> list[str]:
     floor = t.get("min_bandwidth_mbps")
     if floor is not None and s["received_mbps"] < floor:
-        return [f"iperf3 to {s['server']}: {s['received_mbps']:.1f} Mbit/s < min_bandwidth_mbps {floor:g}"]
+        return [
+            f"iperf3 to {s['server']}: {s['received_mbps']:.1f} Mbit/s < min_bandwidth_mbps {_fmt(floor)}"
+        ]
     return []
+
+
+def _fmt(value: float) -> str:
+    """A threshold as the operator wrote it: 50000000, not 5e+07."""
+    return f"{value:.0f}" if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 def headline(kind: str, s: dict[str, Any]) -> str:

@@ -116,6 +116,7 @@ def _missing(rootfs: RootFs, programs: Sequence[str]) -> dict[str, set[str]]:
         if info is None:
             continue
         for soname in info.needed:
+            found: str | None
             try:
                 found = rootfs.find_library(soname)
             except RamdiskError:
