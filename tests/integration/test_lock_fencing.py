@@ -210,7 +210,15 @@ def test_a_sigstopped_conductor_writes_nothing_after_its_takeover(
         client(b.url) as cb,
     ):
         assert a.proc is not None
-        doomed = create_nodes(ca, [f"f-{i}" for i in range(3)])
+        # Nodes whose owner on the hash ring is conductor-a (it runs their work, whoever is asked).
+        doomed: list[str] = []
+        for i in range(40):
+            (u,) = create_nodes(ca, [f"f-{i}"])
+            if nodes(ca, [u])[u]["conductor"] == "conductor-a":
+                doomed.append(u)
+            if len(doomed) == 3:
+                break
+        assert len(doomed) == 3
         act(ca, doomed, "manage")
         wait_until(cb, doomed, in_state(states.MANAGEABLE))
         act(ca, doomed, "provide")

@@ -63,18 +63,29 @@ def test_nodes_are_shared_and_a_dead_conductor_is_taken_over(tmp_path: Path, pos
         via_a = create_nodes(ca, [f"a-{i}" for i in range(4)])
         via_b = create_nodes(cb, [f"b-{i}" for i in range(4)])
         everyone = via_a + via_b
+        # Enough nodes that each conductor owns some on the hash ring (one of a's, two of b's).
+        for i in range(40):
+            owners = [n["conductor"] for n in nodes(ca, everyone).values()]
+            if owners.count("conductor-a") >= 1 and owners.count("conductor-b") >= 2:
+                break
+            everyone += create_nodes(cb, [f"c-{i}"])
         for c in (ca, cb):
             assert set(nodes(c, everyone)) == set(everyone)
-        # Each node is locked by whichever conductor received the request, so work is spread.
+        # Requests go to either process; each node's work runs on its owner on the hash ring.
+        owner = {u: n["conductor"] for u, n in nodes(ca, everyone).items()}
+        assert set(owner.values()) <= {"conductor-a", "conductor-b"}
         act(ca, everyone[::2], "manage")
         act(cb, everyone[1::2], "manage")
         wait_until(ca, everyone, in_state(states.MANAGEABLE))
         act(cb, everyone, "provide")
         wait_until(ca, everyone, in_state(states.AVAILABLE))
 
-        doomed, survivors = via_a, via_b[:2]
+        doomed = [u for u in everyone if owner[u] == "conductor-a"]
+        idle = [u for u in everyone if owner[u] == "conductor-b"]
+        survivors, idle = idle[:2], idle[2:]
+        assert doomed and len(survivors) == 2, owner
         act(ca, doomed, "active")
-        act(cb, survivors, "active")
+        act(ca, survivors, "active")
         in_flight = wait_until(
             cb, doomed, lambda n: n["deploy_step"].get("step") == "deploy", what="in the deploy step"
         )
@@ -100,7 +111,7 @@ def test_nodes_are_shared_and_a_dead_conductor_is_taken_over(tmp_path: Path, pos
         for u in survivors:
             assert final[u]["provision_state"] == states.ACTIVE
             assert not any("taken over" in t for t in texts(history(cb, u)))
-        assert {final[u]["provision_state"] for u in via_b[2:]} == {states.AVAILABLE}
+        assert {final[u]["provision_state"] for u in idle} <= {states.AVAILABLE}
 
         # conductor-a comes back under its name and works again; it finds nothing of its own to resume.
         a.start()
