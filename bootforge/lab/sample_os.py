@@ -18,6 +18,10 @@ mtools-based ``syslinux --offset`` all work on a plain file (Debian packages sys
 syslinux-common, mtools, dosfstools, fdisk; systemd-boot-efi instead of the syslinux ones for
 UEFI). Kernel, modules and busybox come from Debian's archive through bootforge.lab.ramdisk. The
 image is cached by a hash of its recipe; a second build is a lookup.
+
+The arm64 variant is the UEFI one built from Debian's arm64 packages (kernel, busybox-static and
+systemd-boot's systemd-bootaa64.efi as EFI/BOOT/BOOTAA64.EFI, fetched through an apt state of their
+own: bootforge.ramdisk.debs.Apt), with the console on the virt machine's PL011 UART (ttyAMA0).
 """
 
 from __future__ import annotations
@@ -62,7 +66,9 @@ RECIPE_VERSION = "1"
 SYSLINUX_DIR = Path("/usr/lib/syslinux")
 MBR_BIN = SYSLINUX_DIR / "mbr/mbr.bin"
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
-FIRMWARES = ("bios", "uefi")
+FIRMWARES = ("bios", "uefi", "arm64")
+ARM64_IMAGE_MIB = 64  # Debian's arm64 kernel is an uncompressed 33 MB Image
+SYSTEMD_BOOT_AA64 = "usr/lib/systemd/boot/efi/systemd-bootaa64.efi"  # in the arm64 systemd-boot-efi
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 # Fixed GUIDs (like the MBR's label-id) keep the image byte-for-byte reproducible.
 GPT_DISK_GUID = "B007F0A6-5E1F-4B6E-9F0A-7E57B007F0A6"
@@ -149,6 +155,7 @@ linux /vmlinuz
 initrd /initrd.gz
 options console=ttyS0,115200n8 quiet panic=0
 """
+LOADER_ENTRY_ARM64 = LOADER_ENTRY.replace("console=ttyS0,115200n8", "console=ttyAMA0,115200")
 
 
 class TestOsError(RuntimeError):
@@ -162,6 +169,8 @@ def missing_tools(firmware: str = "bios") -> list[str]:
     tools, (loader, loader_pkg) = (REQUIRED_TOOLS, (MBR_BIN, "syslinux-common"))
     if firmware == "uefi":
         tools, (loader, loader_pkg) = (UEFI_TOOLS, (SYSTEMD_BOOT, "systemd-boot-efi"))
+    if firmware == "arm64":  # its loader comes from the arm64 package, not the host
+        return [f"{tool} ({pkg})" for tool, pkg in UEFI_TOOLS.items() if shutil.which(tool) is None]
     missing = [f"{tool} ({pkg})" for tool, pkg in tools.items() if shutil.which(tool) is None]
     if not loader.is_file():
         missing.append(f"{loader} ({loader_pkg})")
@@ -319,8 +328,15 @@ def _write_disk(image: Path, kernel: bytes, initrd: bytes) -> None:
     _run(["syslinux", "--install", "--offset", str(offset), str(image)], env={"MTOOLS_SKIP_CHECK": "1"})
 
 
-def _write_uefi_disk(image: Path, kernel: bytes, initrd: bytes) -> None:
-    size = IMAGE_MIB << 20
+def _write_uefi_disk(
+    image: Path,
+    kernel: bytes,
+    initrd: bytes,
+    loader: tuple[str, bytes] | None = None,
+    entry: str = LOADER_ENTRY,
+    image_mib: int = IMAGE_MIB,
+) -> None:
+    size = image_mib << 20
     with image.open("wb") as f:
         f.truncate(size)
     # The ESP ends a MiB before the image does: the backup GPT lives in the last 33 sectors.
@@ -331,10 +347,11 @@ def _write_uefi_disk(image: Path, kernel: bytes, initrd: bytes) -> None:
     )
     _run(["sfdisk", "--no-reread", "--no-tell-kernel", str(image)], stdin=table)
     _mkfs_fat(image, PARTITION_START, sectors, "BFTESTESP")
+    name, data = loader or ("BOOTX64.EFI", SYSTEMD_BOOT.read_bytes())
     files = {
-        "EFI/BOOT/BOOTX64.EFI": SYSTEMD_BOOT.read_bytes(),
+        f"EFI/BOOT/{name}": data,
         "loader/loader.conf": LOADER_CONF.encode(),
-        "loader/entries/sample.conf": LOADER_ENTRY.encode(),
+        "loader/entries/sample.conf": entry.encode(),
         "vmlinuz": kernel,
         "initrd.gz": initrd,
     }
@@ -353,6 +370,8 @@ def build_test_os(cache: Path = ramdisk.DEFAULT_CACHE, firmware: str = "bios") -
     missing = missing_tools(firmware)
     if missing:
         raise TestOsError(f"needs {', '.join(missing)}")
+    if firmware == "arm64":
+        return _build_arm64(cache)
     debs = cache / "debs"
     # A RamdiskError here means Debian's archive was unreachable or apt is missing: callers may skip.
     kdeb = ramdisk.download(ramdisk.kernel_package(), debs)
@@ -424,3 +443,37 @@ def append_config_drive(disk: Path, iso: bytes) -> int:
         f.seek(start)
         f.write(iso)
     return start
+
+
+def _build_arm64(cache: Path) -> Path:
+    """The arm64 UEFI variant (see the module docstring); arm64 .deb files in their own directory,
+    apart from the amd64 ones bootforge.lab.ramdisk.download picks by package name alone."""
+    from bootforge.ramdisk import debs as rdebs  # imported late: zstandard
+
+    try:
+        apt = rdebs.Apt("arm64", cache)
+        kpkg = rdebs.kernel_package(apt)
+        got = rdebs.fetch([kpkg, "busybox-static", "systemd-boot-efi"], cache / "debs-arm64", apt=apt)
+    except rdebs.RamdiskError as e:
+        raise ramdisk.RamdiskError(str(e)) from None
+    kdeb, bdeb, sdeb = got[kpkg], got["busybox-static"], got["systemd-boot-efi"]
+    recipe = [kdeb.name, bdeb.name, sdeb.name, RECIPE_VERSION, INIT, LOADER_CONF, LOADER_ENTRY_ARM64]
+    recipe += [str(ARM64_IMAGE_MIB), *ROOT_MODULES, GPT_DISK_GUID, ESP_GUID]
+    key = hashlib.sha256("\0".join(recipe).encode()).hexdigest()[:16]
+    out = cache / f"test-os-arm64-{key}.raw"
+    if out.is_file():
+        return out
+    boot = next(
+        (d for i, d in _members(sdeb) if d is not None and i.name.lstrip("./") == SYSTEMD_BOOT_AA64), None
+    )
+    if boot is None:
+        raise TestOsError(f"{sdeb.name} has no {SYSTEMD_BOOT_AA64}")
+    kernel, modules = _kernel_and_modules(kdeb)
+    initrd = _initramfs(_busybox(bdeb), modules)
+    tmp = cache / f".test-os-arm64-{key}.{os.getpid()}.raw"
+    try:
+        _write_uefi_disk(tmp, kernel, initrd, ("BOOTAA64.EFI", boot), LOADER_ENTRY_ARM64, ARM64_IMAGE_MIB)
+        tmp.rename(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
