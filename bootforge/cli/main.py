@@ -416,9 +416,11 @@ from bootforge.cli.fleet import fleet_app  # noqa: E402
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(discovery_app, name="discovery")
 
+from bootforge.cli.burnin import burnin  # noqa: E402
 from bootforge.cli.why import why  # noqa: E402
 
 node_app.command("why")(why)
+node_app.command("burnin")(burnin)
 
 
 def main() -> None:

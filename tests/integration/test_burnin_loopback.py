@@ -10,9 +10,11 @@ under QEMU in tests/integration/test_lab_burnin.py.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,12 @@ __all__ = ["bf"]  # the fixture, shared with the deploy loopback test
 
 MiB = 1024**2
 TOOLS = {"stress-ng": "stress-ng", "memtester": "memtester", "fio": "fio", "iperf3": "iperf3"}
+
+
+def cli(bf: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BOOTFORGE_URL": bf.url, "COLUMNS": "250"}
+    argv = [sys.executable, "-m", "bootforge", *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_manual_burn_in_keeps_the_numbers_and_a_missed_threshold_fails_the_node(
@@ -80,6 +88,9 @@ def test_manual_burn_in_keeps_the_numbers_and_a_missed_threshold_fails_the_node(
                     assert any(e.startswith(f"burn-in {kind}: ") and e.endswith("passed") for e in history), (
                         kind
                     )
+                shown = cli(bf, "node", "burnin", node)
+                assert shown.returncode == 0, shown.stderr
+                assert "passed" in shown.stdout and "randwrite_4k" in shown.stdout, shown.stdout
 
                 # A threshold no disk file meets: the node fails cleaning with the measured numbers.
                 impossible = {
@@ -104,6 +115,8 @@ def test_manual_burn_in_keeps_the_numbers_and_a_missed_threshold_fails_the_node(
                 kept = failed["driver_internal_info"]["burnin"]
                 assert kept["disk"]["passed"] is False and kept["disk"]["failures"][0] in error
                 assert kept["cpu"]["passed"] is True  # the earlier run's other results stay
+                shown = cli(bf, "node", "burnin", node)
+                assert shown.returncode == 1 and "FAILED: fio seqread_1m" in shown.stdout, shown.stdout
     finally:
         if server.poll() is None:
             server.terminate()
