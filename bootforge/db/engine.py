@@ -77,6 +77,8 @@ _LOST_NAMES = frozenset(
         "CrashShutdownError",
         "CannotConnectNowError",
         "ReadOnlySQLTransactionError",  # 25006: connected to a standby (a failover under way)
+        # A multi-host URL with target_session_attrs=read-write found no writable server (yet).
+        "TargetServerAttributeNotMatched",
     }
 )
 

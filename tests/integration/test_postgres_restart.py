@@ -1,4 +1,4 @@
-"""The database as the engine: conductors survive a PostgreSQL restart in the middle of their work.
+"""The database as the engine: conductors survive a PostgreSQL restart or failover mid-work.
 
 Two real `bootforge serve` processes share a PostgreSQL server that this test starts. While every
 node is in its deploy step, the server is shut down (fast: it terminates every client connection, as
@@ -10,12 +10,21 @@ reaches `active`, no lock is left behind, both processes are still running, and 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.chaos import pg_conductor, restart_postgres, start_postgres, stop_postgres
+from support.chaos import (
+    failover_url,
+    pg_conductor,
+    promote,
+    restart_postgres,
+    start_postgres,
+    stop_postgres,
+    streaming_standby,
+)
 from support.lifecycle import act, client, create_nodes, history, in_state, wait_until
 from support.postgres import PostgresServer, running_postgres
 
@@ -96,3 +105,51 @@ def test_conductors_resume_their_work_after_postgresql_restarts(
         # Nothing was lost: the nodes work as before (undeploy through the other process).
         act(cb, uuids, "undeploy")
         wait_until(ca, uuids, in_state(states.AVAILABLE), timeout=60)
+
+
+def test_conductors_follow_a_failover_to_the_promoted_standby(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """A primary and a streaming standby (pg_basebackup -R), the conductors on the multi-host URL with
+    target_session_attrs=read-write. Mid-deploy the primary stops and the standby is promoted (what
+    Patroni does, by hand): the conductors' new connections find the promoted server, the interrupted
+    work resumes there, and every node reaches `active`."""
+    with streaming_standby(own_postgres) as standby:
+        url = failover_url(own_postgres, standby)
+        with (
+            pg_conductor(tmp_path, "failover-a", url, ENV) as a,
+            pg_conductor(tmp_path, "failover-b", url, ENV) as b,
+            client(a.url) as ca,
+            client(b.url) as cb,
+        ):
+            uuids = create_nodes(ca, [f"pg-failover-{i}" for i in range(NODES)])
+            act(ca, uuids, "manage")
+            wait_until(ca, uuids, in_state(states.MANAGEABLE))
+            act(cb, uuids, "provide")
+            wait_until(ca, uuids, in_state(states.AVAILABLE))
+            act(ca, uuids, "active")
+            wait_until(
+                ca, uuids, lambda n: n["deploy_step"].get("step") == "deploy", what="in the deploy step"
+            )
+
+            stop_postgres(own_postgres)
+            # A failover manager takes a while to decide (Patroni: its TTL); meanwhile the standby
+            # answers but is read-only, so the URL's read-write requirement refuses it.
+            time.sleep(DOWN_FOR)  # the length of the outage is the scenario, not a wait for something
+            promote(standby)
+
+            final = wait_until(
+                cb, uuids, in_state(states.ACTIVE), timeout=60, what="active after the failover"
+            )
+            assert all(n["last_error"] is None for n in final.values()), final
+            for proc in (a, b):
+                assert proc.proc is not None and proc.proc.poll() is None, f"{proc.log} exited"
+            resumed = sum(
+                e.startswith("database connection lost during deploy on")
+                for u in uuids
+                for e in texts(history(ca, u))
+            )
+            assert resumed == NODES
+            assert not (own_postgres.datadir / "postmaster.pid").exists(), "the old primary is down"
+            act(cb, uuids, "undeploy")
+            wait_until(ca, uuids, in_state(states.AVAILABLE), timeout=60)

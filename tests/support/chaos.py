@@ -5,13 +5,15 @@ started; every server listens on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from support.postgres import PostgresServer
-from support.service import Served, served
+from support.postgres import DEFAULT_DB, SUPERUSER, PostgresServer
+from support.service import Served, free_port, served
 
 
 def stop_postgres(pg: PostgresServer) -> None:
@@ -57,3 +59,41 @@ def pg_conductor(tmp_path: Path, name: str, database_url: str, env: dict[str, st
     home.mkdir()
     full = {**env, "BOOTFORGE_SECRET_KEY_FILE": str(tmp_path / "secret.key")}
     yield from served(home, env=full, args=["--host", name, "--database-url", database_url])
+
+
+@contextlib.contextmanager
+def streaming_standby(primary: PostgresServer) -> Iterator[PostgresServer]:
+    """A hot standby of `primary` by streaming replication (pg_basebackup -R), on its own port; stopped
+    and removed afterwards. Promote it with `promote(standby)`."""
+    base = Path(tempfile.mkdtemp(prefix="bf-pg-standby-", dir="/tmp"))
+    standby = PostgresServer(
+        bindir=primary.bindir, base=base, password=primary.password, run_as=primary.run_as
+    )
+    try:
+        standby.sockdir.mkdir()
+        standby._chown(base, standby.sockdir)
+        standby._run(
+            "pg_basebackup", "-D", str(standby.datadir), "-h", str(primary.sockdir), "-p", str(primary.port),
+            "-U", SUPERUSER, "-R", "-X", "stream", "--no-sync",
+        )  # fmt: skip
+        standby.port = free_port()
+        start_postgres(standby)
+        yield standby
+    finally:
+        try:
+            standby.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def promote(standby: PostgresServer) -> None:
+    standby._run("pg_ctl", "-D", str(standby.datadir), "-w", "-t", "60", "promote")
+
+
+def failover_url(primary: PostgresServer, standby: PostgresServer) -> str:
+    """The libpq-style multi-host URL a client of a primary/standby pair uses: both servers, and only a
+    read-write session accepted (the standby is skipped until it is promoted)."""
+    return (
+        f"postgresql+asyncpg://{SUPERUSER}:{primary.password}@/{DEFAULT_DB}?host=127.0.0.1:{primary.port}"
+        f"&host=127.0.0.1:{standby.port}&target_session_attrs=read-write"
+    )
