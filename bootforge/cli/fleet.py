@@ -26,7 +26,7 @@ fleet_app: typer.Typer = typer.Typer(
 )
 
 SELECTOR_KEYS = {"resource_class", "conductor_group", "name_prefix", "trait"}
-FINISHED = ("done", "failed", "aborted")
+FINISHED = ("done", "failed", "aborted")  # not "aborting": its rebuilds under way still finish
 
 
 @contextmanager
@@ -182,5 +182,6 @@ def resume(ident: Annotated[str, typer.Argument()], url: UrlOpt = DEFAULT_URL) -
 
 @fleet_app.command("abort")
 def abort(ident: Annotated[str, typer.Argument()], url: UrlOpt = DEFAULT_URL) -> None:
-    """End the rollout: nodes under way finish, the others are left untouched."""
+    """End the rollout: no node is drained or rebuilt any more; drained nodes not yet rebuilt are
+    undrained untouched; rebuilds under way finish and are undrained (`aborting` until then)."""
     _action("abort", ident, url)

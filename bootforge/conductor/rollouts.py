@@ -18,9 +18,18 @@ before each step, so a restart repeats at most the step that was under way: hook
 only if it did not change provision state since the rollout marked it (its provision_updated_at), so
 a restart never rebuilds a node twice.
 
-pause stops before the next node is drained (rebuilds under way finish, with their undrain); abort
-does the same and ends the rollout for good; resume goes on from the record (a rollout failed by a
-drain hook is resumable too: the node whose drain failed is tried again).
+pause stops before the next node is drained (rebuilds under way finish, with their undrain); resume
+goes on from the record (a rollout failed by a drain hook is resumable too: the node whose drain
+failed is tried again).
+
+abort ends the rollout for good: no node is drained or rebuilt any more; nodes drained but not yet
+rebuilt are undrained, untouched (back to pending); rebuilds under way *finish* and are undrained,
+and the rollout reads `aborting` until they have, then `aborted`. Why not cancel them as Ironic's
+abort of `deploy wait` does (the node to `deploy failed`)? By then the node's disk is being
+rewritten: its old OS is gone whatever abort does, so cancelling would only leave it drained without
+any OS until someone redeploys it, while letting it finish puts it back in service in minutes. An
+operator who wants the old image back runs a rollout with it. A conductor that stops meanwhile hands
+an `aborting` rollout over like a running one, so its nodes are still finished and undrained.
 
 Security: hooks are only the named ones of the configuration (settings.rollouts.hooks); the API names
 one, it never passes a command or a URL, so API credentials do not give command execution on the
@@ -43,7 +52,7 @@ import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import insert, select, update
 
 from bootforge.conductor import states
 from bootforge.conductor.task import event_row
@@ -59,8 +68,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bootforge.rollouts")
 
-RUNNING, PAUSED, ABORTED, FAILED, DONE = "running", "paused", "aborted", "failed", "done"
-STATES = (RUNNING, PAUSED, ABORTED, FAILED, DONE)
+RUNNING, PAUSED, ABORTING, ABORTED, FAILED, DONE = (
+    "running",
+    "paused",
+    "aborting",
+    "aborted",
+    "failed",
+    "done",
+)
+STATES = (RUNNING, PAUSED, ABORTING, ABORTED, FAILED, DONE)
+# A rollout in these states may still drain, rebuild or undrain nodes: they are not free for another.
+UNFINISHED = (RUNNING, PAUSED, ABORTING)
+# A rollout in these states has a runner somewhere (a dead conductor's is taken over).
+RUNNABLE = (RUNNING, ABORTING)
 PENDING, DRAINING, REBUILDING, UNDRAINING, NODE_DONE, NODE_FAILED = (
     "pending",
     "draining",
@@ -70,6 +90,7 @@ PENDING, DRAINING, REBUILDING, UNDRAINING, NODE_DONE, NODE_FAILED = (
     "failed",
 )
 FINISHED = (NODE_DONE, NODE_FAILED)
+IN_FLIGHT = (DRAINING, REBUILDING, UNDRAINING)
 SELECTOR_FIELDS = ("resource_class", "conductor_group", "name_prefix", "traits")
 CREATE_FIELDS = {"selector", "image", "batch", "max_failures", "drain_hook", "undrain_hook"}
 MAX_NODES = 5000  # per rollout: the per-node record is one JSON column
@@ -118,13 +139,13 @@ class RolloutService:
         await self.take_over()
 
     async def take_over(self) -> None:
-        """Run the running rollouts of this conductor (after a restart) and of conductors no longer
-        alive (periodic, with the nodes' own takeover); one conditional UPDATE claims each, so of
-        several conductors noticing the same dead one, one takes it."""
+        """Run the running (and aborting) rollouts of this conductor (after a restart) and of
+        conductors no longer alive (periodic, with the nodes' own takeover); one conditional UPDATE
+        claims each, so of several conductors noticing the same dead one, one takes it."""
         live = set(await self.conductor.live_hosts()) - {self.conductor.host}
         async with self.db.read() as s:
             rows = (
-                await s.execute(select(Rollout.id, Rollout.conductor).where(Rollout.state == RUNNING))
+                await s.execute(select(Rollout.id, Rollout.conductor).where(Rollout.state.in_(RUNNABLE)))
             ).all()
         for rid, owner in rows:
             if owner in live or rid in self._runs:
@@ -133,7 +154,7 @@ class RolloutService:
             async with self.db.write() as s:
                 claimed = await s.execute(
                     update(Rollout)
-                    .where(Rollout.id == rid, Rollout.state == RUNNING, same_owner)
+                    .where(Rollout.id == rid, Rollout.state.in_(RUNNABLE), same_owner)
                     .values(conductor=self.conductor.host)
                 )
                 await s.commit()
@@ -288,9 +309,7 @@ class RolloutService:
     async def _busy(self, uuids: set[str]) -> tuple[str, str] | None:
         async with self.db.read() as s:
             rows = (
-                await s.execute(
-                    select(Rollout.uuid, Rollout.nodes).where(Rollout.state.in_((RUNNING, PAUSED)))
-                )
+                await s.execute(select(Rollout.uuid, Rollout.nodes).where(Rollout.state.in_(UNFINISHED)))
             ).all()
         for ruuid, entries in rows:
             for e in entries:
@@ -337,7 +356,15 @@ class RolloutService:
         return await self.get(ident)
 
     async def abort(self, ident: str) -> dict[str, Any]:
-        await self._set_state(ident, ABORTED, (RUNNING, PAUSED), finished_at=utcnow())
+        """See the module docstring: nothing new is drained or rebuilt; rebuilds under way finish."""
+        row = await self._row(ident)
+        if row.state == PAUSED and not any(e["status"] in IN_FLIGHT for e in row.nodes):
+            # A paused rollout whose runner has finished its batch: nothing left to wind down.
+            await self._set_state(ident, ABORTED, (PAUSED,), finished_at=utcnow())
+        else:
+            await self._set_state(ident, ABORTING, (RUNNING, PAUSED))
+            if row.conductor == self.conductor.host:
+                self._spawn(row.id)  # a paused runner may be gone: wind down here
         return await self.get(ident)
 
     async def resume(self, ident: str) -> dict[str, Any]:
@@ -387,7 +414,12 @@ class RolloutService:
             while True:
                 async with self.db.read() as s:
                     row: Rollout | None = await s.scalar(select(Rollout).where(Rollout.id == rid))
-                if row is None or row.state != RUNNING or row.conductor != self.conductor.host:
+                if row is None or row.conductor != self.conductor.host:
+                    return
+                if row.state == ABORTING:
+                    await self._wind_down(_Run(row))
+                    return
+                if row.state != RUNNING:
                     return
                 run = _Run(row)
                 todo = [i for i, e in enumerate(run.entries) if e["status"] not in FINISHED]
@@ -404,7 +436,7 @@ class RolloutService:
                 async with self.db.write() as s:
                     await s.execute(
                         update(Rollout)
-                        .where(Rollout.id == rid, Rollout.state == RUNNING)
+                        .where(Rollout.id == rid, Rollout.state.in_(RUNNABLE))
                         .values(
                             state=FAILED,
                             last_error=printable(f"internal error: {e}", MESSAGE_LIMIT),
@@ -432,6 +464,8 @@ class RolloutService:
                     await self._finish(run, FAILED, f"drain hook failed on {_label(e)}: {error}")
                     return False
             drained.append(i)
+        if drained and await self._state(run.id) == ABORTING:
+            return True  # aborted while draining: the next round undrains them untouched
         if drained:
             await asyncio.gather(*(self._node(run, i) for i in drained))
         if run.hook_failure:
@@ -443,6 +477,24 @@ class RolloutService:
             )
             return False
         return len(drained) == len(batch) or await self._state(run.id) == RUNNING
+
+    async def _wind_down(self, run: _Run) -> None:
+        """An aborted rollout: undrain the nodes drained but not rebuilt, finish the rebuilds under way
+        (with their undrain), then end it `aborted`."""
+        untouched = [i for i, e in enumerate(run.entries) if e["status"] == DRAINING]
+        for i in untouched:
+            error = await self._hook(run, i, PENDING, run.undrain_hook, "undrain")
+            if error:
+                await self._set(run, i, NODE_FAILED, error=error, untouched=True, severity="error")
+            else:
+                await self._set(run, i, PENDING, message="rollout aborted before its rebuild: undrained")
+        under_way = [i for i, e in enumerate(run.entries) if e["status"] in (REBUILDING, UNDRAINING)]
+        if under_way:
+            await asyncio.gather(*(self._node(run, i) for i in under_way))
+        error = run.hook_failure
+        if run.failures:
+            error = (error + "; " if error else "") + f"{run.failures} node(s) failed"
+        await self._finish(run, ABORTED, error)
 
     async def _node(self, run: _Run, i: int) -> None:
         """Rebuild one drained node, wait for active, undrain it."""
@@ -568,7 +620,7 @@ class RolloutService:
         async with self.db.write() as s:
             await s.execute(
                 update(Rollout)
-                .where(Rollout.id == run.id, or_(Rollout.state == RUNNING, Rollout.state == PAUSED))
+                .where(Rollout.id == run.id, Rollout.state.in_(UNFINISHED))
                 .values(
                     state=state,
                     last_error=printable(error, MESSAGE_LIMIT) if error else None,

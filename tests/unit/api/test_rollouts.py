@@ -257,24 +257,76 @@ async def test_pause_then_resume(lab: Lab) -> None:
     assert len(lab.log()) == 8
 
 
-async def test_abort_leaves_the_rest_untouched(lab: Lab) -> None:
+async def test_abort_undrains_drained_nodes_untouched(lab: Lab) -> None:
     nodes = await active_nodes(lab)
-    (lab.dir / "hold-drain-node-1").touch()
+    (lab.dir / "hold-drain-node-2").touch()
     rollout = await start(lab)
-    await logged(lab, "drain node-1")
+    await logged(lab, "drain node-2")  # node-1 drained, node-2's drain under way: no rebuild yet
     r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/abort")
-    assert r.status_code == 200 and r.json()["state"] == "aborted", r.text
-    (lab.dir / "hold-drain-node-1").unlink()
+    assert r.status_code == 200 and r.json()["state"] == "aborting", r.text
+    (lab.dir / "hold-drain-node-2").unlink()
     aborted = await lab.conductor.rollouts.wait(rollout["uuid"])
-    assert aborted["state"] == "aborted" and aborted["finished_at"]
-    assert [n["status"] for n in aborted["nodes"]] == ["done", "pending", "pending", "pending"]
-    for node in nodes[1:]:
+    assert aborted["state"] == "aborted" and aborted["finished_at"] and not aborted["last_error"]
+    assert [n["status"] for n in aborted["nodes"]] == ["pending"] * 4
+    assert lab.log() == ["drain node-1", "drain node-2", "undrain node-1", "undrain node-2"]
+    for node in nodes:
         assert await rebuilds(lab, node["uuid"]) == 0
+    for node in nodes[:2]:
+        assert any("aborted before its rebuild" in e for e in await history(lab, node["uuid"]))
     r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/resume")
     assert r.status_code == 409 and "aborted" in fault(r)
     # Its nodes are free again for a new rollout.
     again = await start(lab, selector={"name_prefix": "node-"})
     assert (await lab.conductor.rollouts.wait(again["uuid"]))["state"] == "done"
+
+
+async def test_abort_lets_the_rebuilds_under_way_finish(lab: Lab) -> None:
+    nodes = await active_nodes(lab)
+    (lab.dir / "hold-undrain-node-1").touch()
+    rollout = await start(lab)
+    await logged(lab, "undrain node-1")  # node-1 rebuilt, node-2 rebuilt or rebuilding
+    r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/abort")
+    assert r.status_code == 200 and r.json()["state"] == "aborting", r.text
+    # While a node is under way, its nodes are not free: another rollout cannot take them.
+    r = await lab.client.post("/v1/rollouts", json={"image": NEW, "selector": {"name_prefix": "node-1"}})
+    assert r.status_code == 409 and "node-1" in fault(r), r.text
+    (lab.dir / "hold-undrain-node-1").unlink()
+    aborted = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert aborted["state"] == "aborted", aborted
+    assert [n["status"] for n in aborted["nodes"]] == ["done", "done", "pending", "pending"]
+    for node, rebuilt in zip(nodes, (1, 1, 0, 0), strict=True):
+        assert await rebuilds(lab, node["uuid"]) == rebuilt, node["name"]
+        assert (await lab.api.get(node["uuid"]))["provision_state"] == "active"
+    assert sorted(lab.log()) == sorted(["drain node-1", "drain node-2", "undrain node-1", "undrain node-2"])
+
+
+async def test_abort_of_a_paused_rollout_ends_it_at_once(lab: Lab) -> None:
+    await active_nodes(lab)
+    (lab.dir / "hold-drain-node-1").touch()
+    rollout = await start(lab)
+    await logged(lab, "drain node-1")
+    assert (await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/pause")).status_code == 200
+    (lab.dir / "hold-drain-node-1").unlink()
+    paused = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert paused["state"] == "paused"
+    r = await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/abort")
+    assert r.status_code == 200 and r.json()["state"] == "aborted" and r.json()["finished_at"], r.text
+
+
+async def test_an_aborting_rollout_is_wound_down_after_a_restart(lab: Lab) -> None:
+    nodes = await active_nodes(lab)
+    (lab.dir / "hold-drain-node-2").touch()
+    rollout = await start(lab)
+    await logged(lab, "drain node-2")
+    assert (await lab.client.post(f"/v1/rollouts/{rollout['uuid']}/abort")).status_code == 200
+    await lab.restart()  # the runner is gone mid-drain; the new conductor takes the aborting rollout
+    (lab.dir / "hold-drain-node-2").unlink()
+    aborted = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert aborted["state"] == "aborted", aborted
+    assert [n["status"] for n in aborted["nodes"]] == ["pending"] * 4
+    assert {"undrain node-1", "undrain node-2"} <= set(lab.log())
+    for node in nodes:
+        assert await rebuilds(lab, node["uuid"]) == 0
 
 
 async def test_a_conductor_restart_resumes_the_rollout(lab: Lab) -> None:
