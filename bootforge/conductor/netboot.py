@@ -278,7 +278,7 @@ class NetbootView:
         known = self.by_mac.get(client.mac)
         if known is None and node_id is None and not self._discovers(str(client.link or "")):
             return None  # unknown machines are served only on discovery.subnets
-        if known is not None and client.arch is not None and not client.ipxe:
+        if known is not None and client.arch is not None:
             self._note_cpu_arch(known, client.arch)
         secure = self.secure_boot_always or (known is not None and known.secure_boot)
         # A UEFI architecture without an iPXE build (ARM64: Debian packages none) boots the signed
@@ -343,8 +343,11 @@ class NetbootView:
     # --- the node's CPU architecture, from DHCP -------------------------------------------------
 
     def cpu_of(self, known: KnownPort) -> str | None:
-        """The node's CPU architecture: properties.cpu_arch, else what its firmware said in DHCP."""
-        return known.cpu_arch or self._dhcp_cpu.get(known.mac)
+        """The node's CPU architecture: what its firmware announced in this boot's DHCP, else
+        properties.cpu_arch. The firmware's word comes first because the recorded value may have
+        been set from a stranger's forged DHCP packet (only while unset, but it stays until
+        inspection): the machine itself announces its architecture again at every boot."""
+        return self._dhcp_cpu.get(known.mac) or known.cpu_arch
 
     def _note_cpu_arch(self, known: KnownPort, arch: Arch) -> None:
         """Remember the architecture a node's firmware announced; record it as properties.cpu_arch

@@ -202,3 +202,18 @@ async def test_an_http_boot_client_records_its_architecture_too(bf: InProcess) -
     await wait_for(recorded)
     assert (await arch_events(bf, uuid))[0].endswith("DHCP architecture 0x13 (arm64-uefi-http)")
     await wait_for(lambda: _no_tasks(view))
+
+
+async def test_the_firmwares_own_word_beats_a_recorded_architecture(bf: InProcess) -> None:
+    """A stranger's forged DHCP packet may have recorded aarch64 for an x86 node (while its cpu_arch
+    was unset): the machine's own DHCP at its next boot still gets it its own ramdisk."""
+    uuid = await enrol(bf, MAC, {"cpu_arch": "aarch64"})
+    async with bf.conductor.db.write() as s:
+        await s.execute(update(Node).where(Node.uuid == uuid).values(provision_state="inspect wait"))
+        await s.commit()
+    view = view_for(bf)
+    await view.refresh()
+    assert "bootforge/arm64/vmlinuz" in view.grub_config({"mac": MAC}, "10.9.0.100", tftp=True)
+    view.boot_for(client(MAC, 7), None)  # the real machine: x64 UEFI
+    assert "/bootforge/vmlinuz" in view.ipxe_script({"mac": MAC}, "10.9.0.100")
+    assert (await node_row(bf, uuid))[0]["cpu_arch"] == "aarch64"  # recorded values are not rewritten
