@@ -12,7 +12,10 @@ counts against max_failures (the node is left drained, in its failed state, for 
 undrain hook that fails stops the rollout after the batch. Every step goes on the node's timeline
 (event type `rollout`).
 
-Per node: pending -> draining -> rebuilding -> undraining -> done, or failed. The status is saved
+Per node: pending -> draining -> rebuilding -> undraining -> done, or failed, or skipped: when its
+turn comes, a node that was deleted, is no longer active, was put into maintenance or protected, or
+is under way in another rollout is not drained at all (an operator who took it out of service meant
+it; a fleet of hundreds changes while a rollout runs); skips do not count as failures. The status is saved
 before each step, so a restart repeats at most the step that was under way: hooks must be idempotent
 (draining a drained node is a no-op for any sane load balancer). A node found `rebuilding` is rebuilt
 only if it did not change provision state since the rollout marked it (its provision_updated_at), so
@@ -58,7 +61,7 @@ from bootforge.conductor import states
 from bootforge.conductor.task import event_row
 from bootforge.db.models import NODE_EVENTS, Node, NodeTrait, Rollout, utcnow
 from bootforge.db.queries import is_uuid
-from bootforge.errors import BootforgeError, Conflict, InvalidInput, NotFound
+from bootforge.errors import BootforgeError, Conflict, InvalidInput, NodeLocked, NotFound
 from bootforge.observe.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from bootforge.text import MESSAGE_LIMIT, printable
 
@@ -81,20 +84,23 @@ STATES = (RUNNING, PAUSED, ABORTING, ABORTED, FAILED, DONE)
 UNFINISHED = (RUNNING, PAUSED, ABORTING)
 # A rollout in these states has a runner somewhere (a dead conductor's is taken over).
 RUNNABLE = (RUNNING, ABORTING)
-PENDING, DRAINING, REBUILDING, UNDRAINING, NODE_DONE, NODE_FAILED = (
+PENDING, DRAINING, REBUILDING, UNDRAINING, NODE_DONE, NODE_FAILED, SKIPPED = (
     "pending",
     "draining",
     "rebuilding",
     "undraining",
     "done",
     "failed",
+    "skipped",
 )
-FINISHED = (NODE_DONE, NODE_FAILED)
+FINISHED = (NODE_DONE, NODE_FAILED, SKIPPED)
 IN_FLIGHT = (DRAINING, REBUILDING, UNDRAINING)
 SELECTOR_FIELDS = ("resource_class", "conductor_group", "name_prefix", "traits")
 CREATE_FIELDS = {"selector", "image", "batch", "max_failures", "drain_hook", "undrain_hook"}
 MAX_NODES = 5000  # per rollout: the per-node record is one JSON column
 HOOK_OUTPUT = 512  # bytes of a failed command's stderr kept in the error
+# Seconds a rebuild waits for a node another operation holds (a power sync, an operator's PATCH).
+LOCK_WAIT = 120.0
 
 
 def _aware(when: dt.datetime) -> dt.datetime:
@@ -128,6 +134,9 @@ class RolloutService:
         self._again: set[int] = set()
         # One writer of a rollout's per-node record at a time (a batch's nodes run in parallel).
         self._save_lock = asyncio.Lock()
+        # Two requests of this process cannot both find a node free and both take it. Across
+        # conductors the runner checks again at the node's turn (_ineligible).
+        self._create_lock = asyncio.Lock()
 
     @property
     def settings(self) -> RolloutSettings:
@@ -226,6 +235,19 @@ class RolloutService:
         if len(nodes) > MAX_NODES:
             raise InvalidInput(f"the selector matches {len(nodes)} nodes, more than {MAX_NODES}", "selector")
         spec, size = batch_size(body.get("batch", 1), len(nodes))
+        async with self._create_lock:
+            return await self._insert(selector, image, spec, size, max_failures, hooks, nodes)
+
+    async def _insert(
+        self,
+        selector: dict[str, Any],
+        image: str,
+        spec: str,
+        size: int,
+        max_failures: int,
+        hooks: dict[str, str | None],
+        nodes: list[Node],
+    ) -> dict[str, Any]:
         busy = await self._busy({n.uuid for n in nodes})
         if busy:
             raise Conflict(
@@ -306,14 +328,23 @@ class RolloutService:
             stmt = select(Node).where(*where).order_by(Node.name, Node.id).limit(MAX_NODES + 1)
             return list((await s.scalars(stmt)).all())
 
-    async def _busy(self, uuids: set[str]) -> tuple[str, str] | None:
+    async def _busy(
+        self, uuids: set[str], but: int | None = None, statuses: tuple[str, ...] | None = None
+    ) -> tuple[str, str] | None:
+        """(node, rollout) of the first of `uuids` that an unfinished rollout (not `but`) has not
+        finished with (or, with `statuses`, has in one of them)."""
         async with self.db.read() as s:
             rows = (
-                await s.execute(select(Rollout.uuid, Rollout.nodes).where(Rollout.state.in_(UNFINISHED)))
+                await s.execute(
+                    select(Rollout.id, Rollout.uuid, Rollout.nodes).where(Rollout.state.in_(UNFINISHED))
+                )
             ).all()
-        for ruuid, entries in rows:
+        for rid, ruuid, entries in rows:
+            if rid == but:
+                continue
             for e in entries:
-                if e["uuid"] in uuids and e["status"] not in FINISHED:
+                taken = e["status"] in statuses if statuses else e["status"] not in FINISHED
+                if e["uuid"] in uuids and taken:
                     return e["name"] or e["uuid"], ruuid
         return None
 
@@ -453,6 +484,10 @@ class RolloutService:
             if e["status"] in (PENDING, DRAINING):
                 if await self._state(run.id) != RUNNING:
                     break
+                why = await self._ineligible(run, e) if e["status"] == PENDING else None
+                if why:
+                    await self._set(run, i, SKIPPED, error=why, severity="warning")
+                    continue
                 error = await self._hook(run, i, DRAINING, run.drain_hook, "drain")
                 if error:
                     await self._set(run, i, NODE_FAILED, error=error, untouched=True)
@@ -477,6 +512,22 @@ class RolloutService:
             )
             return False
         return len(drained) == len(batch) or await self._state(run.id) == RUNNING
+
+    async def _ineligible(self, run: _Run, e: dict[str, Any]) -> str | None:
+        """Why a pending node is no longer to be drained and rebuilt (None: it is)."""
+        node = await self._node_row(e["uuid"])
+        if node is None:
+            return "the node was deleted"
+        if node.provision_state != states.ACTIVE:
+            return f"the node is {node.provision_state}, no longer active"
+        if node.maintenance:
+            return f"the node is in maintenance ({node.maintenance_reason or 'no reason given'})"
+        if node.protected:
+            return "the node is protected"
+        other = await self._busy({e["uuid"]}, but=run.id, statuses=IN_FLIGHT)
+        if other:
+            return f"the node is under way in rollout {other[1]}"
+        return None
 
     async def _wind_down(self, run: _Run) -> None:
         """An aborted rollout: undrain the nodes drained but not rebuilt, finish the rebuilds under way
@@ -532,13 +583,20 @@ class RolloutService:
                 run, i, REBUILDING, rebuild_at=_now_iso(), message=f"rebuilding with image {run.image}"
             )
             nodes = NodeService(self.conductor)
-            try:
-                await nodes.update(
-                    e["uuid"], [{"op": "add", "path": "/instance_info/image_source", "value": run.image}]
-                )
-                await nodes.provision(e["uuid"], "rebuild", {})
-            except BootforgeError as exc:
-                return f"rebuild refused: {exc}"
+            patch = [{"op": "add", "path": "/instance_info/image_source", "value": run.image}]
+            locked_until = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    await nodes.update(e["uuid"], patch)
+                    await nodes.provision(e["uuid"], "rebuild", {})
+                    break
+                except NodeLocked as exc:
+                    # Held for a moment by another operation (power sync, an operator): wait for it.
+                    if time.monotonic() > locked_until:
+                        return f"rebuild refused: {exc} (waited {LOCK_WAIT:.0f} s)"
+                    await asyncio.sleep(self.settings.poll_interval)
+                except BootforgeError as exc:
+                    return f"rebuild refused: {exc}"
         deadline = time.monotonic() + self.settings.node_timeout
         while True:
             node = await self._node_row(e["uuid"])

@@ -499,3 +499,98 @@ async def test_another_conductor_takes_over_the_rollout_of_a_stopped_one(lab: La
     assert done["state"] == "done" and done["conductor"] == "other-conductor", done
     assert done["counts"] == {"done": 4}
     assert lab.log().count("drain node-1") == 2, lab.log()
+
+
+async def test_nodes_changed_mid_way_are_skipped_not_drained(lab: Lab) -> None:
+    """A fleet changes while a rollout runs: a node put into maintenance, one undeployed and deleted,
+    one protected are not drained or rebuilt when their turn comes, and do not count as failures."""
+    nodes = await active_nodes(lab)
+    (lab.dir / "hold-drain-node-1").touch()
+    rollout = await start(lab, batch=1)
+    await logged(lab, "drain node-1")
+    api = lab.api
+    r = await lab.client.put(f"/v1/nodes/{nodes[1]['uuid']}/maintenance", json={"reason": "bad DIMM"})
+    assert r.status_code == 202, r.text
+    await api.drive(nodes[2]["uuid"], "deleted")
+    await lab.conductor.wait_idle()
+    assert (await lab.client.delete(f"/v1/nodes/{nodes[2]['uuid']}")).status_code == 204
+    r = await lab.client.patch(
+        f"/v1/nodes/{nodes[3]['uuid']}", json=[{"op": "replace", "path": "/protected", "value": True}]
+    )
+    assert r.status_code == 200, r.text
+    (lab.dir / "hold-drain-node-1").unlink()
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "done" and done["failures"] == 0, done
+    by_name = {n["name"]: n for n in done["nodes"]}
+    assert [by_name[f"node-{i}"]["status"] for i in range(1, 5)] == ["done", "skipped", "skipped", "skipped"]
+    assert "maintenance (bad DIMM)" in by_name["node-2"]["error"]
+    assert "deleted" in by_name["node-3"]["error"]
+    assert "protected" in by_name["node-4"]["error"]
+    assert lab.log() == ["drain node-1", "undrain node-1"]
+    for node in (nodes[1], nodes[3]):
+        assert await rebuilds(lab, node["uuid"]) == 0
+        assert any("skipped" in e for e in await history(lab, node["uuid"]))
+
+
+async def test_two_rollouts_never_drive_the_same_node(lab: Lab) -> None:
+    nodes = await active_nodes(lab, 2)
+    # Two requests at once for overlapping nodes: one wins, the other is told which node and rollout.
+    first, second = await asyncio.gather(
+        lab.client.post("/v1/rollouts", json={"image": NEW, "selector": {"name_prefix": "node-"}}),
+        lab.client.post("/v1/rollouts", json={"image": NEW, "selector": {"name_prefix": "node-1"}}),
+    )
+    assert sorted([first.status_code, second.status_code]) == [201, 409], (first.text, second.text)
+    winner = first if first.status_code == 201 else second
+    await lab.conductor.rollouts.wait(winner.json()["uuid"])
+
+    # Another conductor raced past that check (two API processes): the runner checks again at the
+    # node's turn and skips a node that the other rollout has under way.
+    (lab.dir / "hold-drain-node-1").touch()
+    a = await start(lab, selector={"name_prefix": "node-1"})
+    await logged(lab, "drain node-1")
+    service = lab.conductor.rollouts
+
+    async def nothing_busy(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    service._busy = nothing_busy  # type: ignore[method-assign]
+    try:
+        b = await start(lab, selector={"name_prefix": "node-"})
+    finally:
+        del service._busy
+    b_done = await lab.conductor.rollouts.wait(b["uuid"])
+    (lab.dir / "hold-drain-node-1").unlink()
+    a_done = await lab.conductor.rollouts.wait(a["uuid"])
+    assert a_done["state"] == "done" and b_done["state"] == "done", (a_done, b_done)
+    by_name = {n["name"]: n for n in b_done["nodes"]}
+    assert by_name["node-1"]["status"] == "skipped" and a["uuid"] in by_name["node-1"]["error"]
+    assert by_name["node-2"]["status"] == "done"
+    assert await rebuilds(lab, nodes[0]["uuid"]) == 2  # once per winning rollout, never at once
+
+
+async def test_a_node_locked_for_a_moment_is_waited_for_not_failed(lab: Lab) -> None:
+    from sqlalchemy import update
+
+    from bootforge.db.models import Node
+
+    nodes = await active_nodes(lab, 1)
+    uuid = nodes[0]["uuid"]
+
+    async def lock(holder: str | None) -> None:
+        async with lab.conductor.db.write() as s:
+            await s.execute(update(Node).where(Node.uuid == uuid).values(reservation=holder))
+            await s.commit()
+
+    await lock("another-conductor")  # a power sync, an operator's PATCH under way
+    rollout = await start(lab, drain_hook=None, undrain_hook=None)
+
+    async def rebuilding() -> bool:
+        return (await statuses(lab, rollout["uuid"]))["node-1"] == "rebuilding"
+
+    await until("node-1 rebuilding", rebuilding)
+    await asyncio.sleep(0.2)  # a few refused attempts (poll_interval 0.02 s); the test fails fast otherwise
+    assert (await statuses(lab, rollout["uuid"]))["node-1"] == "rebuilding"
+    await lock(None)
+    done = await lab.conductor.rollouts.wait(rollout["uuid"])
+    assert done["state"] == "done" and done["failures"] == 0, done
+    assert await rebuilds(lab, uuid) == 1
