@@ -215,12 +215,13 @@ def _summarise_disk(result: dict[str, Any]) -> dict[str, Any]:
 
 def _summarise_network(result: dict[str, Any]) -> dict[str, Any]:
     net = _section(result, "network")
+    retransmits = _number(net.get("retransmits"))
     return {
         "tool": printable(net.get("tool"), 40),
         "server": printable(net.get("server"), 253),
         "sent_mbps": _number(net.get("sent_mbps")),
         "received_mbps": _need_number(net.get("received_mbps"), "result.network.received_mbps"),
-        "retransmits": _number(net.get("retransmits")),
+        "retransmits": None if retransmits is None else int(retransmits),
     }
 
 
