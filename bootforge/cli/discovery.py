@@ -201,3 +201,5 @@ def status(url: UrlOpt = DEFAULT_URL) -> None:
         f"per minute; {s['rules']} rules"
     )
     console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in s["counts"].items()) + " (since start)")
+    if s.get("last_refusal"):
+        console.print(f"last refused report: {escape(s['last_refusal'])}")

@@ -52,6 +52,7 @@ from bootforge.db.models import (
 from bootforge.errors import BootforgeError, Conflict, InvalidInput, NotFound
 from bootforge.keys import SecretKey, load_or_create
 from bootforge.netboot.dhcp import LeaseState
+from bootforge.text import printable
 
 if TYPE_CHECKING:
     from bootforge.conductor.context import ConductorContext
@@ -145,6 +146,7 @@ class DiscoveryService:
         self._enrolled: deque[float] = deque()
         self._key: SecretKey | None = None
         self.counts = {"enrolled": 0, "merged": 0, "refused": 0, "rate_limited": 0}
+        self.last_refusal: str | None = None
 
     @property
     def settings(self) -> Any:
@@ -217,6 +219,7 @@ class DiscoveryService:
             "max_enrolments_per_minute": s.max_enrolments_per_minute,
             "rules": count,
             "counts": dict(self.counts),
+            "last_refusal": self.last_refusal,
         }
 
     # --- the ramdisk's report ----------------------------------------------------------------------
@@ -225,7 +228,7 @@ class DiscoveryService:
         """Enrol (or merge by serial) the machine that booted a discovery ramdisk; see the module doc."""
         s = self.settings
         if not s.allows(client):
-            self.counts["refused"] += 1
+            self._refused(client, "not from an address inside discovery.subnets")
             raise NotFound(REFUSED)
         mac = str(body.get("mac") or "").strip().lower()
         boot_id = str(body.get("boot_id") or "")
@@ -236,13 +239,18 @@ class DiscoveryService:
         if why is None:
             why = await self._address_problem(mac, client)
         if why is not None:
-            self.counts["refused"] += 1
+            self._refused(client, why)
             raise NotFound(REFUSED)
         inventory = check_inventory_bounds(
             body.get("inventory"), s.max_inventory_bytes, s.max_inventory_items
         )
         async with self._lock:
             return await self._enrol(mac, boot_id, inventory, client)
+
+    def _refused(self, client: str, why: str) -> None:
+        # Strangers all get the same 404; the operator sees the last reason in `discovery status`.
+        self.counts["refused"] += 1
+        self.last_refusal = printable(f"{client}: {why}", 300)
 
     async def _address_problem(self, mac: str, client: str) -> str | None:
         if self.conductor.settings.netboot.dhcp != "full":
@@ -258,7 +266,8 @@ class DiscoveryService:
                 select(Node).join(Port, Port.node_id == Node.id).where(Port.address == mac)
             )
         if owner is not None:
-            if (owner.extra or {}).get("discovery", {}).get("boot_id") == boot_id:
+            seen = (owner.extra or {}).get("discovery")
+            if isinstance(seen, dict) and seen.get("boot_id") == boot_id:
                 return {"node": {"uuid": owner.uuid, "name": owner.name}, "enrolled": True, "power_off": True}
             raise Conflict("this MAC is already a port of a node; it is not discovered again")
         serial = clean_serial(inventory)

@@ -146,6 +146,8 @@ async def test_strangers_get_the_same_404(api: Api) -> None:
         assert r.status_code == 404
         assert fault(r) == "bootforge does not expect a discovery report from this address now"
     assert (await api.c.get("/v1/nodes")).json()["nodes"] == []
+    status = (await api.c.get("/v1/discovery")).json()
+    assert status["counts"]["refused"] == 4 and "old (token_ttl" in status["last_refusal"]
 
 
 async def test_inventory_limits_and_rate_limit(api: Api) -> None:
