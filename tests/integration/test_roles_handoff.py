@@ -12,10 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
-from support.service import InProcess, in_process
+from support.service import LATEST, InProcess, in_process
 
+from bootforge import boot_token
+from bootforge.api.app import create_app
+from bootforge.api.deps import Services
 from bootforge.conductor import states
 from bootforge.conductor.conductor import POWER_REQUEST, Conductor
 from bootforge.conductor.service import NodeService
@@ -121,3 +125,70 @@ async def test_conductor_group_patch_is_checked(bf: InProcess) -> None:
     good = [{"op": "replace", "path": "/conductor_group", "value": "Rack-1.a"}]
     r = await bf.client.patch(f"/v1/nodes/{uuid}", json=good)
     assert r.status_code == 200 and r.json()["conductor_group"] == "rack-1.a", r.text
+
+
+MAC = "52:54:00:aa:bb:01"
+INVENTORY = {
+    "cpu": {"count": 2, "architecture": "x86_64"},
+    "memory": {"total": 2 * 1024**3, "physical_mb": 2048},
+    "disks": [{"name": "/dev/vda", "size": 20 * 1024**3, "rotational": True}],
+    "interfaces": [{"name": "eth0", "mac_address": MAC, "has_carrier": True}],
+    "boot": {"current_boot_mode": "bios", "pxe_interface": MAC},
+}
+
+
+@pytest.fixture
+async def with_ramdisk(tmp_path: Path) -> AsyncIterator[InProcess]:
+    ramdisk = tmp_path / "state" / "boot" / "bootforge"
+    ramdisk.mkdir(parents=True)
+    (ramdisk / "vmlinuz").write_bytes(b"kernel")
+    (ramdisk / "initrd").write_bytes(b"initrd")
+    async for x in in_process(tmp_path, agent={"inspection_add_ports": "none", "lldp_wait": 0}):
+        yield x
+
+
+async def test_the_agent_talks_to_an_api_process_and_its_owner_carries_on(with_ramdisk: InProcess) -> None:
+    """Inspection asked of an API-only process; the ramdisk's agent looks up, polls and reports there;
+    the owner boots the ramdisk and takes the report (woken as NOTIFY would wake it)."""
+    bf = with_ramdisk
+    settings = bf.settings.model_copy(update={"host": "api-only", "role": "api"})
+    api_conductor = Conductor(settings, bf.conductor.db)
+    app = create_app(Services.build(settings, api_conductor))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=LATEST) as c:
+            body = {"driver": "fake-hardware", "boot_interface": "pxe", "inspect_interface": "agent"}
+            uuid = (await c.post("/v1/nodes", json=body)).json()["uuid"]
+            assert (await c.post("/v1/ports", json={"node_uuid": uuid, "address": MAC})).status_code == 201
+            for verb in ("manage", "inspect"):
+                r = await c.put(f"/v1/nodes/{uuid}/states/provision", json={"target": verb})
+                assert r.status_code == 202, r.text
+                await bf.conductor.pick_up_work()
+                await bf.conductor.wait_idle()
+            node = await row(bf, uuid)
+            assert (node.provision_state, node.reservation) == (states.INSPECTWAIT, None)
+
+            boot = node.driver_internal_info["agent_boot"]
+            header = {boot_token.HEADER: boot_token.for_boot(settings.secret_key_path, uuid, boot)}
+            r = await c.get("/v1/lookup", params={"addresses": MAC}, headers=header)
+            assert r.status_code == 200, r.text
+            agent = {"X-Agent-Token": r.json()["config"]["agent_token"]}
+            r = await c.get(f"/v1/nodes/{uuid}/agent/command", params={"wait": 0.5}, headers=agent)
+            assert r.status_code == 200, r.text
+            command = r.json()
+            done = {"status": "succeeded", "result": {"inventory": INVENTORY, "plugin_data": {}}}
+            r = await c.post(f"/v1/nodes/{uuid}/agent/command/{command['id']}", json=done, headers=agent)
+            assert r.status_code == 200, r.text
+            # Stored by the API process, not acted on there: no work runs in it.
+            assert (await row(bf, uuid)).provision_state == states.INSPECTWAIT
+
+            node_id = (await row(bf, uuid)).id
+            await bf.conductor.pick_up_work([node_id])
+            await bf.conductor.wait_idle()
+            node = await row(bf, uuid)
+            assert (node.provision_state, node.reservation) == (states.MANAGEABLE, None)
+            assert node.properties["memory_mb"] == 2048
+            events = await texts(bf, uuid)
+            assert ("test-conductor", "picked up by conductor test-conductor: inspecting") in events
+    finally:
+        await api_conductor.drivers.close()
