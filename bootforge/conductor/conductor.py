@@ -135,6 +135,9 @@ class Conductor:
         # Work other processes hand to this conductor (conductor/handoff.py), and its wake-ups.
         self._listener = Listener(db, self.host, self._wake)
         self._woken: set[asyncio.Task[None]] = set()
+        # Node ids woken and not yet looked at: one drainer reads them in batches, so a burst of
+        # notifications (an operator acting on a rack) costs a query per batch, not a task per node.
+        self._wake_ids: set[int] = set()
         self.observer = Observer(settings, db)
         # Called after a node this conductor works on changes provision state (the netboot view).
         self.state_listeners: list[Callable[[], None]] = []
@@ -324,9 +327,17 @@ class Conductor:
                 await s.commit()
 
     def _wake(self, node_id: int) -> None:
-        t = asyncio.create_task(self.pick_up_work([node_id]), name=f"pick up {node_id}")
-        self._woken.add(t)
-        t.add_done_callback(self._woken.discard)
+        self._wake_ids.add(node_id)
+        if not self._woken:
+            t = asyncio.create_task(self._drain_wakeups(), name="pick up woken nodes")
+            self._woken.add(t)
+            t.add_done_callback(self._woken.discard)
+
+    async def _drain_wakeups(self) -> None:
+        while self._wake_ids:
+            batch = sorted(self._wake_ids)[:500]
+            self._wake_ids.difference_update(batch)
+            await self.pick_up_work(batch)
 
     async def pick_up_work(self, node_ids: list[int] | None = None) -> None:
         """Claim and run the work handed to this conductor: unlocked nodes in a working state or with
