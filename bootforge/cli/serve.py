@@ -50,12 +50,15 @@ async def build(settings: Settings) -> tuple[Database, Conductor, Services]:
     the API's services read through it and hand node work to the owners)."""
     db = await open_database(settings)
     conductor = Conductor(settings, db)
-    if settings.role != "api":
-        try:
+    try:
+        if settings.role != "api":
             await conductor.start()
-        except BaseException:
-            await db.close()
-            raise
+        else:
+            # Webhooks of the state changes this process writes (its outbox rows carry its name).
+            await conductor.observer.start()
+    except BaseException:
+        await db.close()
+        raise
     return db, conductor, Services.build(settings, conductor)
 
 
@@ -63,6 +66,7 @@ async def _stop(conductor: Conductor) -> None:
     if conductor.serving:
         await conductor.stop()
     else:
+        await conductor.observer.stop()
         await conductor.drivers.close()
 
 
