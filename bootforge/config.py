@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bootforge.conductor.discovery_settings import DiscoverySettings
 from bootforge.conductor.rollout_settings import RolloutSettings
 from bootforge.drivers.burnin_settings import BurninSettings
 from bootforge.observe.settings import EventSettings, MetricsSettings
@@ -364,6 +365,8 @@ class Settings(BaseSettings):
     rollouts: RolloutSettings = RolloutSettings()
     # Burn-in clean steps: which run in automated cleaning, default arguments (drivers/burnin_settings.py).
     burnin: BurninSettings = BurninSettings()
+    # Discovery of unknown machines on the subnets it names (conductor/discovery_settings.py); off by default.
+    discovery: DiscoverySettings = DiscoverySettings()
 
     log_level: str = "info"
 
