@@ -43,9 +43,9 @@ pytestmark = [
 CLUSTER_ENV = {
     "BOOTFORGE_CONDUCTOR_HEARTBEAT_INTERVAL": "0.5",
     "BOOTFORGE_CONDUCTOR_OFFLINE_AFTER": "5",
-    # The poll that backs up NOTIFY, and the takeover check: long enough that a pick-up within a
-    # second can only have come from the notification.
-    "BOOTFORGE_TIMEOUT_CHECK_INTERVAL": "3",
+    # The poll that backs up NOTIFY, and the takeover check: long enough that pick-ups within two
+    # seconds (the median of 16) can only have come from the notification.
+    "BOOTFORGE_TIMEOUT_CHECK_INTERVAL": "6",
     "BOOTFORGE_POWER_SYNC_INTERVAL": "0",
     "BOOTFORGE_FAKE_DELAYS__DEPLOY": "4",
     "BOOTFORGE_FAKE_DELAYS__CLEAN": "0.2",
@@ -199,8 +199,9 @@ def test_api_process_hands_work_to_ring_owners_who_survive_each_other(
             f"API write -> owner's pick-up (NOTIFY): p50 {statistics.median(latencies) * 1000:.1f} ms, "
             f"max {max(latencies) * 1000:.1f} ms over {len(latencies)} nodes"
         )
-        # Faster than the 3 s poll: the notification woke the owner.
-        assert statistics.median(latencies) < 1.0, latencies
+        # Faster than the 6 s poll (3 s on average): the notification woke the owner. Here 30-125 ms
+        # on an idle machine, 400 ms with the 2 cores shared by eight busy sessions.
+        assert statistics.median(latencies) < 2.0, latencies
 
         act(c, everyone, "provide")
         wait_until(c, everyone, in_state(states.AVAILABLE))
