@@ -30,6 +30,7 @@ RESULTS: Final = "burnin"  # the driver_internal_info key
 # disk burn-in wrote.
 AUTOMATED_PRIORITY: Final = {"cpu": 140, "memory": 130, "disk": 120, "network": 110}
 STEP_KIND: Final = {f"burnin_{kind}": kind for kind in KINDS}
+RAMDISK_TOOLS: Final = ("stress-ng", "memtester", "fio", "iperf3")
 MAX_DISKS = 64
 MAX_JOBS = 8
 
@@ -113,8 +114,12 @@ async def take_result(task: base.Task, args: dict[str, Any], result: dict[str, A
         raise InvalidInput(f"the agent's burn-in result is not for {kind}", "result.kind")
     summary = SUMMARISE[kind](result)
     failures = JUDGES[kind](summary, thresholds)
+    raw_tools = result.get("tools")
+    tools: dict[str, Any] = raw_tools if isinstance(raw_tools, dict) else {}
     entry = {
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # What the ramdisk had (the agent reports it with every run): bootforge's tool names only.
+        "ramdisk_tools": {t: tools.get(t) is True for t in RAMDISK_TOOLS},
         "passed": not failures,
         "failures": failures,
         "thresholds": thresholds,

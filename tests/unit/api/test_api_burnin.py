@@ -69,6 +69,12 @@ async def test_provide_burns_in_before_the_erase_and_keeps_the_numbers(tmp_path:
         assert shown["provision_state"] == "available", shown["last_error"]
         kept = shown["driver_internal_info"]["burnin"]
         assert kept["cpu"]["bogo_ops_per_s"] == 2640.69 and kept["cpu"]["passed"] is True
+        assert kept["cpu"]["ramdisk_tools"] == {
+            "stress-ng": True,
+            "memtester": False,
+            "fio": False,
+            "iperf3": False,
+        }
         assert kept["disk"]["disks"][0]["jobs"][0]["iops"] == 4200.0 and kept["disk"]["passed"] is True
         events = [e["event"] for e in (await api.c.get(f"/v1/nodes/{node}/history")).json()["history"]]
         assert "burn-in cpu: stress-ng 0.15.06 1 CPUs (matrixprod): 2640.7 bogo-ops/s; passed" in events
