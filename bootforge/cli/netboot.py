@@ -77,8 +77,13 @@ def tftp_source(
     node_config, each node's grub.cfg as grub/grub.cfg-01-<mac>.
 
     Built from plain values so a TFTP worker process (bootforge.servers.tftp_workers) builds the
-    same source from its JSON spec; a worker has no node_config (no database view), so its
-    per-node requests read as missing and the bootstrap falls back to HTTP."""
+    same source from its JSON spec; a worker has no node_config (no database view): it asks the
+    parent for the per-node files (WorkerSpec.virtual_from_parent = NODE_GRUB_CFG_PATTERN)."""
+    return LoadersFirst(found, tftp.FileSystemSource(Path(root), virtual=grub_files(bootstrap, node_config)))
+
+
+def grub_files(bootstrap: str, node_config: NodeGrubConfig | None) -> tftp.VirtualFiles:
+    """The GRUB bootstrap and, with node_config, each node's grub.cfg, as TFTP virtual files."""
     data = bootstrap.encode()
 
     def grub(path: str, client: tftp.ClientAddress) -> bytes | None:
@@ -91,7 +96,7 @@ def tftp_source(
             return None
         return node_config(m.group(1).replace("-", ":"), client[0]).encode()
 
-    return LoadersFirst(found, tftp.FileSystemSource(Path(root), virtual=grub))
+    return grub
 
 
 def _node_grub_config(view: NetbootView) -> NodeGrubConfig:
@@ -347,8 +352,11 @@ async def _start_tftp(
             dataplane=nb.tftp_dataplane,
             max_transfers_per_client=nb.tftp_max_transfers_per_client,
             log_level=logging.getLogger("bootforge").getEffectiveLevel(),
+            # A node's grub.cfg needs the conductor's view: the workers ask this process for it.
+            virtual_from_parent=_NODE_GRUB_CFG.pattern if node_config is not None else None,
         )
-        pool = TftpWorkers(spec, nb.tftp_workers - 1, on_event=netboot.on_tftp)
+        virtual = grub_files(bootstrap, node_config) if node_config is not None else None
+        pool = TftpWorkers(spec, nb.tftp_workers - 1, on_event=netboot.on_tftp, virtual=virtual)
         await pool.start()
         netboot.servers.append(pool)
 

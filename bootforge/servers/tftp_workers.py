@@ -15,24 +15,44 @@ end of a SOCK_SEQPACKET socketpair: it sends one JSON message when it listens, o
 transfer (the parent hands it to `on_event`, e.g. to tie it to a node) and its counters when it
 stops. The worker stops on SIGTERM/SIGINT and when its end of the pair reaches EOF, which is
 also what happens when the parent dies: no worker outlives its parent.
+
+Virtual files that only the parent can render (a node's GRUB config: it needs the conductor's view
+of the node, which a worker does not have) are asked of the parent: with `virtual_from_parent` (a
+regular expression over the normalized, lower-cased path) set, each worker gets a second socketpair,
+and a request for a matching path sends {"seq", "path", "client"} and waits for the parent's answer
+({"seq", "data"} with the file base64-encoded, or null for "no such file"). The wait blocks the
+worker's loop (a FileSource answers synchronously), so it is bounded by `virtual_timeout` (1 s); the
+parent answers from memory in a reader callback on its loop. A worker that gets no answer in time
+refuses the file (ERROR 1) and logs it: one such request per boot of a Secure Boot node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import importlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bootforge.netboot.tftp import FileSource, TransferConfig
+from bootforge.netboot.tftp import (
+    BytesReadable,
+    ClientAddress,
+    FileSource,
+    Readable,
+    TransferConfig,
+    VirtualFiles,
+    normalize_path,
+)
 from bootforge.servers.tftp import DataPlaneChoice, EventSink, TftpCounters, TftpEvent, TftpServer
 
 __all__ = ["TftpWorkers", "WorkerSpec", "filesystem_source"]
@@ -56,6 +76,9 @@ class WorkerSpec:
     uvloop: bool = False
     dataplane: DataPlaneChoice = "auto"  # TftpServer's: who runs lockstep data phases
     max_transfers_per_client: int = 16  # TftpServer's, per worker process
+    # Paths (regex over the normalized, lower-cased path) whose content the parent renders.
+    virtual_from_parent: str | None = None
+    virtual_timeout: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "config": dataclasses.asdict(self.config)})
@@ -78,25 +101,40 @@ def _load_factory(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+# A parent's answer must fit one SOCK_SEQPACKET message, base64 and JSON included.
+_MAX_VIRTUAL = 32 * 1024
+
+
 @dataclass
 class _Worker:
     proc: asyncio.subprocess.Process
     sock: socket.socket
     ready: asyncio.Future[None]
     open: bool = True
+    lookups: socket.socket | None = None  # the parent's end of the virtual-file channel
 
 
 class TftpWorkers:
     """Starts `count` worker processes for `spec` and relays their events to `on_event`."""
 
     def __init__(
-        self, spec: WorkerSpec, count: int, *, on_event: EventSink | None = None, ready_timeout: float = 30.0
+        self,
+        spec: WorkerSpec,
+        count: int,
+        *,
+        on_event: EventSink | None = None,
+        ready_timeout: float = 30.0,
+        virtual: VirtualFiles | None = None,
     ) -> None:
+        if (spec.virtual_from_parent is None) != (virtual is None):
+            raise ValueError("virtual_from_parent and virtual go together")
         self.spec = spec
         self.count = count
         self.counters = TftpCounters()  # the workers', summed as each one stops
         self.events = 0
         self.bad_messages = 0
+        self.virtual_answered = 0  # virtual files the parent rendered for a worker
+        self._virtual = virtual
         self._on_event = on_event
         self._ready_timeout = ready_timeout
         self._workers: list[_Worker] = []
@@ -110,15 +148,33 @@ class TftpWorkers:
         try:
             for _ in range(self.count):
                 parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                argv = [sys.executable, "-m", __name__, str(child.fileno()), self.spec.to_json()]
+                asks, answers = (
+                    socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                    if self._virtual
+                    else (None, None)
+                )
+                fds = [child.fileno()] + ([answers.fileno()] if answers is not None else [])
+                argv = [
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    *map(str, fds[:1]),
+                    self.spec.to_json(),
+                    *map(str, fds[1:]),
+                ]
                 try:
-                    proc = await asyncio.create_subprocess_exec(*argv, pass_fds=(child.fileno(),))
+                    proc = await asyncio.create_subprocess_exec(*argv, pass_fds=fds)
                 finally:
                     child.close()
+                    if answers is not None:
+                        answers.close()
                 parent.setblocking(False)
-                worker = _Worker(proc, parent, loop.create_future())
+                worker = _Worker(proc, parent, loop.create_future(), lookups=asks)
                 self._workers.append(worker)
                 loop.add_reader(parent.fileno(), self._on_readable, worker)
+                if asks is not None:
+                    asks.setblocking(False)
+                    loop.add_reader(asks.fileno(), self._on_lookup, worker)
             async with asyncio.timeout(self._ready_timeout):
                 await asyncio.gather(*(w.ready for w in self._workers))
         except BaseException:
@@ -152,6 +208,10 @@ class TftpWorkers:
             worker.open = False
             asyncio.get_running_loop().remove_reader(worker.sock.fileno())
             worker.sock.close()
+        if worker.lookups is not None:
+            asyncio.get_running_loop().remove_reader(worker.lookups.fileno())
+            worker.lookups.close()
+            worker.lookups = None
         if not worker.ready.done():
             worker.ready.set_exception(
                 RuntimeError(f"TFTP worker {worker.proc.pid} exited before it listened")
@@ -173,6 +233,48 @@ class TftpWorkers:
                 self._close(worker)
                 return
             self._on_message(worker, data)
+
+    def _on_lookup(self, worker: _Worker) -> None:
+        """A worker asks for a virtual file: rendered here, from memory, and answered at once."""
+        sock = worker.lookups
+        if sock is None or self._virtual is None:
+            return
+        for _ in range(64):
+            try:
+                data = sock.recv(_MAX_MESSAGE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # the worker is gone
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+                sock.close()
+                worker.lookups = None
+                return
+            try:
+                ask = json.loads(data)
+                seq, path, client = int(ask["seq"]), str(ask["path"]), ask["client"]
+                address: ClientAddress = (str(client[0]), int(client[1]))
+            except (ValueError, TypeError, KeyError, IndexError):
+                self.bad_messages += 1
+                continue
+            try:
+                rendered = self._virtual(path, address)
+            except Exception:
+                log.exception("TFTP: rendering %r for a worker failed", path[:64])
+                rendered = None
+            if rendered is not None and len(rendered) > _MAX_VIRTUAL:
+                log.error(
+                    "TFTP: virtual file %r is %d bytes, over %d: refused",
+                    path[:64],
+                    len(rendered),
+                    _MAX_VIRTUAL,
+                )
+                rendered = None
+            body = None if rendered is None else base64.b64encode(rendered).decode()
+            self.virtual_answered += rendered is not None
+            with contextlib.suppress(OSError):  # full or gone: the worker's wait times out
+                sock.send(json.dumps({"seq": seq, "data": body}).encode())
 
     def _on_message(self, worker: _Worker, data: bytes) -> None:
         try:
@@ -202,6 +304,53 @@ class TftpWorkers:
 
 
 # -- the worker process ------------------------------------------------------------------------
+
+
+class _AskParent:
+    """A worker's FileSource: paths matching `pattern` are rendered by the parent (see the module
+    docstring), everything else comes from `inner`."""
+
+    def __init__(self, inner: FileSource, pattern: str, channel: socket.socket, timeout: float) -> None:
+        self._inner = inner
+        self._pattern = re.compile(pattern)
+        self._channel = channel
+        self._timeout = timeout
+        self._seq = 0
+        self.timeouts = 0
+
+    def open(self, path: str, client: ClientAddress) -> Readable:
+        normalized = normalize_path(path)
+        if self._pattern.fullmatch(normalized.lower()) is None:
+            return self._inner.open(path, client)
+        data = self._ask(normalized, client)
+        if data is None:
+            raise FileNotFoundError(normalized)
+        return BytesReadable(data)
+
+    def _ask(self, path: str, client: ClientAddress) -> bytes | None:
+        self._seq += 1
+        seq = self._seq
+        deadline = time.monotonic() + self._timeout
+        try:
+            self._channel.settimeout(self._timeout)
+            self._channel.send(json.dumps({"seq": seq, "path": path, "client": list(client)}).encode())
+            while (left := deadline - time.monotonic()) > 0:
+                self._channel.settimeout(left)
+                answer = json.loads(self._channel.recv(_MAX_MESSAGE) or b"null")
+                if answer is None:
+                    return None  # the parent closed the channel
+                if answer.get("seq") != seq:
+                    continue  # a late answer to a request that already timed out
+                body = answer.get("data")
+                return None if body is None else base64.b64decode(body)
+        except TimeoutError:
+            pass
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("TFTP worker: asking the parent for %s failed: %s", path, e)
+            return None
+        self.timeouts += 1
+        log.warning("TFTP worker: the parent did not render %s within %.1f s; refused", path, self._timeout)
+        return None
 
 
 async def _serve(spec: WorkerSpec, source: FileSource, channel: socket.socket) -> None:
@@ -248,6 +397,9 @@ def main(argv: list[str]) -> None:
     spec = WorkerSpec.from_json(argv[1])
     # Built before logging is set up: importing the factory's module may log noise of its own.
     source = _load_factory(spec.source_factory)(**spec.source_args)
+    if spec.virtual_from_parent is not None:
+        lookups = socket.socket(fileno=int(argv[2]))
+        source = _AskParent(source, spec.virtual_from_parent, lookups, spec.virtual_timeout)
     logging.basicConfig(
         level=spec.log_level,
         format=f"%(asctime)s %(levelname)s %(name)s (tftp worker {os.getpid()}): %(message)s",
