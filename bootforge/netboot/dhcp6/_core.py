@@ -351,6 +351,13 @@ class Dhcp6Core:
             options.append(
                 (Opt6.VENDOR_CLASS, encode_vendor_class(VendorClass(_EDK2_ENTERPRISE, (b"HTTPClient",))))
             )
+        elif client is not None and client.pxe and self.config.mode is Mode6.PROXY:
+            # A proxy offer (no IA_NA) is a PXE "ProxyBinl" offer to edk2 only with "PXEClient"
+            # under enterprise 343; it then asks us on port 4011. Not in full mode: there an offer
+            # with it would be "DhcpBinl" and edk2 would ask on 4011, where full mode listens not.
+            options.append(
+                (Opt6.VENDOR_CLASS, encode_vendor_class(VendorClass(_EDK2_ENTERPRISE, (b"PXEClient",))))
+            )
         return options
 
     def _ias(self, request: _Request) -> list[IaNa]:

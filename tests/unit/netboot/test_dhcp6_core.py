@@ -160,6 +160,10 @@ def test_proxy_mode_answers_netboot_clients_with_boot_options_only() -> None:
     server = proxy()
     advertise = answer(server.receive(ovmf_solicit(7, duid_ll()), "eth0", 1.0, src=CLIENT))
     assert advertise.all(Opt6.IA_NA) == [] and url_of(advertise) == "tftp://[fd00::1]/ipxe.efi"
+    # edk2's "ProxyBinl" offer: vendor class 343 "PXEClient" (PxeBcParseDhcp6Packet); seen in the
+    # lab beside Kea: without it OVMF never asked for the boot URL.
+    vendor = advertise.get(Opt6.VENDOR_CLASS)
+    assert vendor is not None and dhcp6.decode_vendor_class(vendor) == dhcp6.VendorClass(343, (b"PXEClient",))
     reply = answer(server.receive(information_request(), "eth0", 1.0, src=CLIENT))
     assert url_of(reply) == "http://[fd00::1]:8080/boot/ipxe.efi"
     assert server.receive(dhclient_solicit(), "eth0", 1.0, src=CLIENT).dropped == "not_netboot"
@@ -319,5 +323,7 @@ def test_http_boot_offers_echo_the_httpclient_vendor_class() -> None:
     vendor = advertise.get(Opt6.VENDOR_CLASS)
     assert vendor is not None and vendor[4:6] == b"\x00\x0a" and vendor[6:16] == b"HTTPClient"
     assert dhcp6.decode_vendor_class(vendor) == dhcp6.VendorClass(343, (b"HTTPClient",))
+    # Full mode: a PXE offer with an address stays a plain one (with "PXEClient" edk2 would go on
+    # to ask port 4011, which only proxy mode serves).
     pxe = answer(core().receive(ovmf_solicit(7, duid_ll()), "eth0", 1.0, src=CLIENT))
     assert pxe.get(Opt6.VENDOR_CLASS) is None
