@@ -88,6 +88,10 @@ DNSMASQ_ADDRESS = "10.77.0.2"
 PREFIX6 = "fd77::/64"
 ADDRESS6 = "fd77::1"
 POOL6 = "fd77::1000-fd77::1fff"
+# `lab up --ipv6 --dhcp proxy`: Kea (kea-dhcp6) leases from KEA_POOL6 in the "dhcp" namespace at
+# KEA_ADDRESS6; bootforge answers only netboot clients' boot options.
+KEA_ADDRESS6 = "fd77::2"
+KEA_POOL6 = "fd77::2000-fd77::2fff"
 API_PORT = 6385
 USER = "lab"
 MAC_PREFIX = "52:54:00:77:00:"
@@ -287,17 +291,54 @@ def serve_config(state: LabState, boot_root: Path) -> str:
     if state.ipv6:
         lines += [
             f'address6 = "{ADDRESS6}"',
-            'dhcp6 = "full"',
+            f'dhcp6 = "{"proxy" if state.dhcp == "proxy" else "full"}"',
             'dhcp6_interfaces = ["br0"]',
             f'dhcp6_prefix = "{PREFIX6}"',
-            f'dhcp6_pool = "{POOL6}"',
             f'public_url6 = "http://[{ADDRESS6}]:{API_PORT}"',
         ]
+        if state.dhcp != "proxy":
+            lines.append(f'dhcp6_pool = "{POOL6}"')
     if dhcp == "full":
         lines += ["", "[[netboot.subnets]]", f'network = "{SUBNET}"', 'pool = "10.77.0.100-10.77.0.199"']
     if state.discovery:
         lines += ["", "[discovery]", "enabled = true", f'subnets = ["{SUBNET}"]', 'driver = "qemu"']
     return "\n".join(lines) + "\n"
+
+
+def kea6_config(state: LabState) -> str:
+    """Kea's DHCPv6 server as a site's: addresses from KEA_POOL6, no boot options for firmware (those
+    are bootforge's proxy answers), and the one line a site adds for iPXE, which has no proxy DHCPv6:
+    iPXE clients (user class "iPXE") get bootforge's script URL, naming their MAC with iPXE's own
+    ${netX/mac} (iPXE expands settings in the boot file name)."""
+    d = Path(state.dir)
+    script = f"http://[{ADDRESS6}]:8080/boot/ipxe?mac=${{netX/mac}}"
+    config = {
+        "Dhcp6": {
+            "interfaces-config": {
+                "interfaces": ["eth0"],
+                # The veth's link-local address is tentative for a moment after it comes up.
+                "service-sockets-max-retries": 30,
+                "service-sockets-retry-wait-time": 500,
+            },
+            "lease-database": {"type": "memfile", "name": str(d / "kea-leases6.csv"), "lfc-interval": 0},
+            # Nothing under the host's /var/lib/kea: the server DUID lives as long as the lab.
+            "data-directory": str(d),
+            "server-id": {"type": "LLT", "persist": False},
+            "preferred-lifetime": 1800,
+            "valid-lifetime": 3600,
+            "subnet6": [{"id": 1, "subnet": PREFIX6, "interface": "eth0", "pools": [{"pool": KEA_POOL6}]}],
+            "client-classes": [
+                {
+                    "name": "ipxe",
+                    # Option 15 as RFC 8415 has it: a 2-byte length, then the class ("iPXE").
+                    "test": "substring(option[15].hex,2,4) == 'iPXE'",
+                    "option-data": [{"name": "bootfile-url", "data": script}],
+                }
+            ],
+            "loggers": [{"name": "kea-dhcp6", "output_options": [{"output": "stdout"}], "severity": "INFO"}],
+        }
+    }
+    return json.dumps(config, indent=2)
 
 
 def dnsmasq_config(state: LabState) -> str:
@@ -379,12 +420,14 @@ class Lab:
                 f"use --bmc {' or '.join(VMEDIA_BOOT)}"
             )
         plan = firmware_plan(vms, firmware)
-        if ipv6 and (dhcp != "full" or "uefi-sb" in plan):
+        if ipv6 and (dhcp == "off" or "uefi-sb" in plan):
             raise LabError(
-                "--ipv6 runs bootforge's DHCPv6 (--dhcp full) and boots bios, uefi or uefi-http VMs "
-                "(the Secure Boot chain is offered over IPv4 only)"
+                "--ipv6 runs bootforge's DHCPv6 (--dhcp full, or proxy beside Kea) and boots bios, uefi "
+                "or uefi-http VMs (the Secure Boot chain is offered over IPv4 only)"
             )
         _preflight(plan, dhcp, bmc)
+        if ipv6 and dhcp == "proxy" and shutil.which("kea-dhcp6") is None:
+            raise LabError("--ipv6 --dhcp proxy needs kea-dhcp6 (Debian package kea-dhcp6-server)")
         directory.mkdir(parents=True, exist_ok=True)
         state = LabState(str(directory), netns.unique_prefix(PREFIX_BASE), dhcp, bmc=bmc, ipv6=ipv6)
         # discovery: serve discovers unknown machines on the lab's subnet, and the VMs are not enrolled
@@ -428,7 +471,9 @@ class Lab:
         say(f"creating namespace {self.state.netns} with bridge br0 ({ADDRESS}/24)")
         topo = self._network(len(plan))
         self._plan_vms(plan)
-        if self.state.dhcp == "proxy":
+        if self.state.dhcp == "proxy" and self.state.ipv6:
+            self._start_kea()
+        elif self.state.dhcp == "proxy":
             self._start_dnsmasq(topo)
         self._start_serve()
         self._start_router_adverts()
@@ -479,7 +524,9 @@ class Lab:
         for i in range(count):
             topo.tap(ns, f"tap{i}", bridge)
         if self.state.dhcp == "proxy":
-            topo.attach(bridge, topo.namespace("dhcp"), "eth0", f"{DNSMASQ_ADDRESS}/24")
+            site = topo.attach(bridge, topo.namespace("dhcp"), "eth0", f"{DNSMASQ_ADDRESS}/24")
+            if self.state.ipv6:
+                site.ns.ip("-6", "addr", "add", f"{KEA_ADDRESS6}/64", "dev", "eth0", "nodad")
         return topo
 
     def _plan_vms(self, plan: list[str]) -> None:
@@ -508,6 +555,15 @@ class Lab:
         ns = self.state.prefix + "dhcp"
         argv = ["ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}"]
         self._spawn("dnsmasq", [*argv, "--pid-file=", "--log-facility=-"], self.dir / "dnsmasq.log")
+
+    def _start_kea(self) -> None:
+        conf = self.dir / "kea-dhcp6.conf"
+        conf.write_text(kea6_config(self.state))
+        ns = self.state.prefix + "dhcp"
+        # Its lock and PID files go into the lab directory, not /run/kea (nothing of the host's).
+        env = ["env", f"KEA_LOCKFILE_DIR={self.dir}", f"KEA_PIDFILE_DIR={self.dir}"]
+        argv = ["ip", "netns", "exec", ns, *env, "kea-dhcp6", "-c", str(conf)]
+        self._spawn("kea", argv, self.dir / "kea.log")
 
     def _start_serve(self) -> None:
         serve_dir = self.dir / "serve"
@@ -538,7 +594,7 @@ class Lab:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            for key in ("serve", "forwarder", "dnsmasq", "ra"):
+            for key in ("serve", "forwarder", "dnsmasq", "kea", "ra"):
                 pid = self.state.pids.get(key)
                 if pid is not None and procs.exited(pid):
                     log = self.dir / f"{key}.log"

@@ -43,7 +43,7 @@ def test_uefi_vm_in_an_ipv6_lab_skips_pxe_over_ipv4(tmp_path: Path) -> None:
 
 def test_ipv6_lab_refuses_what_it_cannot_boot(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="--ipv6"):
-        lab_mod.Lab.up(tmp_path / "lab", 1, "uefi", dhcp="proxy", ipv6=True)
+        lab_mod.Lab.up(tmp_path / "lab", 1, "uefi", dhcp="off", ipv6=True)
     with pytest.raises(LabError, match="Secure Boot"):
         lab_mod.Lab.up(tmp_path / "lab", 1, "uefi-sb", ipv6=True)
     assert not (tmp_path / "lab").exists()
