@@ -31,7 +31,12 @@ process; a power-on starts QEMU from a definition this module derives from the l
   it from the request. sushy-tools' template still reports ``Continuous``.
 * ``BootSourceOverrideMode`` ``UEFI``/``Legacy`` picks OVMF or SeaBIOS; it applies at the next power-on
   (or ForceRestart). The VM keeps the NIC option ROM its definition gives it for its own firmware.
-* Secure Boot reads as off; turning it on is refused (501): lab VMs run OVMF without enrolled keys.
+* ``SecureBoot``: ``SecureBootEnable`` picks the VM's OVMF build for its next power-on, as a real
+  BMC's setting takes effect at the next boot: true = the Microsoft-key variable store with the SMM
+  code (``OVMF_CODE_4M.ms.fd``, Secure Boot enforced; q35 with SMM under TCG, as the lab's uefi-sb
+  VMs), false = the plain OVMF. A ForceRestart after a change restarts the process cold.
+  ``SecureBootCurrentBoot`` is sushy-tools' template's (it echoes the setting). Refused (400) for a
+  VM in Legacy mode or a host without the Microsoft-key OVMF.
 * Virtual media: the VM gets an IDE cdrom; ``InsertMedia`` (sushy-tools downloads the image into this
   BMC's state directory) puts the file into it over QMP ``blockdev-change-medium`` while the VM runs,
   and into its definition for the next start; ``EjectMedia`` ejects it. Only ``Cd`` is offered.
@@ -181,11 +186,16 @@ def _ca_key_usage(x509: Any) -> Any:
 
 
 def derived_definition(
-    base_defn: vm.VmDefinition, system: SystemConfig, boot_mode: str, image: str | None
+    base_defn: vm.VmDefinition,
+    system: SystemConfig,
+    boot_mode: str,
+    image: str | None,
+    secure_boot: bool | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The definition the BMC starts the VM from, and the qdev id of its cdrom.
 
-    The lab's definition plus: the chosen firmware, the system UUID for SMBIOS, and a cdrom (the
+    The lab's definition plus: the chosen firmware (with secure_boot: OVMF with Microsoft's keys,
+    SMM on, TCG; None keeps the definition's), the system UUID for SMBIOS, and a cdrom (the
     definition's own if it has one, else an empty IDE one) holding `image` when media is inserted.
     Paths are absolute: the derived file lives in another directory than the lab's.
     """
@@ -202,8 +212,23 @@ def derived_definition(
         if image is not None:
             drive += f",file={image},format=raw"
         extra += ["-drive", drive, "-device", f"ide-cd,drive={CD_ID}-drive,id={CD_ID}"]
-    defn = base_defn.model_copy(update={"boot_mode": boot_mode, "disks": disks, "extra_args": extra})
+    update: dict[str, Any] = {"boot_mode": boot_mode, "disks": disks, "extra_args": extra}
+    if secure_boot is not None and secure_boot != base_defn.secure_boot:
+        update["secure_boot"] = secure_boot
+        # Its own NVRAM: the variable store is copied from the chosen build's template once, and the
+        # lab's copy (made from the other template) must not be reused: no Microsoft keys in it.
+        update["state_dir"] = system.state_dir.resolve() / ("nvram-ms" if secure_boot else "nvram")
+        if secure_boot:
+            # The SMM build needs q35 with SMM, which this host's KVM lacks: TCG (as lab uefi-sb).
+            update |= {"machine": _with_smm(base_defn.machine), "accel": "tcg"}
+    defn = base_defn.model_copy(update=update)
     return defn.model_dump(mode="json"), cd_id
+
+
+def _with_smm(machine: str) -> str:
+    kind, _, options = machine.partition(",")
+    kept = [o for o in options.split(",") if o and not o.startswith("smm=")]
+    return ",".join([kind, *kept, "smm=on"])
 
 
 class _VmNode:
@@ -269,6 +294,8 @@ class VmSystem:
             "image": raw.get("image"),
             "write_protected": raw.get("write_protected", True),
             "http_boot_uri": raw.get("http_boot_uri"),
+            "secure_boot": raw.get("secure_boot", self.base.secure_boot),
+            "started_secure": raw.get("started_secure"),  # the OVMF build the running process has
         }
 
     def _save(self) -> None:
@@ -305,7 +332,13 @@ class VmSystem:
         self._definition_file.write_text(json.dumps(content, indent=2))
 
     def _derived(self) -> tuple[dict[str, Any], str]:
-        return derived_definition(self.base, self.config, self.state["boot_mode"], self.state["image"])
+        return derived_definition(
+            self.base,
+            self.config,
+            self.state["boot_mode"],
+            self.state["image"],
+            bool(self.state["secure_boot"]) and self.state["boot_mode"] == "uefi",
+        )
 
     # --- power ----------------------------------------------------------------------------------
 
@@ -357,12 +390,15 @@ class VmSystem:
         """
         if self.state["started_mode"] not in (None, self.state["boot_mode"]):
             return True
+        if self.state["started_secure"] not in (None, self.state["secure_boot"]):
+            return True  # another OVMF build: a new process
         return self._run(lambda t: self.management.get_boot_device(t)).get("persistent") is False
 
     def _power_on(self) -> None:
         self._write_definition()
         self._run(lambda t: self.power.set_power_state(t, base.POWER_ON))
         self.state["started_mode"] = self.state["boot_mode"]
+        self.state["started_secure"] = self.state["secure_boot"]
         self._save()
 
     def _on_when_off(self, timeout: float, reset: int) -> None:
@@ -438,6 +474,29 @@ class VmSystem:
         with self.lock:
             self.state["boot_mode"] = firmware
             self._save()
+
+    def secure_boot(self) -> bool:
+        return bool(self.state["secure_boot"])
+
+    def set_secure_boot(self, enabled: bool) -> None:
+        from sushy_tools import error
+
+        if not isinstance(enabled, bool):
+            raise error.BadRequest("SecureBootEnable must be true or false")
+        with self.lock:
+            if enabled:
+                if self.state["boot_mode"] != "uefi" or self.base.arch != "x86_64":
+                    raise error.BadRequest(
+                        f"{self.config.name}: Secure Boot needs BootSourceOverrideMode UEFI on an x86_64 VM"
+                    )
+                try:
+                    vm.find_ovmf(vm.OVMF_SECURE_BOOT_CANDIDATES)
+                except vm.QemuError as e:
+                    raise error.BadRequest(f"{self.config.name}: {e}") from None
+            self.state["secure_boot"] = enabled
+            self._save()
+            # The next power-on (or a cold ForceRestart) starts the other OVMF build.
+            self._write_definition()
 
     # --- virtual media --------------------------------------------------------------------------
 
@@ -556,15 +615,10 @@ class QmpSystemsDriver(_systems_driver_base()):  # type: ignore[misc]
         self._get(_request_identity()).set_http_boot_uri(uri)
 
     def get_secure_boot(self, identity: str) -> bool:
-        self._get(identity)
-        return False
+        return self._get(identity).secure_boot()
 
     def set_secure_boot(self, identity: str, secure: bool) -> None:
-        from sushy_tools import error
-
-        self._get(identity)
-        if secure:
-            raise error.NotSupportedError("lab VMs run OVMF without Secure Boot keys")
+        self._get(identity).set_secure_boot(secure)
 
     def get_total_memory(self, identity: str) -> float:
         return self._get(identity).base.memory_mib / 1024

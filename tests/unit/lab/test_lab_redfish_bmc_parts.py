@@ -201,8 +201,34 @@ def test_boot_mode_media_and_secure_boot_while_off(tmp_path: Path) -> None:
         driver.set_boot_image(config.uuid, "Floppy", "/media/floppy.img")
     assert driver.get_secure_boot(config.uuid) is False
     driver.set_secure_boot(config.uuid, False)
-    with pytest.raises(sushy_error.NotSupportedError):
+    with pytest.raises(sushy_error.BadRequest, match="UEFI"):  # a Legacy VM has no Secure Boot
         driver.set_secure_boot(config.uuid, True)
+
+
+def test_secure_boot_picks_the_ovmf_build_of_the_next_power_on(tmp_path: Path) -> None:
+    try:
+        vm.find_ovmf(vm.OVMF_SECURE_BOOT_CANDIDATES)
+    except vm.QemuError as e:
+        pytest.skip(f"needs OVMF with Microsoft's keys (Debian package ovmf): {e}")
+    config = system_config(tmp_path, boot_mode="uefi")
+    system = VmSystem(config)
+    driver = QmpSystemsDriver([system])
+    assert driver.get_secure_boot(config.uuid) is False
+    with pytest.raises(sushy_error.BadRequest):
+        driver.set_secure_boot(config.uuid, "yes")  # type: ignore[arg-type]
+    driver.set_secure_boot(config.uuid, True)
+    written = json.loads((config.state_dir / "vm.json").read_text())  # what the next power-on uses
+    assert written["secure_boot"] is True and written["accel"] == "tcg"
+    assert written["machine"] == "q35,smm=on"
+    assert str(vm.firmware_for(vm.VmDefinition.model_validate(written)).code).endswith(".ms.fd")
+    # Kept across a BMC restart; a process started before the change must restart cold.
+    again = VmSystem(config)
+    assert again.secure_boot() is True
+    again.state["started_mode"], again.state["started_secure"] = "uefi", False
+    assert again._cold_restart_needed() is True
+    driver.set_secure_boot(config.uuid, False)
+    written = json.loads((config.state_dir / "vm.json").read_text())
+    assert written["secure_boot"] is False and written["machine"] == "q35"
 
 
 def test_a_bad_config_names_the_field(tmp_path: Path) -> None:
@@ -210,3 +236,13 @@ def test_a_bad_config_names_the_field(tmp_path: Path) -> None:
     path.write_text(json.dumps({"address": "127.0.0.1", "port": 0}))
     with pytest.raises(SystemExit, match="port"):
         redfish_bmc.load_config(path)
+
+
+def test_a_secure_boot_change_gets_its_own_variable_store(tmp_path: Path) -> None:
+    config = system_config(tmp_path, boot_mode="uefi")
+    base = vm.load_definition(config.definition)
+    plain, _ = derived_definition(base, config, "uefi", None, secure_boot=False)
+    secure, _ = derived_definition(base, config, "uefi", None, secure_boot=True)
+    assert plain == derived_definition(base, config, "uefi", None)[0]  # unchanged: the lab's store
+    assert Path(secure["state_dir"]) == config.state_dir.resolve() / "nvram-ms"
+    assert secure["machine"] == "q35,smm=on" and secure["accel"] == "tcg"
