@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid as uuidlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import and_, select
@@ -32,12 +32,12 @@ from sqlalchemy.exc import IntegrityError
 from bootforge.conductor import patching, states
 from bootforge.conductor.ports import normalize_mac
 from bootforge.conductor.task import event_row
+from bootforge.db import secrets
 from bootforge.db.models import NODE_EVENTS, Node, VolumeConnector, VolumeTarget, utcnow
 from bootforge.db.queries import is_uuid
 from bootforge.drivers.base import POWER_OFF
 from bootforge.drivers.storage import IQN, ISCSI, BootVolume, check_iscsi_properties
 from bootforge.errors import Conflict, InvalidInput, NodeLocked, NotFound
-from bootforge.masking import is_secret_key
 from bootforge.netboot.boot import scripts
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ TARGET_FIELDS: Final = frozenset(
 )
 WWN = re.compile(r"[0-9a-f]{16}")
 ID_MAX = 255
-SEAL_KIND: Final = "volume_target"
 
 
 def _str(body: Mapping[str, Any], field: str, limit: int = ID_MAX) -> str:
@@ -109,22 +108,6 @@ def connector_id(kind: str, value: Any) -> str:
 # --- secrets ------------------------------------------------------------------------------------
 
 
-def _walk_secrets(
-    value: Any, path: tuple[str | int, ...], fn: Callable[[tuple[str | int, ...], Any], Any]
-) -> Any:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if is_secret_key(k) and v not in (None, "", {}, []):
-                out[k] = fn((*path, k), v)
-            else:
-                out[k] = _walk_secrets(v, (*path, k), fn)
-        return out
-    if isinstance(value, list):
-        return [_walk_secrets(v, (*path, i), fn) for i, v in enumerate(value)]
-    return value
-
-
 def _box(db: Database) -> Any:
     if db.secrets is None:
         # A database opened without its key would store CHAP secrets in plaintext: refused.
@@ -134,35 +117,33 @@ def _box(db: Database) -> Any:
 
 def seal_properties(db: Database, target_uuid: str, props: Mapping[str, Any]) -> dict[str, Any]:
     """`props` with each secret-named value sealed (values already sealed stay as they are)."""
-    from bootforge.db.secrets import PREFIX
 
     def seal(path: tuple[str | int, ...], v: Any) -> Any:
-        if isinstance(v, str) and v.startswith(PREFIX):
+        if isinstance(v, str) and v.startswith(secrets.PREFIX):
             return v
-        return _box(db).seal(target_uuid, (SEAL_KIND, *path), v)
+        return _box(db).seal(target_uuid, path, v)
 
-    sealed: dict[str, Any] = _walk_secrets(props, ("properties",), seal)
+    sealed: dict[str, Any] = secrets.map_volume_secrets(props, seal)
     return sealed
 
 
 def open_properties(db: Database, target_uuid: str, props: Mapping[str, Any]) -> dict[str, Any]:
     """`props` with each sealed value opened; InvalidInput naming the property if one does not open."""
-    from bootforge.db.secrets import PREFIX
 
     def open_(path: tuple[str | int, ...], v: Any) -> Any:
-        if not (isinstance(v, str) and v.startswith(PREFIX)):
+        if not (isinstance(v, str) and v.startswith(secrets.PREFIX)):
             return v
         try:
-            return _box(db).open(target_uuid, (SEAL_KIND, *path), v)
+            return _box(db).open(target_uuid, path, v)
         except ValueError:
-            shown = ".".join(str(p) for p in path)
+            shown = ".".join(str(p) for p in path[1:])
             raise InvalidInput(
                 f"volume target {target_uuid}: {shown} cannot be decrypted with this conductor's secret "
                 "key; set it again with `baremetal volume target set`",
                 shown,
             ) from None
 
-    opened: dict[str, Any] = _walk_secrets(props, ("properties",), open_)
+    opened: dict[str, Any] = secrets.map_volume_secrets(props, open_)
     return opened
 
 

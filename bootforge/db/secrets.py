@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session, attributes
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bootforge import keys
-from bootforge.db.models import NODES, Node, SecretKeyRecord, utcnow
+from bootforge.db.models import NODES, Node, SecretKeyRecord, VolumeTarget, utcnow
 from bootforge.errors import InvalidInput
 from bootforge.masking import INSTANCE_SECRETS, is_secret_key
 
@@ -530,4 +530,50 @@ async def _reseal_all(conn: AsyncConnection, old: NodeSecrets, new: NodeSecrets)
         if changes:
             done.nodes += 1
             await conn.execute(update(NODES).where(NODES.c.id == node_id).values(**changes))
+    await _reseal_volume_targets(conn, old, new, done)
     return done
+
+
+# Volume targets (conductor/volumes.py) keep secret-named properties (the CHAP auth_password) sealed
+# under the same key, bound to the target's UUID and this path prefix.
+VOLUME_PATH: Final = ("volume_target", "properties")
+
+
+def map_volume_secrets(props: Any, fn: Callable[[Path_, Any], Any], path: Path_ = VOLUME_PATH) -> Any:
+    """A volume target's properties with fn(path, v) applied to each set secret-named value."""
+    if isinstance(props, Mapping):
+        return {
+            k: fn((*path, k), v) if _secret_key(k) and _is_set(v) else map_volume_secrets(v, fn, (*path, k))
+            for k, v in props.items()
+        }
+    if isinstance(props, list):
+        return [map_volume_secrets(v, fn, (*path, i)) for i, v in enumerate(props)]
+    return props
+
+
+async def _reseal_volume_targets(
+    conn: AsyncConnection, old: NodeSecrets, new: NodeSecrets, done: Resealed
+) -> None:
+    table = cast(Table, VolumeTarget.__table__)
+    rows = (await conn.execute(select(table.c.id, table.c.uuid, table.c.properties))).all()
+    for target_id, target_uuid, props in rows:
+        if not props:
+            continue
+        count = [0]
+
+        def reseal(path: Path_, v: Any, uuid: str = target_uuid, count: list[int] = count) -> Any:
+            if _is_sealed(v):
+                if old is new:
+                    return v
+                try:
+                    v = old.open(uuid, path, v)
+                except ValueError:
+                    done.unreadable.append(f"volume target {uuid} {_show(path)}")
+                    return v
+            count[0] += 1
+            return new.seal(uuid, path, v)
+
+        resealed = map_volume_secrets(props, reseal)
+        if count[0]:
+            done.values += count[0]
+            await conn.execute(update(table).where(table.c.id == target_id).values(properties=resealed))
