@@ -2,7 +2,8 @@
 
 Modules: `info` (driver_info), `client` (`RedfishClient`: sessions, discovery, power, boot override,
 ETags, task monitors, Secure Boot, virtual media), `quirks` (vendor differences as a table),
-`interfaces` (RedfishPower, RedfishManagement).
+`interfaces` (RedfishPower, RedfishManagement), `boot` (the network boot interfaces, which set the
+BMC's Secure Boot as the node's capabilities ask).
 
 Why an own client on httpx rather than sushy (the library Ironic uses) in threads. The rule is a
 well-kept library except on a measured hot path, and power-state sync over a fleet of BMCs is one
@@ -62,6 +63,7 @@ __all__ = [
 def hardware() -> HardwareType:
     """The `redfish` hardware type: power and management over Redfish; boot from GENERIC."""
     from bootforge.drivers.hardware import hardware_type  # hardware.py imports this package
+    from bootforge.drivers.redfish.boot import RedfishIpxeBoot, RedfishPxeBoot
 
     return hardware_type(
         "redfish",
@@ -69,4 +71,6 @@ def hardware() -> HardwareType:
         "Secure Boot, virtual media; vendor differences from a quirks table.",
         management=[("redfish", lambda s: RedfishManagement(s.power_state_change_timeout))],
         power=[("redfish", lambda s: RedfishPower(s.power_state_change_timeout))],
+        # GENERIC's network boot, plus Secure Boot switched through the BMC (boot.py).
+        boot=[("pxe", RedfishPxeBoot), ("ipxe", RedfishIpxeBoot)],
     )

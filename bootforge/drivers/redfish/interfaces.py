@@ -200,8 +200,14 @@ class RedfishManagement(_RedfishBase, base.ManagementInterface):
             await bmc.set_secure_boot(enabled)
 
     async def get_secure_boot_state(self, task: Task) -> bool | None:
+        """None: the BMC has no SecureBoot resource (no link, or the link answers 404/405/501)."""
         async with self.client(task) as bmc:
-            state = await bmc.secure_boot()
+            try:
+                state = await bmc.secure_boot()
+            except RedfishError as e:
+                if e.status in (404, 405, 501):
+                    return None
+                raise
         return None if state is None else state.enabled
 
     def virtual_media_client(self, task: Task) -> _NodeMedia:
