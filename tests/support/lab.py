@@ -315,11 +315,11 @@ class LabFactory:
         for lab in reversed(self.labs):
             keep = os.environ.get("BOOTFORGE_LAB_KEEP_LOGS")
             if keep:  # for debugging a failure: copy consoles and logs out before everything goes
-                _keep_logs(lab, Path(keep))
+                keep_logs(lab, Path(keep))
             lab.down()
 
 
-def _keep_logs(lab: Lab, target: Path) -> None:
+def keep_logs(lab: Lab, target: Path) -> None:
     dest = target / Path(lab.state.dir).name
     dest.mkdir(parents=True, exist_ok=True)
     for log in Path(lab.state.dir).glob("*.log"):
