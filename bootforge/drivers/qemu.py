@@ -90,6 +90,8 @@ SOFT_POLL = 0.5
 # SeaBIOS after a reset: how long its POST may take to reach PCI setup, and how often to look.
 POST_WAIT = 30.0
 POST_POLL = 0.05
+# The first pflash device as each machine type names it (q35/pc; virt, for arm64 with AAVMF).
+FLASH0 = ("system.flash0", "virt.flash0")
 
 
 @dataclass(frozen=True)
@@ -232,10 +234,11 @@ class _Session:
         return True
 
     async def firmware_in_flash(self) -> bool:
-        """Whether the firmware runs from pflash (OVMF); False for a ROM given with -bios (SeaBIOS,
-        QEMU's default). QEMU removes the machine's flash devices when no pflash drive is given."""
+        """Whether the firmware runs from pflash (OVMF, AAVMF); False for a ROM given with -bios
+        (SeaBIOS, QEMU's default). QEMU removes the machine's flash devices when no pflash drive is
+        given. The PC machines name the first one system.flash0, arm's virt machine virt.flash0."""
         children = _dicts(await self.run("qom-list", {"path": "/machine"}))
-        return any(c.get("name") == "system.flash0" for c in children)
+        return any(c.get("name") in FLASH0 for c in children)
 
     async def boot_devices(self) -> list[BootDevice]:
         found: list[BootDevice] = []

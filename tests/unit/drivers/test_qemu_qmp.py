@@ -287,8 +287,9 @@ class SeaBiosQemu(FakeQemu):
     the POST after the last one maps the PCI BARs; that POST reads the order of the last reset. With
     `flash`, the firmware is OVMF (pflash): one POST after the host reset, no resets of its own."""
 
-    def __init__(self, guest_resets: int = 3, flash: bool = False) -> None:
+    def __init__(self, guest_resets: int = 3, flash: bool = False, flash_name: str = "system.flash0") -> None:
         super().__init__(status="running")
+        self.flash_name = flash_name
         self.guest_resets = 0 if flash else guest_resets
         self.flash = flash
         self.bars_mapped = True
@@ -297,7 +298,7 @@ class SeaBiosQemu(FakeQemu):
 
     def execute(self, cmd: str, args: dict[str, Any], send: Any) -> Any:
         if cmd == "qom-list" and args["path"] == "/machine":
-            flash = [{"name": "system.flash0", "type": "child<cfi.pflash01>"}] if self.flash else []
+            flash = [{"name": self.flash_name, "type": "child<cfi.pflash01>"}] if self.flash else []
             return [{"name": "type", "type": "string"}, *flash]
         if cmd == "query-pci":
             self.pci_queries += 1
@@ -351,8 +352,9 @@ async def test_a_running_seabios_vm_posts_with_the_one_time_device(tmp_path: Pat
         assert fake.pci_queries == 0
 
 
-async def test_ovmf_and_a_fresh_process_are_not_waited_for(tmp_path: Path) -> None:
-    fake = SeaBiosQemu(flash=True)
+@pytest.mark.parametrize("flash_name", ["system.flash0", "virt.flash0"])  # q35 OVMF, arm64 virt AAVMF
+async def test_ovmf_and_a_fresh_process_are_not_waited_for(tmp_path: Path, flash_name: str) -> None:
+    fake = SeaBiosQemu(flash=True, flash_name=flash_name)
     sock = tmp_path / "qmp.sock"
     async with await asyncio.start_unix_server(fake.serve, path=str(sock)):
         task = Task(sock)
