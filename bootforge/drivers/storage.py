@@ -197,6 +197,13 @@ class IscsiStorage(base.StorageInterface):
     async def boot_volume(self, task: base.Task) -> BootVolume | None:
         volume = await task.boot_volume()
         if volume is None:
+            if not task.node.instance_info.get("image_source"):
+                # The deploy interface left this check to us (it cannot read volume targets).
+                raise InvalidInput(
+                    f"node {task.node.uuid} has no boot volume (a volume target with boot_index 0) and "
+                    "no instance_info.image_source: give it one or the other",
+                    "instance_info.image_source",
+                )
             return None
         if task.node.instance_info.get("image_source"):
             raise InvalidInput(

@@ -51,7 +51,7 @@ async def v1(request: Request) -> JSON:
         "media_types": [{"base": "application/json", "type": "application/vnd.openstack.ironic.v1+json"}],
         "version": _version_doc(c.base),
     }
-    for name in ("nodes", "ports", "portgroups", "drivers", "allocations", "conductors"):
+    for name in ("nodes", "ports", "portgroups", "drivers", "allocations", "conductors", "volume"):
         doc[name] = [
             {"href": f"{c.base}/v1/{name}/", "rel": "self"},
             {"href": f"{c.base}/{name}/", "rel": "bookmark"},

@@ -118,6 +118,7 @@ async def test_volume_needs_api_1_32(api: Api) -> None:
     old = {"X-OpenStack-Ironic-API-Version": "1.31"}
     assert (await api.c.get("/v1/volume/connectors", headers=old)).status_code == 404
     assert (await api.c.get("/v1/volume", headers=V)).status_code == 200
+    assert (await api.c.get("/v1/", headers=V)).json()["volume"][0]["href"].endswith("/v1/volume/")
     node = await api.node()
     assert "volume" not in (await api.c.get(f"/v1/nodes/{node['uuid']}", headers=old)).json()
     shown = (await api.c.get(f"/v1/nodes/{node['uuid']}", headers=V)).json()

@@ -223,3 +223,17 @@ async def test_storage_iscsi_needs_a_network_boot_interface(api: Api) -> None:
     assert r.status_code == 201, r.text
     result = (await api.c.get(f"/v1/nodes/{r.json()['uuid']}/validate", headers=V)).json()
     assert result["storage"]["result"] is False and "boot_interface" in result["storage"]["reason"]
+
+
+async def test_iscsi_node_without_a_boot_volume_needs_an_image(api: Api) -> None:
+    node = await api.node(
+        storage_interface="iscsi",
+        boot_interface="pxe",
+        deploy_interface="direct",
+        automated_clean=False,
+        driver_info={"deploy_kernel": "http://10.9.0.1/k", "deploy_ramdisk": "http://10.9.0.1/i"},
+    )
+    await api.drive(node["uuid"], "manage", "provide")
+    failed = await api.drive(node["uuid"], "active")
+    assert failed["provision_state"] == "deploy failed"
+    assert "no boot volume" in failed["last_error"] and "image_source" in failed["last_error"]
