@@ -291,6 +291,8 @@ class NetbootView:
             signed = self._secure_boot_chain(client)
             if signed is not None:
                 return signed
+            if secure and _http_client(client):
+                return _no_secure_http_boot(client)
         # Every known machine gets iPXE; its script then says what this node boots now (ramdisk,
         # local disk) or why it refuses and retries. iPXE never gets a loader again (choose_boot).
         e = self.endpoints
@@ -631,6 +633,27 @@ SECURE_BOOT_CHAIN: dict[str, tuple[str, ...]] = {
     a.name: a.signed_chain for a in ARCHES.values() if a.signed_chain
 }
 SECURE_BOOT_LOADER_MISSING = "secure_boot_loader_missing"
+SECURE_BOOT_NO_HTTP_BOOT = "secure_boot_http_boot"
+
+
+def _http_client(client: ClientInfo) -> bool:
+    return client.http_boot or (client.arch is not None and client.arch.http)
+
+
+def _no_secure_http_boot(client: ClientInfo) -> dhcp.NoBootFile:
+    """Why a Secure Boot node's UEFI HTTP boot gets no URL (so its firmware moves on to the next boot
+    option, PXE, at once). Found by reading the binaries, Debian 12: shim (16.1) would run and fetch
+    grubx64.efi over HTTP itself (its httpboot.c), but the signed grubnetx64.efi (2.06-13+deb12u2)
+    has no HTTP client built in (no http module), and, booted from an HTTP URI, takes its root from
+    that URI as (http,<server>), so it cannot read even its first grub.cfg; Secure Boot forbids
+    loading an http.mod. Offering unsigned iPXE instead only earns "Access Denied"."""
+    name = client.arch.name if client.arch is not None else "UEFI HTTP"
+    return dhcp.NoBootFile(
+        SECURE_BOOT_NO_HTTP_BOOT,
+        f"no HTTP boot URL offered to this Secure Boot node ({name}): Debian's signed GRUB has no HTTP "
+        "client, so the signed chain (shim -> GRUB) boots over PXE/TFTP only; put PXE (IPv4) in the "
+        "machine's boot order",
+    )
 
 
 def _wants_secure_boot(properties: Any) -> bool:

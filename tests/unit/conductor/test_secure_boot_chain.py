@@ -56,11 +56,15 @@ async def test_secure_boot_node_is_offered_shim_over_tftp_others_ipxe(bf: InProc
     await view.refresh()
     assert view.boot_for(client(MAC, 7), None) == dhcp.BootDecision("shimx64.efi", TFTP)
     assert view.boot_for(client("52:54:00:5b:00:02", 7), None) == dhcp.BootDecision("ipxe.efi", TFTP)
-    # BIOS has no Secure Boot; HTTP-boot firmware keeps iPXE (GRUB's prefix would be HTTP, which
-    # the signed GRUB cannot read); an iPXE client is never handed a loader again.
+    # BIOS has no Secure Boot; HTTP-boot firmware gets no URL (booted from an HTTP URI the signed
+    # GRUB's root is HTTP, which it cannot read; unsigned iPXE would be refused): the reason is for
+    # the timeline; an iPXE client is never handed a loader again.
     assert view.boot_for(client(MAC, 0), None) == dhcp.BootDecision("undionly.kpxe", TFTP)
     http = view.boot_for(client(MAC, 16, http=True), None)
-    assert isinstance(http, dhcp.BootDecision) and http.filename.endswith("/ipxe.efi")
+    assert isinstance(http, dhcp.NoBootFile) and http.reason == "secure_boot_http_boot"
+    assert "PXE" in http.message and "no HTTP client" in http.message
+    plain_http = view.boot_for(client("52:54:00:5b:00:02", 16, http=True), None)
+    assert isinstance(plain_http, dhcp.BootDecision) and plain_http.filename.endswith("/ipxe.efi")
     ipxe = view.boot_for(client(MAC, 7, ipxe=True), None)
     assert isinstance(ipxe, dhcp.BootDecision) and "/boot/ipxe?mac=" in ipxe.filename
 
