@@ -184,6 +184,14 @@ class LabState:
 def firmware_plan(count: int, firmware: str) -> list[str]:
     if firmware == "mixed":
         return [MIXED[i % len(MIXED)] for i in range(count)]
+    if "," in firmware:  # one firmware per VM, in order (bench/firmware_matrix.py: one lab, every case)
+        plan = [f.strip() for f in firmware.split(",")]
+        unknown = [f for f in plan if f not in FIRMWARES]
+        if unknown:
+            raise LabError(f"unknown firmware {unknown[0]!r} in {firmware!r}: use {', '.join(FIRMWARES)}")
+        if len(plan) != count:
+            raise LabError(f"--firmware names {len(plan)} firmwares for {count} VMs: name one per VM")
+        return plan
     if firmware not in FIRMWARES:
         raise LabError(
             f"unknown firmware {firmware!r}: use bios, uefi, uefi-http, uefi-sb, arm64, arm64-sb or mixed"
