@@ -235,8 +235,21 @@ class Database:
         """A plain connection for Core reads on hot paths (no ORM session bookkeeping)."""
         return self.read_engine.connect()
 
-    async def migrate(self) -> None:
-        await migrate(self.write_engine)
+    async def migrate(self, wait_for_database: float = 120.0) -> None:
+        """Migrate at start-up; a database that is restarting or failing over (the connection lost or
+        refused) is waited for up to `wait_for_database` seconds instead of ending the process."""
+        deadline = asyncio.get_running_loop().time() + wait_for_database
+        while True:
+            try:
+                await migrate(self.write_engine)
+                return
+            except Exception as exc:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if not is_connection_lost(exc) or remaining <= 0:
+                    raise
+                log.warning("database unreachable at start-up (%s); waiting for it", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                await wait_until_reachable(self, give_up_after=remaining)
 
     async def close(self) -> None:
         await self.write_engine.dispose()
