@@ -155,6 +155,11 @@ class DhcpServer:
             self._closing = True
             self._wake.set()
             await self._committer
+        # A store with a thread or connection of its own (conductor.netboot.DbLeaseStore on SQLite)
+        # releases it once nothing more will be committed.
+        release = getattr(self._store, "close", None)
+        if callable(release):
+            release()
         for sock in self._sockets:
             with suppress(ValueError, OSError):
                 loop.remove_reader(sock.fileno())
