@@ -25,7 +25,7 @@ Targets (`--targets`, comma separated):
 Ratios are printed against Kea on the same backend: bf-pg / kea-pg; bf-sqlite / kea-memfile (Kea has
 no SQLite backend: memfile is its embedded local store); bf-file / kea-memfile.
 
-    .venv/bin/python bench/netboot_dhcp.py                       # 250..6k DORA/s, 4 s each
+    .venv/bin/python bench/netboot_dhcp.py                       # 250..6k DORA/s, 4 s each, total
     .venv/bin/python bench/netboot_dhcp.py --quick               # 1k and 3k, 2 s each
     .venv/bin/python bench/netboot_dhcp.py --targets bf-pg,kea-pg --rates 2000,4000 --repeat 3
 
@@ -623,7 +623,9 @@ def main() -> int:
     parser.add_argument("--serve-bench-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--targets", default="bf-sqlite,bf-pg,bf-file,kea-memfile,kea-pg",
                         help="comma separated, from: " + ", ".join(TARGETS))  # fmt: skip
-    parser.add_argument("--rates", default="250,500,1000,2000,3000,4000,6000", help="offered DORA/s, total")
+    parser.add_argument(
+        "--rates", default="250,500,1000,2000,3000,4000,5000,6000", help="offered DORA/s, total"
+    )
     parser.add_argument("--period", type=int, default=4, help="seconds of load per run (1-30)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per rate (1-10); the best counts")
     parser.add_argument("--quick", action="store_true", help="1000 and 3000 DORA/s, 2 s each")
@@ -704,7 +706,7 @@ def report(results: list[Result], targets: list[str], period: int) -> None:
     best: dict[str, Result | None] = {}
     for target in targets:
         passing = [r for r in results if r.target == target and r.ok]
-        best[target] = max(passing, key=lambda r: r.achieved, default=None)
+        best[target] = max(passing, key=lambda r: (r.offered, r.achieved), default=None)
     print("\nHighest sustained DORA/s with < 1% drops (offered rate met within 3%):")
     for target, r in best.items():
         value = f"{r.achieved:8.0f}  ({_us_per_dora(r, period):5.1f} us server CPU/DORA)" if r else "       -"
@@ -716,9 +718,12 @@ def report(results: list[Result], targets: list[str], period: int) -> None:
             if bf in best and kea in best:
                 print(f"  {bf}/{kea}: not comparable (one sustained no rate)")
             continue
-        ratio = a.achieved / b.achieved
+        # The offered rates are a grid: both sustaining the same step is parity at that resolution
+        # (the achieved rates then differ only by perfdhcp's noise).
+        ratio = a.offered / b.offered
         verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
-        print(f"  {bf:9} / {kea:11} = {ratio:.2f}x (target >= {TARGET_RATIO:.1f}x): {verdict}")
+        rates = f"highest offered rate sustained, {a.offered} / {b.offered}"
+        print(f"  {bf:9} / {kea:11} = {ratio:.2f}x ({rates}; target >= {TARGET_RATIO:.1f}x): {verdict}")
     print("A run's rate is capped by the highest offered rate; PASS at the cap means both kept up.")
 
 
