@@ -16,6 +16,7 @@ from bootforge.cli.signals import exit_code, interrupt_on_signals
 from bootforge.drivers.qemu_machine import QemuError
 from bootforge.lab.lab import Lab, LabError, LabState
 from bootforge.lab.netns import NetnsError
+from bootforge.lab.racks import RackLab
 from bootforge.lab.ramdisk import RamdiskError
 from bootforge.ramdisk import RamdiskError as AgentRamdiskError
 
@@ -75,6 +76,21 @@ def up(
             "advertisements with the Managed flag, TFTP/HTTP/API on [fd77::1]; no DHCPv4",
         ),
     ] = False,
+    racks: Annotated[
+        int,
+        typer.Option(
+            help="2 or more: a bridge per rack with its own serve --role netboot and --role conductor "
+            "(conductor_group rackN), one --role api, --vms VMs per rack enrolled (not powered on); "
+            "needs --database-url"
+        ),
+    ] = 1,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            help="with --racks: the PostgreSQL database every process shares, reachable from inside the "
+            "lab's namespace (by unix socket: postgresql+asyncpg://USER@/DB?host=/var/run/postgresql)"
+        ),
+    ] = "",
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """Create the lab: namespace + bridge, bootforge serve on it, N VMs enrolled as nodes.
@@ -84,18 +100,23 @@ def up(
     """
     try:
         with interrupt_on_signals():
-            lab = Lab.up(
-                directory,
-                vms,
-                firmware,
-                memory,
-                dhcp,
-                start,
-                say=lambda m: console.print(f"  {m}"),
-                ramdisk=ramdisk,
-                bmc=bmc,
-                ipv6=ipv6,
-            )
+            if racks > 1:
+                lab: Lab = RackLab.up_racks(
+                    directory, database_url, racks, vms, memory, say=lambda m: console.print(f"  {m}")
+                )
+            else:
+                lab = Lab.up(
+                    directory,
+                    vms,
+                    firmware,
+                    memory,
+                    dhcp,
+                    start,
+                    say=lambda m: console.print(f"  {m}"),
+                    ramdisk=ramdisk,
+                    bmc=bmc,
+                    ipv6=ipv6,
+                )
     except KeyboardInterrupt as e:
         with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
             err.print("lab up interrupted: removed what it had made")

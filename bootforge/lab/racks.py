@@ -39,6 +39,7 @@ import httpx
 
 from bootforge.lab import netns, procs, ramdisk
 from bootforge.lab.lab import (
+    ADDRESS,
     API_PORT,
     MAC_PREFIX,
     STATE_FILE,
@@ -54,7 +55,9 @@ from bootforge.ramdisk import build as build_agent_ramdisk
 
 __all__ = ["API_ADDRESS", "RackLab", "rack_address", "rack_of"]
 
-API_ADDRESS = "10.77.0.1"  # the API process, on the namespace's loopback (routed from every rack)
+# The API process, on the namespace's loopback (routed from every rack); the one-rack lab's API
+# address, so LabState.api_in_lab and the forwarder's target hold for racks too.
+API_ADDRESS = ADDRESS
 API_HOST = "api-1"
 MAX_RACKS = 9
 
@@ -181,7 +184,10 @@ class RackLab(Lab):
         if not 1 <= vms <= 9:
             raise LabError(f"vms per rack must be between 1 and 9, not {vms}")
         if not database_url.startswith("postgresql"):
-            raise LabError("the racks share one PostgreSQL database: database_url must be postgresql://...")
+            raise LabError(
+                "the racks share one PostgreSQL database: give --database-url postgresql+asyncpg://... "
+                "(reachable from inside the lab's namespace, e.g. by its unix socket)"
+            )
         _preflight(["bios"], "full")
         directory.mkdir(parents=True, exist_ok=True)
         state = LabState(str(directory), netns.unique_prefix("bflab"), "full")
