@@ -5,15 +5,18 @@ started; every server listens on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from support.postgres import DEFAULT_DB, SUPERUSER, PostgresServer
-from support.service import Served, free_port, served
+from support.service import BOOTFORGE, TEST_HARDWARE_TYPES, Served, free_port, served
 
 
 def stop_postgres(pg: PostgresServer) -> None:
@@ -97,3 +100,47 @@ def failover_url(primary: PostgresServer, standby: PostgresServer) -> str:
         f"postgresql+asyncpg://{SUPERUSER}:{primary.password}@/{DEFAULT_DB}?host=127.0.0.1:{primary.port}"
         f"&host=127.0.0.1:{standby.port}&target_session_attrs=read-write"
     )
+
+
+class Headless(Served):
+    """A `serve --role conductor|netboot` process (no API): ready when `ready()` says so."""
+
+    ready: Callable[[], bool] = staticmethod(lambda: False)
+
+    def start(self, timeout: float = 60) -> None:
+        self.log = self.state_dir.parent / f"serve-{self.port}.log"
+        argv = [BOOTFORGE, "serve", "--state-dir", str(self.state_dir), "--listen", f"127.0.0.1:{self.port}"]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, *self.args], stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bootforge serve exited: {self.log.read_text()[-2000:]}")
+            if self.ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.args} not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def headless(
+    tmp_path: Path, name: str, role: str, database_url: str, env: dict[str, str], ready: Callable[[], bool]
+) -> Iterator[Headless]:
+    """`serve --role ROLE --host NAME` on `database_url`, sharing the test's key file."""
+    home = tmp_path / name
+    home.mkdir()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("BOOTFORGE_")}
+    full["BOOTFORGE_ENABLED_HARDWARE_TYPES"] = json.dumps(TEST_HARDWARE_TYPES)
+    full.update(env)
+    full["BOOTFORGE_SECRET_KEY_FILE"] = str(tmp_path / "secret.key")
+    h = Headless(
+        home / "state", free_port(), full, ["--host", name, "--database-url", database_url, "--role", role]
+    )
+    h.ready = ready
+    h.start()
+    try:
+        yield h
+    finally:
+        h.stop()
