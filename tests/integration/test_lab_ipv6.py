@@ -82,6 +82,8 @@ def test_uefi_pxe_over_ipv6_in_proxy_mode_beside_kea(make_lab: LabFactory) -> No
     # The boot-service request came from the address Kea bound (its pool: fd77::2000-2fff).
     assert any(re.match(rf"dhcp6\.proxy_reply {rec.mac} fd77::2[0-9a-f]{{3}} on br0", e) for e in dhcp), dhcp
     assert not any(e.startswith(("dhcp6.reply", "dhcp6.advertise")) for e in dhcp), dhcp  # Kea's job
+    # Its REQUEST to Kea, seen and not answered, names the address its TFTP fetch comes from.
+    assert any(re.match(rf"dhcp6\.site_request {rec.mac} fd77::2[0-9a-f]{{3}} on br0", e) for e in dhcp), dhcp
     kind, pattern = LOADER_FETCH["uefi"]
     assert any(pattern.search(e["event"]) for e in h.history(rec, kind)), h.history(rec, kind)
     leases = (Path(h.lab.state.dir) / "kea-leases6.csv").read_text()

@@ -145,9 +145,10 @@ class Outcome6:
 
 
 class _Drop(Dhcp6Error):
-    def __init__(self, reason: str, detail: str = "", event: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", event: str = "", site: _Request | None = None) -> None:
         super().__init__(reason, detail)
         self.event = event
+        self.site = site  # a netboot client's REQUEST to the site server (proxy mode); event: its address
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,14 @@ class Dhcp6Core:
             self.drops[exc.reason] += 1
             event = exc.event if isinstance(exc, _Drop) else ""
             events: tuple[NodeEvent, ...] = ()
+            site = exc.site if isinstance(exc, _Drop) else None
+            if site is not None and event:
+                # Not a drop worth a warning: the node took this address from the site server.
+                ip = int(IPv6Address(event))
+                events = self._event(
+                    site, "dhcp6.site_request", ip, detail="address from the site DHCPv6 server"
+                )
+                return Outcome6(events=events, dropped=exc.reason)
             if request is not None and (event or exc.reason in _TIMELINE_DROPS):
                 events = self._event(request, "dhcp6.dropped", None, detail=event or exc.reason)
             return Outcome6(events=events, dropped=exc.reason)
@@ -269,7 +278,8 @@ class Dhcp6Core:
         if message.msg_type in _NO_ID and server_id is not None:
             raise _Drop("server_id_not_allowed")
         ours = server_id == self.config.server_duid
-        if (message.msg_type in _NEEDS_OUR_ID or server_id is not None) and not ours:
+        foreign = (message.msg_type in _NEEDS_OUR_ID or server_id is not None) and not ours
+        if foreign and not (self.config.mode is Mode6.PROXY and message.msg_type == M.REQUEST):
             raise _Drop("other_server")
         duid = decode_duid(raw_client) if raw_client else Duid(b"", 0, None)
         mac = duid.mac
@@ -290,7 +300,21 @@ class Dhcp6Core:
             if self.config.unknown_clients is UnknownClients.IGNORE:
                 raise _Drop("unknown_client")
             reservation = _UNKNOWN
-        return _Request(message, tuple(relays), src, interface, duid, mac_text, reservation)
+        request = _Request(message, tuple(relays), src, interface, duid, mac_text, reservation)
+        if foreign:
+            raise _Drop("other_server", event=self._site_request(request), site=request)
+        return request
+
+    def _site_request(self, request: _Request) -> str:
+        """Proxy mode: a netboot client's REQUEST to the site server (multicast, so we see it)
+        names the address it takes; that address ties its TFTP and HTTP fetches to the node (edk2
+        may send its port-4011 request from another of its addresses). Not answered."""
+        if request.reservation.node_id is None or not is_netboot6(request.message):
+            return ""
+        for ia in self._ias(request):
+            for address in ia.addresses():
+                return str(IPv6Address(address.address))
+        return ""
 
     # -- reply machinery ----------------------------------------------------------------------
 

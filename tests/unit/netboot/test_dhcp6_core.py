@@ -188,7 +188,22 @@ def test_proxy_mode_answers_edk2s_boot_service_request_on_port_4011() -> None:
     assert [(e.kind, e.ip) for e in outcome.events] == [("dhcp6.proxy_reply", "fd00::1234")]
     kea = ovmf_request(site_address, server_duid=b"\x00\x03\x00\x01" + bytes(6))
     other = server.receive(kea, "eth0", 1.0, src=("fd00::1234", 4011))
-    assert other.dropped == "other_server"
+    assert other.dropped == "other_server" and other.replies == ()
+
+
+def test_proxy_mode_learns_the_address_a_node_requests_from_the_site_server() -> None:
+    """The REQUEST to Kea is multicast: proxy mode sees it, answers nothing, and notes the address
+    (the lab showed edk2 sending its port-4011 request from another address than its TFTP one)."""
+    kea = b"\x00\x03\x00\x01" + bytes(6)
+    site_address = bytes.fromhex("fd000000000000000000000000002001")
+    outcome = proxy().receive(ovmf_request(site_address, server_duid=kea), "eth0", 1.0, src=CLIENT)
+    assert outcome.dropped == "other_server" and outcome.replies == ()
+    assert [(e.kind, e.ip, e.node_id) for e in outcome.events] == [
+        ("dhcp6.site_request", "fd00::2001", "node-1")
+    ]
+    # Not a netboot client's (dhclient's), or in full mode: dropped with no event.
+    assert proxy().receive(dhclient_message(3, site_address, kea), "eth0", 1.0, src=CLIENT).events == ()
+    assert core().receive(ovmf_request(site_address, server_duid=kea), "eth0", 1.0, src=CLIENT).events == ()
 
 
 def test_a_missing_loader_gets_no_boot_url_and_a_timeline_line() -> None:
