@@ -41,10 +41,10 @@ ENV = {
     "BOOTFORGE_CONDUCTOR_OFFLINE_AFTER": "8",
     "BOOTFORGE_TIMEOUT_CHECK_INTERVAL": "0.5",
     "BOOTFORGE_POWER_SYNC_INTERVAL": "0",
-    "BOOTFORGE_FAKE_DELAYS__DEPLOY": "2",
+    "BOOTFORGE_FAKE_DELAYS__DEPLOY": "6",
 }
 NODES = 16
-DOWN_FOR = 4.0  # longer than the deploy step: every node's next write finds the database gone
+DOWN_FOR = 7.0  # longer than the deploy step: every node's next write finds the database gone
 
 
 @pytest.fixture
