@@ -14,13 +14,17 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from test_tftp_workers import api, lease, served
 
 from bootforge.cli.netboot import _NODE_GRUB_CFG, grub_files
 from bootforge.netboot.tftp import ClientAddress, FileSystemSource
 from bootforge.servers.tftp import TftpServer
 from bootforge.servers.tftp_workers import TftpWorkers, WorkerSpec
+
+__all__ = ["served"]  # the fixture, imported to apply here too
 
 BOOTSTRAP = "# bootstrap\nconfigfile $prefix/grub.cfg-01-...\n"
 MAC = "52:54:00:12:34:56"
@@ -119,3 +123,30 @@ async def test_a_parent_that_does_not_answer_in_time_costs_one_refusal(tmp_path:
             )
     finally:
         await workers.aclose()
+
+
+# -- `bootforge serve` with netboot.tftp_workers = 2 (namespaces; fixtures from test_tftp_workers) ---
+
+
+def test_serve_with_tftp_workers_serves_every_fetch_of_the_nodes_grub_cfg(
+    served: Any, tmp_path: Path
+) -> None:
+    lan, _, log = served
+    node = api(lan, "POST", "/v1/nodes", {"driver": "fake-hardware", "name": "sb-node1"})
+    api(lan, "POST", "/v1/ports", {"node_uuid": node["uuid"], "address": lan.client.mac})
+    ip = lease(lan, tmp_path)
+    lan.client.ns.ip("addr", "add", f"{ip}/24", "dev", "eth0")
+    name = "grub/grub.cfg-01-" + lan.client.mac.replace(":", "-")
+    got = set()
+    for i in range(16):  # one curl each: a fresh source port, so the kernel picks a listener anew
+        out = tmp_path / f"cfg{i}"
+        done = lan.client.ns.run(["curl", "-sS", "-o", str(out), f"tftp://10.213.0.1/{name}"], check=False)
+        assert done.returncode == 0, done.stderr
+        got.add(out.read_text())
+    # The same config whichever process served it: the node is enrolled, not deploying, so it is
+    # bootforge's refusal (a GRUB script that says so and retries), rendered by the parent.
+    assert len(got) == 1 and "nothing to boot" in got.pop()
+    served_by_worker = [
+        line for line in log.read_text().splitlines() if "tftp worker" in line and "grub.cfg-01" in line
+    ]
+    assert served_by_worker, log.read_text()[-3000:]
