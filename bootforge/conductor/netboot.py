@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import sqlite3
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping, Sequence
@@ -701,6 +702,12 @@ def _firmware(query: Mapping[str, str], known: KnownPort) -> Firmware:
     return Firmware.BIOS if known.boot_mode == "bios" else Firmware.UEFI
 
 
+def _no_autocheckpoint(dbapi_conn: Any, record: Any) -> None:
+    """The database's pragmas, minus the checkpoint at commit (DbLeaseStore checkpoints aside)."""
+    _sqlite_pragmas(dbapi_conn, record)
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
 class DbLeaseStore:
     """dhcp.LeaseStore on bootforge's database: one upsert transaction per grouped commit.
 
@@ -715,7 +722,12 @@ class DbLeaseStore:
     ends in a WAL checkpoint whose fsync held the loop for 20-40 ms (hundreds under disk load), while
     DHCP requests piled up and were dropped (bench: bf-sqlite collapsed to ~1,150 DORA/s at 4,000
     offered, with the process mostly idle). The thread waits instead; the loop keeps answering.
+    That connection does not checkpoint as it commits (the fsync would then hold the next batch's
+    ACKs): every `CHECKPOINT_EVERY` commits a third thread runs a PASSIVE checkpoint, which writers
+    do not wait for, so the WAL stays short and the inline writer's own autocheckpoint rarely fires.
     """
+
+    CHECKPOINT_EVERY = 32
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -730,14 +742,19 @@ class DbLeaseStore:
         if is_sqlite(db.url) and path and path != ":memory:":
             # The same pragmas and IMMEDIATE transactions as the database's own writer (db/engine.py).
             self._sqlite = create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0, pool_timeout=120)
-            event.listen(self._sqlite, "connect", _sqlite_pragmas)
+            event.listen(self._sqlite, "connect", _no_autocheckpoint)
             event.listen(self._sqlite, "begin", _sqlite_begin_immediate)
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="dhcp-leases")
+            self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="dhcp-checkpoint")
+        self._path = path or ""
+        self._since_checkpoint = 0
+        self._checkpointing = False
 
     def close(self) -> None:
         """Release the SQLite thread and its connection (nothing to do on PostgreSQL)."""
         if self._thread is not None:
             self._thread.shutdown(wait=True)
+            self._checkpointer.shutdown(wait=True)
         if self._sqlite is not None:
             self._sqlite.dispose()
 
@@ -768,10 +785,26 @@ class DbLeaseStore:
             for r in latest.values()
         ]
         if self._sqlite is not None and self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._commit_sqlite, values)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._commit_sqlite, values)
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= self.CHECKPOINT_EVERY and not self._checkpointing:
+                self._since_checkpoint, self._checkpointing = 0, True
+                done = loop.run_in_executor(self._checkpointer, self._checkpoint)
+                done.add_done_callback(self._checkpointed)
             return
         async with self.db.write_conn() as conn:
             await conn.execute(self._upsert, values)
+
+    def _checkpoint(self) -> None:
+        # A connection of its own per run: short-lived, never shared with the committing thread.
+        with contextlib.closing(sqlite3.connect(self._path, timeout=30)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._checkpointing = False
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("DHCP lease database checkpoint failed: %s", done.exception())
 
     def _commit_sqlite(self, values: list[dict[str, Any]]) -> None:
         assert self._sqlite is not None
