@@ -242,6 +242,7 @@ async def start_netboot(settings: Settings, db: Database, drivers: Drivers | Non
         # Machines of other conductor groups are answered by their own site's netboot process.
         conductor_group=settings.conductor_group,
     )
+    view.host = settings.host
     if settings.discovery.enabled:
         view.discovery = DiscoveryOffer(settings.discovery, settings.secret_key_path)
     await view.refresh()

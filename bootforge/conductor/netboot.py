@@ -157,6 +157,9 @@ class NetbootView:
         # Answer only for the nodes of this conductor group (a netboot process per site or rack);
         # None: every node.
         self.conductor_group = conductor_group
+        # The process's name (settings.host), written as the author of the events the view itself
+        # writes (cpu_arch learnt from DHCP), as EventSink does for the boot events.
+        self.host: str | None = None
         # Where a client that asks over IPv6 fetches the next stages (netboot.address6), if served.
         self.endpoints6 = endpoints6
         # netboot.secure_boot = "always": every UEFI x64 PXE client gets the signed chain.
@@ -430,6 +433,7 @@ class NetbootView:
                         # Not "dhcp": it is a fact about the node, not a step of its boot chain.
                         "event_type": "inspect",
                         "event": text,
+                        "conductor": self.host,
                     }
                 ],
             )
