@@ -213,6 +213,7 @@ class NetbootSettings(BaseModel):
         if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
             raise ValueError(f"netboot.api_url must be an http:// or https:// URL, got {value[:100]!r}")
         return value.rstrip("/")
+
     # IPv6 (dual stack): with address6 set, TFTP and HTTP boot listen on it too, and boot URLs for
     # clients that came over IPv6 name it ("tftp://[fd00::1]/ipxe.efi"). DHCPv6 (RFC 8415) "full"
     # leases addresses from dhcp6_pool inside dhcp6_prefix and hands out boot file URLs; "proxy"

@@ -350,7 +350,6 @@ class Rollout(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-
 class DiscoveryRule(Timestamps, Base):
     """A discovery rule (conductor/discovery_rules.py): conditions on an inventory -> actions on the node,
     run in priority order (highest first) on discovery and on every inspection."""
@@ -377,6 +376,7 @@ class MachineSerial(Base):
     serial: Mapped[str] = mapped_column(String(255), primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
 
 # Plain tables for hot-path Core statements: ORM-enabled DML (insert(Node)) takes the slower
 # bulk-ORM route for every row; the tables compile once and are cached.
