@@ -23,6 +23,17 @@ apt_install() {
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
     [ "$own_policy" -eq 1 ] && rm -f "$policy"
+    # policy-rc.d only refuses the start now; the units stay enabled for the host's next boot, where
+    # an empty tgtd or a DHCP server would listen on the host's interfaces. Only what we installed.
+    local pkg unit
+    for pkg in "${missing[@]}"; do
+        case "$pkg" in
+            tgt|kea-dhcp4-server|kea-dhcp6-server|isc-dhcp-server|tftpd-hpa|postgresql) unit="$pkg" ;;
+            nginx-light) unit=nginx ;;
+            *) continue ;;
+        esac
+        command -v systemctl >/dev/null && systemctl disable --quiet "$unit" 2>/dev/null || true
+    done
     return 0
 }
 
