@@ -58,9 +58,18 @@ MODE_LABELS = {
 CASE_TIMEOUT = 900.0
 MEMORY_MIB = 768  # the agent ramdisk unpacked plus Python; small enough for 5 VMs at once
 
-_NO_V6_AGENT = (
-    "the agent ramdisk configures its network by DHCPv4 only (udhcpc), and arm64 has no probe ramdisk"
+# Seen here (lab, proxy beside dnsmasq): shim and signed GRUB load from bootforge's TFTP, then GRUB
+# asks bootforge for no grub.cfg and stops at its prompt: Debian's GRUB 2.06 takes its server from the
+# firmware's DHCP ACK (the site's), not from bootforge's proxy offer.
+_PROXY_SIGNED_GRUB = (
+    "signed GRUB 2.06 takes its TFTP server from the site DHCP's ACK, not bootforge's proxy offer: "
+    "it stops at grub> with no config (seen in this lab; not fixed)"
 )
+_NO_V6_AGENT = "the agent ramdisk configures its network by DHCPv4 only (udhcpc); arm64 has no probe ramdisk"
+_NO_V6_SHIM = "bootforge offers the signed chain (shim) over DHCPv4 only; lab up --ipv6 refuses uefi-sb"
+_NO_V6_ROM = "not in #12's matrix: QEMU's iPXE ROM over IPv6 was not tried here"
+_NO_ARM64_HTTP = "the lab has no AAVMF HTTP-boot VM (arm64 boots shim -> GRUB over TFTP; no arm64 iPXE)"
+V6: list[Mode] = [("full", True), ("proxy", True)]
 
 
 @dataclass(frozen=True)
@@ -72,43 +81,18 @@ class Firmware:
 
 
 FIRMWARES = [
-    Firmware(
-        "SeaBIOS (QEMU's iPXE ROM)",
-        "bios",
-        {
-            ("full", True): "not in #12's matrix: QEMU's iPXE ROM over IPv6 was not tried here",
-            ("proxy", True): "not in #12's matrix: QEMU's iPXE ROM over IPv6 was not tried here",
-        },
-    ),
+    Firmware("SeaBIOS (QEMU's iPXE ROM)", "bios", dict.fromkeys(V6, _NO_V6_ROM)),
     Firmware("OVMF PXE", "uefi", {}),
     Firmware("OVMF HTTP boot", "uefi-http", {}),
     Firmware(
         "OVMF Secure Boot enforced (MS keys, SMM)",
         "uefi-sb",
-        {
-            (
-                "full",
-                True,
-            ): "bootforge offers the signed chain (shim) over DHCPv4 only; lab up --ipv6 refuses uefi-sb",
-            (
-                "proxy",
-                True,
-            ): "bootforge offers the signed chain (shim) over DHCPv4 only; lab up --ipv6 refuses uefi-sb",
-        },
+        {("proxy", False): _PROXY_SIGNED_GRUB} | dict.fromkeys(V6, _NO_V6_SHIM),
     ),
     Firmware(
-        "AAVMF arm64 PXE",
-        "arm64",
-        {("full", True): _NO_V6_AGENT, ("proxy", True): _NO_V6_AGENT},
+        "AAVMF arm64 PXE", "arm64", {("proxy", False): _PROXY_SIGNED_GRUB} | dict.fromkeys(V6, _NO_V6_AGENT)
     ),
-    Firmware(
-        "AAVMF arm64 HTTP boot",
-        None,
-        {
-            mode: "the lab has no AAVMF HTTP-boot VM (arm64 boots shim -> GRUB over TFTP; no arm64 iPXE)"
-            for mode in MODES
-        },
-    ),
+    Firmware("AAVMF arm64 HTTP boot", None, dict.fromkeys(MODES, _NO_ARM64_HTTP)),
 ]
 
 
