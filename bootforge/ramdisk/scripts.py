@@ -5,7 +5,8 @@ slow boot shows where its time went. Steps: mount the kernel file systems; load 
 devices present (PCI and virtio modaliases through busybox modprobe and modules.alias, repeated
 because loading virtio_pci makes the virtio devices appear); find the NIC whose MAC is BOOTIF; DHCP on
 it (udhcpc retries forever, then stays in the background to renew), or set the static addresses a
-virtual-media boot passes as ``bootforge.net=`` (bootforge_agent.netconfig) instead; then run the
+virtual-media boot passes as ``bootforge.net=`` (bootforge_agent.netconfig) instead, or, when the API
+(``bootforge.api=``) is an IPv6 literal, wait for a SLAAC global address; then run the
 agent, restarted 5 s after it exits, forever (PID 1 must not exit).
 """
 
@@ -63,8 +64,12 @@ load_modules other -v
 say "other drivers loaded"
 
 mac=""
+api=""
 for word in $(cat /proc/cmdline); do
-  case "$word" in BOOTIF=*) mac=${word#BOOTIF=} ;; esac
+  case "$word" in
+    BOOTIF=*) mac=${word#BOOTIF=} ;;
+    bootforge.api=*) api=${word#bootforge.api=} ;;
+  esac
 done
 # iPXE and PXELINUX pass 01-aa-bb-cc-dd-ee-ff (01 is the ARP hardware type); the kernel lists aa:bb:...
 mac=$(echo "$mac" | tr 'A-F-' 'a-f:')
@@ -95,16 +100,33 @@ ip link set lo up
 ip link set "$ifc" up
 static=""
 case " $(cat /proc/cmdline) " in *" bootforge.net="*) static=1 ;; esac
+# An API on an IPv6 literal means an IPv6 provisioning network, maybe with no DHCPv4 at all (udhcpc
+# would wait there forever).
+ipv6=""
+case "$api" in *://\[*) ipv6=1 ;; esac
+global6() { ip -6 addr show dev "$ifc" | grep "scope global" | grep -v tentative; }
 # A virtual-media boot on a network without DHCP: the addresses are on the kernel command line
 # (bootforge_agent/netconfig.py reads them); if they cannot be set up, DHCP is the fallback.
 if [ -n "$static" ] && python3 -m bootforge_agent.netconfig; then
   :
+elif [ -n "$ipv6" ]; then
+  [ -n "$static" ] && say "static network failed; waiting for router advertisements"
+  # The kernel takes a global address from the router advertisements (SLAAC; the agent has no
+  # DHCPv6 client); wait for one past duplicate address detection. After 60 s go on: the agent's
+  # lookup retries then say on the console what is missing.
+  n=0
+  until global6 > /dev/null || [ $n -ge 300 ]; do
+    sleep 0.2
+    n=$((n + 1))
+  done
+  global6 | sed -n 's/.*inet6 \([^ ]*\).*/\1/p' | head -n 1 > /run/ipv6
+  [ -s /run/ipv6 ] || say "no global IPv6 address on $ifc after 60 s"
 else
   [ -n "$static" ] && say "static network failed; trying DHCP"
   # Without -n/-b udhcpc retries until it has a lease, then forks and renews it in the background.
   udhcpc -i "$ifc" -s /etc/udhcpc.script -t 3 -T 1 -A 1 -V bootforge-ramdisk
 fi
-say "network up: $(cat /run/ipv4 2>/dev/null)"
+say "network up: $(cat /run/ipv4 /run/ipv6 2>/dev/null | tr '\n' ' ')"
 # The agent's inventory must list every disk: wait for the storage drivers.
 wait $storage
 say "modules: $(cut -d ' ' -f 1 /proc/modules | sort | tr '\n' ' ')"
