@@ -229,7 +229,7 @@ class RackLab(Lab):
         for proc in processes(racks):
             config = self.dir / f"{proc.name}.serve.toml"
             config.write_text(serve_config(self.state, proc, database_url, racks))
-            (self.dir / "serve" / proc.name).mkdir(parents=True, exist_ok=True)
+            (self.dir / "serve" / proc.name).mkdir(mode=0o700, parents=True, exist_ok=True)  # secrets
             argv = ["ip", "netns", "exec", self.state.netns, sys.executable, "-m", "bootforge", "serve"]
             env_clean = ["env", *(f"-u{k}" for k in os.environ if k.startswith("BOOTFORGE_"))]
             self._spawn(
