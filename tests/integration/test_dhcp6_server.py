@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -68,11 +70,28 @@ def server_for(host: Host, store: FileLease6Store, events: list[dhcp.NodeEvent],
 
 
 async def run_dhclient(client: Host, tmp_path: Path, *extra: str) -> None:
+    """One exchange of dhclient's. Once bound it forks into the background to renew; that daemon is
+    ours, so it is stopped here by the PID it wrote (it would outlive the test and its namespace)."""
     dhclient = need("dhclient", "isc-dhcp-client")
+    pidfile = tmp_path / "dhclient6.pid"
     argv = [dhclient, "-6", "-1", "-v", "-sf", "/bin/true"]
-    argv += ["-lf", str(tmp_path / "dhclient6.leases"), "-pf", str(tmp_path / "dhclient6.pid")]
-    got = await asyncio.to_thread(client.ns.run, [*argv, *extra, client.ifname], check=False, timeout=40)
+    argv += ["-lf", str(tmp_path / "dhclient6.leases"), "-pf", str(pidfile)]
+    try:
+        got = await asyncio.to_thread(client.ns.run, [*argv, *extra, client.ifname], check=False, timeout=40)
+    finally:
+        stop_daemon(pidfile)
     assert got.returncode == 0, got.stderr
+
+
+def stop_daemon(pidfile: Path) -> None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return  # it never forked (no lease) or is gone already
+    if str(pidfile).encode() in cmdline:  # the PID is still that daemon's, not a reused one
+        os.kill(pid, signal.SIGTERM)
+    pidfile.unlink(missing_ok=True)
 
 
 async def test_dhclient_leases_from_the_server_and_the_lease_survives_a_restart(
