@@ -9,6 +9,9 @@ The code is bench/firmware_matrix.py's (which also runs the cases one at a time 
 times). Marked qemu, netns, slow; run under the lab lock. The dedicated lab tests (test_lab_boot,
 test_lab_secure_boot, test_lab_arm64, test_lab_ipv6, test_lab_deploy_uefi) check each chain's
 fetches and the deploys; this one checks that they all hold at the same time, cheaply.
+
+Here (2 shared cores; KVM for bios/uefi/uefi-http, TCG for Secure Boot and arm64): full-v4 5 VMs
+74.5 s, proxy-v4 3 VMs 36.1 s, full-v6 2 VMs 115.1 s, proxy-v6 2 VMs 113.6 s (each with lab up/down).
 """
 
 from __future__ import annotations
