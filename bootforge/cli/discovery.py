@@ -198,7 +198,7 @@ def status(url: UrlOpt = DEFAULT_URL) -> None:
     console.print(f"discovery {state}; subnets: {escape(', '.join(s['subnets']) or 'none')}")
     console.print(
         f"default driver {escape(s['driver'])}; at most {s['max_enrolments_per_minute']} enrolments "
-        f"per minute; {s['rules']} rules"
+        f"per minute; {s['rules']} rule{'' if s['rules'] == 1 else 's'}"
     )
     console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in s["counts"].items()) + " (since start)")
     if s.get("last_refusal"):
