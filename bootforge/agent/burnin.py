@@ -17,6 +17,7 @@ erase_devices_metadata after it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -36,7 +37,13 @@ from .disks import find_disks
 __all__ = ["TOOLS", "available_tools", "run"]
 
 # kind -> the program it runs; `available_tools` reports which of them this ramdisk has.
-TOOLS = {"cpu": "stress-ng", "memory": "memtester", "disk": "fio", "network": "iperf3"}
+TOOLS = {
+    "cpu": "stress-ng",
+    "memory": "memtester",
+    "disk": "fio",
+    "network": "iperf3",
+    "network_serve": "iperf3",
+}
 BUILD_HINT = "build it with `bootforge ramdisk build --with burn-in`"
 # What a tool gets beyond its own duration before it is killed: start-up, and fio's file layout.
 GRACE_S = 60.0
@@ -49,6 +56,7 @@ FIO_JOBS = {
     "randwrite_4k": ("randwrite", "4k", 32),
 }
 OUTPUT_LIMIT = 4 << 20  # bytes of a tool's output kept for parsing
+CONNECT_WAIT_S = 30.0  # how long a client retries a partner's server that does not listen yet
 
 
 def available_tools() -> dict[str, bool]:
@@ -75,10 +83,12 @@ def run(args: Mapping[str, Any], ctx: Context, progress: Progress) -> dict[str, 
 # --- running a tool --------------------------------------------------------------------------------
 
 
-def run_tool(argv: list[str], timeout: float, merge_stderr: bool = False) -> tuple[int, str, str]:
+def run_tool(
+    argv: list[str], timeout: float, merge_stderr: bool = False, timed_out: str | None = None
+) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of `argv`, killed with its process group after `timeout` seconds.
     `merge_stderr`: stderr goes into stdout, in order (memtester prints a test's name on stdout and its
-    FAILURE on stderr).
+    FAILURE on stderr). `timed_out`: the error when the time limit is reached, if not the default.
 
     A new session, so stress-ng's and fio's worker processes die with it: killing only the parent
     would leave the workers loading the machine and holding the pipes open.
@@ -98,7 +108,9 @@ def run_tool(argv: list[str], timeout: float, merge_stderr: bool = False) -> tup
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        raise CommandError(f"{argv[0]} did not finish within {timeout:.0f} s and was killed") from None
+        raise CommandError(
+            timed_out or f"{argv[0]} did not finish within {timeout:.0f} s and was killed"
+        ) from None
     except BaseException:
         _kill_group(proc)
         raise
@@ -346,8 +358,8 @@ def _ms(ns: object) -> float | None:
 
 
 def _network(args: Mapping[str, Any], ctx: Context, progress: Progress) -> dict[str, Any]:
-    """iperf3 as a client of a server the operator names (`server`, `port`): the two-node pairing
-    through the conductor is not built yet."""
+    """iperf3 as a client of a server: one the operator names, or the partner node's agent serving
+    (the conductor found its address and port and passes them on as `server` and `port`)."""
     server = args.get("server")
     if not isinstance(server, str) or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", server):
         raise CommandError(f"burn-in network needs server: an iperf3 server's address, not {server!r}")
@@ -355,11 +367,54 @@ def _network(args: Mapping[str, Any], ctx: Context, progress: Progress) -> dict[
     seconds = _int_arg(args, "seconds", 10, 1, MAX_SECONDS)
     progress(0, seconds, f"iperf3 to {server}:{port} for {seconds} s")
     argv = ["iperf3", "--client", server, "--port", str(port), "--time", str(seconds), "--json"]
-    status, out, err = run_tool(argv, seconds + GRACE_S)
-    report = parse_iperf3(out)
+    # A partner's agent starts its server when it polls its command, which the conductor queued just
+    # before handing this one out: a refused connection is retried for a while, not a failed test.
+    connect_until = time.monotonic() + (CONNECT_WAIT_S if args.get("partner") else 0.0)
+    while True:
+        status, out, err = run_tool(argv, seconds + GRACE_S)
+        report = parse_iperf3(out)
+        refused = "unable to connect" in str(report.get("error") or "")
+        if not refused or time.monotonic() >= connect_until:
+            break
+        time.sleep(1.0)
     if status != 0 or report.get("error"):
         raise CommandError(f"iperf3 to {server}:{port} failed: {report.get('error') or _tail(err or out)}")
     return {"network": {**report, "server": server, "port": port}}
+
+
+def _network_serve(args: Mapping[str, Any], ctx: Context, progress: Progress) -> dict[str, Any]:
+    """iperf3 as the server of one client (a partner node's network burn-in), on the address this
+    agent reaches the conductor from (`bind`), for at most `seconds`: then it is killed with its
+    process group and the command fails, so a partner that never came cannot hold the node."""
+    port = _int_arg(args, "port", 5201, 1024, 65535)
+    seconds = _int_arg(args, "seconds", 600, 10, MAX_SECONDS)
+    bind = args.get("bind")
+    try:
+        address = str(ipaddress.ip_address(bind)) if bind is not None else None
+    except ValueError:
+        raise CommandError(f"burn-in network serve: bind must be an IP address, not {bind!r}") from None
+    where = f"[{address}]:{port}" if address and ":" in address else f"{address or '*'}:{port}"
+    progress(0, seconds, f"iperf3 server on {where} for one client, at most {seconds} s")
+    argv = ["iperf3", "--server", "--one-off", "--port", str(port), "--json"]
+    if address:
+        argv += ["--bind", address]
+    status, out, err = run_tool(
+        argv, seconds, timed_out=f"iperf3 server on {where}: no client came and finished within {seconds} s"
+    )
+    report = parse_iperf3(out)
+    if status != 0 or report.get("error"):
+        raise CommandError(f"iperf3 server on {where} failed: {report.get('error') or _tail(err or out)}")
+    return {"network_serve": {**report, "client": iperf3_client(out), "bind": address, "port": port}}
+
+
+def iperf3_client(text: str) -> str | None:
+    """The address of the client an iperf3 server's --json report says it accepted."""
+    try:
+        doc = json.loads(text)
+        host = doc["start"]["accepted_connection"]["host"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return host if isinstance(host, str) else None
 
 
 def parse_iperf3(text: str) -> dict[str, Any]:
@@ -383,4 +438,10 @@ def parse_iperf3(text: str) -> dict[str, Any]:
     }
 
 
-RUNNERS = {"cpu": _cpu, "memory": _memory, "disk": _disk, "network": _network}
+RUNNERS = {
+    "cpu": _cpu,
+    "memory": _memory,
+    "disk": _disk,
+    "network": _network,
+    "network_serve": _network_serve,
+}

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bootforge.cli.client import DEFAULT_URL, Api, UrlOpt, console
 
-KINDS = ("cpu", "memory", "disk", "network")
+KINDS = ("cpu", "memory", "disk", "network", "network_serve")
 
 
 def burnin(
@@ -73,6 +73,11 @@ def _numbers(kind: str, r: dict[str, Any]) -> str:
         return f"{r.get('tool')}: {size}, {r.get('tests')} tests, failed: {failed}"
     if kind == "disk":
         return f"{len(r.get('disks') or [])} disk(s), below"
+    if kind == "network_serve":
+        return (
+            f"{r.get('tool')} served {r.get('client')} on {r.get('address')} port {r.get('port')}: "
+            f"{r.get('received_mbps')} Mbit/s received"
+        )
     return (
         f"{r.get('tool')} to {r.get('server')}: {r.get('received_mbps')} Mbit/s received "
         f"({r.get('sent_mbps')} sent), {r.get('retransmits')} retransmits"

@@ -168,6 +168,22 @@ class NodeTask:
     async def agent_last_seen(self) -> dt.datetime | None:
         return await agent_last_seen(self.conductor.db, self.node)
 
+    async def agent_address(self) -> str | None:
+        boot = self.node.driver_internal_info.get("agent_boot")
+        if not boot:
+            return None
+        async with self.conductor.db.read() as s:
+            return await s.scalar(
+                select(AgentSession.agent_address).where(
+                    AgentSession.node_id == self.node.id, AgentSession.boot_id == boot
+                )
+            )
+
+    async def other_node(self, ident: str) -> Node | None:
+        column = Node.uuid if is_uuid(ident) else Node.name
+        async with self.conductor.db.read() as s:
+            return await s.scalar(select(Node).where(column == ident))
+
     async def network_boots_since(self, since: dt.datetime) -> list[NetworkBoot]:
         # Netboot events are batched (EventSink) and reach the table within about a second; each
         # keeps the time it was emitted.

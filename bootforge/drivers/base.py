@@ -86,6 +86,14 @@ class Task(Protocol):
         """When the agent of the node's current ramdisk boot last called, or None if it never did."""
         ...
 
+    async def agent_address(self) -> str | None:
+        """The address the agent of the node's current ramdisk boot looked up from, or None."""
+        ...
+
+    async def other_node(self, ident: str) -> Node | None:
+        """Another node, by name or UUID, as last saved (read only, no lock), or None."""
+        ...
+
     async def network_boots_since(self, since: dt.datetime) -> list[NetworkBoot]:
         """Signs on the node's timeline that it booted from the network since `since`, oldest first."""
         ...

@@ -1,26 +1,38 @@
 """Burn-in: clean steps that prove a machine's hardware before it becomes `available`.
 
 `burnin_cpu` (stress-ng), `burnin_memory` (memtester), `burnin_disk` (fio: sequential and 4k random
-reads and writes) and `burnin_network` (iperf3 to a named server) are clean steps of the `direct` deploy
-interface. They are manual (priority 0) unless `[burnin] automated_clean` names them; then they run
-before the metadata erase, since the disk step writes over the start of every disk.
+reads and writes) and `burnin_network` (iperf3 to a named server, or to a partner node) are clean
+steps of the `direct` deploy interface. They are manual (priority 0) unless `[burnin] automated_clean`
+names them; then they run before the metadata erase, since the disk step writes over the start of
+every disk.
 
 The agent measures (bootforge/agent/burnin.py); the conductor judges: `take_result` keeps the numbers in
 `driver_internal_info["burnin"][kind]` (shown by `baremetal node show`), puts them on the node's
 timeline, and fails the node (clean failed) with the numbers in last_error when a threshold is missed,
 e.g. "burn-in disk failed: fio randread_4k on /dev/vda: 812 IOPS < min_iops 5000".
+
+Two nodes' agents measure the network between them without either listening for the conductor (the
+agent only ever calls the API): node A runs `burnin_network_serve`, whose agent runs `iperf3 -s -1` for
+one client; before the command is queued the conductor records on A where it serves (the address A's
+agent looked up from, the port, until when) in `driver_internal_info["burnin_serving"]`. Node B's
+`burnin_network` with `partner: A` waits (at most partner_wait seconds) for that record, then runs the
+client step against it as if the operator had named the server. The record goes when A's step ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
+import ipaddress
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from bootforge.config import Settings
+from bootforge.db.models import Node
 from bootforge.drivers import agent, base
-from bootforge.drivers.burnin_settings import KINDS, argsinfo, check_args
+from bootforge.drivers.burnin_settings import SERVE, STEP_KINDS, argsinfo, check_args
 from bootforge.errors import DriverError, InvalidInput
 from bootforge.text import printable
 
@@ -29,17 +41,34 @@ RESULTS: Final = "burnin"  # the driver_internal_info key
 # Priorities in automated cleaning: all before erase_devices_metadata (99), which then wipes what the
 # disk burn-in wrote.
 AUTOMATED_PRIORITY: Final = {"cpu": 140, "memory": 130, "disk": 120, "network": 110}
-STEP_KIND: Final = {f"burnin_{kind}": kind for kind in KINDS}
+STEP_KIND: Final = {f"burnin_{kind}": kind for kind in STEP_KINDS}
 RAMDISK_TOOLS: Final = ("stress-ng", "memtester", "fio", "iperf3")
 MAX_DISKS = 64
 MAX_JOBS = 8
+SERVING: Final = "burnin_serving"  # driver_internal_info: where this node's agent serves iperf3
+SERVE_SECONDS = 600
+SERVE_PORT = 5201
+PARTNER_WAIT = 300
+POLL_S = 2.0
+# The states in which a node's serve record is live: its serve step is running (cleaning: waiting
+# for its agent) or its agent serves (clean wait). A record left by a failed clean is not.
+SERVING_STATES: Final = frozenset({"cleaning", "clean wait"})
+
+Now = Callable[[], dt.datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class BurninAgentDeploy(agent.AgentDeploy):
     """The agent's deploy interface (`direct`) with the burn-in clean steps."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, now: Now = utcnow, sleep: Sleep = asyncio.sleep) -> None:
         super().__init__(settings)
+        # The clock and the pause of the conductor's waits (the partner's record, the agent's lookup).
+        self.now, self.sleep = now, sleep
 
     def steps(self, kind: str) -> list[base.StepInfo]:
         found = super().steps(kind)
@@ -71,15 +100,149 @@ class BurninAgentDeploy(agent.AgentDeploy):
 
     @base.clean_step(priority=0, may_rerun=True, abortable=True, argsinfo=argsinfo("network"))
     async def burnin_network(self, task: base.Task, **args: Any) -> base.StepResult:
-        """iperf3 from the machine to an iperf3 server the operator runs (`server`)."""
+        """iperf3 from the machine to an iperf3 server the operator runs (`server`), or to the agent of
+        a partner node running burnin_network_serve (`partner`)."""
         return await self._burnin(task, "network", args)
 
+    @base.clean_step(priority=0, may_rerun=True, abortable=True, argsinfo=argsinfo(SERVE))
+    async def burnin_network_serve(self, task: base.Task, **args: Any) -> base.StepResult:
+        """The machine's agent serves one iperf3 client (a partner node's burnin_network) for at most
+        `seconds`; the conductor records where, for the partner's step to find."""
+        where = f"clean_steps burnin_{SERVE}.args"
+        measure, _ = check_args(SERVE, args, where)
+        task.set_internal(**{SERVING: None})
+        await agent.boot_ramdisk(task, "burn-in (network serve)")
+        address = await self._agent_address(task)
+        seconds = int(measure.get("seconds", SERVE_SECONDS))
+        port = int(measure.get("port", SERVE_PORT))
+        until = self.now() + dt.timedelta(seconds=seconds)
+        serving = {
+            "address": address,
+            "port": port,
+            "until": until.isoformat(timespec="seconds"),
+            "boot": task.node.driver_internal_info.get(agent.AGENT_BOOT),
+        }
+        # Saved with the command (one save): the agent cannot get the command before the record exists.
+        task.set_internal(**{SERVING: serving})
+        command = {"kind": SERVE, "seconds": seconds, "port": port, "bind": address, "thresholds": {}}
+        what = f"serve iperf3 on {_hostport(address, port)} for one client, until {serving['until']}"
+        return await agent.send_command(task, COMMAND, command, what)
+
     async def _burnin(self, task: base.Task, kind: str, given: dict[str, Any]) -> base.StepResult:
-        args = {**self.settings.burnin.defaults(kind), **given}
-        measure, thresholds = check_args(kind, args, f"clean_steps burnin_{kind}.args")
+        defaults = self.settings.burnin.defaults(kind)
+        if kind == "network" and ("partner" in given or "server" in given):
+            # The step names its peer: the settings' default server is not a second one.
+            defaults = {k: v for k, v in defaults.items() if k not in ("server", "partner", "partner_wait")}
+        args = {**defaults, **given}
+        where = f"clean_steps burnin_{kind}.args"
+        measure, thresholds = check_args(kind, args, where)
+        partner: Node | None = None
+        if kind == "network" and args.get("partner") is not None:
+            partner = await self._partner(task, str(args["partner"]), where)
         await agent.boot_ramdisk(task, f"burn-in ({kind})")
+        if partner is not None:
+            wait = int(args.get("partner_wait") or PARTNER_WAIT)
+            address, port = await self._partner_serving(
+                task, partner, wait, int(measure.get("seconds", 10)), where
+            )
+            measure = {**measure, "server": address, "port": port, "partner": partner.name or partner.uuid}
         command = {"kind": kind, **measure, "thresholds": thresholds}
         return await agent.send_command(task, COMMAND, command, describe(kind, measure))
+
+    async def _agent_address(self, task: base.Task) -> str:
+        """The address the node's agent looked up from, waiting for its lookup (bounded by the clean
+        callback timeout, the wait its agent would otherwise get)."""
+        limit = float(task.settings.clean_callback_timeout)
+        deadline = self.now() + dt.timedelta(seconds=limit)
+        while True:
+            address = await task.agent_address()
+            if address is not None:
+                try:
+                    return str(ipaddress.ip_address(address))
+                except ValueError:
+                    raise DriverError(
+                        f"burn-in network serve: the agent's address is not an IP address "
+                        f"({printable(address, 64)})"
+                    ) from None
+            if self.now() >= deadline:
+                raise DriverError(
+                    f"burn-in network serve: the node's agent did not look up within {limit:g} s"
+                )
+            await self.sleep(POLL_S)
+
+    async def _partner(self, task: base.Task, ident: str, where: str) -> Node:
+        field = f"{where}.partner"
+        partner = await task.other_node(ident)
+        if partner is None:
+            raise InvalidInput(f"{field}: there is no node {printable(ident, 64)}", field)
+        if partner.id == task.node.id:
+            raise InvalidInput(
+                f"{field}: {printable(ident, 64)} is this node itself; name the node running "
+                "burnin_network_serve",
+                field,
+            )
+        return partner
+
+    async def _partner_serving(
+        self, task: base.Task, partner: Node, wait: int, seconds: int, where: str
+    ) -> tuple[str, int]:
+        """(address, port) where the partner's agent serves, once its record is there and live."""
+        field = f"{where}.partner"
+        name = printable(partner.name or partner.uuid, 64)
+        deadline = self.now() + dt.timedelta(seconds=wait)
+        await task.record(
+            "burnin", f"burn-in network: waiting up to {wait} s for node {name} to serve iperf3"
+        )
+        while True:
+            record = serving_record(partner)
+            if record is not None:
+                address, port, until = record
+                # The client needs its seconds and a little for iperf3's start inside the window.
+                if until - self.now() < dt.timedelta(seconds=seconds + 5):
+                    raise DriverError(
+                        f"{field}: node {name}'s iperf3 serve record expired (it serves until "
+                        f"{until.isoformat(timespec='seconds')}, too late for a {seconds} s test): "
+                        "run its burnin_network_serve again, with more seconds"
+                    )
+                await task.record(
+                    "burnin", f"burn-in network: node {name} serves on {_hostport(address, port)}"
+                )
+                return address, port
+            if self.now() >= deadline:
+                raise DriverError(
+                    f"{field}: node {name} did not serve iperf3 within partner_wait {wait} s "
+                    "(start its clean with burnin_network_serve at the same time as this one)"
+                )
+            await self.sleep(POLL_S)
+            fresh = await task.other_node(partner.uuid)
+            if fresh is None:
+                raise InvalidInput(f"{field}: node {name} was deleted while this node waited for it", field)
+            partner = fresh
+
+
+def serving_record(node: Node) -> tuple[str, int, dt.datetime] | None:
+    """(address, port, until) where the node's agent serves iperf3 now, or None: the record must be of
+    the node's current ramdisk boot, in a state that serves, and well formed (it is the conductor's
+    own, but a node row may be edited by hand)."""
+    info = node.driver_internal_info or {}
+    record = info.get(SERVING)
+    if node.provision_state not in SERVING_STATES or not isinstance(record, dict):
+        return None
+    if not record.get("boot") or record.get("boot") != info.get(agent.AGENT_BOOT):
+        return None
+    try:
+        address = str(ipaddress.ip_address(str(record.get("address"))))
+        port = int(record["port"])
+        until = dt.datetime.fromisoformat(str(record["until"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if until.tzinfo is None or not 0 < port < 65536:
+        return None
+    return address, port, until
+
+
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def describe(kind: str, measure: dict[str, Any]) -> str:
@@ -89,7 +252,10 @@ def describe(kind: str, measure: dict[str, Any]) -> str:
         return f"test the memory (memtester, {measure.get('size_mib', 'half the free')} MiB)"
     if kind == "disk":
         return f"burn in the disks (fio, {measure.get('seconds', 30)} s per job)"
-    return f"measure the network (iperf3 to {measure.get('server')})"
+    if kind == SERVE:
+        return f"serve iperf3 on port {measure.get('port', SERVE_PORT)}"
+    partner = f", partner {measure['partner']}" if measure.get("partner") else ""
+    return f"measure the network (iperf3 to {measure.get('server')}{partner})"
 
 
 # --- the conductor's side of a result ---------------------------------------------------------------
@@ -102,7 +268,10 @@ async def take_result(task: base.Task, args: dict[str, Any], result: dict[str, A
     The result comes from the agent: only the numbers bootforge knows are kept, bounded, so a confused
     or hostile ramdisk cannot grow the node record or put arbitrary text in it."""
     kind = args.get("kind")
-    if kind not in KINDS:
+    if kind == SERVE:
+        # The serve step ends here, passed or not: the partner must not connect to it any more.
+        task.set_internal(**{SERVING: None})
+    if kind not in STEP_KINDS:
         raise DriverError(f"a burn-in command without a known kind ({printable(kind, 40)})")
     raw_thresholds = args.get("thresholds")
     thresholds = (
@@ -230,6 +399,17 @@ def _summarise_network(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _summarise_serve(result: dict[str, Any]) -> dict[str, Any]:
+    serve = _section(result, SERVE)
+    return {
+        "tool": printable(serve.get("tool"), 40),
+        "address": printable(serve.get("bind"), 64),
+        "port": int(_number(serve.get("port")) or 0),
+        "client": printable(serve.get("client"), 64),
+        "received_mbps": _need_number(serve.get("received_mbps"), f"result.{SERVE}.received_mbps"),
+    }
+
+
 def _judge_cpu(s: dict[str, Any], t: dict[str, float]) -> list[str]:
     floor = t.get("min_bogo_ops_per_s")
     if floor is not None and s["bogo_ops_per_s"] < floor:
@@ -280,6 +460,10 @@ def _judge_network(s: dict[str, Any], t: dict[str, float]) -> list[str]:
     return []
 
 
+def _judge_serve(s: dict[str, Any], t: dict[str, float]) -> list[str]:
+    return []  # the client's step judges the bandwidth: the server measured the same flow
+
+
 def _fmt(value: float) -> str:
     """A threshold as the operator wrote it: 50000000, not 5e+07."""
     return f"{value:.0f}" if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
@@ -300,6 +484,9 @@ def headline(kind: str, s: dict[str, Any]) -> str:
                 rate = f"{job['iops']:.0f} IOPS {job['bandwidth_mib_s']:.1f} MiB/s"
                 parts.append(f"{disk['name']} {job['job']} {rate}{lat}")
         return "; ".join(parts)
+    if kind == SERVE:
+        where = _hostport(s["address"], s["port"])
+        return f"{s['tool']} on {where} served {s['client']}: {s['received_mbps']:.1f} Mbit/s received"
     return f"{s['tool']} to {s['server']}: {s['received_mbps']:.1f} Mbit/s received"
 
 
@@ -308,5 +495,12 @@ SUMMARISE = {
     "memory": _summarise_memory,
     "disk": _summarise_disk,
     "network": _summarise_network,
+    SERVE: _summarise_serve,
 }
-JUDGES = {"cpu": _judge_cpu, "memory": _judge_memory, "disk": _judge_disk, "network": _judge_network}
+JUDGES = {
+    "cpu": _judge_cpu,
+    "memory": _judge_memory,
+    "disk": _judge_disk,
+    "network": _judge_network,
+    SERVE: _judge_serve,
+}

@@ -14,6 +14,10 @@ from pydantic import BaseModel, model_validator
 from bootforge.errors import InvalidInput
 
 KINDS = ("cpu", "memory", "disk", "network")
+# The server side of a paired network burn-in: a step, not a kind [burnin] has settings for (a
+# pair is two manual cleans started together, never automated cleaning).
+SERVE = "network_serve"
+STEP_KINDS = (*KINDS, SERVE)
 FIO_JOBS = ("seqread_1m", "seqwrite_1m", "randread_4k", "randwrite_4k")
 DAY = 24 * 3600
 
@@ -43,19 +47,28 @@ ARGS: dict[str, dict[str, tuple[str, float, float, str]]] = {
         "max_p99_latency_ms": ("number", 0, 1e9, "fail any job whose p99 completion latency is above this"),
     },
     "network": {
-        "server": ("host", 0, 0, "the iperf3 server the agent connects to (required)"),
-        "port": ("int", 1, 65535, "its port (default 5201)"),
+        "server": ("host", 0, 0, "the iperf3 server the agent connects to (this or partner)"),
+        "partner": ("node", 0, 0, "a node (name or UUID) running burnin_network_serve to connect to"),
+        "partner_wait": ("int", 1, DAY, "seconds to wait for the partner to serve (default 300)"),
+        "port": ("int", 1, 65535, "the server's port (default 5201; with partner, the partner's)"),
         "seconds": ("int", 1, DAY, "seconds of iperf3 (default 10)"),
         "min_bandwidth_mbps": ("number", 0, 1e9, "fail below this many Mbit/s received"),
     },
+    SERVE: {
+        "seconds": ("int", 10, DAY, "how long the iperf3 server waits for its one client (default 600)"),
+        "port": ("int", 1024, 65535, "the port it listens on (default 5201)"),
+    },
 }
+# Arguments the conductor acts on itself: neither a threshold nor sent to the agent.
+CONDUCTOR_ARGS = frozenset({"partner", "partner_wait"})
+NODE_PATTERN = r"[A-Za-z0-9._~-]{1,255}"  # a node's name or UUID
 THRESHOLDS = frozenset({"min_bogo_ops_per_s", "min_tested_mib", "min_iops", "min_bandwidth_mib_s",
                         "max_p99_latency_ms", "min_bandwidth_mbps"})  # fmt: skip
 
 
 def argsinfo(kind: str) -> dict[str, Any]:
     """Ironic's argsinfo of the kind's clean step."""
-    required = {"server"}
+    required: set[str] = set()  # network needs server or partner: checked by check_args
     return {name: {"description": spec[3], "required": name in required} for name, spec in ARGS[kind].items()}
 
 
@@ -69,6 +82,7 @@ def check_args(kind: str, args: dict[str, Any], where: str) -> tuple[dict[str, A
         )
     measure: dict[str, Any] = {}
     thresholds: dict[str, float] = {}
+    conductor: dict[str, Any] = {}  # checked here, read by the step from the arguments themselves
     for name, value in args.items():
         kind_of, low, high, _ = spec[name]
         field = f"{where}.{name}"
@@ -79,8 +93,10 @@ def check_args(kind: str, args: dict[str, Any], where: str) -> tuple[dict[str, A
             if isinstance(value, bool) or not isinstance(value, ok_type) or not low <= value <= high:
                 what = "an integer" if kind_of == "int" else "a number"
                 raise InvalidInput(f"{field} must be {what} from {low:g} to {high:g}, not {value!r}", field)
-        elif kind_of in ("name", "host"):
-            pattern = r"[a-z0-9_-]{1,32}" if kind_of == "name" else r"[A-Za-z0-9.:-]{1,253}"
+        elif kind_of in ("name", "host", "node"):
+            pattern = {"name": r"[a-z0-9_-]{1,32}", "host": r"[A-Za-z0-9.:-]{1,253}", "node": NODE_PATTERN}[
+                kind_of
+            ]
             if not isinstance(value, str) or not _matches(pattern, value):
                 raise InvalidInput(f"{field} is not a valid {kind_of}: {value!r}", field)
         elif kind_of == "names":
@@ -96,10 +112,25 @@ def check_args(kind: str, args: dict[str, Any], where: str) -> tuple[dict[str, A
             raise InvalidInput(f"{field} must be a non-empty list of {', '.join(FIO_JOBS)}", field)
         if name in THRESHOLDS:
             thresholds[name] = float(value)
+        elif name in CONDUCTOR_ARGS:
+            conductor[name] = value
         else:
             measure[name] = value
-    if kind == "network" and "server" not in measure:
-        raise InvalidInput(f"{where}.server is required: the iperf3 server the agent connects to", where)
+    if kind == "network":
+        if "server" in measure and "partner" in conductor:
+            raise InvalidInput(
+                f"{where}.partner: give server (an iperf3 server you run) or partner (a node serving "
+                "with burnin_network_serve), not both",
+                f"{where}.partner",
+            )
+        if "server" not in measure and "partner" not in conductor:
+            raise InvalidInput(
+                f"{where}.server is required: the iperf3 server the agent connects to "
+                "(or partner: a node running burnin_network_serve)",
+                where,
+            )
+        if "partner_wait" in conductor and "partner" not in conductor:
+            raise InvalidInput(f"{where}.partner_wait is only for partner", f"{where}.partner_wait")
     return measure, thresholds
 
 
@@ -135,7 +166,8 @@ class BurninSettings(BaseModel):
                 raise ValueError(exc.message) from None
         if "network" in self.automated_clean and "server" not in self.network:
             raise ValueError(
-                "burnin.automated_clean lists network: burnin.network.server must name the server"
+                "burnin.automated_clean lists network: burnin.network.server must name the server "
+                "(a partner node serves only in a manual clean)"
             )
         return self
 

@@ -194,3 +194,52 @@ def test_real_fio_run_on_a_disk_file(tmp_path: Path) -> None:
     assert [j["job"] for j in only["jobs"]] == list(burnin.FIO_JOBS)
     assert all(j["iops"] > 0 and j["lat_p99_ms"] is not None for j in only["jobs"])
     assert os.path.getsize(disk) == 32 << 20
+
+
+def test_iperf3_server_report_names_the_client_it_served() -> None:
+    text = (DATA / "iperf3-3.12-server-loopback.json").read_text()
+    r = burnin.parse_iperf3(text)
+    assert r["received_mbps"] == 22534.4 and r["tool"] == "iperf 3.12"
+    assert burnin.iperf3_client(text) == "127.0.0.1"
+    assert burnin.iperf3_client("not json") is None
+    assert burnin.iperf3_client(json.dumps({"start": {"accepted_connection": {"host": 7}}})) is None
+
+
+def test_serve_arguments_are_checked_before_anything_runs() -> None:
+    if shutil.which("iperf3") is None:
+        pytest.skip("needs iperf3 (Debian package iperf3)")
+    with pytest.raises(CommandError, match="bind must be an IP address"):
+        burnin.run({"kind": "network_serve", "bind": "host; rm -rf /"}, Context(), no_progress)
+    with pytest.raises(CommandError, match="port must be an integer from 1024"):
+        burnin.run({"kind": "network_serve", "port": 80}, Context(), no_progress)
+
+
+def test_a_server_nobody_connects_to_fails_with_its_own_reason() -> None:
+    with pytest.raises(CommandError, match=r"^iperf3 server on 127.0.0.1:5: no client came within 0.3 s$"):
+        burnin.run_tool(
+            ["sleep", "30"], 0.3, timed_out="iperf3 server on 127.0.0.1:5: no client came within 0.3 s"
+        )
+
+
+def test_real_iperf3_pair_server_and_client_on_loopback() -> None:
+    """The serve runner and the client runner against each other, as two agents run them."""
+    if shutil.which("iperf3") is None:
+        pytest.skip("needs iperf3 (Debian package iperf3)")
+    import socket
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    served: dict[str, Any] = {}
+    serve = {"kind": "network_serve", "bind": "127.0.0.1", "port": port, "seconds": 30}
+    server = threading.Thread(target=lambda: served.update(burnin.run(serve, Context(), no_progress)))
+    server.start()
+    # No wait for the server to listen: the client retries a refused connection when it has a partner.
+    client = {"kind": "network", "server": "127.0.0.1", "port": port, "seconds": 1, "partner": "a"}
+    r = burnin.run(client, Context(), no_progress)
+    server.join(40)
+    assert r["network"]["received_mbps"] > 1
+    got = served["network_serve"]
+    assert got["client"] == "127.0.0.1" and got["port"] == port and got["bind"] == "127.0.0.1"
+    assert got["received_mbps"] > 1

@@ -22,9 +22,15 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "burnin"
 
 
 class FakeTask:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, others: dict[str, Any] | None = None) -> None:
         self.calls: list[str] = []
-        self.node = SimpleNamespace(driver_internal_info={}, power_state=base.POWER_OFF)
+        self.node = SimpleNamespace(
+            id=1, uuid="11111111-1111-4111-8111-111111111111", name="b", provision_state="cleaning",
+            driver_internal_info={}, power_state=base.POWER_OFF,
+        )  # fmt: skip
+        # The database as the step reads it: other nodes by name or UUID, and this agent's address.
+        self.others: dict[str, Any] = {"b": self.node, self.node.uuid: self.node, **(others or {})}
+        self.address: str | None = None
         calls = self.calls
 
         class Power:
@@ -51,6 +57,12 @@ class FakeTask:
     async def agent_last_seen(self) -> dt.datetime | None:
         return None
 
+    async def agent_address(self) -> str | None:
+        return self.address
+
+    async def other_node(self, ident: str) -> Any:
+        return self.others.get(ident)
+
     async def record(self, event_type: str, message: str, severity: str = "info") -> None:
         self.events.append((event_type, message, severity))
 
@@ -74,6 +86,27 @@ def test_arguments_split_into_what_the_agent_measures_and_the_thresholds() -> No
         ("disk", {"jobs": ["seqread_1m", "trim"]}, "clean_steps burnin_disk.args.jobs", "non-empty list"),
         ("cpu", {"method": "rm -rf"}, "clean_steps burnin_cpu.args.method", "is not a valid name"),
         ("network", {"seconds": 3}, "clean_steps burnin_network.args", "server is required"),
+        (
+            "network",
+            {"server": "10.0.0.5", "partner": "a"},
+            "clean_steps burnin_network.args.partner",
+            "not both",
+        ),
+        (
+            "network",
+            {"server": "10.0.0.5", "partner_wait": 5},
+            "clean_steps burnin_network.args.partner_wait",
+            "only for partner",
+        ),
+        ("network", {"partner": "a b"}, "clean_steps burnin_network.args.partner", "not a valid node"),
+        (
+            "network",
+            {"partner": "a", "partner_wait": 0},
+            "clean_steps burnin_network.args.partner_wait",
+            "integer from 1",
+        ),
+        ("network_serve", {"port": 80}, "clean_steps burnin_network_serve.args.port", "integer from 1024"),
+        ("network_serve", {"server": "x"}, "clean_steps burnin_network_serve.args", "has no argument server"),
     ],
 )
 def test_bad_arguments_name_their_field(kind: str, args: dict[str, Any], field: str, text: str) -> None:
@@ -101,7 +134,9 @@ def test_burn_in_steps_are_manual_unless_the_settings_make_them_automated() -> N
     assert steps["erase_devices_metadata"].priority == 99
     assert all(steps[n].may_rerun and steps[n].abortable for n in burnin.STEP_KIND)
     assert steps["burnin_disk"].argsinfo["min_iops"]["required"] is False
-    assert steps["burnin_network"].argsinfo["server"]["required"] is True
+    # server or partner: neither alone is required.
+    assert steps["burnin_network"].argsinfo["server"]["required"] is False
+    assert set(steps["burnin_network_serve"].argsinfo) == {"seconds", "port"}
 
     auto = burnin.BurninAgentDeploy(Settings(burnin={"automated_clean": ["cpu", "disk"]}))
     prio = {s.name: s.priority for s in auto.steps("clean")}
@@ -233,3 +268,176 @@ async def test_what_the_agent_sends_is_checked_and_bounded() -> None:
     kept = task.node.driver_internal_info["burnin"]["disk"]
     assert len(kept["disks"]) == burnin.MAX_DISKS and len(kept["disks"][0]["jobs"]) == burnin.MAX_JOBS
     assert "\x1b" not in json.dumps(kept) and len(json.dumps(kept)) < 200_000
+
+
+# --- two nodes' agents: serve and partner ------------------------------------------------------------
+
+T0 = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
+A_UUID = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+
+
+class Clock:
+    """The conductor's clock in these tests: each pause moves it on, and may change the world."""
+
+    def __init__(self) -> None:
+        self.at = T0
+        self.sleeps = 0
+        self.on_sleep: list[Any] = []
+
+    def now(self) -> dt.datetime:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.at += dt.timedelta(seconds=seconds)
+        for hook in self.on_sleep:
+            hook(self)
+
+
+def partner_node(state: str = "clean wait", serving: dict[str, Any] | None = None) -> Any:
+    info: dict[str, Any] = {"agent_boot": "boot-a"}
+    if serving is not None:
+        info["burnin_serving"] = serving
+    return SimpleNamespace(id=2, uuid=A_UUID, name="a", provision_state=state, driver_internal_info=info)
+
+
+def serving(until: dt.datetime, address: str = "192.0.2.10", port: int = 5301) -> dict[str, Any]:
+    return {"address": address, "port": port, "until": until.isoformat(), "boot": "boot-a"}
+
+
+def pair(clock: Clock, a: Any) -> tuple[FakeTask, burnin.BurninAgentDeploy]:
+    task = FakeTask(others={"a": a, A_UUID: a})
+    return task, burnin.BurninAgentDeploy(task.settings, now=clock.now, sleep=clock.sleep)
+
+
+async def test_serve_records_the_agents_address_before_the_command_and_the_result_clears_it() -> None:
+    clock = Clock()
+    task = FakeTask()
+    deploy = burnin.BurninAgentDeploy(task.settings, now=clock.now, sleep=clock.sleep)
+    # The agent of the new ramdisk boot looks up after two polls.
+    clock.on_sleep.append(lambda c: setattr(task, "address", "192.0.2.20") if c.sleeps == 2 else None)
+    result = await deploy.execute_step(task, "burnin_network_serve", {"seconds": 120, "port": 5301})  # type: ignore[arg-type]
+    assert result == base.WAIT and task.calls == ["prepare_ramdisk", "power power on"]
+    info = task.node.driver_internal_info
+    assert info["burnin_serving"] == {
+        "address": "192.0.2.20",
+        "port": 5301,
+        "until": (T0 + dt.timedelta(seconds=4 + 120)).isoformat(timespec="seconds"),
+        "boot": info["agent_boot"],
+    }
+    assert info[agent.AGENT_COMMAND]["args"] == {
+        "kind": "network_serve",
+        "seconds": 120,
+        "port": 5301,
+        "bind": "192.0.2.20",
+        "thresholds": {},
+    }
+    # The agent's result: the server side's numbers on the node and its timeline, and the record gone.
+    text = (DATA / "iperf3-3.12-server-loopback.json").read_text()
+    report = {**agent_burnin.parse_iperf3(text), "client": agent_burnin.iperf3_client(text)}
+    served = {"kind": "network_serve", "network_serve": {**report, "bind": "192.0.2.20", "port": 5301}}
+    await burnin.take_result(task, info[agent.AGENT_COMMAND]["args"], served)  # type: ignore[arg-type]
+    kept = task.node.driver_internal_info["burnin"]["network_serve"]
+    assert kept["passed"] and kept["client"] == "127.0.0.1" and kept["received_mbps"] == 22534.4
+    assert "burnin_serving" not in task.node.driver_internal_info
+    assert task.events[-1][1] == (
+        "burn-in network_serve: iperf 3.12 on 192.0.2.20:5301 served 127.0.0.1: 22534.4 Mbit/s received; "
+        "passed"
+    )
+
+
+async def test_serve_fails_when_the_agent_never_looks_up() -> None:
+    clock = Clock()
+    task = FakeTask(Settings(clean_callback_timeout=10))
+    deploy = burnin.BurninAgentDeploy(task.settings, now=clock.now, sleep=clock.sleep)
+    with pytest.raises(DriverError, match="the node's agent did not look up within 10 s"):
+        await deploy.execute_step(task, "burnin_network_serve", {})  # type: ignore[arg-type]
+    assert "burnin_serving" not in task.node.driver_internal_info
+    assert (
+        agent.AGENT_COMMAND not in task.node.driver_internal_info
+        or not task.node.driver_internal_info[agent.AGENT_COMMAND]
+    )
+
+
+async def test_partner_that_serves_after_a_while_becomes_the_server() -> None:
+    clock = Clock()
+    a = partner_node("cleaning")
+    task, deploy = pair(clock, a)
+
+    def a_serves(c: Clock) -> None:
+        if c.sleeps == 3:
+            a.provision_state = "clean wait"
+            a.driver_internal_info = {
+                **a.driver_internal_info,
+                "burnin_serving": serving(c.at + dt.timedelta(seconds=600)),
+            }
+
+    clock.on_sleep.append(a_serves)
+    args = {"partner": A_UUID, "seconds": 5, "min_bandwidth_mbps": 100}
+    assert await deploy.execute_step(task, "burnin_network", args) == base.WAIT  # type: ignore[arg-type]
+    assert clock.sleeps == 3 and task.calls == ["prepare_ramdisk", "power power on"]
+    command = task.node.driver_internal_info[agent.AGENT_COMMAND]["args"]
+    assert command == {
+        "kind": "network",
+        "partner": "a",
+        "seconds": 5,
+        "server": "192.0.2.10",
+        "port": 5301,
+        "thresholds": {"min_bandwidth_mbps": 100.0},
+    }
+    assert any("node a serves on 192.0.2.10:5301" in e[1] for e in task.events)
+
+
+async def test_a_partner_step_overrides_the_settings_default_server() -> None:
+    clock = Clock()
+    a = partner_node(serving=serving(T0 + dt.timedelta(seconds=600), address="2001:db8::a"))
+    task = FakeTask(Settings(burnin={"network": {"server": "10.9.9.9", "seconds": 7}}), others={"a": a})
+    deploy = burnin.BurninAgentDeploy(task.settings, now=clock.now, sleep=clock.sleep)
+    await deploy.execute_step(task, "burnin_network", {"partner": "a"})  # type: ignore[arg-type]
+    command = task.node.driver_internal_info[agent.AGENT_COMMAND]["args"]
+    assert (command["server"], command["seconds"]) == ("2001:db8::a", 7)
+
+
+@pytest.mark.parametrize(
+    ("partner", "text"),
+    [("nosuch", "there is no node nosuch"), ("b", "b is this node itself")],
+)
+async def test_unknown_partner_and_the_node_itself_are_refused_before_the_machine_is_touched(
+    partner: str, text: str
+) -> None:
+    task, deploy = pair(Clock(), partner_node())
+    with pytest.raises(InvalidInput, match=text) as err:
+        await deploy.execute_step(task, "burnin_network", {"partner": partner})  # type: ignore[arg-type]
+    assert err.value.field == "clean_steps burnin_network.args.partner"
+    assert task.calls == []
+
+
+async def test_a_partner_that_never_serves_fails_the_node_after_partner_wait() -> None:
+    clock = Clock()
+    # A record left by an earlier clean that failed is not a live server.
+    stale = partner_node("clean failed", serving=serving(T0 + dt.timedelta(seconds=3600)))
+    task, deploy = pair(clock, stale)
+    with pytest.raises(DriverError) as err:
+        await deploy.execute_step(task, "burnin_network", {"partner": "a", "partner_wait": 30})  # type: ignore[arg-type]
+    assert err.value.message.startswith(
+        "clean_steps burnin_network.args.partner: node a did not serve iperf3 within partner_wait 30 s"
+    )
+    assert clock.at - T0 == dt.timedelta(seconds=30) and clock.sleeps == 15
+    assert not task.node.driver_internal_info.get(agent.AGENT_COMMAND)
+
+
+async def test_a_record_of_another_boot_is_not_the_partners() -> None:
+    clock = Clock()
+    old = partner_node(serving={**serving(T0 + dt.timedelta(seconds=600)), "boot": "boot-before"})
+    task, deploy = pair(clock, old)
+    with pytest.raises(DriverError, match="did not serve iperf3 within partner_wait 4 s"):
+        await deploy.execute_step(task, "burnin_network", {"partner": "a", "partner_wait": 4})  # type: ignore[arg-type]
+
+
+async def test_a_partner_record_too_close_to_its_end_is_expired() -> None:
+    clock = Clock()
+    a = partner_node(serving=serving(T0 + dt.timedelta(seconds=12)))
+    task, deploy = pair(clock, a)
+    with pytest.raises(DriverError, match=r"node a's iperf3 serve record expired .*too late for a 10 s test"):
+        await deploy.execute_step(task, "burnin_network", {"partner": "a", "seconds": 10})  # type: ignore[arg-type]
+    assert clock.sleeps == 0
