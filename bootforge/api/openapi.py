@@ -231,6 +231,10 @@ IMAGE_CREATE: Schema = {
     "properties": {
         "name": {**STRING, "minLength": 1},
         "source": {**STRING, "minLength": 1, "description": "A file in a configured directory, or a URL"},
+        "cpu_arch": {
+            **NULLABLE_STRING,
+            "description": "x86_64 or aarch64; unset: as the image's EFI System Partition shows, else any",
+        },
     },
 }
 

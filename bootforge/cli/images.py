@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from bootforge.cli.client import DEFAULT_URL, Api, UrlOpt, console, err, error_text
+from bootforge.netboot.boot.arch import CPU_ARCHES, cpu_arch
 
 image_app: typer.Typer = typer.Typer(
     help="The OS images deploys write (bootforge's image catalogue).", no_args_is_help=True
@@ -66,7 +67,7 @@ def _chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def upload(api: Api, name: str, path: Path) -> Any:
+def upload(api: Api, name: str, path: Path, cpu_arch: str | None = None) -> Any:
     """PUT the file's bytes to /v1/images/NAME/file, streamed (never read whole into memory)."""
     try:
         size = os.stat(path).st_size
@@ -86,7 +87,7 @@ def upload(api: Api, name: str, path: Path) -> Any:
     try:
         r = api.http.put(
             f"/v1/images/{quote(name, safe='')}/file",
-            params={"filename": path.name},
+            params={"filename": path.name, **({"cpu_arch": cpu_arch} if cpu_arch else {})},
             content=_chunks(path),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
         )
@@ -118,24 +119,49 @@ def image_add(
             "the server reads it there instead of receiving an upload",
         ),
     ] = False,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch",
+            metavar="x86_64|aarch64",
+            help="the CPU architecture the image is for: deploys to nodes whose properties.cpu_arch "
+            "differs are refused. Unset: as the image's EFI System Partition shows (its EFI/BOOT "
+            "loader), else any architecture",
+        ),
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
 ) -> None:
     """Import an image: raw, zstd-compressed raw or qcow2 (found from the file's content, not its name).
 
     The command returns once the image is imported: a qcow2 is converted and a URL downloaded first.
     """
+    if arch is not None:
+        arch = check_arch(arch)
+        if arch is None:
+            raise typer.Exit(2)
     with _api(url) as api:
         # Imports of large images take as long as copying (and converting) them.
         api.http.timeout = httpx.Timeout(30.0, read=None)
         if is_url(source) or on_server:
             body = {"name": name, "source": source_arg(source)}
+            if arch:
+                body["cpu_arch"] = arch
             image = api.call("POST", "/v1/images", body, ok=(201,))
         else:
-            image = upload(api, name, Path(source).expanduser())
+            image = upload(api, name, Path(source).expanduser(), arch)
     console.print(
         f"added image [bold]{image['name']}[/bold] {image['uuid']}: {image['disk_format']}, "
-        f"{_size(image['virtual_size'])} on disk, sha256 {image['sha256']}"
+        f"{_size(image['virtual_size'])} on disk, {image.get('cpu_arch') or 'any architecture'}, "
+        f"sha256 {image['sha256']}"
     )
+
+
+def check_arch(arch: str) -> str | None:
+    """--arch checked here, before a large upload starts (the server checks it again)."""
+    known = cpu_arch(arch)
+    if known is None:
+        err.print(f"[red]--arch {escape(repr(arch))}: use one of {', '.join(CPU_ARCHES)}[/red]")
+    return known.cpu if known else None
 
 
 @image_app.command("list")
@@ -149,6 +175,7 @@ def image_list(url: UrlOpt = DEFAULT_URL) -> None:
         "Format",
         "Size",
         "Virtual size",
+        "Arch",
         "Status",
         "Source",
     )
@@ -159,6 +186,7 @@ def image_list(url: UrlOpt = DEFAULT_URL) -> None:
             i["disk_format"],
             _size(i["size"]),
             _size(i["virtual_size"]),
+            i.get("cpu_arch") or "any",
             i["status"],
             i["source"],
         )

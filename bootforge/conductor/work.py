@@ -239,11 +239,14 @@ async def prepare_agent_deploy(task: NodeTask) -> None:
             "netboot.http",
         )
     info = task.node.instance_info
-    ref = await task.conductor.images.resolve(str(info.get("image_source") or ""), info)
+    node_arch = (task.node.properties or {}).get("cpu_arch")
+    ref = await task.conductor.images.resolve(str(info.get("image_source") or ""), info, node_arch)
     image = ref.agent_args(f"http://{nb.address}:{nb.http_port}")
     drive = build_configdrive(task.node.uuid, task.node.name, info.get("configdrive"))
     task.set_internal(**{DEPLOY_IMAGE: image, DEPLOY_CONFIGDRIVE: drive})
-    await task.record("deploy", f"image {info.get('image_source')} -> {image['url']} ({image['format']})")
+    source = str(info.get("image_source"))
+    variant = f" (variant {ref.name} for {node_arch})" if ref.name.startswith(f"{source}-") else ""
+    await task.record("deploy", f"image {source}{variant} -> {image['url']} ({image['format']})")
 
 
 def _merge_steps(steps: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -284,6 +284,9 @@ class Image(Timestamps, Base):
     # ready | importing | failed (with the reason in `error`)
     status: Mapped[str] = mapped_column(String(16), default="ready")
     error: Mapped[str | None] = mapped_column(Text)
+    # x86_64 or aarch64 (Ironic's names), as the operator said or as found in the image's EFI System
+    # Partition; NULL when neither told it: deployable to a node of any architecture.
+    cpu_arch: Mapped[str | None] = mapped_column(String(16))
 
 
 class SecretKeyRecord(Base):

@@ -7,11 +7,18 @@ which the name rules for operators' images can never produce: the cache is visib
 and emptied with `image delete`. Both kinds of URL go through the same checks (sources.py: allowed
 networks, every redirect hop, size and time limits); host paths only from images.import_dirs; any other
 file arrives as an upload (`upload`, PUT /v1/images/{name}/file).
+
+Each image may have a CPU architecture (`cpu_arch`: x86_64 or aarch64; None = any), given by the
+operator or found in the image's EFI System Partition (arch.py). A deploy to a node whose
+properties.cpu_arch is known refuses an image of another architecture, and a name without an image
+of the node's architecture resolves to the variant NAME-<cpu_arch> when there is one ("debian-12"
+-> "debian-12-aarch64" for an aarch64 node): one instance_info for a mixed fleet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
 import threading
@@ -31,6 +38,8 @@ from bootforge.db.queries import is_uuid
 from bootforge.errors import Conflict, InvalidInput, NotFound
 from bootforge.images.formats import RAW, ZSTD
 from bootforge.images.store import CHUNK, ImageStore, Stored, Upload, is_url, redact_url
+from bootforge.netboot.boot.arch import CPU_ARCHES
+from bootforge.netboot.boot.arch import cpu_arch as known_cpu_arch
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 CACHE_PREFIX = "url:"
@@ -55,6 +64,7 @@ class ImageRef:
     virtual_size: int
     checksum_algo: str
     checksum: str
+    name: str = ""  # the catalogue image's name (a variant's, when the node's architecture chose one)
 
     def agent_args(self, http_base: str) -> dict[str, Any]:
         return {
@@ -84,6 +94,30 @@ def check_name(name: Any) -> str:
             "name",
         )
     return name
+
+
+def check_cpu_arch(value: Any, field: str = "cpu_arch") -> str | None:
+    """An image's architecture as the operator gave it: Ironic's name (or Debian's, which is stored as
+    Ironic's); empty or None is "any architecture"."""
+    if value is None or value == "":
+        return None
+    arch = known_cpu_arch(value) if isinstance(value, str) else None
+    if arch is None:
+        raise InvalidInput(
+            f"{field} {value!r} is not a CPU architecture bootforge knows: use one of "
+            f"{', '.join(CPU_ARCHES)} (or leave it unset: any architecture)",
+            field,
+        )
+    return arch.cpu
+
+
+def node_cpu_arch(value: Any) -> str | None:
+    """A node's properties.cpu_arch for comparison with an image's: aliases made Ironic's name; an
+    architecture bootforge has no images for is kept as written (it matches no x86_64/aarch64 image)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    arch = known_cpu_arch(value)
+    return arch.cpu if arch is not None else value.strip().lower()
 
 
 def check_source(source: Any) -> str:
@@ -154,14 +188,19 @@ class ImageCatalogue:
 
     # --- the operator's catalogue -------------------------------------------------------------------
 
-    async def add(self, name: str, source: str) -> Image:
-        """Import `source` (a file on this host or an http(s) URL) as `name`; returns the ready row."""
-        return await self._import(check_name(name), check_source(source))
+    async def add(self, name: str, source: str, cpu_arch: str | None = None) -> Image:
+        """Import `source` (a file on this host or an http(s) URL) as `name`; returns the ready row.
+        `cpu_arch` (None: as found in the image, else any) is the image's architecture."""
+        arch = check_cpu_arch(cpu_arch)
+        return await self._import(check_name(name), check_source(source), cpu_arch=arch)
 
-    async def upload(self, name: str, chunks: AsyncIterator[bytes], filename: str = "") -> Image:
+    async def upload(
+        self, name: str, chunks: AsyncIterator[bytes], filename: str = "", cpu_arch: str | None = None
+    ) -> Image:
         """Import the bytes of an upload as `name`, written to disk as they arrive (1 MiB at a time in a
         thread); returns the ready row. What is no image is refused from its first 4 KiB."""
         check_name(name)
+        arch = check_cpu_arch(cpu_arch)
         upload: Upload | None = None
 
         async def receive(stop: threading.Event, image_uuid: str) -> Stored:
@@ -178,7 +217,7 @@ class ImageCatalogue:
             return await asyncio.to_thread(self.store.import_upload, image_uuid, upload, stop)
 
         try:
-            return await self._run(name, upload_source(filename), receive)
+            return await self._run(name, upload_source(filename), receive, cpu_arch=arch)
         finally:
             if upload is not None:
                 upload.close()
@@ -206,7 +245,9 @@ class ImageCatalogue:
 
     # --- deploys ------------------------------------------------------------------------------------
 
-    async def resolve(self, image_source: str, instance_info: dict[str, Any]) -> ImageRef:
+    async def resolve(
+        self, image_source: str, instance_info: dict[str, Any], node_arch: Any = None
+    ) -> ImageRef:
         """The file to stream for a deploy of `image_source` (catalogue name or UUID, or an http(s) URL).
 
         A digest in instance_info is checked against the ORIGINAL image. Images are served as sparse
@@ -215,17 +256,31 @@ class ImageCatalogue:
         before sparse streams, served as the original's bytes (raw, zstd), is a mismatch left to the
         agent, which checks the stream on the fly and fails the deploy naming both digests, before the
         disk's first MiB is written.
+
+        `node_arch` is the node's properties.cpu_arch: an image of another architecture is refused, and
+        a name is resolved to its variant for that architecture (see the module's docstring).
         """
         expected = expected_digest(instance_info)
         if not isinstance(image_source, str) or not image_source:
             raise InvalidInput("instance_info.image_source is required", SOURCE_FIELD)
+        arch = node_cpu_arch(node_arch)
         if is_url(image_source):
             image = await self._cached(image_source, expected)
         else:
-            image = await self._named(image_source)
-        return ref_for(image, expected, redact_url(image_source) if is_url(image_source) else image_source)
+            image = await self._named(image_source, arch)
+        shown = redact_url(image_source) if is_url(image_source) else image_source
+        if arch is not None and image.cpu_arch is not None and image.cpu_arch != arch:
+            raise InvalidInput(
+                f"image {shown} is built for {image.cpu_arch} but the node's properties.cpu_arch is "
+                f"{arch}: give an {arch} image (or one without an architecture)",
+                SOURCE_FIELD,
+            )
+        return ref_for(image, expected, shown)
 
-    async def _named(self, ident: str) -> Image:
+    async def _named(self, ident: str, arch: str | None = None) -> Image:
+        variant = await self._variant(ident, arch)
+        if variant is not None:
+            return variant
         try:
             image = await self.get(ident)
         except NotFound:
@@ -237,6 +292,23 @@ class ImageCatalogue:
         if image.status != READY:
             raise InvalidInput(f"image {ident} is not ready (it is {image.status})", SOURCE_FIELD)
         return image
+
+    async def _variant(self, ident: str, arch: str | None) -> Image | None:
+        """NAME-<arch>, when the node's architecture is known and NAME itself is not an image for it
+        (missing, or of another architecture). A UUID names one image: it has no variants."""
+        if arch is None or is_uuid(ident):
+            return None
+        async with self.db.read() as s:
+            rows = {
+                i.name: i
+                for i in await s.scalars(select(Image).where(Image.name.in_([ident, f"{ident}-{arch}"])))
+            }
+        exact, variant = rows.get(ident), rows.get(f"{ident}-{arch}")
+        if exact is not None and exact.cpu_arch in (None, arch):
+            return None
+        if variant is None or variant.status != READY or variant.cpu_arch not in (None, arch):
+            return None
+        return variant
 
     async def _cached(self, url: str, expected: Expected | None) -> Image:
         """The URL's image, imported on first use; again when the digest asked for is not the one cached
@@ -257,11 +329,14 @@ class ImageCatalogue:
 
     # --- importing ----------------------------------------------------------------------------------
 
-    async def _import(self, name: str, source: str, field: str = "source") -> Image:
+    async def _import(
+        self, name: str, source: str, field: str = "source", cpu_arch: str | None = None
+    ) -> Image:
         async def fill(stop: threading.Event, image_uuid: str) -> Stored:
             return await asyncio.to_thread(self.store.import_image, image_uuid, source, stop)
 
-        return await self._run(name, redact_url(source) if is_url(source) else source, fill, field)
+        shown = redact_url(source) if is_url(source) else source
+        return await self._run(name, shown, fill, field, cpu_arch)
 
     async def _run(
         self,
@@ -269,6 +344,7 @@ class ImageCatalogue:
         shown: str,
         fill: Callable[[threading.Event, str], Awaitable[Stored]],
         field: str = "source",
+        cpu_arch: str | None = None,
     ) -> Image:
         row = _importing_row(name, shown)
         async with self.db.write() as s:
@@ -280,6 +356,16 @@ class ImageCatalogue:
         stop = threading.Event()
         try:
             stored = await fill(stop, row.uuid)
+            if cpu_arch is not None:
+                if stored.cpu_arch not in (None, cpu_arch):
+                    # The loader found decides what the machine boots: an image labelled otherwise
+                    # would be refused by the nodes it runs on and sent to the ones it cannot.
+                    raise InvalidInput(
+                        f"cpu_arch {cpu_arch} was given, but the image boots {stored.cpu_arch} "
+                        "(its EFI System Partition's EFI/BOOT loader is for that architecture)",
+                        "cpu_arch",
+                    )
+                stored = dataclasses.replace(stored, cpu_arch=cpu_arch)
             return await self._ready(row, stored)
         except BaseException as exc:
             # Cancelled or failed: the thread stops at its next chunk and removes its work files.
@@ -368,6 +454,7 @@ def ref_for(image: Image, expected: Expected | None, shown: str) -> ImageRef:
         virtual_size=image.virtual_size,
         checksum_algo=algo,
         checksum=checksum,
+        name=image.name,
     )
 
 
@@ -376,9 +463,11 @@ __all__ = [
     "ImageCatalogue",
     "ImageRef",
     "cache_name",
+    "check_cpu_arch",
     "check_name",
     "check_source",
     "expected_digest",
+    "node_cpu_arch",
     "ref_for",
     "upload_source",
 ]

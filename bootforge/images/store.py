@@ -31,6 +31,7 @@ import zstandard
 
 from bootforge.config import ImageSettings
 from bootforge.errors import BootforgeError
+from bootforge.images.arch import detect_cpu_arch
 from bootforge.images.formats import (
     HEAD_SIZE,
     QCOW2,
@@ -72,6 +73,8 @@ class Stored:
     stream_size: int
     stream_sha256: str
     stream_sha512: str
+    # What the image's EFI System Partition says (arch.py); None when it does not say reliably.
+    cpu_arch: str | None = None
 
 
 def is_url(source: str) -> bool:
@@ -208,6 +211,7 @@ class ImageStore:
         stream_format = SIMG if fmt == RAW else SIMG_ZSTD
         served = self.partial / f"{image_uuid}.stream"
         stream = write_simg(raw, served, stop, compress=stream_format == SIMG_ZSTD)
+        found = detect_cpu_arch(raw)
         rel = self._publish(served, image_uuid, stream_format, stop)
         return Stored(
             disk_format=fmt,
@@ -220,6 +224,7 @@ class ImageStore:
             stream_size=stream.size,
             stream_sha256=stream.sha256,
             stream_sha512=stream.sha512,
+            cpu_arch=found.cpu_arch if found else None,
         )
 
     def _raw(self, image_uuid: str, work: Path, fmt: str, stop: threading.Event) -> Path:

@@ -6,6 +6,8 @@ in a thread so the API keeps answering meanwhile.
 POST takes an http(s) URL or a path inside images.import_dirs on the bootforge host; any other file is
 uploaded with PUT /v1/images/{name}/file (what `bootforge image add NAME FILE` does), its body written
 to disk as it arrives, bounded by api_limits.max_image_upload_bytes and images.upload_idle_timeout.
+Either takes the image's `cpu_arch` (x86_64, aarch64; in the body, or as a query parameter of the PUT);
+without it the architecture is what the image's EFI System Partition shows, or none (any).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from bootforge.api.deps import ctx, json_body
 from bootforge.api.responses import JSON
 from bootforge.db.models import Image
 from bootforge.errors import BootforgeError, InvalidInput
-from bootforge.images.catalogue import ImageCatalogue
+from bootforge.images.catalogue import ImageCatalogue, check_cpu_arch
 
 router = APIRouter()
 
@@ -37,6 +39,7 @@ FIELDS = (
     "sha512",
     "stream_format",
     "stream_size",
+    "cpu_arch",
     "status",
     "created_at",
 )
@@ -58,13 +61,14 @@ def image_doc(image: Image, base: str) -> dict[str, Any]:
 @router.post("/v1/images", status_code=201, openapi_extra=openapi.body(openapi.IMAGE_CREATE))
 async def create_image(request: Request) -> JSON:
     body = await json_body(request)
-    unknown = sorted(set(body) - {"name", "source"})
+    unknown = sorted(set(body) - {"name", "source", "cpu_arch"})
     if unknown:
         raise InvalidInput(f"Unknown attribute for argument image: {', '.join(unknown)}", unknown[0])
     for field in ("name", "source"):
         if not body.get(field):
             raise InvalidInput(f"Mandatory field missing: '{field}'", field)
-    image = await catalogue(request).add(body["name"], body["source"])
+    arch = check_cpu_arch(body.get("cpu_arch"))
+    image = await catalogue(request).add(body["name"], body["source"], arch)
     base = ctx(request).base
     return JSON(
         image_doc(image, base), status_code=201, headers={"Location": f"{base}/v1/images/{image.uuid}"}
@@ -80,7 +84,10 @@ UPLOAD_OPENAPI: dict[str, Any] = {
         "required": True,
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
-    "parameters": [openapi.query_param("filename", "The uploaded file's name, shown as the source")],
+    "parameters": [
+        openapi.query_param("filename", "The uploaded file's name, shown as the source"),
+        openapi.query_param("cpu_arch", "The image's CPU architecture: x86_64 or aarch64 (unset: as found)"),
+    ],
 }
 
 
@@ -88,7 +95,9 @@ UPLOAD_OPENAPI: dict[str, Any] = {
 async def upload_image(request: Request, name: str) -> JSON:
     c = ctx(request)
     idle = c.services.settings.images.upload_idle_timeout
-    image = await catalogue(request).upload(name, _body(request, idle), c.params.get("filename", ""))
+    # Checked before the body is read: a bad value fails at once, not after gigabytes.
+    arch = check_cpu_arch(c.params.get("cpu_arch"))
+    image = await catalogue(request).upload(name, _body(request, idle), c.params.get("filename", ""), arch)
     return JSON(
         image_doc(image, c.base), status_code=201, headers={"Location": f"{c.base}/v1/images/{image.uuid}"}
     )
