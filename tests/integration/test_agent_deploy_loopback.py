@@ -95,9 +95,9 @@ class Machine:
     restarts with the boot token from the boot script bootforge's HTTP boot server hands out for its
     MAC, as a machine rebooting into the ramdisk gets it from its kernel command line."""
 
-    def __init__(self, bf: Served, node: str, disk: Path, log: Path) -> None:
-        self.bf, self.node, self.disk, self.log = bf, node, disk, log
-        self.script_url = f"http://127.0.0.1:{bf.env['BOOTFORGE_NETBOOT__HTTP_PORT']}/boot/ipxe?mac={MAC}"
+    def __init__(self, bf: Served, node: str, disk: Path, log: Path, mac: str = MAC) -> None:
+        self.bf, self.node, self.disk, self.log, self.mac = bf, node, disk, log, mac
+        self.script_url = f"http://127.0.0.1:{bf.env['BOOTFORGE_NETBOOT__HTTP_PORT']}/boot/ipxe?mac={mac}"
         self.agent: subprocess.Popen[bytes] | None = None
         self.boots: list[str] = []
         self.stop = threading.Event()
@@ -126,7 +126,7 @@ class Machine:
                 self._halt()
                 self.boots.append(boot)
                 argv = [sys.executable, "-m", "bootforge.agent", "--api", self.bf.url, "--node", self.node]
-                argv += ["--mac", MAC, "--boot-token", want, "--disk", str(self.disk)]
+                argv += ["--mac", self.mac, "--boot-token", want, "--disk", str(self.disk)]
                 with open(self.log, "ab") as out:
                     self.agent = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 

@@ -1,7 +1,8 @@
 """Burn-in on loopback, no VM: a real `bootforge serve`, the real agent process running Debian's
 stress-ng, memtester, fio (on a disk file) and iperf3 (against an iperf3 server this test starts on
 127.0.0.1), driven through the API with manual cleaning: every step's numbers on the node and its
-timeline; then a threshold the disk cannot meet fails the node with the numbers in last_error.
+timeline; then a threshold the disk cannot meet fails the node with the numbers in last_error. A second
+test pairs two nodes' agents: one serves iperf3 (burnin_network_serve), the other measures against it.
 
 The node is fake-hardware with the agent's interfaces (tests/integration/test_agent_deploy_loopback.py
 says how its "machine" restarts the agent at every ramdisk boot); the same steps run in the ramdisk
@@ -122,3 +123,68 @@ def test_manual_burn_in_keeps_the_numbers_and_a_missed_threshold_fails_the_node(
             server.terminate()
             server.wait(10)
         print(agent_log.read_text()[-3000:] if agent_log.exists() else "no agent log")
+
+
+def test_network_burn_in_between_two_nodes_agents(bf: Served, tmp_path: Path) -> None:
+    """Node A's agent serves iperf3 (burnin_network_serve), node B's measures against it (partner: A):
+    two manual cleans started together, two real agent processes on 127.0.0.1, Debian's iperf3 on both
+    sides, no server the test runs itself."""
+    if shutil.which("iperf3") is None:
+        pytest.skip("needs iperf3 (Debian package iperf3)")
+    port = free_port()
+    nodes: dict[str, str] = {}
+    machines = []
+    with api(bf) as c:
+        for name, mac in (("pair-a", "52:54:00:12:34:a1"), ("pair-b", "52:54:00:12:34:b2")):
+            body = {"driver": "fake-hardware", "name": name, "boot_interface": "pxe",
+                    "deploy_interface": "direct", "inspect_interface": "agent"}  # fmt: skip
+            nodes[name] = c.post("/v1/nodes", json=body).json()["uuid"]
+            assert c.post("/v1/ports", json={"node_uuid": nodes[name], "address": mac}).status_code == 201
+            verb(c, nodes[name], "manage")
+            disk = tmp_path / f"{name}.img"
+            with open(disk, "wb") as f:
+                f.truncate(16 * MiB)
+            machines.append(Machine(bf, nodes[name], disk, tmp_path / f"{name}.log", mac=mac))
+        for name in nodes:
+            wait_state(c, nodes[name], "manageable")
+        serve = {
+            "interface": "deploy",
+            "step": "burnin_network_serve",
+            "args": {"seconds": 120, "port": port},
+        }
+        measure = {
+            "interface": "deploy",
+            "step": "burnin_network",
+            "args": {"partner": "pair-a", "partner_wait": 120, "seconds": 2, "min_bandwidth_mbps": 1},
+        }
+        try:
+            for m in machines:
+                m.__enter__()
+            # B first: its conductor waits for A's record, as when an operator starts both at once.
+            verb(c, nodes["pair-b"], "clean", clean_steps=[measure])
+            verb(c, nodes["pair-a"], "clean", clean_steps=[serve])
+            b = wait_state(c, nodes["pair-b"], "manageable", 240)
+            a = wait_state(c, nodes["pair-a"], "manageable", 240)
+        finally:
+            for m in machines:
+                m.__exit__(None, None, None)
+            for name in nodes:
+                text = (
+                    (tmp_path / f"{name}.log").read_text()[-2000:]
+                    if (tmp_path / f"{name}.log").exists()
+                    else ""
+                )
+                print(f"--- agent {name}\n{text}")
+        client = b["driver_internal_info"]["burnin"]["network"]
+        assert client["passed"] and client["server"] == "127.0.0.1" and client["received_mbps"] > 1, client
+        served = a["driver_internal_info"]["burnin"]["network_serve"]
+        assert served["passed"] and served["client"] == "127.0.0.1" and served["port"] == port, served
+        assert served["received_mbps"] > 1 and served["address"] == "127.0.0.1"
+        assert "burnin_serving" not in a["driver_internal_info"]  # the record went with the step
+        history_b = [e["event"] for e in c.get(f"/v1/nodes/{nodes['pair-b']}/history").json()["history"]]
+        assert any(f"node pair-a serves on 127.0.0.1:{port}" in e for e in history_b), history_b
+        history_a = [e["event"] for e in c.get(f"/v1/nodes/{nodes['pair-a']}/history").json()["history"]]
+        assert any(e.startswith("burn-in network_serve: ") and "served 127.0.0.1" in e for e in history_a)
+        print(
+            f"pair: B received {client['received_mbps']} Mbit/s, A received {served['received_mbps']} Mbit/s"
+        )
