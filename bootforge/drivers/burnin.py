@@ -122,11 +122,15 @@ class BurninAgentDeploy(agent.AgentDeploy):
             "until": until.isoformat(timespec="seconds"),
             "boot": task.node.driver_internal_info.get(agent.AGENT_BOOT),
         }
-        # Saved with the command (one save): the agent cannot get the command before the record exists.
-        task.set_internal(**{SERVING: serving})
         command = {"kind": SERVE, "seconds": seconds, "port": port, "bind": address, "thresholds": {}}
         what = f"serve iperf3 on {_hostport(address, port)} for one client, until {serving['until']}"
-        return await agent.send_command(task, COMMAND, command, what)
+        result = await agent.send_command(task, COMMAND, command, what)
+        # Saved with the command (one save), so the agent cannot get it before the record exists. The
+        # record names the command: once the conductor takes its outcome (the command is cleared,
+        # whether it succeeded or failed) the record is dead even where it was not removed.
+        serving["command"] = task.node.driver_internal_info[agent.AGENT_COMMAND]["id"]
+        task.set_internal(**{SERVING: serving})
+        return result
 
     async def _burnin(self, task: base.Task, kind: str, given: dict[str, Any]) -> base.StepResult:
         defaults = self.settings.burnin.defaults(kind)
@@ -222,13 +226,16 @@ class BurninAgentDeploy(agent.AgentDeploy):
 
 def serving_record(node: Node) -> tuple[str, int, dt.datetime] | None:
     """(address, port, until) where the node's agent serves iperf3 now, or None: the record must be of
-    the node's current ramdisk boot, in a state that serves, and well formed (it is the conductor's
-    own, but a node row may be edited by hand)."""
+    the node's current ramdisk boot and its current command, in a state that serves, and well formed
+    (it is the conductor's own, but a node row may be edited by hand)."""
     info = node.driver_internal_info or {}
     record = info.get(SERVING)
     if node.provision_state not in SERVING_STATES or not isinstance(record, dict):
         return None
     if not record.get("boot") or record.get("boot") != info.get(agent.AGENT_BOOT):
+        return None
+    command = info.get(agent.AGENT_COMMAND)
+    if not isinstance(command, dict) or not record.get("command") or command.get("id") != record["command"]:
         return None
     try:
         address = str(ipaddress.ip_address(str(record.get("address"))))

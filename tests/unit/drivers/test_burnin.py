@@ -295,14 +295,20 @@ class Clock:
 
 
 def partner_node(state: str = "clean wait", serving: dict[str, Any] | None = None) -> Any:
-    info: dict[str, Any] = {"agent_boot": "boot-a"}
+    info: dict[str, Any] = {"agent_boot": "boot-a", agent.AGENT_COMMAND: {"id": "serve-1", "name": "burnin"}}
     if serving is not None:
         info["burnin_serving"] = serving
     return SimpleNamespace(id=2, uuid=A_UUID, name="a", provision_state=state, driver_internal_info=info)
 
 
 def serving(until: dt.datetime, address: str = "192.0.2.10", port: int = 5301) -> dict[str, Any]:
-    return {"address": address, "port": port, "until": until.isoformat(), "boot": "boot-a"}
+    return {
+        "address": address,
+        "port": port,
+        "until": until.isoformat(),
+        "boot": "boot-a",
+        "command": "serve-1",
+    }
 
 
 def pair(clock: Clock, a: Any) -> tuple[FakeTask, burnin.BurninAgentDeploy]:
@@ -324,6 +330,7 @@ async def test_serve_records_the_agents_address_before_the_command_and_the_resul
         "port": 5301,
         "until": (T0 + dt.timedelta(seconds=4 + 120)).isoformat(timespec="seconds"),
         "boot": info["agent_boot"],
+        "command": info[agent.AGENT_COMMAND]["id"],
     }
     assert info[agent.AGENT_COMMAND]["args"] == {
         "kind": "network_serve",
@@ -426,9 +433,10 @@ async def test_a_partner_that_never_serves_fails_the_node_after_partner_wait() -
     assert not task.node.driver_internal_info.get(agent.AGENT_COMMAND)
 
 
-async def test_a_record_of_another_boot_is_not_the_partners() -> None:
+@pytest.mark.parametrize("stale", [{"boot": "boot-before"}, {"command": "serve-0"}])
+async def test_a_record_of_another_boot_or_command_is_not_the_partners(stale: dict[str, str]) -> None:
     clock = Clock()
-    old = partner_node(serving={**serving(T0 + dt.timedelta(seconds=600)), "boot": "boot-before"})
+    old = partner_node(serving={**serving(T0 + dt.timedelta(seconds=600)), **stale})
     task, deploy = pair(clock, old)
     with pytest.raises(DriverError, match="did not serve iperf3 within partner_wait 4 s"):
         await deploy.execute_step(task, "burnin_network", {"partner": "a", "partner_wait": 4})  # type: ignore[arg-type]
