@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -225,9 +227,6 @@ def test_real_iperf3_pair_server_and_client_on_loopback() -> None:
     """The serve runner and the client runner against each other, as two agents run them."""
     if shutil.which("iperf3") is None:
         pytest.skip("needs iperf3 (Debian package iperf3)")
-    import socket
-    import threading
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
