@@ -271,8 +271,8 @@ class ImageCatalogue:
         shown = redact_url(image_source) if is_url(image_source) else image_source
         if arch is not None and image.cpu_arch is not None and image.cpu_arch != arch:
             raise InvalidInput(
-                f"image {shown} is built for {image.cpu_arch} but the node's properties.cpu_arch is "
-                f"{arch}: give an {arch} image (or one without an architecture)",
+                f"{SOURCE_FIELD} {shown} is an image for {image.cpu_arch}, but the node's "
+                f"properties.cpu_arch is {arch}: give an {arch} image (or one of no architecture)",
                 SOURCE_FIELD,
             )
         return ref_for(image, expected, shown)
