@@ -50,7 +50,7 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the API and the conductor in one process (SQLite in the state directory by default)."""
+    """Run the API, conductor and netboot in one process, or one role per process with --role."""
     from bootforge.cli.serve import serve as run
     from bootforge.config import Settings
 
