@@ -11,12 +11,10 @@ the other VMs sharing the CPU. Run it as root, under the lab lock when other lab
 `flock /tmp/bootforge-lab.lock .venv/bin/python bench/firmware_matrix.py`.
 
 What "reached" means per mode:
-- IPv4 (bootforge's DHCP; proxy beside the lab's site dnsmasq): the deploy ramdisk's agent looked up
-  (the `inspect` verb powers the VM on; both moments are the node's timeline events, so the time is
-  the conductor's power-on -> lookup).
-- IPv6 (bootforge's DHCPv6; proxy beside Kea): the agent ramdisk configures its network by DHCPv4
-  only (udhcpc), so these cases boot the lab's probe ramdisk, whose HTTP call to the API over IPv6
-  is the mark (console line); the time is the API power-on call -> that line.
+- In every mode (bootforge's DHCP; proxy beside the lab's site dnsmasq; bootforge's DHCPv6; proxy
+  beside Kea) the deploy ramdisk's agent looked up (the `inspect` verb powers the VM on; both moments
+  are the node's timeline events, so the time is the conductor's power-on -> lookup). Over IPv6 the
+  ramdisk takes a SLAAC address when its API URL is IPv6, and looks up from it.
 Cases the firmware or the lab cannot do are listed with the reason, never dropped.
 """
 
@@ -26,7 +24,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -39,11 +36,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from support.lab import LabHandle, console_offset  # noqa: E402 (found through the path above)
+from support.lab import LabHandle  # noqa: E402 (found through the path above)
 
 from bootforge.drivers import qemu_machine as vm  # noqa: E402
 from bootforge.lab.lab import Lab, LabError, VmRecord  # noqa: E402
-from bootforge.lab.ramdisk import API_MARKER, FAIL_MARKER  # noqa: E402
 
 # A DHCP mode: (bootforge's dhcp setting, IPv6?).
 Mode = tuple[str, bool]
@@ -65,7 +61,7 @@ _PROXY_SIGNED_GRUB = (
     "signed GRUB 2.06 takes its TFTP server from the site DHCP's ACK, not bootforge's proxy offer: "
     "it stops at grub> with no config (seen in this lab; not fixed)"
 )
-_NO_V6_AGENT = "the agent ramdisk configures its network by DHCPv4 only (udhcpc); arm64 has no probe ramdisk"
+_NO_V6_ARM64 = "arm64 boots the signed shim -> GRUB chain, which bootforge offers over DHCPv4 only"
 _NO_V6_SHIM = "bootforge offers the signed chain (shim) over DHCPv4 only; lab up --ipv6 refuses uefi-sb"
 _NO_V6_ROM = "not in #12's matrix: QEMU's iPXE ROM over IPv6 was not tried here"
 _NO_ARM64_HTTP = "the lab has no AAVMF HTTP-boot VM (arm64 boots shim -> GRUB over TFTP; no arm64 iPXE)"
@@ -90,7 +86,7 @@ FIRMWARES = [
         {("proxy", False): _PROXY_SIGNED_GRUB} | dict.fromkeys(V6, _NO_V6_SHIM),
     ),
     Firmware(
-        "AAVMF arm64 PXE", "arm64", {("proxy", False): _PROXY_SIGNED_GRUB} | dict.fromkeys(V6, _NO_V6_AGENT)
+        "AAVMF arm64 PXE", "arm64", {("proxy", False): _PROXY_SIGNED_GRUB} | dict.fromkeys(V6, _NO_V6_ARM64)
     ),
     Firmware("AAVMF arm64 HTTP boot", None, dict.fromkeys(MODES, _NO_ARM64_HTTP)),
 ]
@@ -102,7 +98,7 @@ class Result:
     mode: str
     status: str  # "reached", "failed", "skipped"
     seconds: float | None = None
-    reached: str = ""  # what was reached: the agent's lookup, or the API (probe ramdisk)
+    reached: str = ""  # what was reached: the agent's lookup
     detail: str = ""  # a skip's reason, a failure's last events
 
 
@@ -161,48 +157,24 @@ def boot_all(
     by_name = {rec.name: fw for rec, fw in zip(recs, firmwares, strict=True)}
     results: dict[str, Result] = {}
     started: dict[str, float] = {}
-    offsets: dict[str, int] = {}
-    ipv6 = mode[1]
-    if ipv6:
-        # The probe ramdisk: the node is put into "inspect wait" (test-only, see tests/support/lab.py)
-        # and powered on through the API; its ramdisk's HTTP call to the API prints the mark.
-        h.serve_ramdisk(*recs)
-        for rec in recs:
-            offsets[rec.name] = console_offset(rec)
-            started[rec.name] = time.monotonic()
-            h.power(rec, "power on")
-    else:
-        for rec in recs:  # the inspect verb powers each on; its timeline says when
-            started[rec.name] = time.monotonic()
-            h.verb(rec, "inspect")
+    for rec in recs:  # the inspect verb powers each on; its timeline says when
+        started[rec.name] = time.monotonic()
+        h.verb(rec, "inspect")
     say(f"{label}: {len(recs)} VMs powered on at once: {', '.join(fw.label for fw in firmwares)}")
     deadline = time.monotonic() + timeout
-    pattern = re.compile(f"{re.escape(API_MARKER)}|{re.escape(FAIL_MARKER)}")
     while len(results) < len(recs):
         for rec in recs:
             if rec.name in results:
                 continue
             fw = by_name[rec.name]
-            if ipv6:
-                text = rec.console.read_bytes()[offsets[rec.name] :].decode(errors="replace")
-                found = pattern.search(text)
-                if found and API_MARKER in found.group(0):
-                    took = time.monotonic() - started[rec.name]
-                    results[rec.name] = Result(
-                        fw.label, label, "reached", round(took, 1), "API (probe ramdisk)"
-                    )
-                elif found:
-                    line = text[found.start() :].splitlines()[0]
-                    results[rec.name] = Result(fw.label, label, "failed", detail=line)
-            else:
-                events = h.history(rec)
-                lookups = [e for e in events if e["event"].startswith("agent looked up from ")]
-                power_on = [e for e in events if "network-booting the bootforge ramdisk" in e["event"]]
-                if lookups and power_on:
-                    took = (_when(lookups[0]) - _when(power_on[0])).total_seconds()
-                    results[rec.name] = Result(fw.label, label, "reached", round(took, 1), "agent lookup")
-                elif h.node(rec)["provision_state"].endswith("failed"):
-                    results[rec.name] = Result(fw.label, label, "failed", detail=_last_events(h, rec))
+            events = h.history(rec)
+            lookups = [e for e in events if e["event"].startswith("agent looked up from ")]
+            power_on = [e for e in events if "network-booting the bootforge ramdisk" in e["event"]]
+            if lookups and power_on:
+                took = (_when(lookups[0]) - _when(power_on[0])).total_seconds()
+                results[rec.name] = Result(fw.label, label, "reached", round(took, 1), "agent lookup")
+            elif h.node(rec)["provision_state"].endswith("failed"):
+                results[rec.name] = Result(fw.label, label, "failed", detail=_last_events(h, rec))
             if rec.name in results:
                 r = results[rec.name]
                 say(
@@ -226,14 +198,20 @@ def boot_all(
     return [results[rec.name] for rec in recs]
 
 
+# A test's look at each case that got there, before the lab goes down (its timeline, its leases).
+Check = Callable[[LabHandle, VmRecord, Firmware], None]
+
+
 def run_mode(
     root: Path,
     mode: Mode,
     firmwares: list[Firmware],
     timeout: float = CASE_TIMEOUT,
     say: Callable[[str], None] = print,
+    check: Check | None = None,
 ) -> list[Result]:
-    """One lab for `mode` with one VM per firmware, all powered on at once; the lab always goes down."""
+    """One lab for `mode` with one VM per firmware, all powered on at once; the lab always goes down.
+    `check` is called for every case that reached bootforge, while the lab is still up."""
     dhcp, ipv6 = mode
     firmware = ",".join(str(fw.lab) for fw in firmwares)
     directory = Path(tempfile.mkdtemp(prefix=f"matrix-{dhcp}{'6' if ipv6 else '4'}-", dir=root))
@@ -245,12 +223,18 @@ def run_mode(
         dhcp,
         start=False,
         say=lambda m: say(f"  lab: {m}"),
-        ramdisk="probe" if ipv6 else "agent",
+        ramdisk="agent",
         ipv6=ipv6,
     )
     try:
         with lab.client() as api:
-            return boot_all(LabHandle(lab, api), mode, firmwares, timeout, say)
+            h = LabHandle(lab, api)
+            results = boot_all(h, mode, firmwares, timeout, say)
+            if check is not None:
+                for rec, fw, r in zip(h.vms, firmwares, results, strict=True):
+                    if r.status == "reached":
+                        check(h, rec, fw)
+            return results
     finally:
         lab.down()
         shutil.rmtree(directory, ignore_errors=True)
@@ -262,7 +246,7 @@ def table(results: list[Result]) -> str:
     cells: dict[tuple[str, str], str] = {}
     for r in results:
         if r.status == "reached":
-            cell = f"{r.seconds:.1f} s" + ("" if r.reached == "agent lookup" else " (probe)")
+            cell = f"{r.seconds:.1f} s"
         elif r.status == "skipped":
             if r.detail not in notes:
                 notes.append(r.detail)
