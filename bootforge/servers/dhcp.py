@@ -36,6 +36,7 @@ from bootforge.netboot.dhcp import (
     Outcome,
     Reservations,
 )
+from bootforge.servers.group_commit import GroupCommit
 
 __all__ = ["DhcpServer", "read_interface"]
 
@@ -100,10 +101,7 @@ class DhcpServer:
         self.shell_drops: Counter[str] = Counter()
         self.commits = 0
         self._sockets: list[socket.socket] = []
-        self._pending: list[tuple[socket.socket, Outcome]] = []
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._committer: asyncio.Task[None] | None = None
+        self._batches: GroupCommit[tuple[socket.socket, Outcome]] = GroupCommit(self._commit, "dhcp-commit")
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -130,7 +128,7 @@ class DhcpServer:
             await self.close()
             raise
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="dhcp-sweep")
-        self._committer = asyncio.create_task(self._commit_loop(), name="dhcp-commit")
+        self._batches.start()
         log.info("dhcp %s serving %s", self.config.mode.value, list(self.interfaces.values()))
 
     def _open(self, name: str, port: int) -> socket.socket:
@@ -150,11 +148,8 @@ class DhcpServer:
             self._sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._committer is not None:
-            # Drain: queued ACKs are still written and sent before the sockets close.
-            self._closing = True
-            self._wake.set()
-            await self._committer
+        # Drain: queued ACKs are still written and sent before the sockets close.
+        await self._batches.close()
         # A store with a thread or connection of its own (conductor.netboot.DbLeaseStore on SQLite)
         # releases it once nothing more will be committed.
         release = getattr(self._store, "close", None)
@@ -187,12 +182,12 @@ class DhcpServer:
                 self.shell_drops["internal_error"] += 1
                 continue
             self._dispatch(sock, outcome)
-        self._kick()
+        self._batches.kick()
 
     def _dispatch(self, sock: socket.socket, outcome: Outcome) -> None:
         if outcome.records:
             # Replies wait for the write when `hold` is set; RELEASE/DECLINE writes have none.
-            self._pending.append((sock, outcome))
+            self._batches.add((sock, outcome))
         if not outcome.hold:
             self._send(sock, outcome)
         if outcome.events and self._on_event is not None:
@@ -211,20 +206,6 @@ class DhcpServer:
                 self.shell_drops["send_would_block"] += 1
             except OSError as exc:
                 self.shell_drops[f"send_error_{exc.errno}"] += 1
-
-    def _kick(self) -> None:
-        if self._pending:
-            self._wake.set()
-
-    async def _commit_loop(self) -> None:
-        """Group commit: everything queued while a commit runs goes into the next one. One
-        long-lived task woken by an Event, so a batch costs no task creation."""
-        while not self._closing:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[socket.socket, Outcome]]) -> None:
         records: list[LeaseRecord] = [r for _, outcome in batch for r in outcome.records]
@@ -246,4 +227,4 @@ class DhcpServer:
             outcome = self.core.sweep(self._clock())
             if self._sockets and (outcome.records or outcome.events):
                 self._dispatch(self._sockets[0], outcome)
-                self._kick()
+                self._batches.kick()

@@ -45,6 +45,7 @@ from bootforge.netboot.dhcp6 import (
     Mode6,
     Outcome6,
 )
+from bootforge.servers.group_commit import GroupCommit
 
 __all__ = ["ALL_DHCP_SERVERS", "AsyncLease6Store", "Dhcp6Server", "FileLease6Store"]
 
@@ -189,10 +190,9 @@ class Dhcp6Server:
         self.shell_drops: Counter[str] = Counter()
         self.commits = 0
         self._sockets: list[tuple[socket.socket, str, int]] = []
-        self._pending: list[tuple[socket.socket, int, Outcome6]] = []
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._committer: asyncio.Task[None] | None = None
+        self._batches: GroupCommit[tuple[socket.socket, int, Outcome6]] = GroupCommit(
+            self._commit, "dhcp6-commit"
+        )
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -222,7 +222,7 @@ class Dhcp6Server:
             await self.close()
             raise
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="dhcp6-sweep")
-        self._committer = asyncio.create_task(self._commit_loop(), name="dhcp6-commit")
+        self._batches.start()
         log.info("dhcp6 %s serving %s on port %d", self.config.mode.value, list(self._interfaces), self._port)
 
     def _open(self, name: str, port: int, join: bool) -> tuple[socket.socket, int]:
@@ -252,10 +252,7 @@ class Dhcp6Server:
             self._sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._committer is not None:
-            self._closing = True  # queued replies are still committed and sent
-            self._wake.set()
-            await self._committer
+        await self._batches.close()  # queued replies are still committed and sent
         for sock, _, _ in self._sockets:
             with suppress(ValueError, OSError):
                 loop.remove_reader(sock.fileno())
@@ -302,12 +299,11 @@ class Dhcp6Server:
                 self.shell_drops["internal_error"] += 1
                 continue
             self._dispatch(sock, index, outcome)
-        if self._pending:
-            self._wake.set()
+        self._batches.kick()
 
     def _dispatch(self, sock: socket.socket, index: int, outcome: Outcome6) -> None:
         if outcome.records:
-            self._pending.append((sock, index, outcome))
+            self._batches.add((sock, index, outcome))
         if not outcome.hold:
             self._send(sock, index, outcome)
         if outcome.events and self._on_event is not None:
@@ -328,14 +324,6 @@ class Dhcp6Server:
                 self.shell_drops["send_would_block"] += 1
             except OSError as exc:
                 self.shell_drops[f"send_error_{exc.errno}"] += 1
-
-    async def _commit_loop(self) -> None:
-        while not self._closing:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[socket.socket, int, Outcome6]]) -> None:
         records = [r for _, _, outcome in batch for r in outcome.records]
@@ -358,5 +346,4 @@ class Dhcp6Server:
             if self._sockets and (outcome.records or outcome.events):
                 sock, _, index = self._sockets[0]
                 self._dispatch(sock, index, outcome)
-                if self._pending:
-                    self._wake.set()
+                self._batches.kick()
