@@ -76,14 +76,19 @@ async def run_dhclient(client: Host, tmp_path: Path, *extra: str) -> None:
     pidfile = tmp_path / "dhclient6.pid"
     argv = [dhclient, "-6", "-1", "-v", "-sf", "/bin/true"]
     argv += ["-lf", str(tmp_path / "dhclient6.leases"), "-pf", str(pidfile)]
+    got = None
     try:
         got = await asyncio.to_thread(client.ns.run, [*argv, *extra, client.ifname], check=False, timeout=40)
     finally:
-        stop_daemon(pidfile)
+        # Bound, it forks and the child writes its PID file a moment after the parent returned.
+        await asyncio.to_thread(stop_daemon, pidfile, got is not None and got.returncode == 0)
     assert got.returncode == 0, got.stderr
 
 
-def stop_daemon(pidfile: Path) -> None:
+def stop_daemon(pidfile: Path, wait: bool) -> None:
+    deadline = time.monotonic() + 5
+    while wait and not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     try:
         pid = int(pidfile.read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
