@@ -63,6 +63,10 @@ class RedfishError(DriverError):
         self.resource = resource
 
 
+class RedfishNoAnswer(RedfishError):
+    """The BMC did not answer a request by its deadline."""
+
+
 @dataclass(frozen=True)
 class Resource:
     path: str
@@ -304,7 +308,7 @@ class RedfishClient:
         while True:
             remaining = deadline - self._now()
             if remaining <= 0:
-                raise RedfishError(
+                raise RedfishNoAnswer(
                     f"Redfish {method} {self._where(path)}: no answer within {self.info.timeout:g} s",
                     None,
                     path,
@@ -330,7 +334,7 @@ class RedfishClient:
                         method, path, content=content, headers=hdrs, auth=basic, timeout=remaining
                     )
             except (TimeoutError, httpx.TimeoutException):
-                raise RedfishError(
+                raise RedfishNoAnswer(
                     f"Redfish {method} {self._where(path)}: no answer within {self.info.timeout:g} s",
                     None,
                     path,
@@ -398,8 +402,25 @@ class RedfishClient:
 
     async def _wait_task(self, monitor: str, method: str, path: str, doing: str) -> None:
         deadline = self._now() + self.task_timeout
+
+        def overdue() -> RedfishError:
+            return RedfishError(
+                f"Redfish {method} {self._where(path)} ({doing}): task {monitor} still running after "
+                f"{self.task_timeout:g} s",
+                None,
+                path,
+            )
+
         while True:
-            resp = await self._send("GET", monitor, deadline)
+            if self._now() >= deadline:
+                raise overdue()
+            try:
+                resp = await self._send("GET", monitor, deadline)
+            except RedfishNoAnswer:
+                # The task's deadline, not the BMC's silence, is the news once it has passed.
+                if self._now() >= deadline:
+                    raise overdue() from None
+                raise
             if resp.status_code >= 400:
                 raise self._error("GET", monitor, resp, f"task monitor of {doing}")
             state = None
@@ -422,14 +443,10 @@ class RedfishClient:
                 )
             if resp.status_code != 202 and not (isinstance(state, str) and state in _TASK_RUNNING):
                 return
-            wait = _retry_after(resp, self.poll_interval)
+            # A BMC's "Retry-After: 0" must not turn the wait into a busy loop against it.
+            wait = max(_retry_after(resp, self.poll_interval), self.poll_interval)
             if self._now() + wait >= deadline:
-                raise RedfishError(
-                    f"Redfish {method} {self._where(path)} ({doing}): task {monitor} still running after "
-                    f"{self.task_timeout:g} s",
-                    None,
-                    path,
-                )
+                raise overdue()
             await asyncio.sleep(wait)
 
     async def _patch(
