@@ -352,6 +352,10 @@ class Settings(BaseSettings):
     inspect_wait_timeout: float = 1800.0
     rescue_callback_timeout: float = 1800.0
     power_state_change_timeout: float = 60.0
+    # Seconds a waiting node may stay silent (no event, no agent call) before `node why` and the
+    # dashboard call its wait stalled rather than in progress. A server whose POST takes minutes
+    # needs more; a lab of VMs less.
+    diagnosis_quiet: float = Field(default=120.0, gt=0, le=86400)
     node_events_keep: int = 500
 
     fake_delays: FakeDelays = FakeDelays()

@@ -124,7 +124,8 @@ _SCRIPT_REFUSED = "boot script refused: "
 _LOOKED_UP = "agent looked up from "
 # conductor/work.py's power action, named in the reason of its failure ("change_power failed: ...").
 _POWER_WORK = "change_power failed"
-# How long a waiting node may stay silent (no event, no agent call) before the wait looks stalled.
+# How long a waiting node may stay silent (no event, no agent call) before the wait looks stalled;
+# the default of the `diagnosis_quiet` setting.
 QUIET = 120.0
 
 

@@ -262,6 +262,10 @@ def static_network_data(rec: VmRecord) -> dict[str, Any]:
     }
 
 
+# The lab's `diagnosis_quiet` (see serve_config).
+DIAGNOSIS_QUIET = 45.0
+
+
 def serve_config(state: LabState, boot_root: Path) -> str:
     d = Path(state.dir)
     dhcp = state.dhcp if state.dhcp in ("full", "off") else "proxy"
@@ -276,6 +280,9 @@ def serve_config(state: LabState, boot_root: Path) -> str:
         f'host = "{state.prefix}conductor"',
         f"enabled_hardware_types = {json.dumps(sorted({'qemu', state.bmc}))}",
         "power_sync_interval = 10",
+        # A lab VM says something (a fetch, a lookup, a heartbeat) at least every ~20 s even under
+        # TCG, so `node why` may call 45 s of silence a stall rather than wait the default 2 minutes.
+        f"diagnosis_quiet = {DIAGNOSIS_QUIET:g}",
         "",
         # A lab VM runs inspect -> clean -> deploy in one ramdisk boot, as an operator would want for
         # machines that boot slowly (TCG here); the VM's disk boot is watched for 15 s.

@@ -1,9 +1,9 @@
 """`bootforge node why` on a real boot chain that stops: a UEFI VM (OVMF) inspected through the API
 network-boots the lab's probe ramdisk, which has no agent, so the node waits for a lookup that never
 comes. The real CLI, with the lab's credentials, says so: first in progress (the machine was just
-heard), then, once the machine stayed quiet for diagnosis.QUIET seconds, stalled, at the rung the
+heard), then, once the machine stayed quiet for the lab's diagnosis_quiet (45 s), stalled, at the rung the
 timeline shows (kernel and initrd fetched, no lookup) with the TFTP loader fetch among the evidence.
-Marked qemu, netns, slow: about three minutes, most of it the quiet period the verdict waits for."""
+Marked qemu, netns, slow: about 70 s, most of it the quiet period the verdict waits for."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from support.lab import BOOT_TIMEOUT, LabFactory, console_offset, wait_console
 from support.service import BOOTFORGE
 
-from bootforge.conductor.diagnosis import QUIET
+from bootforge.lab.lab import DIAGNOSIS_QUIET
 from bootforge.lab.ramdisk import API_MARKER
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow]
@@ -44,12 +44,12 @@ def test_why_names_the_rung_where_a_real_boot_stopped(make_lab: LabFactory) -> N
     assert early.returncode == 0, early.stdout + early.stderr
     assert "in progress: inspect wait: waiting for the agent since" in early.stdout
 
-    deadline = time.monotonic() + QUIET + 120
+    deadline = time.monotonic() + DIAGNOSIS_QUIET + 120
     while True:
         late = why()
         if late.returncode == 1 or time.monotonic() > deadline:
             break
-        time.sleep(5)
+        time.sleep(2)
     out = late.stdout
     assert late.returncode == 1, out + late.stderr
     assert "stalled: inspect wait: waiting for the agent since" in out

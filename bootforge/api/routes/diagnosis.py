@@ -56,7 +56,9 @@ async def diagnose(request: Request, ident: str) -> JSON:
     )
     events = [_event(r) for r in rows]
     agent = _agent(session)
-    verdict = diagnosis.diagnose(facts, events, dt.datetime.now(dt.UTC), agent)
+    verdict = diagnosis.diagnose(
+        facts, events, dt.datetime.now(dt.UTC), agent, quiet=conductor.settings.diagnosis_quiet
+    )
     return JSON(
         {
             "node_uuid": node.uuid,

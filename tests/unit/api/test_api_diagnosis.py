@@ -4,6 +4,7 @@ test_api_agent.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -154,3 +155,21 @@ async def test_the_progress_displays_show_the_step_and_the_bytes(api: Api) -> No
     assert printed == [
         f"{doing} ({pct} %, {mib} of 1024 MiB)" for pct, mib in ((0, 0), (12, 130), (29, 300), (100, 1024))
     ]
+
+
+async def test_a_silent_wait_is_stalled_after_the_configured_quiet_period(tmp_path: Path) -> None:
+    ramdisk = tmp_path / "state" / "boot" / "bootforge"
+    ramdisk.mkdir(parents=True)
+    (ramdisk / "vmlinuz").write_bytes(b"kernel")
+    (ramdisk / "initrd").write_bytes(b"initrd")
+    async for api in api_with(tmp_path, agent={"lldp_wait": 0}, diagnosis_quiet=2.0):
+        uuid, _, _ = await cleaning_node(api)
+        d = (await api.c.get(f"/v1/nodes/{uuid}/diagnosis")).json()
+        assert d["status"] == "in progress", d
+        # The node's last word (the agent's poll) ages past diagnosis_quiet; polled, bounded.
+        deadline = asyncio.get_running_loop().time() + 30
+        while d["status"] == "in progress" and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            d = (await api.c.get(f"/v1/nodes/{uuid}/diagnosis")).json()
+        assert d["status"] == "stalled" and d["wrong"] is True, d
+        assert d["summary"].startswith("clean wait: waiting for the agent since "), d
