@@ -192,9 +192,6 @@ def boot_all(
                     )
             break
         time.sleep(1)
-    for rec in recs:
-        with contextlib.suppress(LabError):  # the lab goes down next anyway; the result is what counts
-            h.power(rec, "power off")
     return [results[rec.name] for rec in recs]
 
 
@@ -211,7 +208,8 @@ def run_mode(
     check: Check | None = None,
 ) -> list[Result]:
     """One lab for `mode` with one VM per firmware, all powered on at once; the lab always goes down.
-    `check` is called for every case that reached bootforge, while the lab is still up."""
+    `check` is called for every case that reached bootforge, while the lab and its VMs are still up
+    (their inspection goes on meanwhile)."""
     dhcp, ipv6 = mode
     firmware = ",".join(str(fw.lab) for fw in firmwares)
     directory = Path(tempfile.mkdtemp(prefix=f"matrix-{dhcp}{'6' if ipv6 else '4'}-", dir=root))
@@ -234,6 +232,9 @@ def run_mode(
                 for rec, fw, r in zip(h.vms, firmwares, results, strict=True):
                     if r.status == "reached":
                         check(h, rec, fw)
+            for rec in h.vms:
+                with contextlib.suppress(LabError):  # the lab goes down next anyway
+                    h.power(rec, "power off")
             return results
     finally:
         lab.down()

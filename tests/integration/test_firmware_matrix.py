@@ -7,9 +7,11 @@ reached time is printed as a table and written to matrix-<mode>.json in the test
 the firmware or lab cannot do are in the table as skipped with the reason.
 
 The code is bench/firmware_matrix.py's (which also runs the cases one at a time for the README's
-times). Marked qemu, netns, slow; run under the lab lock. The dedicated lab tests (test_lab_boot,
-test_lab_secure_boot, test_lab_arm64, test_lab_ipv6, test_lab_deploy_uefi) check each chain's
-fetches and the deploys; this one checks that they all hold at the same time, cheaply.
+times). Marked qemu, netns, slow; run under the lab lock. Here each OVMF chain's exchanges and
+fetches are checked (bootforge's DHCP, DHCPv6, proxy beside Kea), and over IPv6 the inspection runs
+to manageable with the NIC in its inventory; the signed chains (test_lab_secure_boot, test_lab_arm64),
+SeaBIOS's power and boot-device handling (test_lab_boot) and the deploys (test_lab_deploy*) have
+dedicated lab tests.
 
 Here (2 shared cores, TCG): full-v4 5 VMs 74.5 s, proxy-v4 3 VMs 36.1 s (each with lab up and
 down; the IPv6 modes' times are in the README's table).
@@ -18,14 +20,21 @@ down; the IPv6 modes' times are in the README's table).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from support.ipv6_chain import assert_ipv6_chain, assert_ipv6_proxy_chain
-from support.lab import LabHandle, lab_unavailable_reason
+from support.ipv6_chain import (
+    LOADER_FETCH,
+    assert_fetches,
+    assert_ipv6_chain,
+    assert_ipv6_proxy_chain,
+    first_event,
+)
+from support.lab import RAMDISK_TIMEOUT, LabHandle, lab_unavailable_reason
 
 from bootforge.lab.lab import VmRecord
 
@@ -40,13 +49,38 @@ def _check_v6(proxy: bool) -> fm.Check:
     def check(h: LabHandle, rec: VmRecord, fw: fm.Firmware) -> None:
         assert fw.lab is not None
         (assert_ipv6_proxy_chain if proxy else assert_ipv6_chain)(h, rec, fw.lab)
+        # The agent (which needs this boot's token) looked up from the ramdisk's SLAAC address and
+        # its inspection, all over IPv6, ends in manageable with this NIC in the inventory.
+        _, event = first_event(h, rec, "agent looked up from")
+        assert re.search(r"from fd77:[0-9a-f:]+", event), event
+        h.wait_state(rec, "manageable", RAMDISK_TIMEOUT)
+        inventory = h.api.get(f"/v1/nodes/{rec.node}/inventory").json()["inventory"]
+        assert rec.mac in [nic["mac_address"] for nic in inventory["interfaces"]]
 
     return check
 
 
-# Over IPv6 each case's exchanges are checked too (DHCPv6 or the proxy's, the fetches), not only that
-# the agent looked up: the IPv6 modes have no dedicated lab test of their own besides OVMF PXE's.
-CHECKS: dict[fm.Mode, fm.Check] = {("full", True): _check_v6(False), ("proxy", True): _check_v6(True)}
+def _check_full_v4(h: LabHandle, rec: VmRecord, fw: fm.Firmware) -> None:
+    """bootforge's DHCP acked the firmware; iPXE came over the firmware's own protocol (SeaBIOS: the
+    NIC's ROM is iPXE); the script, kernel and initrd over HTTP. (The signed shim -> GRUB chains have
+    their own lab tests.)"""
+    dhcp = [e["event"] for e in h.history(rec, "dhcp")]
+    assert any(e.startswith("dhcp.ack") for e in dhcp), dhcp
+    if fw.lab in LOADER_FETCH:
+        assert_fetches(h, rec, str(fw.lab))
+    elif fw.lab == "bios":
+        http = [e["event"] for e in h.history(rec, "http")]
+        for path in ("/boot/ipxe", "/bootforge/vmlinuz", "/bootforge/initrd"):
+            assert any(e.startswith(f"http GET {path} 200") for e in http), (path, http)
+
+
+# Each case's exchanges are checked too (DHCP, DHCPv6 or the proxy's, the fetches), not only that the
+# agent looked up: the OVMF chains and the IPv6 modes have no dedicated network-boot lab test.
+CHECKS: dict[fm.Mode, fm.Check] = {
+    ("full", False): _check_full_v4,
+    ("full", True): _check_v6(False),
+    ("proxy", True): _check_v6(True),
+}
 
 
 @pytest.mark.parametrize("mode", fm.MODES, ids=lambda m: f"{m[0]}-v{'6' if m[1] else '4'}")

@@ -1,11 +1,11 @@
 """End to end: QEMU VMs network-boot from bootforge alone (its DHCP, TFTP, HTTP) into the lab's ramdisk.
 
-One test per firmware path: SeaBIOS + QEMU's iPXE ROM; OVMF's own PXE -> TFTP ipxe.efi; OVMF HTTP
-boot -> HTTP ipxe.efi. Each VM is powered on through the API (qemu driver: bootforge starts the
-process), boots the ramdisk, whose HTTP call to the API prints a marker; power off through the API
-ends the process; boot device "disk" makes the next boot start the disk without touching the
-network. Run them with `pytest tests/integration/test_lab_boot.py` (marked qemu, netns, slow).
-"""
+One test per firmware: SeaBIOS + QEMU's iPXE ROM; OVMF's own PXE -> TFTP ipxe.efi. (OVMF HTTP boot's
+chain is checked in the firmware matrix and deployed in test_lab_deploy_uefi.py.) Each VM is powered on
+through the API (qemu driver: bootforge starts the process), boots the ramdisk, whose HTTP call to the
+API prints a marker; power off through the API ends the process; boot device "disk" makes the next boot
+start the disk without touching the network. Run them with `pytest tests/integration/test_lab_boot.py`
+(marked qemu, netns, slow)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow]
 LOADER_FETCH = {
     "bios": None,  # the NIC ROM is iPXE already
     "uefi": ("tftp", re.compile(r"^tftp ipxe\.efi completed")),
-    "uefi-http": ("http", re.compile(r"^http GET /ipxe\.efi 200")),
 }
 
 
@@ -59,7 +58,7 @@ def assert_fetched_ramdisk(h: LabHandle, rec: VmRecord) -> None:
         assert any(pattern.search(e["event"]) for e in h.history(rec, kind)), h.history(rec, kind)
 
 
-@pytest.mark.parametrize("firmware", ["bios", "uefi", "uefi-http"])
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_network_boot_then_disk_boot(make_lab: LabFactory, firmware: str, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
     h = make_lab(vms=1, firmware=firmware)
     rec = h.vms[0]
