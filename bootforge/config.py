@@ -362,6 +362,9 @@ class Settings(BaseSettings):
     ipmi: IpmiSettings = IpmiSettings()
     agent: AgentSettings = AgentSettings()
     netboot: NetbootSettings = NetbootSettings()
+    # HOST:PORT of a listener answering GET /healthz and /livez for a supervisor (observe/health.py),
+    # in every role: the only probe a conductor or netboot process has. Empty: off.
+    health_listen: str = ""
     # Prometheus metrics, webhooks and event streams (bootforge/observe/).
     metrics: MetricsSettings = MetricsSettings()
     events: EventSettings = EventSettings()
@@ -391,6 +394,14 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("health_listen")
+    @classmethod
+    def _check_health_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if value and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+            raise ValueError(f"health_listen must be HOST:PORT or empty, got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -429,6 +440,11 @@ class Settings(BaseSettings):
     @property
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def health_listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.health_listen.rpartition(":")
         return host.strip("[]"), int(port)
 
     @property

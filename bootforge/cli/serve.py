@@ -27,6 +27,7 @@ from bootforge.config import Settings
 from bootforge.db import secrets
 from bootforge.db.engine import Database, private_dir
 from bootforge.drivers.hardware import Drivers
+from bootforge.observe.health import HealthServer, start_health
 
 log = logging.getLogger("bootforge")
 
@@ -79,6 +80,12 @@ async def serve(settings: Settings) -> None:
     except secrets.SecretKeyRefused as exc:
         # What to restore or run, not a traceback: the operator's next step is in the message.
         raise SystemExit(f"bootforge serve: {exc}") from None
+    try:
+        health = await start_health(settings, db, heartbeats=conductor.serving)
+    except OSError as exc:
+        await _stop(conductor)
+        await db.close()
+        raise SystemExit(f"bootforge serve: health_listen {settings.health_listen}: {exc}") from None
     netboot = await start_netboot(settings, db, conductor.drivers) if settings.role == "all" else None
     if netboot is not None:
         # The view refreshes on its own every few seconds; a state change this conductor makes
@@ -129,6 +136,8 @@ async def serve(settings: Settings) -> None:
     finally:
         if netboot is not None:
             await netboot.close()
+        if health is not None:
+            await health.close()
         await _stop(conductor)
         await db.close()
 
@@ -140,7 +149,12 @@ async def serve_netboot(settings: Settings) -> None:
     except secrets.SecretKeyRefused as exc:
         raise SystemExit(f"bootforge serve: {exc}") from None
     drivers = Drivers(settings)
+    health: HealthServer | None = None
     try:
+        try:
+            health = await start_health(settings, db, heartbeats=False)
+        except OSError as exc:
+            raise SystemExit(f"bootforge serve: health_listen {settings.health_listen}: {exc}") from None
         netboot = await start_netboot(settings, db, drivers)
         if netboot is None:
             raise SystemExit(
@@ -158,6 +172,8 @@ async def serve_netboot(settings: Settings) -> None:
         finally:
             await netboot.close()
     finally:
+        if health is not None:
+            await health.close()
         await drivers.close()
         await db.close()
 
