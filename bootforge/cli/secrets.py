@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import secrets as pysecrets
 from pathlib import Path
@@ -16,6 +15,7 @@ from sqlalchemy import select
 from bootforge import keys
 from bootforge.config import Settings
 from bootforge.db import secrets
+from bootforge.db.clock import heartbeat_fresh
 from bootforge.db.engine import Database
 from bootforge.db.models import Conductor
 
@@ -89,14 +89,22 @@ async def _rotate(settings: Settings, new_key: Path, force: bool) -> str:
 
 
 async def _refuse_running(db: Database, offline_after: float) -> None:
-    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=offline_after)
+    # Judged in SQL by the database's clock, as the conductors judge each other (db/clock.py): this
+    # host's clock may be minutes off theirs, which would call a live conductor gone (or a dead one
+    # running).
     async with db.read() as s:
-        rows = (
-            await s.execute(
-                select(Conductor.hostname, Conductor.heartbeat_at).where(Conductor.online.is_(True))
-            )
-        ).all()
-    running = [host for host, beat in rows if _aware(beat) >= cutoff]
+        running = list(
+            (
+                await s.execute(
+                    select(Conductor.hostname)
+                    .where(
+                        Conductor.online.is_(True),
+                        heartbeat_fresh(Conductor.heartbeat_at, offline_after),
+                    )
+                    .order_by(Conductor.hostname)
+                )
+            ).scalars()
+        )
     if running:
         raise secrets.SecretKeyRefused(
             f"conductor(s) {', '.join(running)} of this database are running and keep the old key in "
@@ -104,10 +112,6 @@ async def _refuse_running(db: Database, offline_after: float) -> None:
             f"heartbeat is {offline_after:g} s old: conductor_offline_after), or pass --force if they "
             "are gone"
         )
-
-
-def _aware(when: dt.datetime) -> dt.datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def _install(source: Path, target: Path) -> None:
