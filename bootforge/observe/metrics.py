@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -114,16 +115,20 @@ class NetbootCollector(Collector):
     def __init__(self) -> None:
         self.servers: Sequence[Any] = ()
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         from bootforge.servers.dhcp import DhcpServer
+        from bootforge.servers.dhcp6 import Dhcp6Server
         from bootforge.servers.http_boot import HttpBootServer
         from bootforge.servers.tftp import TftpServer
 
         dhcp = [s for s in self.servers if isinstance(s, DhcpServer)]
+        dhcp6 = [s for s in self.servers if isinstance(s, Dhcp6Server)]
         tftp = [s for s in self.servers if isinstance(s, TftpServer)]
         http = [s for s in self.servers if isinstance(s, HttpBootServer)]
         if dhcp:
             yield from _dhcp_families(dhcp)
+        if dhcp6:
+            yield from _dhcp6_families(dhcp6)
         if tftp:
             yield from _tftp_families(tftp)
         if http:
@@ -172,6 +177,69 @@ def _dhcp_families(servers: list[Any]) -> Iterator[CounterMetricFamily]:
         [],
         [([], sum(s.commits for s in servers))],
     )
+
+
+def _dhcp6_families(servers: list[Any]) -> Iterator[Metric]:
+    from bootforge.servers.dhcp6 import RECEIVED_LABELS
+
+    received: Tally[str] = Tally({label: 0 for label in RECEIVED_LABELS})
+    sent: Tally[str] = Tally()
+    drops: Tally[str] = Tally()
+    defects: Tally[str] = Tally()
+    no_boot_file: Tally[str] = Tally()
+    leases: Tally[str] = Tally()
+    for s in servers:
+        received.update(s.received)
+        sent.update(s.sent)
+        drops.update(s.drops)
+        if s.core is not None:
+            defects.update(s.core.option_drops)
+            no_boot_file.update(s.core.no_boot_file)
+        leases.update(s.lease_states())
+    yield _counter(
+        "bootforge_dhcp6_received",
+        "DHCPv6 datagrams received, by message type (a relayed one as relay_forw), before the rate limit.",
+        ["type"],
+        (([k], v) for k, v in received.items()),
+    )
+    yield _counter(
+        "bootforge_dhcp6_replies",
+        "DHCPv6 replies sent, by message kind.",
+        ["kind"],
+        (([k], v) for k, v in sent.items()),
+    )
+    yield _counter(
+        "bootforge_dhcp6_drops",
+        "DHCPv6 datagrams or replies dropped, by reason.",
+        ["reason"],
+        (([k], v) for k, v in drops.items()),
+    )
+    yield _counter(
+        "bootforge_dhcp6_option_defects",
+        "Malformed DHCPv6 options skipped in messages otherwise answered, by defect.",
+        ["defect"],
+        (([k], v) for k, v in defects.items()),
+    )
+    yield _counter(
+        "bootforge_dhcp6_no_boot_file",
+        "DHCPv6 answers given an address but no boot file, by reason.",
+        ["reason"],
+        (([k], v) for k, v in no_boot_file.items()),
+    )
+    yield _counter(
+        "bootforge_dhcp6_lease_commits",
+        "DHCPv6 lease batches written to the lease file.",
+        [],
+        [([], sum(s.commits for s in servers))],
+    )
+    gauge = GaugeMetricFamily(
+        "bootforge_dhcp6_leases",
+        "DHCPv6 leases by state, as last written to the lease file.",
+        labels=["state"],
+    )
+    for state, n in sorted(leases.items()):
+        gauge.add_metric([state], n)
+    yield gauge
 
 
 def _tftp_families(servers: list[Any]) -> Iterator[CounterMetricFamily]:

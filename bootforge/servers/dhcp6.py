@@ -43,6 +43,7 @@ from bootforge.netboot.dhcp6 import (
     Lease6Record,
     Lease6State,
     Mode6,
+    MsgType,
     Outcome6,
 )
 from bootforge.servers.group_commit import GroupCommit
@@ -58,6 +59,11 @@ _MAX_DATAGRAM = 4096
 _MAX_TRACKED_CLIENTS = 4096
 
 SocketFactory = Callable[[], socket.socket]
+
+# /metrics labels for the message type of a received datagram (its first byte): a fixed set, so a
+# stranger's junk cannot grow the series (anything else is "unknown").
+_TYPE_LABELS = {int(t): t.name.lower() for t in MsgType}
+RECEIVED_LABELS = (*_TYPE_LABELS.values(), "unknown")
 
 
 def _udp6_socket() -> socket.socket:
@@ -109,6 +115,10 @@ class FileLease6Store:
                 continue
             out[str(record.ip)] = record
         return out
+
+    def state_counts(self) -> Counter[str]:
+        """The leases in the file by state, as last committed (for /metrics at scrape time)."""
+        return Counter(r.state.value for r in self._records.values())
 
     async def commit(self, records: Sequence[Lease6Record]) -> None:
         if not records:
@@ -188,6 +198,8 @@ class Dhcp6Server:
         self._buckets: dict[str, _Bucket] = {}
         self.core: Dhcp6Core | None = None
         self.shell_drops: Counter[str] = Counter()
+        # Every datagram read, by its (outer) message type, before the rate limit: drops are a subset.
+        self.received: Counter[str] = Counter()
         self.commits = 0
         self._sockets: list[tuple[socket.socket, str, int]] = []
         self._batches: GroupCommit[tuple[socket.socket, int, Outcome6]] = GroupCommit(
@@ -205,6 +217,11 @@ class Dhcp6Server:
     @property
     def sent(self) -> Counter[str]:
         return Counter(self.core.sent) if self.core is not None else Counter()
+
+    def lease_states(self) -> Counter[str]:
+        """Leases by state as the store last committed them (empty for a store that cannot say)."""
+        counts = getattr(self._store, "state_counts", None)
+        return counts() if callable(counts) else Counter()
 
     async def start(self) -> None:
         records = await self._store.load()
@@ -288,6 +305,7 @@ class Dhcp6Server:
             except OSError as exc:
                 self.shell_drops[f"recv_error_{exc.errno}"] += 1
                 break
+            self.received[_TYPE_LABELS.get(data[0], "unknown") if data else "unknown"] += 1
             address, port = str(src[0]).partition("%")[0], int(src[1])
             if not self._admit(address, tick):
                 self.shell_drops["rate_limited"] += 1
