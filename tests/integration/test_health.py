@@ -134,6 +134,15 @@ def test_netboot_process_answers_healthz_without_a_heartbeat(tmp_path: Path) -> 
         assert doc["heartbeat"] is None, doc
 
 
+@pytest.mark.parametrize(("role", "heartbeats"), [("all", True), ("api", False)])
+def test_api_roles_answer_healthz_on_their_own_listener(tmp_path: Path, role: str, heartbeats: bool) -> None:
+    """The API roles get the same check beside the API (an API-only process does not heartbeat)."""
+    with serve(tmp_path, role) as (base, proc, log):
+        doc = wait_for(base + "/healthz", 200, 60, proc, log)
+        assert doc["role"] == role and doc["database"]["reachable"] is True, doc
+        assert (doc["heartbeat"] is not None) == heartbeats, doc
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_conductor_with_its_database_gone_answers_503_naming_why(tmp_path: Path) -> None:
