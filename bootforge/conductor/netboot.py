@@ -25,15 +25,14 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine as SyncEngine
-from sqlalchemy import create_engine, event, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bootforge import boot_token
 from bootforge.conductor import states, volumes
 from bootforge.conductor.discovery_boot import MAC_RE, DiscoveryOffer
-from bootforge.db.engine import Database, _sqlite_begin_immediate, _sqlite_pragmas, is_sqlite
+from bootforge.db.engine import Database, _sqlite_pragmas, is_sqlite
 from bootforge.db.models import NODE_EVENTS, Lease, Node, Port, utcnow
 from bootforge.drivers.storage import BootVolume
 from bootforge.errors import InvalidInput
@@ -213,8 +212,17 @@ class NetbootView:
         )
         if self.conductor_group is not None:
             stmt = stmt.where(Node.conductor_group == self.conductor_group)
-        leases = select(Lease.mac, Lease.ip).where(
-            Lease.state == LeaseState.BOUND.value, Lease.expires > time.time()
+        # The bound leases of known ports only: unknown machines are checked against the DHCP
+        # server's own table (lease_of), and reading every lease of a busy pool here held the event
+        # loop ~170 ms per refresh at 20,000 leases (bench/netboot_dhcp.py), while DHCP requests dropped.
+        leases = (
+            select(Lease.mac, Lease.ip)
+            .join(Port, Port.address == Lease.mac)
+            .where(
+                Port.pxe_enabled.is_(True),
+                Lease.state == LeaseState.BOUND.value,
+                Lease.expires > time.time(),
+            )
         )
         async with self.db.read_conn() as conn:
             rows = (await conn.execute(stmt)).all()
@@ -706,10 +714,22 @@ def _firmware(query: Mapping[str, str], known: KnownPort) -> Firmware:
     return Firmware.BIOS if known.boot_mode == "bios" else Firmware.UEFI
 
 
-def _no_autocheckpoint(dbapi_conn: Any, record: Any) -> None:
-    """The database's pragmas, minus the checkpoint at commit (DbLeaseStore checkpoints aside)."""
-    _sqlite_pragmas(dbapi_conn, record)
-    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+def _lease_connection(path: str) -> sqlite3.Connection:
+    """The lease thread's connection: the database's pragmas (db/engine.py), minus the checkpoint at
+    commit (DbLeaseStore checkpoints aside); transactions are begun explicitly (IMMEDIATE)."""
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    _sqlite_pragmas(conn, None)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    return conn
+
+
+_LEASE_COLUMNS = ("ip", "mac", "state", "expires", "node_uuid", "updated_at")
+# The SQLite upsert as sqlite3 runs it: SQLAlchemy's executemany (bind processors and a dict per row)
+# held the GIL ~30 us per lease on the lease thread, which the event loop then waited for.
+_SQLITE_UPSERT = (
+    f"INSERT INTO {Lease.__tablename__} ({', '.join(_LEASE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (ip) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _LEASE_COLUMNS[1:])
+)
 
 
 class DbLeaseStore:
@@ -718,17 +738,19 @@ class DbLeaseStore:
     The DHCP server (servers/dhcp.py) holds every ACK of a batch until `commit` returns, so a lease
     that was ACKed is committed in the database (SQLite: WAL, synchronous=NORMAL: it survives a crash
     of the process, not necessarily of the host's power; PostgreSQL: as its synchronous_commit says).
-    The upsert runs on a Core connection with one executemany: the ORM's bulk-insert path (a
-    session) cost ~40 us of event-loop CPU per lease, a third of a whole DORA (bench/netboot_dhcp.py).
+    On PostgreSQL the upsert runs on a Core connection with one executemany: the ORM's bulk-insert
+    path (a session) cost ~40 us of event-loop CPU per lease, a third of a whole DORA.
 
-    On SQLite the commits run on a thread of their own, with their own connection: the database's
-    writer runs SQLite inline on the event loop (db/sqlite_inline.py), and every ~25th lease commit
-    ends in a WAL checkpoint whose fsync held the loop for 20-40 ms (hundreds under disk load), while
-    DHCP requests piled up and were dropped (bench: bf-sqlite collapsed to ~1,150 DORA/s at 4,000
-    offered, with the process mostly idle). The thread waits instead; the loop keeps answering.
-    That connection does not checkpoint as it commits (the fsync would then hold the next batch's
-    ACKs): every `CHECKPOINT_EVERY` commits a third thread runs a PASSIVE checkpoint, which writers
-    do not wait for, so the WAL stays short and the inline writer's own autocheckpoint rarely fires.
+    On SQLite the commits run on a thread of their own, with their own sqlite3 connection (same
+    pragmas, BEGIN IMMEDIATE like the database's writer) and one executemany of a fixed statement:
+    the database's writer runs SQLite inline on the event loop (db/sqlite_inline.py), and every ~25th
+    lease commit ends in a WAL checkpoint whose fsync held the loop for 20-40 ms (hundreds under disk
+    load), while DHCP requests piled up and were dropped (bench: bf-sqlite collapsed to ~1,150
+    DORA/s at 4,000 offered, with the process mostly idle). The thread waits instead; the loop keeps
+    answering. That connection does not checkpoint as it commits (the fsync would then hold the next
+    batch's ACKs): every `CHECKPOINT_EVERY` commits a third thread runs a PASSIVE checkpoint, which
+    writers do not wait for, so the WAL stays short and the inline writer's own autocheckpoint
+    rarely fires.
     """
 
     CHECKPOINT_EVERY = 32
@@ -738,18 +760,18 @@ class DbLeaseStore:
         ins: Any = pg_insert(Lease) if db.write_engine.dialect.name == "postgresql" else sqlite_insert(Lease)
         self._upsert = ins.on_conflict_do_update(
             index_elements=[Lease.ip],
-            set_={c: ins.excluded[c] for c in ("mac", "state", "expires", "node_uuid", "updated_at")},
+            set_={c: ins.excluded[c] for c in _LEASE_COLUMNS[1:]},
         )
-        self._sqlite: SyncEngine | None = None
+        self._sqlite: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
         path = db.write_engine.url.database
         if is_sqlite(db.url) and path and path != ":memory:":
-            # The same pragmas and IMMEDIATE transactions as the database's own writer (db/engine.py).
-            self._sqlite = create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0, pool_timeout=120)
-            event.listen(self._sqlite, "connect", _no_autocheckpoint)
-            event.listen(self._sqlite, "begin", _sqlite_begin_immediate)
+            self._sqlite = _lease_connection(path)
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="dhcp-leases")
             self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="dhcp-checkpoint")
+            # updated_at as the database's own writer stores it (SQLAlchemy's SQLite DATETIME text).
+            dialect = db.write_engine.dialect
+            self._timestamp = Lease.__table__.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
         self._path = path or ""
         self._since_checkpoint = 0
         self._checkpointing = False
@@ -760,7 +782,7 @@ class DbLeaseStore:
             self._thread.shutdown(wait=True)
             self._checkpointer.shutdown(wait=True)
         if self._sqlite is not None:
-            self._sqlite.dispose()
+            self._sqlite.close()
 
     async def load(self) -> Sequence[LeaseRecord]:
         async with self.db.read_conn() as conn:
@@ -775,6 +797,15 @@ class DbLeaseStore:
     async def commit(self, records: Sequence[LeaseRecord]) -> None:
         if not records:
             return
+        if self._sqlite is not None and self._thread is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._commit_sqlite, records)
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= self.CHECKPOINT_EVERY and not self._checkpointing:
+                self._since_checkpoint, self._checkpointing = 0, True
+                done = loop.run_in_executor(self._checkpointer, self._checkpoint)
+                done.add_done_callback(self._checkpointed)
+            return
         latest = {r.ip: r for r in records}  # one row per address, the newest wins
         now = utcnow()
         values = [
@@ -788,15 +819,6 @@ class DbLeaseStore:
             }
             for r in latest.values()
         ]
-        if self._sqlite is not None and self._thread is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._commit_sqlite, values)
-            self._since_checkpoint += 1
-            if self._since_checkpoint >= self.CHECKPOINT_EVERY and not self._checkpointing:
-                self._since_checkpoint, self._checkpointing = 0, True
-                done = loop.run_in_executor(self._checkpointer, self._checkpoint)
-                done.add_done_callback(self._checkpointed)
-            return
         async with self.db.write_conn() as conn:
             await conn.execute(self._upsert, values)
 
@@ -810,10 +832,21 @@ class DbLeaseStore:
         if not done.cancelled() and done.exception() is not None:
             log.warning("DHCP lease database checkpoint failed: %s", done.exception())
 
-    def _commit_sqlite(self, values: list[dict[str, Any]]) -> None:
-        assert self._sqlite is not None
-        with self._sqlite.begin() as conn:
-            conn.execute(self._upsert, values)
+    def _commit_sqlite(self, records: Sequence[LeaseRecord]) -> None:
+        """On the lease thread: one IMMEDIATE transaction; rows in order, so a later record of the same
+        address overwrites the earlier one (the newest wins)."""
+        conn = self._sqlite
+        assert conn is not None
+        stamp = self._timestamp(utcnow()) if self._timestamp is not None else None
+        rows = [(str(r.ip), r.mac, r.state.value, r.expires, r.node_id, stamp) for r in records]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_SQLITE_UPSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 # The event types the netboot services write through the EventSink (cli.netboot): what anyone on the
