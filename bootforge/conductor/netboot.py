@@ -724,12 +724,23 @@ def _lease_connection(path: str) -> sqlite3.Connection:
 
 
 _LEASE_COLUMNS = ("ip", "mac", "state", "expires", "node_uuid", "updated_at")
-# The SQLite upsert as sqlite3 runs it: SQLAlchemy's executemany (bind processors and a dict per row)
-# held the GIL ~30 us per lease on the lease thread, which the event loop then waited for.
-_SQLITE_UPSERT = (
-    f"INSERT INTO {Lease.__tablename__} ({', '.join(_LEASE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (ip) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _LEASE_COLUMNS[1:])
-)
+
+
+def _sqlite_upsert(rows: int) -> str:
+    """One multi-row upsert statement for `rows` leases, as sqlite3 runs it.
+
+    Why one statement: sqlite3 releases the GIL around each step, and a thread taking it back waits
+    for the event loop's thread to hand it over (up to sys.getswitchinterval(), 5 ms). An
+    executemany steps once per row, so a batch of 50 leases could wait 50 times while the loop was
+    busy answering: the held ACKs were late and perfdhcp counted them as drops. SQLAlchemy's
+    executemany besides held the GIL for its bind processors and a dict per row.
+    """
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _LEASE_COLUMNS[1:])
+    return (
+        f"INSERT INTO {Lease.__tablename__} ({', '.join(_LEASE_COLUMNS)}) VALUES {values} "
+        f"ON CONFLICT (ip) DO UPDATE SET {updates}"
+    )
 
 
 class DbLeaseStore:
@@ -763,10 +774,14 @@ class DbLeaseStore:
             set_={c: ins.excluded[c] for c in _LEASE_COLUMNS[1:]},
         )
         self._sqlite: sqlite3.Connection | None = None
+        self._rows_per_statement = 1
         self._thread: ThreadPoolExecutor | None = None
         path = db.write_engine.url.database
         if is_sqlite(db.url) and path and path != ":memory:":
             self._sqlite = _lease_connection(path)
+            # A batch of more rows than one statement may bind goes in several, in one transaction.
+            bound = self._sqlite.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._rows_per_statement = max(bound // len(_LEASE_COLUMNS), 1)
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="dhcp-leases")
             self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="dhcp-checkpoint")
             # updated_at as the database's own writer stores it (SQLAlchemy's SQLite DATETIME text).
@@ -833,15 +848,22 @@ class DbLeaseStore:
             log.warning("DHCP lease database checkpoint failed: %s", done.exception())
 
     def _commit_sqlite(self, records: Sequence[LeaseRecord]) -> None:
-        """On the lease thread: one IMMEDIATE transaction; rows in order, so a later record of the same
-        address overwrites the earlier one (the newest wins)."""
+        """On the lease thread: one IMMEDIATE transaction of as few upserts as SQLite's bound on
+        parameters allows, one row per address (the newest record wins)."""
         conn = self._sqlite
         assert conn is not None
         stamp = self._timestamp(utcnow()) if self._timestamp is not None else None
-        rows = [(str(r.ip), r.mac, r.state.value, r.expires, r.node_id, stamp) for r in records]
+        latest = {r.ip: r for r in records}
+        params: list[Any] = []
+        for r in latest.values():
+            params += (str(r.ip), r.mac, r.state.value, r.expires, r.node_id, stamp)
+        width = len(_LEASE_COLUMNS)
+        step = self._rows_per_statement * width
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_SQLITE_UPSERT, rows)
+            for at in range(0, len(params), step):
+                chunk = params[at : at + step]
+                conn.execute(_sqlite_upsert(len(chunk) // width), chunk)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
