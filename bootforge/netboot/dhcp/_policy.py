@@ -104,7 +104,8 @@ def format_mac(chaddr: bytes) -> str:
     return chaddr.hex(":")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like DhcpPacket (_packet.py): built for every datagram or reply.
+@dataclass(slots=True)
 class Destination:
     address: str
     port: int

@@ -29,7 +29,8 @@ _IPXE_NO_PXEDHCP = encode_option(Opt.IPXE_ENCAP, b"\xb0\x01\x01")
 _BROADCAST_FLAG = 0x8000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like DhcpPacket (_packet.py): built for every datagram or reply.
+@dataclass(slots=True)
 class Request:
     packet: DhcpPacket
     message_type: int
@@ -40,7 +41,8 @@ class Request:
     reservation: Reservation
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like DhcpPacket (_packet.py): built for every datagram or reply.
+@dataclass(slots=True)
 class Reply:
     data: bytes
     address: str
@@ -62,7 +64,8 @@ class NodeEvent:
     boot_file: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like DhcpPacket (_packet.py): built for every datagram or reply.
+@dataclass(slots=True)
 class Outcome:
     replies: tuple[Reply, ...] = ()
     records: tuple[LeaseRecord, ...] = ()
