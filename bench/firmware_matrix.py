@@ -54,13 +54,6 @@ MODE_LABELS = {
 CASE_TIMEOUT = 900.0
 MEMORY_MIB = 768  # the agent ramdisk unpacked plus Python; small enough for 5 VMs at once
 
-# Seen here (lab, proxy beside dnsmasq): shim and signed GRUB load from bootforge's TFTP, then GRUB
-# asks bootforge for no grub.cfg and stops at its prompt: Debian's GRUB 2.06 takes its server from the
-# firmware's DHCP ACK (the site's), not from bootforge's proxy offer.
-_PROXY_SIGNED_GRUB = (
-    "signed GRUB 2.06 takes its TFTP server from the site DHCP's ACK, not bootforge's proxy offer: "
-    "it stops at grub> with no config (seen in this lab; not fixed)"
-)
 _NO_V6_ARM64 = "arm64 boots the signed shim -> GRUB chain, which bootforge offers over DHCPv4 only"
 _NO_V6_SHIM = "bootforge offers the signed chain (shim) over DHCPv4 only; lab up --ipv6 refuses uefi-sb"
 _NO_V6_ROM = "not in #12's matrix: QEMU's iPXE ROM over IPv6 was not tried here"
@@ -80,14 +73,10 @@ FIRMWARES = [
     Firmware("SeaBIOS (QEMU's iPXE ROM)", "bios", dict.fromkeys(V6, _NO_V6_ROM)),
     Firmware("OVMF PXE", "uefi", {}),
     Firmware("OVMF HTTP boot", "uefi-http", {}),
-    Firmware(
-        "OVMF Secure Boot enforced (MS keys, SMM)",
-        "uefi-sb",
-        {("proxy", False): _PROXY_SIGNED_GRUB} | dict.fromkeys(V6, _NO_V6_SHIM),
-    ),
-    Firmware(
-        "AAVMF arm64 PXE", "arm64", {("proxy", False): _PROXY_SIGNED_GRUB} | dict.fromkeys(V6, _NO_V6_ARM64)
-    ),
+    # In proxy mode beside dnsmasq the signed chains need the site's next-server to be bootforge
+    # (signed GRUB reads its TFTP server from the site's ACK), which the lab's dnsmasq names.
+    Firmware("OVMF Secure Boot enforced (MS keys, SMM)", "uefi-sb", dict.fromkeys(V6, _NO_V6_SHIM)),
+    Firmware("AAVMF arm64 PXE", "arm64", dict.fromkeys(V6, _NO_V6_ARM64)),
     Firmware("AAVMF arm64 HTTP boot", None, dict.fromkeys(MODES, _NO_ARM64_HTTP)),
 ]
 

@@ -11,8 +11,9 @@ Layout of a lab (all of it inside its own network namespace, ``bflab-<pid>-<n>-n
   server, one process per VM: bootforge.lab.ipmi_bmc; sushy-tools' Redfish emulator, one process for
   all VMs: bootforge.lab.redfish_bmc), listening on the bridge address inside the namespace, and the
   nodes are enrolled with the ``ipmi`` or ``redfish`` driver: bootforge never touches them over QMP;
-* with ``dhcp="proxy"``, dnsmasq hands out addresses only, from a second namespace
-  (``...-dhcp``) joined to the bridge by a veth: a separate DHCP server, as on a real network;
+* with ``dhcp="proxy"``, dnsmasq hands out addresses from a second namespace (``...-dhcp``) joined
+  to the bridge by a veth: a separate DHCP server, as on a real network, configured as a site would be
+  beside bootforge (no boot file, bootforge named as next-server: see dnsmasq_config);
 * with ``dhcp="off"`` nothing answers DHCP on the bridge at all: each VM gets an empty CD drive and is
   enrolled with a virtual-media boot interface and a static ``network_data`` (VM i at
   10.77.0.<10+i>), so its ramdisk boots from an ISO and configures its address itself.
@@ -357,7 +358,13 @@ def kea6_config(state: LabState) -> str:
 
 
 def dnsmasq_config(state: LabState) -> str:
-    """Addresses only: no boot options at all, so every boot decision is bootforge's (proxyDHCP)."""
+    """The site's DHCP server: addresses, no boot file, so every boot decision is bootforge's
+    (proxyDHCP); but bootforge's address as next-server (siaddr), the one line a site adds for signed
+    GRUB (Secure Boot, arm64): Debian's GRUB 2.06 reads only the firmware's DHCP ACK (the site's),
+    not the proxy offer, and takes its TFTP server for grub.cfg from that ACK's siaddr. Firmware
+    still takes its boot file and server from bootforge's proxy offer: with no boot file the site's
+    offer carries no boot options for edk2 (a "DHCP only" offer) nor for iPXE (which wants siaddr
+    and a file), as the firmware matrix's proxy mode checks."""
     return "\n".join(
         [
             "port=0",
@@ -368,6 +375,8 @@ def dnsmasq_config(state: LabState) -> str:
             "no-ping",
             "log-dhcp",
             "dhcp-range=10.77.0.200,10.77.0.250,255.255.255.0,1h",
+            # <file>,<server name>,<next-server>: both names empty, only siaddr is set.
+            f"dhcp-boot=,,{ADDRESS}",
             f"dhcp-leasefile={Path(state.dir) / 'dnsmasq.leases'}",
             "",
         ]
