@@ -65,7 +65,11 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     # to one server (after a failover the old primary may come back as a standby). The multi-host
     # URL and target_session_attrs (libpq's, understood by asyncpg and psycopg) pick the writable
     # server at each connect.
-    engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=600)
+    # pool_size 20 (kept open) + 10 overflow: the same 30 at most as before, but a burst of API
+    # requests no longer opens and closes a connection each beyond the tenth (a TCP and TLS
+    # negotiation, authentication and an empty statement cache every time), 4% of samples under load.
+    # Four conductors keep at most 80 open, within PostgreSQL's default max_connections of 100.
+    engine = create_async_engine(url, pool_size=20, max_overflow=10, pool_recycle=600)
     event.listen(engine.sync_engine.pool, "checkout", _drop_closed)
     return engine
 
@@ -257,6 +261,22 @@ class Database:
     async def write_conn(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection in a write transaction (committed on success) for hot-path writes."""
         async with self.write_engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def statement_conn(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection for a write that is ONE statement (a conditional UPDATE ... RETURNING).
+
+        On PostgreSQL it runs in autocommit: a single statement is atomic by itself, and skipping
+        BEGIN and COMMIT makes it one round trip instead of three. On SQLite it is write_conn (the
+        one writer connection, BEGIN IMMEDIATE). Never use it for two statements that must commit
+        together.
+        """
+        if is_sqlite(self.url):
+            async with self.write_conn() as conn:
+                yield conn
+            return
+        async with self.read_engine.connect() as conn:
             yield conn
 
     def read_conn(self) -> AsyncConnection:
