@@ -714,12 +714,15 @@ def _firmware(query: Mapping[str, str], known: KnownPort) -> Firmware:
     return Firmware.BIOS if known.boot_mode == "bios" else Firmware.UEFI
 
 
-def _lease_connection(path: str) -> sqlite3.Connection:
-    """The lease thread's connection: the database's pragmas (db/engine.py), minus the checkpoint at
-    commit (DbLeaseStore checkpoints aside); transactions are begun explicitly (IMMEDIATE)."""
+def _lease_connection(path: str, *, wait: bool) -> sqlite3.Connection:
+    """A lease connection: the database's pragmas (db/engine.py), minus the checkpoint at commit
+    (DbLeaseStore checkpoints aside); transactions are begun explicitly (IMMEDIATE). Without `wait`
+    a locked database fails at once instead of waiting (the event loop's connection)."""
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     _sqlite_pragmas(conn, None)
     conn.execute("PRAGMA wal_autocheckpoint=0")
+    if not wait:
+        conn.execute("PRAGMA busy_timeout=0")
     return conn
 
 
@@ -731,9 +734,9 @@ def _sqlite_upsert(rows: int) -> str:
 
     Why one statement: sqlite3 releases the GIL around each step, and a thread taking it back waits
     for the event loop's thread to hand it over (up to sys.getswitchinterval(), 5 ms). An
-    executemany steps once per row, so a batch of 50 leases could wait 50 times while the loop was
-    busy answering: the held ACKs were late and perfdhcp counted them as drops. SQLAlchemy's
-    executemany besides held the GIL for its bind processors and a dict per row.
+    executemany on the lease thread stepped once per row, so a batch of 50 leases could wait 50
+    times while the loop was busy answering: the held ACKs were late and perfdhcp counted them as
+    drops. SQLAlchemy's executemany besides held the GIL for its bind processors and a dict per row.
     """
     values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
     updates = ", ".join(f"{c} = excluded.{c}" for c in _LEASE_COLUMNS[1:])
@@ -752,16 +755,18 @@ class DbLeaseStore:
     On PostgreSQL the upsert runs on a Core connection with one executemany: the ORM's bulk-insert
     path (a session) cost ~40 us of event-loop CPU per lease, a third of a whole DORA.
 
-    On SQLite the commits run on a thread of their own, with their own sqlite3 connection (same
-    pragmas, BEGIN IMMEDIATE like the database's writer) and one executemany of a fixed statement:
-    the database's writer runs SQLite inline on the event loop (db/sqlite_inline.py), and every ~25th
-    lease commit ends in a WAL checkpoint whose fsync held the loop for 20-40 ms (hundreds under disk
-    load), while DHCP requests piled up and were dropped (bench: bf-sqlite collapsed to ~1,150
-    DORA/s at 4,000 offered, with the process mostly idle). The thread waits instead; the loop keeps
-    answering. That connection does not checkpoint as it commits (the fsync would then hold the next
-    batch's ACKs): every `CHECKPOINT_EVERY` commits a third thread runs a PASSIVE checkpoint, which
-    writers do not wait for, so the WAL stays short and the inline writer's own autocheckpoint
-    rarely fires.
+    On SQLite a batch is one IMMEDIATE transaction of one multi-row upsert on a sqlite3 connection
+    of the store's own (same pragmas as the database's writer). Its connections never checkpoint as
+    they commit: the database's writer used to, and every ~25th lease commit then ended in a WAL
+    checkpoint whose fsync held the event loop 20-40 ms (hundreds under disk load) while DHCP
+    requests piled up and were dropped. Every `CHECKPOINT_EVERY` commits a thread runs a PASSIVE
+    checkpoint instead, which writers do not wait for, so the WAL stays short and the database
+    writer's own autocheckpoint rarely fires. Without the checkpoint, a WAL commit at
+    synchronous=NORMAL is a few writes and no fsync, so the batch commits on the event loop: a
+    hand-off to a thread per batch (a future, a wake-up, the GIL back and forth) cost more of the
+    loop than the commit itself, and under CPU contention the GIL hand-overs held the ACKs back.
+    When the database is locked (another writer, of this process between its awaits or of another
+    process) the loop does not wait: that batch commits on a thread that does.
     """
 
     CHECKPOINT_EVERY = 32
@@ -773,12 +778,15 @@ class DbLeaseStore:
             index_elements=[Lease.ip],
             set_={c: ins.excluded[c] for c in _LEASE_COLUMNS[1:]},
         )
-        self._sqlite: sqlite3.Connection | None = None
+        self._sqlite: sqlite3.Connection | None = None  # the thread's, waits for a locked database
+        self._inline: sqlite3.Connection | None = None  # the event loop's, never waits
         self._rows_per_statement = 1
+        self.waited = 0  # batches the database was locked for, committed on the thread
         self._thread: ThreadPoolExecutor | None = None
         path = db.write_engine.url.database
         if is_sqlite(db.url) and path and path != ":memory:":
-            self._sqlite = _lease_connection(path)
+            self._sqlite = _lease_connection(path, wait=True)
+            self._inline = _lease_connection(path, wait=False)
             # A batch of more rows than one statement may bind goes in several, in one transaction.
             bound = self._sqlite.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._rows_per_statement = max(bound // len(_LEASE_COLUMNS), 1)
@@ -796,8 +804,9 @@ class DbLeaseStore:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._checkpointer.shutdown(wait=True)
-        if self._sqlite is not None:
-            self._sqlite.close()
+        for conn in (self._sqlite, self._inline):
+            if conn is not None:
+                conn.close()
 
     async def load(self) -> Sequence[LeaseRecord]:
         async with self.db.read_conn() as conn:
@@ -812,9 +821,15 @@ class DbLeaseStore:
     async def commit(self, records: Sequence[LeaseRecord]) -> None:
         if not records:
             return
-        if self._sqlite is not None and self._thread is not None:
+        if self._sqlite is not None and self._inline is not None and self._thread is not None:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._commit_sqlite, records)
+            try:
+                self._commit_sqlite(self._inline, records)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                self.waited += 1
+                await loop.run_in_executor(self._thread, self._commit_sqlite, self._sqlite, records)
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.CHECKPOINT_EVERY and not self._checkpointing:
                 self._since_checkpoint, self._checkpointing = 0, True
@@ -847,11 +862,9 @@ class DbLeaseStore:
         if not done.cancelled() and done.exception() is not None:
             log.warning("DHCP lease database checkpoint failed: %s", done.exception())
 
-    def _commit_sqlite(self, records: Sequence[LeaseRecord]) -> None:
-        """On the lease thread: one IMMEDIATE transaction of as few upserts as SQLite's bound on
-        parameters allows, one row per address (the newest record wins)."""
-        conn = self._sqlite
-        assert conn is not None
+    def _commit_sqlite(self, conn: sqlite3.Connection, records: Sequence[LeaseRecord]) -> None:
+        """One IMMEDIATE transaction of as few upserts as SQLite's bound on parameters allows, one row
+        per address (the newest record wins); all or nothing."""
         stamp = self._timestamp(utcnow()) if self._timestamp is not None else None
         latest = {r.ip: r for r in records}
         params: list[Any] = []

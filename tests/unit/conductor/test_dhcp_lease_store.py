@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from ipaddress import IPv4Address
 from typing import Any
@@ -57,4 +58,28 @@ async def test_a_failed_batch_writes_nothing_and_the_next_one_commits(bf: InProc
         await store.commit([record("10.9.0.3", "52:54:00:00:00:03", 100.0)])
         assert await store.load() == [record("10.9.0.3", "52:54:00:00:00:03", 100.0)]
     finally:
+        store.close()
+
+
+async def test_a_locked_database_is_waited_for_off_the_event_loop(bf: InProcess) -> None:
+    """The event loop never waits on SQLite's lock: a batch meeting another writer's transaction goes
+    to the lease thread, which commits it once the lock is released; only then does commit return."""
+    store = DbLeaseStore(bf.conductor.db)
+    other = sqlite3.connect(store._path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        commit = asyncio.create_task(store.commit([record("10.9.0.7", "52:54:00:00:00:07", 100.0)]))
+        await asyncio.sleep(0)  # the task's first step (scheduled first) runs: the loop's attempt
+        assert store.waited == 1  # the database was locked: the batch went to the thread
+        assert not commit.done()  # held while the other writer holds the lock
+        other.execute("COMMIT")
+        async with asyncio.timeout(30):
+            await commit
+        assert await store.load() == [record("10.9.0.7", "52:54:00:00:00:07", 100.0)]
+        await store.commit([record("10.9.0.8", "52:54:00:00:00:08", 100.0)])
+        assert store.waited == 1  # unlocked again: back on the loop
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
         store.close()
