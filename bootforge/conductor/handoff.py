@@ -35,9 +35,13 @@ log = logging.getLogger("bootforge.conductor")
 CHANNEL = "bootforge_work"
 
 
+def notify_payload(owner: str, node_id: int) -> str:
+    return f"{node_id} {owner}"
+
+
 def notify_stmt(owner: str, node_id: int) -> Any:
     """The statement that wakes `owner` for `node_id` when its transaction commits (PostgreSQL)."""
-    return select(func.pg_notify(CHANNEL, f"{node_id} {owner}"))
+    return select(func.pg_notify(CHANNEL, notify_payload(owner, node_id)))
 
 
 def parse(payload: str, host: str) -> int | None:

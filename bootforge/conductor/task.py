@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -116,6 +116,45 @@ def event_row(node_id: int, event_type: str, message: str, severity: str, conduc
         "event": printable(message, MESSAGE_LIMIT),
         "conductor": conductor,
     }
+
+
+def one_statement_writes(conductor: ConductorContext, outbound: Sequence[Outbound]) -> bool:
+    """Whether a node write and its events can go as one statement (with_events): on PostgreSQL
+    (data-modifying WITH), and with no webhook outbox rows to stage beside them."""
+    return conductor.db.write_engine.dialect.name == "postgresql" and not (
+        outbound and conductor.observer.targets
+    )
+
+
+def with_events(
+    node_update: Any, events: Sequence[dict[str, Any]], then: Callable[[Any], Any] | None = None
+) -> Any:
+    """ONE statement: `node_update` (an UPDATE ... RETURNING) in a data-modifying WITH, and `events`
+    inserted only if it updated the row; it selects what the UPDATE returned, or `then(held)` (a
+    SELECT over the CTE of the updated row). No row back: the UPDATE matched nothing, and nothing at
+    all was written.
+
+    Run alone in autocommit (Database.statement_conn) it is as atomic as the BEGIN / UPDATE /
+    INSERT / COMMIT it replaces - one statement is one transaction - in one round trip instead of
+    four. PostgreSQL only (SQLite has no data-modifying WITH).
+    """
+    if not events and then is None:
+        return node_update
+    held = node_update.cte("held")
+    final = then(held) if then is not None else select(*held.c)
+    if not events:
+        return final
+    names = list(events[0])
+    rows = values(*[column(n, NODE_EVENTS.c[n].type) for n in names], name="ev").data(
+        [tuple(e[n] for n in names) for e in events]
+    )
+    add = insert(NODE_EVENTS).from_select(
+        names,
+        select(*[rows.c[n] for n in names]).select_from(rows).join(held, true()),
+        # Columns not given take their server defaults (network_boot false).
+        include_defaults=False,
+    )
+    return final.add_cte(add.cte("added"))
 
 
 class NodeTask:
@@ -237,21 +276,9 @@ class NodeTask:
         )
         return LockLost(self.node_uuid, self.conductor.host, generation)
 
-    def _one_statement(self, outbound: list[Outbound]) -> bool:
-        """Whether a holder's save can be one statement: on PostgreSQL (data-modifying WITH), and with
-        no webhook outbox rows to stage beside it."""
-        db = self.conductor.db
-        return db.write_engine.dialect.name == "postgresql" and not (
-            outbound and self.conductor.observer.targets
-        )
-
     async def _save_held_one_statement(self, generation: int, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """The holder's save as ONE statement in autocommit: the fenced UPDATE of the node in a
-        data-modifying WITH, and the events inserted only for a row it updated. Atomic as the
-        two-statement transaction it replaces (one statement is one transaction), a round trip
-        instead of four (BEGIN, UPDATE, INSERT, COMMIT). LockLost if the UPDATE matched nothing:
-        then nothing at all was written, events included.
-        """
+        """The holder's save as one statement (with_events): the fenced UPDATE of the node and the
+        events with it; LockLost if the UPDATE matched nothing (then nothing at all was written)."""
         changes = self._changes()
         if changes:
             changes.setdefault("updated_at", utcnow())
@@ -261,27 +288,9 @@ class NodeTask:
             # lock, so a takeover waits for it), as check_held does.
             written = {"lock_generation": Node.lock_generation, "updated_at": Node.updated_at}
         held = update(Node).where(*held_by(self.node_id, self.conductor.host, generation)).values(**written)
-        if events:
-            cte = held.returning(Node.id).cte("held")
-            names = list(events[0])
-            rows = values(*[column(n, NODE_EVENTS.c[n].type) for n in names], name="ev").data(
-                [tuple(e[n] for n in names) for e in events]
-            )
-            stmt: Any = (
-                insert(NODE_EVENTS)
-                .from_select(
-                    names,
-                    select(*[rows.c[n] for n in names]).select_from(rows).join(cte, true()),
-                    # Columns not given take their server defaults (network_boot false).
-                    include_defaults=False,
-                )
-                .returning(NODE_EVENTS.c.id)
-            )
-        else:
-            stmt = held.returning(Node.id)
         async with self.conductor.db.statement_conn() as conn:
-            matched = len((await conn.execute(stmt)).all())
-        if matched == 0:
+            matched = (await conn.execute(with_events(held.returning(Node.id), events))).first()
+        if matched is None:
             raise self._lock_lost(generation)
         return changes
 
@@ -330,7 +339,7 @@ class NodeTask:
         outbound, self._outbound = self._outbound, []
         generation = self.generation
         written: dict[str, Any] = {}
-        if generation is not None and self._one_statement(outbound):
+        if generation is not None and one_statement_writes(self.conductor, outbound):
             written = await self._save_held_one_statement(generation, events)
         else:
             async with self.conductor.db.write() as s:
@@ -443,30 +452,31 @@ async def reserve(
     stmt = update(Node).where(Node.id == node.id, Node.reservation.is_(None)).returning(Node.lock_generation)
     if expect_state is not None:
         stmt = stmt.where(Node.provision_state == expect_state)
-    async with conductor.db.write() as s:
-        stored = secrets.seal_columns(conductor.db, node.uuid, changes)
-        result = await s.execute(
-            stmt.values(lock_generation=Node.lock_generation + 1, **stored).execution_options(
-                synchronize_session=False
-            )
+    stored = secrets.seal_columns(conductor.db, node.uuid, changes)
+    stmt = stmt.values(lock_generation=Node.lock_generation + 1, **stored)
+    events = [event_row(node.id, event[0], event[1], "info", conductor.host)] if event is not None else []
+    if one_statement_writes(conductor, outbound):
+        # The lock, the first change and its event in one statement (one round trip on PostgreSQL).
+        async with conductor.db.statement_conn() as conn:
+            generation = (await conn.execute(with_events(stmt, events))).scalar()
+    else:
+        async with conductor.db.write() as s:
+            generation = (await s.execute(stmt.execution_options(synchronize_session=False))).scalar()
+            if generation is not None:
+                if events:
+                    await s.execute(insert(NODE_EVENTS), events)
+                await conductor.observer.stage(s, outbound)
+                await s.commit()
+            else:
+                await s.rollback()
+    if generation is None:
+        current = await load_node(conductor, node.uuid)
+        if current.reservation is not None:
+            raise NodeLocked(locked_message(current, current.reservation))
+        raise NodeLocked(
+            f"Node {node.uuid} changed state to {current.provision_state!r} while the request "
+            "was handled; please retry."
         )
-        generation = result.scalar()
-        if generation is None:
-            await s.rollback()
-            current = await load_node(conductor, node.uuid)
-            if current.reservation is not None:
-                raise NodeLocked(locked_message(current, current.reservation))
-            raise NodeLocked(
-                f"Node {node.uuid} changed state to {current.provision_state!r} while the request "
-                "was handled; please retry."
-            )
-        if event is not None:
-            await s.execute(
-                insert(NODE_EVENTS),
-                [event_row(node.id, event[0], event[1], "info", conductor.host)],
-            )
-        await conductor.observer.stage(s, outbound)
-        await s.commit()
     conductor.observer.published(outbound)
     # The row now holds these values: record them as loaded, not as pending changes, or a later
     # save() that sets one back (reservation -> None) would look like "no change" and write nothing.
