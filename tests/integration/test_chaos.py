@@ -12,7 +12,8 @@ started. The victim is the live conductor holding the most nodes at that moment,
 on work under way.
 
 The issue's schedule is every 20 s with production heartbeats; here the heartbeat is 0.5 s, the
-offline timeout 4 s, a freeze 10 s and a blow every ~5 s, so the test takes two to three minutes.
+offline timeout 4 s, a freeze at least 10 s (until the peers have taken the frozen conductor's
+locks over) and a blow every ~5 s, so the test takes two to three minutes.
 
 Asserted from the database (nodes and the event timeline) and the processes' logs:
 - every node ends `active` and unlocked (nodes failed because their may-not-rerun step was
@@ -62,7 +63,11 @@ pytestmark = [
 
 NODES = 300
 OFFLINE_AFTER = 4.0
-FREEZE_FOR = 10.0  # longer than OFFLINE_AFTER plus takeover rounds on a loaded machine
+# A frozen conductor is continued once its peers hold none of its locks any more (they took its nodes
+# over), and not before FREEZE_FOR; FREEZE_MAX bounds a freeze whose takeover never comes (the
+# assertions below then say so) so a loaded machine makes the test slower, not red.
+FREEZE_FOR = 10.0
+FREEZE_MAX = 90.0
 ENV = {
     "BOOTFORGE_CONDUCTOR_HEARTBEAT_INTERVAL": "0.5",
     "BOOTFORGE_CONDUCTOR_OFFLINE_AFTER": str(OFFLINE_AFTER),
@@ -169,12 +174,12 @@ class Cluster:
         raise AssertionError(f"{method} {path} failed for {within} s; last: {last}")
 
 
-def db_rows(engine: sa.Engine, query: str) -> list[Any]:
+def db_rows(engine: sa.Engine, query: str, **params: Any) -> list[Any]:
     """Rows of `query`, retried while PostgreSQL is restarting."""
     for _ in range(100):
         try:
             with engine.connect() as conn:
-                return list(conn.execute(sa.text(query)))
+                return list(conn.execute(sa.text(query), params))
         except sa.exc.OperationalError:
             time.sleep(0.2)
     raise AssertionError("PostgreSQL did not come back")
@@ -274,7 +279,10 @@ def test_chaos_every_node_reaches_active(tmp_path: Path, chaos_postgres: Postgre
             nonlocal pg_down
             now = time.monotonic()
             for name, until in list(cluster.frozen.items()):
-                if now >= until:
+                taken_over = not db_rows(
+                    engine, "SELECT 1 FROM nodes WHERE reservation = :name LIMIT 1", name=name
+                )
+                if (now >= until and taken_over) or now >= cluster.froze[name][0] + FREEZE_MAX:
                     thaw(cluster.procs[name])
                     cluster.froze[name] = (cluster.froze[name][0], time.monotonic())
                     del cluster.frozen[name]
@@ -411,7 +419,6 @@ def test_chaos_every_node_reaches_active(tmp_path: Path, chaos_postgres: Postgre
     assert {v for v in victims if holding[v]} <= set(takeovers), summary
     assert sum(1 for v in victims if holding[v]) >= 2, summary
     assert sum(refused.values()) >= 1, summary
-    assert total < 240, summary
 
 
 def busiest(engine: sa.Engine, cluster: Cluster, spare: set[str]) -> tuple[str, int]:
