@@ -17,7 +17,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -37,6 +37,10 @@ PG_MIGRATION_LOCK = 0x626F6F74
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+# Seconds a PostgreSQL session may sit idle inside a transaction before the server ends it.
+IDLE_IN_TRANSACTION = 30.0
 
 
 def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
@@ -69,7 +73,20 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     # requests no longer opens and closes a connection each beyond the tenth (a TCP and TLS
     # negotiation, authentication and an empty statement cache every time), 4% of samples under load.
     # Four conductors keep at most 80 open, within PostgreSQL's default max_connections of 100.
-    engine = create_async_engine(url, pool_size=20, max_overflow=10, pool_recycle=600)
+    # A conductor that stalls (SIGSTOP, a VM paused, a GC storm) inside a transaction keeps its row
+    # locks, and its peers' takeover UPDATEs would wait behind them for as long as it stalls: the
+    # server ends such a session after IDLE_IN_TRANSACTION, which frees its locks (bootforge never
+    # waits on anything but the database inside a transaction, so a live one is never idle that long).
+    timeout_ms = str(int(IDLE_IN_TRANSACTION * 1000))
+    if make_url(url).get_driver_name() == "asyncpg":
+        connect_args: dict[str, Any] = {
+            "server_settings": {"idle_in_transaction_session_timeout": timeout_ms}
+        }
+    else:
+        connect_args = {"options": f"-c idle_in_transaction_session_timeout={timeout_ms}"}
+    engine = create_async_engine(
+        url, pool_size=20, max_overflow=10, pool_recycle=600, connect_args=connect_args
+    )
     event.listen(engine.sync_engine.pool, "checkout", _drop_closed)
     return engine
 
@@ -101,6 +118,7 @@ _LOST_NAMES = frozenset(
         "AdminShutdownError",
         "CrashShutdownError",
         "CannotConnectNowError",
+        "IdleInTransactionSessionTimeoutError",  # 25P03: the server ended a stalled session
         "ReadOnlySQLTransactionError",  # 25006: connected to a standby (a failover under way)
         # A multi-host URL with target_session_attrs=read-write found no writable server (yet).
         "TargetServerAttributeNotMatched",

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
+from bootforge.db import engine as engine_module
 from bootforge.db.engine import Database
 
 pytestmark = pytest.mark.postgres
@@ -70,3 +72,32 @@ async def test_a_connection_the_server_closed_is_replaced_at_checkout(postgres_f
     finally:
         await db.close()
         await admin.close()
+
+
+async def test_a_session_stalled_inside_a_transaction_frees_its_locks(
+    postgres_fresh_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conductor frozen mid-transaction (SIGSTOP) must not hold its peers' takeover UPDATEs behind
+    its row locks for as long as it is frozen: the server ends the session after IDLE_IN_TRANSACTION."""
+    monkeypatch.setattr(engine_module, "IDLE_IN_TRANSACTION", 1.0)
+    stalled = Database(postgres_fresh_url)
+    peer = Database(postgres_fresh_url)
+    try:
+        async with peer.write_engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE held (id int PRIMARY KEY, owner text)"))
+            await conn.execute(text("INSERT INTO held VALUES (1, 'stalled')"))
+        async with stalled.write_engine.connect() as conn:
+            await conn.execute(text("SELECT owner FROM held WHERE id = 1 FOR UPDATE"))
+            # The stalled session sends nothing more; the peer's UPDATE waits for its lock, which
+            # only the server's timeout releases (bounded here: it must come well before 30 s).
+            async with peer.write_engine.begin() as other:
+                updated = await asyncio.wait_for(
+                    other.execute(text("UPDATE held SET owner = 'peer' WHERE id = 1")), 30
+                )
+                assert updated.rowcount == 1
+            # The stalled session, continued, finds its connection ended (its work is fenced anyway).
+            with pytest.raises(DBAPIError):
+                await conn.execute(text("SELECT 1"))
+    finally:
+        await stalled.close()
+        await peer.close()
