@@ -259,7 +259,8 @@ async def test_wrong_password_is_a_named_error(bmc: Bmc, drivers: Drivers, setti
     started = time.monotonic()
     with pytest.raises(DriverError) as e:
         await power.get_power_state(task)
-    assert time.monotonic() - started < 5
+    # Refused at the login, not timed out (the driver's timeout is 10 s; generous for a loaded host).
+    assert time.monotonic() - started < 8
     assert f"IPMI power status at 127.0.0.1:{bmc.port} failed" in e.value.message
     assert "Incorrect password" in e.value.message
     assert "not-the-password" not in e.value.message
@@ -276,7 +277,7 @@ async def test_closed_port_fails_at_once(drivers: Drivers, settings: Settings) -
     started = time.monotonic()
     with pytest.raises(DriverError) as e:
         await power.get_power_state(task)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 2.5  # before the 3 s probe would give up
     # Nothing listens: the kernel's ICMP port unreachable ends the probe at once.
     assert e.value.message == f"IPMI power status at 127.0.0.1:{port} failed: Connection refused"
 
@@ -338,7 +339,7 @@ async def test_soft_power_off_ignored_ends_in_hard_off(drivers: Drivers, setting
         await power.set_power_state(task, base.POWER_ON)
         started = time.monotonic()
         await power.set_power_state(task, base.SOFT_POWER_OFF, timeout=1)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 8  # the 1 s soft-off timeout, then the hard off
         assert await power.get_power_state(task) == base.POWER_OFF
         assert task.events == [
             ("power", "the machine ignored the ACPI soft power off for 1 s; powering off hard", "warning")
@@ -468,7 +469,7 @@ async def test_silent_bmc_fails_its_probe(black_hole: int, drivers: Drivers, set
     started = time.monotonic()
     with pytest.raises(DriverError) as e:
         await power.get_power_state(task)
-    assert 2.9 < time.monotonic() - started < 4
+    assert 2.9 < time.monotonic() - started < 9  # the 3 s probe, not the 10 s timeout
     assert e.value.message == (
         f"IPMI power status at 127.0.0.1:{black_hole} failed: "
         "no answer to Get Channel Authentication Capabilities (3 tries in 3 s)"
@@ -483,7 +484,7 @@ async def test_unknown_user_is_a_named_error(bmc: Bmc, drivers: Drivers, setting
     started = time.monotonic()
     with pytest.raises(DriverError) as e:
         await power.get_power_state(task)
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 30  # bounded restarts, not pyghmi's endless ones
     assert e.value.message == (
         f"IPMI power status at 127.0.0.1:{bmc.port} failed: no answer to the login: waited for RAKP "
         "message 2 through 3 restarts (a BMC that does not know the user name may stay silent)"
@@ -500,7 +501,7 @@ async def test_bmc_silent_under_a_cached_session(bmc: Bmc, drivers: Drivers, set
         started = time.monotonic()
         with pytest.raises(DriverError) as e:
             await power.get_power_state(task)
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < 9  # the probe's 3 s, not the 10 s timeout
         assert "no answer to Get Channel Authentication Capabilities" in e.value.message
     finally:
         bmc.proc.send_signal(signal.SIGCONT)
@@ -528,7 +529,7 @@ async def test_bmc_restarted_on_its_port(tmp_path: Path, second_client: bool) ->
             power = Drivers(settings).for_node("ipmi", {}).power
         started = time.monotonic()
         assert await power.get_power_state(task_for(settings, info)) == base.POWER_OFF
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 9  # answered, not after the 10 s timeout
         assert await power.get_power_state(task_for(settings, info)) == base.POWER_OFF
     finally:
         stop_process(proc)

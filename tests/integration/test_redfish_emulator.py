@@ -313,7 +313,7 @@ async def test_a_silent_bmc_fails_on_time_while_another_node_proceeds(emulator: 
         server.close()
         await server.wait_closed()
     assert isinstance(hung_result, DriverError) and "no answer within 2 s" in hung_result.message
-    assert 1.5 < hung_took < 4
+    assert 1.5 < hung_took < 8  # its 2 s timeout, not a hang (generous for a loaded host)
     assert good_result in (base.POWER_ON, base.POWER_OFF) and good_took < hung_took
 
 
@@ -414,7 +414,7 @@ async def test_busy_past_the_timeout_is_a_named_error(proxy: tuple[FaultProxy, s
     started = time.monotonic()
     with pytest.raises(DriverError, match="HTTP 503: busy"):
         await power().get_power_state(task)
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 8  # its 2.5 s timeout, not a wait for every Retry-After
 
 
 async def test_etag_mismatch_retried_once_then_success(proxy: tuple[FaultProxy, str]) -> None:

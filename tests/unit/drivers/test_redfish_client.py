@@ -793,4 +793,4 @@ async def test_a_bmc_that_never_answers_times_out_and_others_proceed() -> None:
         server.close()
         await server.wait_closed()
     assert state == "Off"
-    assert 0.4 < took < 2.0
+    assert 0.4 < took < 5.0  # the hung BMC did not hold the other one up (generous for load)
