@@ -141,7 +141,7 @@ def with_events(
     if not events and then is None:
         return node_update
     held = node_update.cte("held")
-    final = then(held) if then is not None else select(*held.c)
+    final: Any = then(held) if then is not None else held.select()
     if not events:
         return final
     names = list(events[0])
