@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from support.daemons import stop_daemon
 from support.netns import Host, Lan
 
 from bootforge.netboot import dhcp, dhcp6
@@ -175,6 +176,7 @@ async def test_dhclient_behind_isc_dhcrelay_gets_an_address_through_relay_repl(
         "-pf",
         str(tmp_path / "c.pid"),
     ]
+    got: subprocess.CompletedProcess[str] | None = None
     try:
         got = await asyncio.to_thread(client.ns.run, [*argv, client.ifname], check=False, timeout=40)
         assert got.returncode == 0, got.stderr
@@ -188,6 +190,8 @@ async def test_dhclient_behind_isc_dhcrelay_gets_an_address_through_relay_repl(
         assert server.sent_to[:2] == [("fd00:213::2", 547)] * 2
         assert binding.mac == client.mac  # from dhclient's DUID-LLT (dhcrelay adds no option 79)
     finally:
+        # Bound, dhclient -1 forked into the background: stop it (its child writes c.pid just after).
+        await asyncio.to_thread(stop_daemon, tmp_path / "c.pid", got is not None and got.returncode == 0)
         transport.close()
         relay_proc.terminate()
         relay_proc.wait(10)

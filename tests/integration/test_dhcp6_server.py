@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,6 +19,7 @@ from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
+from support.daemons import stop_daemon
 from support.netns import Host, Lan
 
 from bootforge.netboot import dhcp, dhcp6
@@ -83,20 +82,6 @@ async def run_dhclient(client: Host, tmp_path: Path, *extra: str) -> None:
         # Bound, it forks and the child writes its PID file a moment after the parent returned.
         await asyncio.to_thread(stop_daemon, pidfile, got is not None and got.returncode == 0)
     assert got.returncode == 0, got.stderr
-
-
-def stop_daemon(pidfile: Path, wait: bool) -> None:
-    deadline = time.monotonic() + 5
-    while wait and not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return  # it never forked (no lease) or is gone already
-    if str(pidfile).encode() in cmdline:  # the PID is still that daemon's, not a reused one
-        os.kill(pid, signal.SIGTERM)
-    pidfile.unlink(missing_ok=True)
 
 
 async def test_dhclient_leases_from_the_server_and_the_lease_survives_a_restart(
