@@ -59,6 +59,15 @@ from bootforge.errors import DriverError, InvalidInput
 if TYPE_CHECKING:
     from bootforge.config import IpmiSettings, Settings
 
+# pyghmi (1.6.19) guards its session tables with two locks taken in opposite orders: send_payload
+# holds KEEPALIVE_SESSIONS while _xmit_packet takes WAITING_SESSIONS, and wait_for_rsp holds
+# WAITING_SESSIONS while it times sessions out, whose resend (_timedout -> send_payload) takes
+# KEEPALIVE_SESSIONS. A call timing out in one thread (the SOL pump, a worker) while another sends
+# deadlocks both, and every later IPMI call of the process waits behind them (seen under load: all
+# workers stuck, the process unable to exit). One reentrant lock for both tables has no order to
+# invert; both guard short table updates, so the coarser lock costs nothing measurable.
+pyghmi_session.WAITING_SESSIONS = pyghmi_session.KEEPALIVE_SESSIONS
+
 __all__ = [
     "PROPERTIES",
     "IpmiClient",
