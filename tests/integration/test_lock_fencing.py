@@ -211,7 +211,9 @@ def test_a_sigstopped_conductor_writes_nothing_after_its_takeover(
         client(b.url) as cb,
     ):
         assert a.proc is not None
-        fleet = create_nodes(ca, [f"f-{i}" for i in range(12)])
+        # 24 nodes: the ring gives conductor-a fewer than 3 of them with a chance under 0.1 % even at
+        # a 40 % share of the ring (with 12 nodes it was 2-8 %, and a CI run drew 2).
+        fleet = create_nodes(ca, [f"f-{i}" for i in range(24)])
         act(ca, fleet, "manage")
         wait_until(cb, fleet, in_state(states.MANAGEABLE))
         act(ca, fleet, "provide")
