@@ -12,7 +12,6 @@ its script would rewrite /etc/resolv.conf, which a namespace shares with the hos
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import struct
 import subprocess
@@ -23,7 +22,8 @@ from typing import cast
 
 import pytest
 from support.daemons import stop_daemon
-from support.netns import Host, Lan
+from support.netns import Host, Lan, link_local_ready
+from support.tools import need
 
 from bootforge.netboot import dhcp, dhcp6
 
@@ -32,24 +32,6 @@ pytestmark = pytest.mark.netns
 PREFIX = IPv6Network("fd00:213::/64")
 SERVER_DUID = bytes.fromhex("0003000102aabbccdd01")
 ALL_SERVERS = "ff02::1:2"
-
-
-def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"needs {binary} (Debian package {package})")
-    return path
-
-
-async def link_local_ready(host: Host, deadline: float) -> str:
-    """The host's eth0 link-local address once duplicate address detection has finished with it."""
-    while True:
-        out = host.ns.ip("-6", "-o", "addr", "show", "dev", host.ifname, "scope", "link").stdout
-        if out and "tentative" not in out:
-            return out.split()[3].split("/")[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{host.name}: no usable IPv6 link-local address: {out!r}")
-        await asyncio.sleep(0.05)
 
 
 class Server(asyncio.DatagramProtocol):

@@ -7,9 +7,6 @@ shows the messages by type in and out, the drops by reason, the lease commits an
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
 import socket
 import time
 from ipaddress import IPv6Address, IPv6Network
@@ -18,7 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from support.netns import Host, Lan
+from support.daemons import stop_daemon
+from support.netns import Host, Lan, link_local_ready
+from support.tools import need
 
 from bootforge.netboot import dhcp, dhcp6
 from bootforge.observe.metrics import Metrics
@@ -28,37 +27,6 @@ pytestmark = pytest.mark.netns
 
 PREFIX = IPv6Network("fd00:217::/64")
 SERVER = "fd00:217::1"
-
-
-def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"needs {binary} (Debian package {package})")
-    return path
-
-
-async def link_local_ready(host: Host, deadline: float) -> None:
-    while True:
-        out = host.ns.ip("-6", "-o", "addr", "show", "dev", host.ifname, "scope", "link").stdout
-        if out and "tentative" not in out:
-            return
-        assert time.monotonic() < deadline, f"{host.name}: no usable IPv6 link-local address: {out!r}"
-        await asyncio.sleep(0.05)
-
-
-def stop_daemon(pidfile: Path, wait: bool) -> None:
-    """dhclient forks to renew once bound; that daemon is ours: stopped by the PID it wrote."""
-    deadline = time.monotonic() + 5
-    while wait and not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return
-    if str(pidfile).encode() in cmdline:  # still that daemon's PID, not a reused one
-        os.kill(pid, signal.SIGTERM)
-    pidfile.unlink(missing_ok=True)
 
 
 async def dhclient(client: Host, tmp_path: Path, *extra: str) -> None:

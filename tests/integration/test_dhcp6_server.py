@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from support.daemons import stop_daemon
-from support.netns import Host, Lan
+from support.netns import Host, Lan, link_local_ready
+from support.tools import need
 
 from bootforge.netboot import dhcp, dhcp6
 from bootforge.servers.dhcp6 import Dhcp6Server, FileLease6Store
@@ -29,23 +29,6 @@ pytestmark = pytest.mark.netns
 
 PREFIX = IPv6Network("fd00:215::/64")
 SERVER = "fd00:215::1"
-
-
-def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"needs {binary} (Debian package {package})")
-    return path
-
-
-async def link_local_ready(host: Host, deadline: float) -> None:
-    while True:
-        out = host.ns.ip("-6", "-o", "addr", "show", "dev", host.ifname, "scope", "link").stdout
-        if out and "tentative" not in out:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{host.name}: no usable IPv6 link-local address: {out!r}")
-        await asyncio.sleep(0.05)
 
 
 def server_for(host: Host, store: FileLease6Store, events: list[dhcp.NodeEvent], mac: str) -> Dhcp6Server:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
 import socket
 import stat
 import subprocess
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from support.netns import Host, Lan, RelayedSubnet
+from support.tools import need
 
 from bootforge.netboot.dhcp import (
     DhcpConfig,
@@ -50,13 +50,6 @@ RELAYED = Subnet(
     routers=(A("10.213.1.1"),), lease_time=600,
 )  # fmt: skip
 PXE_X64 = "PXEClient:Arch:00007:UNDI:003000"
-
-
-def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"needs {binary} (Debian package {package})")
-    return path
 
 
 def reservations(*hosts: Host) -> StaticReservations:

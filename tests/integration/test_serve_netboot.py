@@ -8,7 +8,6 @@ boot file, fetches the loader by TFTP and its iPXE script by HTTP; the node's ti
 
 from __future__ import annotations
 
-import shutil
 import stat
 import time
 from pathlib import Path
@@ -17,17 +16,11 @@ from typing import Any
 import pytest
 from support.netns import Lan
 from support.serve_netns import api, serve_in
+from support.tools import need
 
 pytestmark = pytest.mark.netns
 
 PXE_X64 = "PXEClient:Arch:00007:UNDI:003000"
-
-
-def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"needs {binary} (Debian package {package})")
-    return path
 
 
 def config(tmp_path: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import stat
 import struct
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from support.netns import Lan
 from support.serve_netns import api, serve_in
+from support.tools import need
 
 from bootforge.netboot.tftp import FileSystemSource
 from bootforge.servers.tftp import TftpEvent, TftpServer
@@ -123,13 +123,6 @@ async def test_a_worker_that_cannot_listen_fails_the_start(root: Path) -> None:
 
 
 # -- `bootforge serve` with netboot.tftp_workers = 2, in namespaces -------------------------------
-
-
-def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"needs {binary} (Debian package {package})")
-    return path
 
 
 def config(tmp_path: Path, boot: Path) -> Path:

@@ -10,13 +10,12 @@ fetch is a worker's, and the clients are curl and tftp-hpa's `tftp`.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from support.tools import need
 from test_tftp_workers import api, lease, served
 
 from bootforge.cli.netboot import _NODE_GRUB_CFG, grub_files
@@ -29,13 +28,6 @@ __all__ = ["served"]  # the fixture, imported to apply here too
 BOOTSTRAP = "# bootstrap\nconfigfile $prefix/grub.cfg-01-...\n"
 MAC = "52:54:00:12:34:56"
 NODE_FILE = "grub/grub.cfg-01-52-54-00-12-34-56"
-
-
-def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"needs {binary} (Debian package {package})")
-    return path
 
 
 def curl(port: int, path: str) -> tuple[int, bytes]:

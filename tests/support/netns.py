@@ -16,8 +16,10 @@ would on a real network, and a test can capture on ``br0`` without touching the 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -191,3 +193,15 @@ def netns_lan(netns_topology: Topology) -> Lan:
 def netns_relayed_lan(netns_lan: Lan) -> RelayedSubnet:
     """``netns_lan`` plus a relay ns routing to 10.213.1.0/24, with one client there."""
     return netns_lan.add_relay()
+
+
+async def link_local_ready(host: Host, deadline: float) -> str:
+    """The host's link-local address once duplicate address detection has finished with it (bounded
+    by `deadline`, a time.monotonic() value)."""
+    while True:
+        out = host.ns.ip("-6", "-o", "addr", "show", "dev", host.ifname, "scope", "link").stdout
+        if out and "tentative" not in out:
+            return str(out.split()[3].split("/")[0])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{host.name}: no usable IPv6 link-local address: {out!r}")
+        await asyncio.sleep(0.05)
