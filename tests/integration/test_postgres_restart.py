@@ -38,13 +38,17 @@ pytestmark = [
 
 ENV = {
     "BOOTFORGE_CONDUCTOR_HEARTBEAT_INTERVAL": "0.5",
-    "BOOTFORGE_CONDUCTOR_OFFLINE_AFTER": "8",
+    # Longer than the outage: the conductors must resume their own work, not take each other's over.
+    "BOOTFORGE_CONDUCTOR_OFFLINE_AFTER": "20",
     "BOOTFORGE_TIMEOUT_CHECK_INTERVAL": "0.5",
     "BOOTFORGE_POWER_SYNC_INTERVAL": "0",
-    "BOOTFORGE_FAKE_DELAYS__DEPLOY": "6",
+    # Long enough that the first node to enter its deploy step is still in it when the server is
+    # down: the 16 deploy requests and the test's polls spread the entries over several seconds on a
+    # loaded machine (with 6 s, one node of 16 once finished its step before the server stopped).
+    "BOOTFORGE_FAKE_DELAYS__DEPLOY": "12",
 }
 NODES = 16
-DOWN_FOR = 7.0  # longer than the deploy step: every node's next write finds the database gone
+DOWN_FOR = 13.0  # longer than the deploy step: every node's next write finds the database gone
 
 
 @pytest.fixture
